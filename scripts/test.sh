@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command runs the tests: make sure PostgreSQL answers (scripts/pg-local.sh),
+# point the tests at it and run cargo test. Extra arguments go to cargo test:
+#   scripts/test.sh
+#   scripts/test.sh copy_ -- --nocapture
+#   STRIDE_TEST_PG_URL=postgres://postgres:stride@127.0.0.1:5433/postgres scripts/test.sh
+# Tests create (and drop) their own databases from this base URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${STRIDE_TEST_PG_URL:-}" ]; then
+    STRIDE_TEST_PG_URL=$(scripts/pg-local.sh)
+    export STRIDE_TEST_PG_URL
+fi
+echo "test: STRIDE_TEST_PG_URL=$STRIDE_TEST_PG_URL" >&2
+
+# --all-targets covers lib, bins, tests, examples and benches (not doc tests).
+exec cargo test --all-targets "$@"

@@ -1,0 +1,101 @@
+//! The command line: clap definitions and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+A job file says what to copy and how:
+
+  [source]
+  url = \"${SOURCE_URL}\"          # ${VAR} and ${VAR:-default} come from the environment
+  table = \"public.covid_cases\"   # or: query = \"SELECT ...\"
+  [partition]
+  column = \"date\"                # integer, date, timestamp or timestamptz
+  lower_bound = \"2021-02-20\"     # bounds set the stride, they never filter rows
+  upper_bound = \"2021-02-28\"
+  count = 4
+  [target]
+  url = \"${TARGET_URL}\"
+
+Typical use:
+  stride check job.toml     does the target fit the source? writes nothing
+  stride plan job.toml      the exact SQL of each partition, writes nothing
+  stride run job.toml       the copy
+
+Exit codes:
+  0    done
+  1    the copy failed; the summary says which partitions were written
+  2    the job file or the command line is wrong (found before anything was written)
+  130  interrupted (Ctrl-C or SIGTERM)
+
+Logging: -v / -q, or RUST_LOG (e.g. RUST_LOG=stride=debug). Passwords are never printed.";
+
+/// Copy a PostgreSQL table (or a query's rows) into another database, in parallel.
+///
+/// stride splits the source into partitions by a column, with Spark's JDBC semantics,
+/// reads every partition from one shared snapshot, and writes each partition in its
+/// own target transaction with binary COPY (or batched INSERTs).
+#[derive(Debug, Parser)]
+#[command(name = "stride", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less output: errors only, no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy the source into the target, then print a summary.
+    ///
+    /// Validates the job, introspects both sides, plans the partitions and checks
+    /// that the target can take every column before anything is written.
+    Run(JobArgs),
+    /// Print each partition's exact source SQL and estimated rows; writes nothing.
+    Plan(PlanArgs),
+    /// Validate the job, connect to both sides and report whether the target's
+    /// columns and types fit the source's; writes nothing.
+    Check(JobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// One JSON document, for machines.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

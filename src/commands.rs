@@ -1,0 +1,414 @@
+//! The order of the steps of each command. Everything before the first write
+//! (parsing, introspection, planning, the type check, the connection budget) comes
+//! first, so a bad job exits 2 with the target untouched.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sqlx::PgPool;
+use tracing::{info, warn};
+
+use crate::cli::{Cli, Command, Format};
+use crate::copy::{run_partitions, CopySpec, Status};
+use crate::error::{exit, JobError};
+use crate::job::{Create, Job, Method, Mode, Relation};
+use crate::pg::{self, Column, Side, Transfer};
+use crate::plan::{self, Bounds, BoundsOrigin, Key};
+use crate::report::{self, ColumnFit, Summary};
+
+/// Runs the command; returns the exit code for outcomes that are not errors of
+/// their own (a copy that failed after writing some partitions prints its summary
+/// and returns 1).
+pub async fn execute(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Run(args) => run(&args.job, cli.quiet).await,
+        Command::Plan(args) => plan_command(&args.job, args.format).await,
+        Command::Check(args) => check(&args.job).await,
+    }
+}
+
+fn load_job(path: &Path) -> Result<Job> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        JobError::new(format!("{}: cannot read the job file: {e}", path.display()))
+    })?;
+    let job = Job::parse(&text, |name| std::env::var(name).ok())
+        .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
+    Ok(job)
+}
+
+/// What the source is, for messages: the table's name, or "query".
+fn source_name(job: &Job) -> String {
+    match &job.source.relation {
+        Relation::Table(name) => name.to_string(),
+        Relation::Query(_) => "(query)".to_string(),
+    }
+}
+
+/// The source's columns, or a job error if the table is missing or the query fails.
+async fn describe_source(pool: &PgPool, job: &Job) -> Result<Vec<Column>> {
+    let mut conn = pool.acquire().await.context("taking a source connection")?;
+    match &job.source.relation {
+        Relation::Table(name) => match pg::describe_table(&mut conn, name).await? {
+            Some(relation) => Ok(relation.columns),
+            None => Err(JobError::new(format!(
+                "source.table: table {name} does not exist in the source database {} (expected an existing table or view)",
+                job.source.url
+            ))
+            .into()),
+        },
+        Relation::Query(query) => match pg::describe_query(&mut conn, query).await {
+            Ok(relation) => Ok(relation.columns),
+            Err(e) => Err(JobError::new(format!("{e:#}")).into()),
+        },
+    }
+}
+
+/// The source side, resolved: columns to copy, the key and the job's own bounds.
+struct SourceSide {
+    columns: Vec<Column>,
+    key: Option<Key>,
+    bounds: Option<Bounds>,
+}
+
+async fn resolve_source(pool: &PgPool, job: &Job) -> Result<SourceSide> {
+    let all = describe_source(pool, job).await?;
+    let columns = plan::resolve_columns(job, &all)?;
+    let key = plan::resolve_key(job, &all)?;
+    let bounds = match &key {
+        Some(key) => plan::parse_bounds(job, key)?,
+        None => None,
+    };
+    Ok(SourceSide {
+        columns,
+        key,
+        bounds,
+    })
+}
+
+/// How the target takes each source column; `exists` is false when it will be created.
+struct TargetFit {
+    exists: bool,
+    fits: Vec<ColumnFit>,
+    /// Target type of each copied column, for the row path's casts.
+    types: Vec<String>,
+}
+
+async fn fit_target(pool: &PgPool, job: &Job, columns: &[Column]) -> Result<TargetFit> {
+    let table = &job.target.table;
+    let mut conn = pool.acquire().await.context("taking a target connection")?;
+    let Some(relation) = pg::describe_table(&mut conn, table).await? else {
+        if job.target.create == Create::Never {
+            return Err(JobError::new(format!(
+                "target.table: table {table} does not exist in the target database {} and target.create is \"never\" (expected an existing table, or create = \"if-missing\")",
+                job.target.url
+            ))
+            .into());
+        }
+        let fits = columns
+            .iter()
+            .map(|c| ColumnFit {
+                column: c.name.clone(),
+                source_type: c.type_name.clone(),
+                target_type: None,
+                transfer: Some(if c.is_builtin_type() {
+                    Transfer::Binary
+                } else {
+                    Transfer::Text
+                }),
+            })
+            .collect();
+        return Ok(TargetFit {
+            exists: false,
+            fits,
+            types: columns.iter().map(|c| c.type_name.clone()).collect(),
+        });
+    };
+    if !matches!(relation.kind, 'r' | 'p') {
+        return Err(JobError::new(format!(
+            "target.table: {table} is not a table (relkind '{}'; expected an ordinary or partitioned table)",
+            relation.kind
+        ))
+        .into());
+    }
+    let mut fits = Vec::with_capacity(columns.len());
+    let mut types = Vec::with_capacity(columns.len());
+    for column in columns {
+        let target = relation.columns.iter().find(|t| t.name == column.name);
+        let transfer = match target {
+            Some(t) => Some(pg::transfer(&mut conn, column, t).await?),
+            None => None,
+        };
+        types.push(target.map_or_else(String::new, |t| t.type_name.clone()));
+        fits.push(ColumnFit {
+            column: column.name.clone(),
+            source_type: column.type_name.clone(),
+            target_type: target.map(|t| t.type_name.clone()),
+            transfer,
+        });
+    }
+    Ok(TargetFit {
+        exists: true,
+        fits,
+        types,
+    })
+}
+
+/// A job error listing every column the target cannot take, if any.
+fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
+    let problems: Vec<String> = fit
+        .fits
+        .iter()
+        .filter_map(|f| match (&f.target_type, f.transfer) {
+            (None, _) if fit.exists => Some(format!("column \"{}\" is missing", f.column)),
+            (Some(t), Some(Transfer::Incompatible)) => Some(format!(
+                "column \"{}\": source type {} cannot be written as {t}",
+                f.column, f.source_type
+            )),
+            _ => None,
+        })
+        .collect();
+    (!problems.is_empty()).then(|| {
+        JobError::new(format!(
+            "target.table: {} cannot take the source's rows: {}",
+            job.target.table,
+            problems.join("; ")
+        ))
+    })
+}
+
+/// Host and port of a URL, to tell whether source and target share a server.
+fn server_of(url: &crate::job::DbUrl) -> Option<(String, u16)> {
+    let u = url::Url::parse(url.expose()).ok()?;
+    Some((u.host_str().unwrap_or("localhost").to_string(), u.port().unwrap_or(5432)))
+}
+
+/// How many partitions can run at once given the servers' free connection slots.
+async fn connection_budget(job: &Job, source: &PgPool, target: &PgPool, wanted: usize) -> Result<usize> {
+    // Each pool holds one open connection already, counted as in use: the source's
+    // becomes the coordinator, the target's is reused by a partition.
+    let free_source = pg::free_connection_slots(source).await.context("on the source")?;
+    let free_target = pg::free_connection_slots(target).await.context("on the target")?;
+    let same_server = server_of(&job.source.url).is_some() && server_of(&job.source.url) == server_of(&job.target.url);
+    let (limit, which) = if same_server {
+        ((free_source + 1) / 2, "the server (source and target share it)")
+    } else if free_source <= free_target {
+        (free_source, "the source")
+    } else {
+        (free_target + 1, "the target")
+    };
+    let limit = usize::try_from(limit.max(0)).unwrap_or(0);
+    if limit == 0 {
+        return Err(JobError::new(format!(
+            "run.parallelism: no free connection slots on {which} (max_connections is reached; expected at least one free slot per side)"
+        ))
+        .into());
+    }
+    if limit < wanted {
+        warn!(
+            "only {limit} connection slots are free on {which}: running {limit} partitions at once instead of {wanted}"
+        );
+        return Ok(limit);
+    }
+    Ok(wanted)
+}
+
+async fn run(path: &Path, quiet: bool) -> Result<u8> {
+    let started = Instant::now();
+    let job = load_job(path)?;
+    let requested = job.partition.as_ref().map_or(1, |p| p.count);
+    let parallelism = job.parallelism.unwrap_or(requested).max(1);
+    let source = pg::connect(Side::Source, &job.source.url, parallelism + 1).await?;
+    let target = pg::connect(Side::Target, &job.target.url, parallelism).await?;
+
+    let side = resolve_source(&source, &job).await?;
+    let fit = fit_target(&target, &job, &side.columns).await?;
+    if let Some(error) = misfits(&job, &fit) {
+        return Err(error.into());
+    }
+    let parallelism = connection_budget(&job, &source, &target, parallelism as usize).await?;
+
+    // The coordinator's transaction pins the snapshot for the whole run; bounds read
+    // from the source and the row estimate come from that same snapshot.
+    let mut coordinator = source.acquire().await.context("taking the coordinator connection")?;
+    let snapshot = pg::export_snapshot(&mut coordinator).await?;
+    let bounds = match (&side.key, side.bounds) {
+        (Some(key), None) => pg::key_bounds(&mut coordinator, &plan::bounds_sql(&job, key))
+            .await?
+            .map(|(lower, upper)| Bounds {
+                lower,
+                upper,
+                origin: BoundsOrigin::Source,
+            }),
+        (_, bounds) => bounds,
+    };
+    let plan = plan::build(&job, &side.columns, side.key.clone(), bounds);
+    let whole = plan::build(&job, &side.columns, None, None);
+    let estimate = pg::estimate_rows(&mut coordinator, &whole.partitions[0].select).await?;
+
+    // First write: create the target, then empty it in truncate mode.
+    let table = &job.target.table;
+    if !fit.exists {
+        sqlx::raw_sql(&plan::create_table_sql(table, &side.columns))
+            .execute(&target)
+            .await
+            .with_context(|| format!("creating target table {table}"))?;
+        info!("created target table {table}");
+    }
+    if job.target.mode == Mode::Truncate {
+        sqlx::raw_sql(&format!("TRUNCATE TABLE {table}"))
+            .execute(&target)
+            .await
+            .with_context(|| format!("truncating target table {table}"))?;
+        info!("truncated target table {table}");
+    }
+
+    let transfers: Vec<Transfer> = fit.fits.iter().map(|f| f.transfer.unwrap_or(Transfer::Text)).collect();
+    let format = plan::copy_format(&transfers);
+    let method = match job.target.method {
+        Method::Copy => format!("{} COPY", if format == plan::CopyFormat::Binary { "binary" } else { "text" }),
+        Method::Insert => format!("INSERT, {} rows a batch", job.target.batch_size),
+    };
+    let typed: Vec<(String, String)> = plan.columns.iter().cloned().zip(fit.types.iter().cloned()).collect();
+    info!(
+        partitions = plan.partitions.len(),
+        parallelism,
+        estimated_rows = estimate,
+        "copying {} -> {table} with {method}",
+        source_name(&job)
+    );
+    let spec = Arc::new(CopySpec {
+        source: source.clone(),
+        target: target.clone(),
+        snapshot,
+        method: job.target.method,
+        format,
+        copy_in: plan::copy_in_sql(table, &plan.columns, format),
+        insert: plan::insert_sql(table, &typed),
+        columns: plan.columns.clone(),
+        batch_size: job.target.batch_size as usize,
+        progress: report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet),
+    });
+    let (partitions, interrupted) =
+        run_partitions(Arc::clone(&spec), plan.partitions.clone(), parallelism, shutdown_signal()).await;
+    spec.progress.finish_and_clear();
+    // The snapshot is no longer needed once every partition has ended.
+    sqlx::raw_sql("ROLLBACK").execute(&mut *coordinator).await.ok();
+    drop(coordinator);
+
+    let summary = Summary {
+        source: source_name(&job),
+        target: table.to_string(),
+        method,
+        partitions,
+        elapsed: started.elapsed(),
+    };
+    print!("{}", summary.render());
+    if interrupted.is_some() {
+        eprintln!(
+            "interrupted: partitions {} were committed; the ones in flight were rolled back",
+            if summary.written().is_empty() { "none".into() } else { format!("{:?}", summary.written()) }
+        );
+        return Ok(exit::INTERRUPTED);
+    }
+    if let Some(failed) = summary.partitions.iter().find(|p| matches!(p.status, Status::Failed(_))) {
+        if let Status::Failed(error) = &failed.status {
+            eprintln!("error: {error}");
+        }
+        return Ok(exit::FAILED);
+    }
+    Ok(exit::OK)
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn plan_command(path: &Path, format: Format) -> Result<u8> {
+    let job = load_job(path)?;
+    let source = pg::connect(Side::Source, &job.source.url, 1).await?;
+    let side = resolve_source(&source, &job).await?;
+    let mut conn = source.acquire().await.context("taking a source connection")?;
+    let bounds = match (&side.key, side.bounds) {
+        (Some(key), None) => pg::key_bounds(&mut conn, &plan::bounds_sql(&job, key))
+            .await?
+            .map(|(lower, upper)| Bounds {
+                lower,
+                upper,
+                origin: BoundsOrigin::Source,
+            }),
+        (_, bounds) => bounds,
+    };
+    let plan = plan::build(&job, &side.columns, side.key.clone(), bounds);
+    let mut estimates = Vec::with_capacity(plan.partitions.len());
+    for p in &plan.partitions {
+        estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
+    }
+    match format {
+        Format::Text => print!("{}", report::render_plan(&plan, &estimates, &source_name(&job), None)),
+        Format::Json => {
+            let key_type = plan.key.as_ref().map(|k| k.key_type);
+            let show = |v: i64| key_type.map(|k| k.display(v));
+            let doc = json!({
+                "source": source_name(&job),
+                "columns": plan.columns,
+                "partition_column": plan.key.as_ref().map(|k| &k.column),
+                "key_type": key_type,
+                "lower_bound": plan.bounds.as_ref().and_then(|b| show(b.lower)),
+                "upper_bound": plan.bounds.as_ref().and_then(|b| show(b.upper)),
+                "bounds_from": plan.bounds.as_ref().map(|b| b.origin),
+                "requested_partitions": plan.requested_partitions,
+                "estimated_rows": estimates.iter().sum::<i64>(),
+                "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
+                    "index": p.index,
+                    "range": p.describe,
+                    "lower": p.range.lower.and_then(show),
+                    "upper": p.range.upper.and_then(show),
+                    "sql": p.select,
+                    "estimated_rows": e,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("JSON values always serialize"));
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn check(path: &Path) -> Result<u8> {
+    let job = load_job(path)?;
+    let source = pg::connect(Side::Source, &job.source.url, 1).await?;
+    let target = pg::connect(Side::Target, &job.target.url, 1).await?;
+    let side = resolve_source(&source, &job).await?;
+    let fit = fit_target(&target, &job, &side.columns).await?;
+    print!(
+        "{}",
+        report::render_check(&source_name(&job), &job.target.table.to_string(), fit.exists, &fit.fits)
+    );
+    if let Some(error) = misfits(&job, &fit) {
+        return Err(error.into());
+    }
+    println!("ok: the target can take every column; nothing was written");
+    Ok(exit::OK)
+}

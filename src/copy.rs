@@ -1,0 +1,321 @@
+//! The pipeline: a scheduler that runs at most `parallelism` partitions at once, and
+//! the two ways one partition travels from source to target: COPY pass-through and
+//! the row path of batched INSERTs.
+//!
+//! Each partition reads in a source transaction that imports the run's exported
+//! snapshot, and writes in its own target transaction, committed only when every row
+//! of the partition is in. A failure rolls that transaction back (the connection is
+//! closed, never handed back to the pool: after a broken COPY sqlx can be out of step
+//! with the server), no new partition starts, and the ones in flight finish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use futures_util::{StreamExt, TryStreamExt};
+use indicatif::ProgressBar;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use tokio::task::JoinSet;
+use tracing::{info, warn, Instrument};
+
+use crate::error::Interrupted;
+use crate::job::Method;
+use crate::pg;
+use crate::plan::{copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition};
+
+/// Source chunks are gathered to about this size before each send: sqlx flushes the
+/// socket on every `send`, and one send per row is about half as fast.
+const SEND_BUFFER_BYTES: usize = 1 << 20;
+
+/// What every partition of a run shares.
+pub struct CopySpec {
+    pub source: PgPool,
+    pub target: PgPool,
+    /// The coordinator's exported snapshot, imported by every partition.
+    pub snapshot: String,
+    pub method: Method,
+    /// COPY format, used when `method` is `Copy`.
+    pub format: CopyFormat,
+    /// `COPY target (...) FROM STDIN`, when `method` is `Copy`.
+    pub copy_in: String,
+    /// The batch `INSERT`, when `method` is `Insert`.
+    pub insert: String,
+    pub columns: Vec<String>,
+    pub batch_size: usize,
+    /// Counts rows as they arrive; hidden when stderr is not a terminal.
+    pub progress: ProgressBar,
+}
+
+/// What became of one partition.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "error")]
+pub enum Status {
+    /// Committed on the target.
+    Written,
+    /// Rolled back; the chain of errors.
+    Failed(String),
+    /// Was running when the run was interrupted; rolled back.
+    RolledBack,
+    /// Never started (an earlier failure or an interruption stopped the run).
+    NotStarted,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PartitionReport {
+    pub index: usize,
+    pub range: String,
+    pub status: Status,
+    pub rows: u64,
+    pub bytes: u64,
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Rows and bytes of one written partition.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    rows: u64,
+    bytes: u64,
+}
+
+/// Runs every partition, at most `parallelism` at once. Returns one report per
+/// partition, in partition order, and whether an interruption stopped the run.
+pub async fn run_partitions(
+    spec: Arc<CopySpec>,
+    partitions: Vec<PlannedPartition>,
+    parallelism: usize,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> (Vec<PartitionReport>, Option<Interrupted>) {
+    let mut reports: Vec<PartitionReport> = partitions
+        .iter()
+        .map(|p| PartitionReport {
+            index: p.index,
+            range: p.describe.clone(),
+            status: Status::NotStarted,
+            rows: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+        })
+        .collect();
+    let mut queue = partitions.into_iter();
+    let mut running: JoinSet<(usize, Duration, Result<Counts>)> = JoinSet::new();
+    let mut in_flight = std::collections::HashSet::new();
+    let mut stop_scheduling = false;
+    let mut interrupted = None;
+    tokio::pin!(interrupt);
+
+    loop {
+        while !stop_scheduling && running.len() < parallelism {
+            let Some(partition) = queue.next() else { break };
+            in_flight.insert(partition.index);
+            let spec = Arc::clone(&spec);
+            let span = tracing::info_span!("partition", partition = partition.index, range = %partition.describe);
+            running.spawn(
+                async move {
+                    let started = Instant::now();
+                    let result = copy_partition(&spec, &partition).await;
+                    (partition.index, started.elapsed(), result)
+                }
+                .instrument(span),
+            );
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let (index, elapsed, result) = match joined {
+                    Ok(done) => done,
+                    Err(e) => panic!("a partition task panicked: {e}"),
+                };
+                in_flight.remove(&index);
+                let report = &mut reports[index];
+                report.elapsed = elapsed;
+                match result {
+                    Ok(counts) => {
+                        info!(partition = index, rows = counts.rows, bytes = counts.bytes,
+                              elapsed_ms = elapsed.as_millis() as u64, "partition written");
+                        report.status = Status::Written;
+                        report.rows = counts.rows;
+                        report.bytes = counts.bytes;
+                    }
+                    Err(e) => {
+                        warn!(partition = index, "partition failed: {e:#}");
+                        report.status = Status::Failed(format!("{e:#}"));
+                        stop_scheduling = true;
+                    }
+                }
+            }
+            () = &mut interrupt, if interrupted.is_none() => {
+                warn!("interrupted: rolling back the partitions in flight");
+                interrupted = Some(Interrupted);
+                // Dropping a task drops its connections mid-transaction; the server
+                // rolls the transaction back when the socket closes.
+                running.abort_all();
+                for index in in_flight.drain() {
+                    reports[index].status = Status::RolledBack;
+                }
+                while running.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    (reports, interrupted)
+}
+
+/// Copies one partition in its own target transaction. On failure both
+/// connections are closed rather than returned to the pool.
+async fn copy_partition(spec: &CopySpec, partition: &PlannedPartition) -> Result<Counts> {
+    let mut source = spec
+        .source
+        .acquire()
+        .await
+        .context("taking a source connection")?;
+    let mut target = spec
+        .target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let result = copy_partition_on(spec, partition, &mut source, &mut target).await;
+    if result.is_err() {
+        close(source).await;
+        close(target).await;
+    }
+    result.with_context(|| format!("partition {} ({})", partition.index, partition.describe))
+}
+
+async fn close(conn: PoolConnection<Postgres>) {
+    // The connection is being thrown away because it failed: a failure to say
+    // goodbye politely changes nothing.
+    let _ = conn.close().await;
+}
+
+async fn copy_partition_on(
+    spec: &CopySpec,
+    partition: &PlannedPartition,
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<Counts> {
+    pg::import_snapshot(source, &spec.snapshot).await?;
+    pg::execute(target, "BEGIN")
+        .await
+        .context("opening the target transaction")?;
+    let counts = match spec.method {
+        Method::Copy => pass_through(spec, partition, source, target).await?,
+        Method::Insert => insert_rows(spec, partition, source, target).await?,
+    };
+    pg::execute(target, "COMMIT")
+        .await
+        .context("committing the target transaction")?;
+    pg::execute(source, "COMMIT")
+        .await
+        .context("ending the source transaction")?;
+    Ok(counts)
+}
+
+/// Streams `COPY (SELECT ...) TO STDOUT` into `COPY ... FROM STDIN` as bytes,
+/// undecoded. Memory is bounded by one send buffer, whatever the partition's size.
+async fn pass_through(
+    spec: &CopySpec,
+    partition: &PlannedPartition,
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<Counts> {
+    let copy_out = copy_out_sql(&partition.select, spec.format);
+    let mut rows_out = source
+        .copy_out_raw(&copy_out)
+        .await
+        .context("starting COPY TO STDOUT on the source")?;
+    let mut sink = target
+        .copy_in_raw(&spec.copy_in)
+        .await
+        .context("starting COPY FROM STDIN on the target")?;
+    let mut buffer = BytesMut::with_capacity(SEND_BUFFER_BYTES + (64 << 10));
+    let mut bytes = 0u64;
+    // The server sends one CopyData message per row (binary: the first also carries
+    // the header, and one more carries the trailer), so messages count rows for
+    // the progress bar; the exact count comes from the target at the end.
+    let mut messages_unreported = 0u64;
+    let mut reported = 0u64;
+    while let Some(chunk) = rows_out.next().await {
+        let chunk = chunk.context("reading rows from the source")?;
+        bytes += chunk.len() as u64;
+        messages_unreported += 1;
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= SEND_BUFFER_BYTES {
+            sink.send(buffer.split().freeze())
+                .await
+                .context("sending rows to the target")?;
+            spec.progress.inc(messages_unreported);
+            reported += messages_unreported;
+            messages_unreported = 0;
+        }
+    }
+    drop(rows_out);
+    if !buffer.is_empty() {
+        sink.send(buffer.freeze())
+            .await
+            .context("sending rows to the target")?;
+    }
+    // Data errors (bad bytes, types, constraints) surface here, not at `send`.
+    let rows = sink.finish().await.context("finishing COPY on the target")?;
+    spec.progress.inc(rows.saturating_sub(reported));
+    Ok(Counts { rows, bytes })
+}
+
+/// The row path: every column fetched as its exact text form, written as one
+/// `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per `batch_size` rows.
+async fn insert_rows(
+    spec: &CopySpec,
+    partition: &PlannedPartition,
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<Counts> {
+    let select = rows_select_sql(&partition.select, &spec.columns);
+    let mut rows_in = sqlx::query(&select).fetch(&mut *source);
+    let mut batch: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(spec.batch_size); spec.columns.len()];
+    let mut counts = Counts::default();
+    let mut batch_rows = 0usize;
+    while let Some(row) = rows_in.try_next().await.context("reading rows from the source")? {
+        for (i, column) in batch.iter_mut().enumerate() {
+            let value: Option<String> = row.try_get(i)?;
+            counts.bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+            column.push(value);
+        }
+        batch_rows += 1;
+        if batch_rows == spec.batch_size {
+            counts.rows += write_batch(spec, target, &mut batch).await?;
+            spec.progress.inc(batch_rows as u64);
+            batch_rows = 0;
+        }
+    }
+    if batch_rows > 0 {
+        counts.rows += write_batch(spec, target, &mut batch).await?;
+        spec.progress.inc(batch_rows as u64);
+    }
+    Ok(counts)
+}
+
+async fn write_batch(
+    spec: &CopySpec,
+    target: &mut PgConnection,
+    batch: &mut [Vec<Option<String>>],
+) -> Result<u64> {
+    let mut query = sqlx::query(&spec.insert);
+    for column in batch.iter_mut() {
+        let capacity = column.capacity();
+        query = query.bind(std::mem::replace(column, Vec::with_capacity(capacity)));
+    }
+    let done = query
+        .execute(target)
+        .await
+        .context("inserting a batch into the target")?;
+    Ok(done.rows_affected())
+}

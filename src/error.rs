@@ -1,0 +1,56 @@
+//! The errors a caller must branch on. Everything else is an `anyhow::Error` with
+//! context naming the object and the operation.
+
+use std::fmt;
+
+/// The job or the command line is wrong: found before anything was written.
+/// `main` maps it to exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError(String);
+
+impl JobError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+/// The run was stopped by Ctrl-C or SIGTERM. `main` maps it to exit code 130.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Exit codes, as documented in `--help` and the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const BAD_JOB: u8 = 2;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The exit code for an error: walks the chain once, looking for the kinds above.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<JobError>() {
+            return exit::BAD_JOB;
+        }
+        if cause.is::<Interrupted>() {
+            return exit::INTERRUPTED;
+        }
+    }
+    exit::FAILED
+}

@@ -1,0 +1,673 @@
+//! The job file: `${VAR}` interpolation, the raw serde mirror of the TOML, and its
+//! validation into a [`Job`] of typed, non-optional fields. Pure: no connections.
+//!
+//! Parsing happens in two steps (as ripgrep does with its flags): [`RawJob`] mirrors
+//! the file exactly and rejects unknown keys; [`Job::from_raw`] checks every rule
+//! that needs no database and names the key that broke it. Rules that need the
+//! source's catalogue (does the column exist, does a bound parse as its type) are
+//! checked in `plan`, with the same kind of error.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::error::JobError;
+use crate::sql::QualifiedName;
+
+/// A connection URL whose `Display` and `Debug` hide the password, so that no log
+/// line, error or summary can print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl(String);
+
+impl DbUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `host:port/database` for messages; never the user's password.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    // set_password fails only for URLs that cannot have one.
+                    let _ = url.set_password(Some("****"));
+                }
+                let mut pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let hidden = k.eq_ignore_ascii_case("password");
+                        (k.into_owned(), if hidden { "****".into() } else { v.into_owned() })
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    url.set_query(None);
+                } else {
+                    url.query_pairs_mut().clear().extend_pairs(pairs.drain(..));
+                }
+                url.to_string()
+            }
+            Err(_) => "<unparseable connection URL>".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The raw mirror of the file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    source: RawSource,
+    partition: Option<RawPartition>,
+    target: RawTarget,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+    table: Option<String>,
+    query: Option<String>,
+    columns: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    where_clause: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    column: String,
+    lower_bound: Option<RawBound>,
+    upper_bound: Option<RawBound>,
+    count: Option<i64>,
+}
+
+/// Bounds may be written as TOML integers, strings, or TOML dates/datetimes; all are
+/// kept as text until the column's type is known.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBound {
+    Int(i64),
+    Text(String),
+    Datetime(toml::value::Datetime),
+}
+
+impl RawBound {
+    fn into_text(self) -> String {
+        match self {
+            RawBound::Int(i) => i.to_string(),
+            RawBound::Text(s) => s,
+            RawBound::Datetime(d) => d.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    url: String,
+    table: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    create: Create,
+    #[serde(default)]
+    method: Method,
+    batch_size: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    parallelism: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------
+// The validated job.
+
+/// What to do with rows already in the target table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Add the copied rows to what is there.
+    #[default]
+    Append,
+    /// Empty the target once, before the first partition is written.
+    Truncate,
+}
+
+/// Whether a missing target table is created from the source's column definitions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Create {
+    #[default]
+    IfMissing,
+    Never,
+}
+
+/// How rows are written into the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// `COPY ... FROM STDIN`, binary when the column types match, else text.
+    #[default]
+    Copy,
+    /// Multi-row `INSERT`s of `batch_size` rows.
+    Insert,
+}
+
+/// Where the rows come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relation {
+    Table(QualifiedName),
+    /// The user's own SQL, used as a subquery.
+    Query(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub url: DbUrl,
+    pub relation: Relation,
+    /// Columns to copy, in order; `None` means every column of the source.
+    pub columns: Option<Vec<String>>,
+    /// The user's own SQL condition, applied to every partition.
+    pub where_clause: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSpec {
+    /// Column name exactly as in the catalogue (case-sensitive, unquoted).
+    pub column: String,
+    /// Bounds as written; parsed once the column's type is known.
+    pub bounds: Option<(String, String)>,
+    pub count: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: DbUrl,
+    pub table: QualifiedName,
+    pub mode: Mode,
+    pub create: Create,
+    pub method: Method,
+    pub batch_size: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub source: Source,
+    /// `None`: the whole source in one partition.
+    pub partition: Option<PartitionSpec>,
+    pub target: Target,
+    /// Connections at once per side; `None` means one per partition.
+    pub parallelism: Option<u32>,
+}
+
+pub const DEFAULT_BATCH_SIZE: u32 = 1000;
+/// More partitions than this is a typo, not a plan.
+pub const MAX_PARTITIONS: i64 = 100_000;
+/// Rows per INSERT; beyond this a statement's arrays grow past what is sensible to buffer.
+pub const MAX_BATCH_SIZE: i64 = 1_000_000;
+
+impl Job {
+    /// Reads a job from the text of a job file: interpolates the environment, parses, validates.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Job, JobError> {
+        let expanded = interpolate(text, env)?;
+        let raw: RawJob = toml::from_str(&expanded).map_err(|e| toml_error(&expanded, &e))?;
+        Job::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawJob) -> Result<Job, JobError> {
+        let source = validate_source(raw.source)?;
+        let partition = raw.partition.map(validate_partition).transpose()?;
+        let target = validate_target(raw.target, &source)?;
+        let parallelism = match raw.run.parallelism {
+            None => None,
+            Some(p) if (1..=i64::from(u16::MAX)).contains(&p) => Some(to_u32(p)),
+            Some(p) => {
+                return Err(JobError::new(format!(
+                    "run.parallelism: {p} is out of range (expected a whole number from 1 to {})",
+                    u16::MAX
+                )))
+            }
+        };
+        Ok(Job {
+            source,
+            partition,
+            target,
+            parallelism,
+        })
+    }
+}
+
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).expect("callers check the range first")
+}
+
+fn validate_source(raw: RawSource) -> Result<Source, JobError> {
+    let relation = match (raw.table, raw.query) {
+        (Some(_), Some(_)) => {
+            return Err(JobError::new(
+                "source: both `table` and `query` are set (expected exactly one of them)",
+            ))
+        }
+        (None, None) => {
+            return Err(JobError::new(
+                "source: neither `table` nor `query` is set (expected exactly one of them)",
+            ))
+        }
+        (Some(table), None) => Relation::Table(
+            QualifiedName::parse(&table).map_err(|e| JobError::new(format!("source.table: {e}")))?,
+        ),
+        (None, Some(query)) => {
+            let query = query.trim().trim_end_matches(';').trim_end().to_string();
+            if query.is_empty() {
+                return Err(JobError::new("source.query: is empty (expected a SELECT statement)"));
+            }
+            Relation::Query(query)
+        }
+    };
+    if let Some(columns) = &raw.columns {
+        if columns.is_empty() {
+            return Err(JobError::new(
+                "source.columns: is empty (expected at least one column name, or leave it out for all columns)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in columns {
+            if c.is_empty() {
+                return Err(JobError::new("source.columns: contains an empty name"));
+            }
+            if !seen.insert(c) {
+                return Err(JobError::new(format!("source.columns: \"{c}\" is listed twice")));
+            }
+        }
+    }
+    let where_clause = raw.where_clause.map(|w| w.trim().to_string());
+    if where_clause.as_deref() == Some("") {
+        return Err(JobError::new(
+            "source.where: is empty (expected an SQL condition, or leave it out)",
+        ));
+    }
+    Ok(Source {
+        url: parse_url("source.url", raw.url)?,
+        relation,
+        columns: raw.columns,
+        where_clause,
+    })
+}
+
+fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
+    if raw.column.is_empty() {
+        return Err(JobError::new("partition.column: is empty (expected a column name)"));
+    }
+    let count = raw.count.unwrap_or(1);
+    if !(1..=MAX_PARTITIONS).contains(&count) {
+        return Err(JobError::new(format!(
+            "partition.count: {count} is out of range (expected a whole number from 1 to {MAX_PARTITIONS})"
+        )));
+    }
+    let bounds = match (raw.lower_bound, raw.upper_bound) {
+        (None, None) => None,
+        (Some(l), Some(u)) => Some((l.into_text(), u.into_text())),
+        (Some(_), None) => {
+            return Err(JobError::new(
+                "partition.upper_bound: missing (lower_bound is set; expected both bounds or neither)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(JobError::new(
+                "partition.lower_bound: missing (upper_bound is set; expected both bounds or neither)",
+            ))
+        }
+    };
+    Ok(PartitionSpec {
+        column: raw.column,
+        bounds,
+        count: to_u32(count),
+    })
+}
+
+fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> {
+    let table = match (raw.table, &source.relation) {
+        (Some(t), _) => {
+            QualifiedName::parse(&t).map_err(|e| JobError::new(format!("target.table: {e}")))?
+        }
+        (None, Relation::Table(name)) => name.clone(),
+        (None, Relation::Query(_)) => {
+            return Err(JobError::new(
+                "target.table: missing (expected a table name; it is required when the source is a query)",
+            ))
+        }
+    };
+    let batch_size = raw.batch_size.unwrap_or(i64::from(DEFAULT_BATCH_SIZE));
+    if !(1..=MAX_BATCH_SIZE).contains(&batch_size) {
+        return Err(JobError::new(format!(
+            "target.batch_size: {batch_size} is out of range (expected a whole number from 1 to {MAX_BATCH_SIZE})"
+        )));
+    }
+    Ok(Target {
+        url: parse_url("target.url", raw.url)?,
+        table,
+        mode: raw.mode,
+        create: raw.create,
+        method: raw.method,
+        batch_size: to_u32(batch_size),
+    })
+}
+
+fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
+    let url = DbUrl::new(url.trim());
+    match url::Url::parse(url.expose()) {
+        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => Ok(url),
+        Ok(u) => Err(JobError::new(format!(
+            "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
+            u.scheme()
+        ))),
+        // The parse error never contains the URL itself, so it is safe to show.
+        Err(e) => Err(JobError::new(format!(
+            "{key}: not a valid URL: {e} (expected postgres://user@host:port/database)"
+        ))),
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` from `env`. `$$` stands for a literal `$`.
+pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, JobError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| {
+                JobError::new(format!(
+                    "line {}: unterminated ${{ (expected ${{VAR}} or ${{VAR:-default}})",
+                    line_of(text, text.len() - rest.len() + pos)
+                ))
+            })?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid_name = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid_name {
+                return Err(JobError::new(format!(
+                    "line {}: \"${{{expr}}}\" is not a variable reference (expected ${{NAME}} or ${{NAME:-default}})",
+                    line_of(text, text.len() - rest.len() + pos)
+                )));
+            }
+            // As in the shell, `:-` also replaces a variable that is set but empty.
+            match (env(name), default) {
+                (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(JobError::new(format!(
+                        "line {}: environment variable {name} is not set (expected it set, or a default as ${{{name}:-default}})",
+                        line_of(text, text.len() - rest.len() + pos)
+                    )))
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+/// A TOML error as `line L, column C: message`, without echoing the offending line:
+/// after interpolation that line may hold a password.
+fn toml_error(text: &str, err: &toml::de::Error) -> JobError {
+    let message = err.message().trim();
+    match err.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
+            JobError::new(format!("line {line}, column {column}: {message}"))
+        }
+        None => JobError::new(message.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://u@h/src"
+table = "public.covid_cases"
+[target]
+url = "postgres://u@h/dst"
+"#;
+
+    fn parse(text: &str) -> Result<Job, JobError> {
+        Job::parse(text, env(&[]))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("job should be rejected").to_string()
+    }
+
+    #[test]
+    fn minimal_job_takes_defaults() {
+        let job = parse(MINIMAL).unwrap();
+        assert_eq!(job.target.table.to_string(), "\"public\".\"covid_cases\"");
+        assert_eq!(job.target.mode, Mode::Append);
+        assert_eq!(job.target.create, Create::IfMissing);
+        assert_eq!(job.target.method, Method::Copy);
+        assert_eq!(job.target.batch_size, DEFAULT_BATCH_SIZE);
+        assert!(job.partition.is_none());
+        assert!(job.parallelism.is_none());
+    }
+
+    #[test]
+    fn full_job_from_the_issue() {
+        let text = r#"
+[source]
+url = "${SOURCE_URL}"
+table = "public.covid_cases"
+columns = ["state", "district", "confirmed", "date"]
+where = "state <> 'Unknown'"
+[partition]
+column = "date"
+lower_bound = "2021-02-20"
+upper_bound = "2021-02-28"
+count = 4
+[target]
+url = "${TARGET_URL:-postgres://postgres@localhost/t}"
+table = "Public.Covid"
+mode = "truncate"
+create = "never"
+method = "insert"
+batch_size = 500
+[run]
+parallelism = 2
+"#;
+        let job = Job::parse(text, env(&[("SOURCE_URL", "postgres://a:secret@h:5/db")])).unwrap();
+        assert_eq!(job.source.url.expose(), "postgres://a:secret@h:5/db");
+        assert_eq!(job.target.url.expose(), "postgres://postgres@localhost/t");
+        assert_eq!(job.target.table.to_string(), "\"public\".\"covid\"");
+        assert_eq!(
+            job.partition,
+            Some(PartitionSpec {
+                column: "date".into(),
+                bounds: Some(("2021-02-20".into(), "2021-02-28".into())),
+                count: 4
+            })
+        );
+        assert_eq!(job.source.where_clause.as_deref(), Some("state <> 'Unknown'"));
+        assert_eq!(job.target.mode, Mode::Truncate);
+        assert_eq!(job.target.create, Create::Never);
+        assert_eq!(job.target.method, Method::Insert);
+        assert_eq!(job.target.batch_size, 500);
+        assert_eq!(job.parallelism, Some(2));
+    }
+
+    #[test]
+    fn toml_integer_and_date_bounds_are_accepted() {
+        let text = format!(
+            "{MINIMAL}[partition]\ncolumn = \"id\"\nlower_bound = 0\nupper_bound = 2021-02-28\ncount = 3\n"
+        );
+        let job = parse(&text).unwrap();
+        assert_eq!(
+            job.partition.unwrap().bounds,
+            Some(("0".into(), "2021-02-28".into()))
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\ntabel='x'\n[target]\nurl='postgres://h/d'\n",
+                "unknown field `tabel`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolum='id'\n",
+                "unknown field `colum`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
+                "source: both `table` and `query`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\n[target]\nurl='postgres://h/d'\n",
+                "source: neither `table` nor `query`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolumn='id'\nlower_bound=1\n",
+                "partition.upper_bound: missing",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolumn='id'\nupper_bound=1\n",
+                "partition.lower_bound: missing",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolumn='id'\ncount=0\n",
+                "partition.count: 0 is out of range",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolumn='id'\ncount='four'\n",
+                "invalid type: string \"four\", expected i64",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
+                "target.table: missing",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",
+                "unknown variant `merge`, expected `append` or `truncate`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nbatch_size=0\n",
+                "target.batch_size: 0 is out of range",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nparallelism=0\n",
+                "run.parallelism: 0 is out of range",
+            ),
+            (
+                "[source]\nurl='mysql://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",
+                "source.url: scheme \"mysql\" is not supported",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='a.b.c'\n[target]\nurl='postgres://h/d'\n",
+                "source.table:",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\ncolumns=['a','a']\n[target]\nurl='postgres://h/d'\n",
+                "source.columns: \"a\" is listed twice",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = err(text);
+            assert!(
+                message.contains(expected),
+                "for job\n{text}\nexpected an error containing {expected:?}, got {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn toml_errors_give_a_position_and_never_echo_the_line() {
+        let text = "[source]\nurl = ${SOURCE_URL}\ntable='t'\n[target]\nurl='postgres://h/d'\n";
+        let message = Job::parse(text, env(&[("SOURCE_URL", "postgres://u:hunter2@h/d")]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("line 2, column 7:"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn interpolation() {
+        let e = env(&[("A", "1"), ("EMPTY", "")]);
+        assert_eq!(interpolate("x${A}y", &e).unwrap(), "x1y");
+        assert_eq!(interpolate("${B:-two}", &e).unwrap(), "two");
+        assert_eq!(interpolate("${EMPTY:-dflt}", &e).unwrap(), "dflt");
+        assert_eq!(interpolate("${A:-two}", &e).unwrap(), "1");
+        assert_eq!(interpolate("$$${A} $x", &e).unwrap(), "$1 $x");
+        assert_eq!(interpolate("${B:-}", &e).unwrap(), "");
+        let missing = interpolate("a\n${NOPE}", &e).unwrap_err().to_string();
+        assert_eq!(
+            missing,
+            "line 2: environment variable NOPE is not set (expected it set, or a default as ${NOPE:-default})"
+        );
+        assert!(interpolate("${A", &e).unwrap_err().to_string().contains("unterminated"));
+        assert!(interpolate("${A B}", &e).unwrap_err().to_string().contains("not a variable"));
+    }
+
+    #[test]
+    fn url_password_is_redacted_everywhere() {
+        let url = DbUrl::new("postgres://alice:s3cret@db.example:5433/prod?password=other&sslmode=require");
+        let shown = format!("{url} {url:?} {}", url.redacted());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("other"), "{shown}");
+        assert!(shown.contains("alice:****@db.example:5433/prod"), "{shown}");
+        assert!(shown.contains("sslmode=require"), "{shown}");
+        assert_eq!(DbUrl::new("postgres://h/d").to_string(), "postgres://h/d");
+    }
+}

@@ -1,0 +1,30 @@
+//! stride copies a PostgreSQL table, or a query's rows, into another database over
+//! several connections at once.
+//!
+//! One run, as data flowing through the modules:
+//!
+//! ```text
+//! job.toml ─► job ─► pg (introspect both sides) ─► plan ─► copy (workers) ─► report
+//! ```
+//!
+//! - [`job`]: the TOML file, `${VAR}` interpolation and validation (pure).
+//! - [`sql`], [`partition`], [`plan`]: identifiers, typed literals, Spark-style
+//!   partition ranges and every statement a run sends (pure, unit- and
+//!   property-tested).
+//! - [`pg`]: connections, the catalogue, the exported snapshot, bounds, estimates.
+//! - [`copy`]: the scheduler and the two ways a partition travels (COPY
+//!   pass-through, batched INSERTs), one target transaction per partition.
+//! - [`report`]: progress, the summary, `plan` and `check` output.
+//! - [`commands`]: the one place that knows the order of a command's steps.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod copy;
+pub mod error;
+pub mod job;
+pub mod partition;
+pub mod pg;
+pub mod plan;
+pub mod report;
+pub mod sql;

@@ -1,0 +1,288 @@
+//! Everything that talks to PostgreSQL outside the copy itself: connecting, reading
+//! the catalogue, the shared snapshot, key bounds, row estimates and free
+//! connection slots. Each function adds context naming the object it works on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
+
+use crate::job::DbUrl;
+use crate::sql::{quote_literal, QualifiedName};
+
+/// Session settings (startup `-c` options, so no spaces in values) that make the text forms of values identical on both sides, so
+/// text COPY and the row path round-trip exactly: ISO dates, UTC, Postgres-style
+/// intervals, hex bytea, and floats printed with every digit.
+const SESSION_OPTIONS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO,MDY"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "3"),
+];
+
+/// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
+/// built in and have the same OID in every database.
+const FIRST_NORMAL_OID: i64 = 16384;
+
+/// Runs one or more statements over the simple query protocol.
+///
+/// (A `&str` with no arguments goes over the simple protocol; sqlx's `raw_sql`
+/// does too, but its future cannot be proven `Send` inside a spawned task:
+/// rust-lang/rust#102211.)
+pub async fn execute(conn: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
+    sqlx::Executor::execute(conn, sql).await.map(|_| ())
+}
+
+/// Which side of the copy a connection is on, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Opens a pool of at most `max_connections` to `url`, connecting once to fail early.
+/// PG* environment variables and `~/.pgpass` fill in what the URL leaves out.
+pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url.expose())
+        .with_context(|| format!("{side}.url: cannot use {url}"))?;
+    let place = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)")
+    );
+    let options = options
+        .application_name("stride")
+        .options(SESSION_OPTIONS)
+        .disable_statement_logging();
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connecting to the {side} database at {place}"))
+}
+
+/// One column as the catalogue describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` with the modifier, e.g. `numeric(12,4)`: what `CREATE TABLE` needs.
+    pub type_name: String,
+    /// `format_type` without the modifier, e.g. `numeric`: what cast lookups need.
+    pub base_type: String,
+    pub type_oid: i64,
+    /// For arrays, the element type without modifier.
+    pub element_type: Option<String>,
+    pub not_null: bool,
+}
+
+impl Column {
+    pub fn is_builtin_type(&self) -> bool {
+        self.type_oid < FIRST_NORMAL_OID
+    }
+}
+
+/// A relation's columns and the planner's idea of its size.
+#[derive(Clone, Debug, Serialize)]
+pub struct Relation {
+    pub columns: Vec<Column>,
+    /// `pg_class.reltuples`; `None` when the relation was never analyzed or is a query.
+    pub estimated_rows: Option<i64>,
+    /// `pg_class.relkind`: `r` table, `p` partitioned table, `v` view, ...
+    pub kind: char,
+}
+
+const COLUMNS_SQL: &str = "\
+SELECT a.attname::text AS name,
+       format_type(a.atttypid, a.atttypmod) AS type_name,
+       format_type(a.atttypid, NULL) AS base_type,
+       a.atttypid::int8 AS type_oid,
+       CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS element_type,
+       a.attnotnull AS not_null
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum";
+
+/// The columns of a table or view, or `None` if there is no such relation.
+pub async fn describe_table(conn: &mut PgConnection, name: &QualifiedName) -> Result<Option<Relation>> {
+    let row = sqlx::query(
+        "SELECT c.oid::int8, c.reltuples::float8, c.relkind::text \
+         FROM pg_class c WHERE c.oid = to_regclass($1)",
+    )
+    .bind(name.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .with_context(|| format!("looking up table {name}"))?;
+    let Some(row) = row else { return Ok(None) };
+    let oid: i64 = row.get(0);
+    let reltuples: f64 = row.get(1);
+    let kind: String = row.get(2);
+    let columns = read_columns(conn, oid)
+        .await
+        .with_context(|| format!("reading the columns of {name}"))?;
+    Ok(Some(Relation {
+        columns,
+        // reltuples is -1 (PG 14+) or 0 for a table never vacuumed or analyzed.
+        estimated_rows: (reltuples > 0.0).then(|| reltuples.round() as i64),
+        kind: kind.chars().next().unwrap_or('r'),
+    }))
+}
+
+/// The output columns of the user's query, with their types and modifiers.
+///
+/// The query is wrapped in a temporary view inside a transaction that is rolled
+/// back: the view's catalogue entry gives the types with their modifiers, which the
+/// wire protocol's row description does not.
+pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Relation> {
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let result = async {
+        sqlx::raw_sql(&format!("CREATE TEMPORARY VIEW stride_query_probe AS {query}"))
+            .execute(&mut *conn)
+            .await
+            .context("source.query: the query does not run")?;
+        let oid: i64 = sqlx::query_scalar("SELECT 'stride_query_probe'::regclass::oid::int8")
+            .fetch_one(&mut *conn)
+            .await?;
+        read_columns(conn, oid).await
+    }
+    .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+    Ok(Relation {
+        columns: result?,
+        estimated_rows: None,
+        kind: 'v',
+    })
+}
+
+async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> {
+    let rows = sqlx::query(COLUMNS_SQL).bind(oid).fetch_all(conn).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get("name"),
+            type_name: r.get("type_name"),
+            base_type: r.get("base_type"),
+            type_oid: r.get("type_oid"),
+            element_type: r.get("element_type"),
+            not_null: r.get("not_null"),
+        })
+        .collect())
+}
+
+/// How a source column travels into its target column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transfer {
+    /// Same built-in type: binary COPY bytes pass through undecoded.
+    Binary,
+    /// Different but assignable types: the target's input function converts the text form.
+    Text,
+    /// The target cannot take this type.
+    Incompatible,
+}
+
+/// Decides how `source` can be written into `target`, asking the target's catalogue
+/// about casts. A target of a string type takes any text form; otherwise an implicit
+/// or assignment cast must exist (arrays: between their element types).
+pub async fn transfer(conn: &mut PgConnection, source: &Column, target: &Column) -> Result<Transfer> {
+    if source.type_oid == target.type_oid && source.is_builtin_type() {
+        return Ok(Transfer::Binary);
+    }
+    let (from, to) = match (&source.element_type, &target.element_type) {
+        (Some(s), Some(t)) => (s.as_str(), t.as_str()),
+        (None, None) => (source.base_type.as_str(), target.base_type.as_str()),
+        (None, Some(_)) => return Ok(Transfer::Incompatible),
+        // An array's text form fits a string column and nothing else.
+        (Some(_), None) => (source.base_type.as_str(), target.base_type.as_str()),
+    };
+    let ok: bool = sqlx::query_scalar(
+        "SELECT coalesce(
+            to_regtype($1) = to_regtype($2)
+            OR (SELECT typcategory = 'S' FROM pg_type WHERE oid = to_regtype($2))
+            OR EXISTS (SELECT 1 FROM pg_cast
+                       WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2)
+                         AND castcontext IN ('i', 'a')),
+            false)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("checking whether {from} can be written as {to}"))?;
+    Ok(if ok { Transfer::Text } else { Transfer::Incompatible })
+}
+
+/// A REPEATABLE READ transaction whose snapshot every partition imports, so that all
+/// partitions read the same moment of the source. Hold it until every partition has
+/// started: an exported snapshot lives only as long as its transaction.
+pub async fn export_snapshot(conn: &mut PgConnection) -> Result<String> {
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .context("opening the source's snapshot transaction")?;
+    sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(conn)
+        .await
+        .context("exporting the source's snapshot")
+}
+
+/// Starts a transaction that reads the snapshot `snapshot` exported by the coordinator.
+pub async fn import_snapshot(conn: &mut PgConnection, snapshot: &str) -> Result<()> {
+    let sql = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    );
+    execute(conn, &sql)
+        .await
+        .with_context(|| format!("importing snapshot {snapshot}"))
+}
+
+/// Smallest and largest key, encoded as `partition::KeyType` values, over the rows
+/// the job reads; `None` when there are none. `sql` comes from `plan::bounds_sql`.
+pub async fn key_bounds(conn: &mut PgConnection, sql: &str) -> Result<Option<(i64, i64)>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(sql)
+        .fetch_one(conn)
+        .await
+        .context("reading the partition column's min() and max() from the source")?;
+    Ok(lo.zip(hi))
+}
+
+/// The planner's row estimate for a query.
+pub async fn estimate_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
+    let plan: String = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {select}"))
+        .fetch_one(conn)
+        .await
+        .context("estimating a partition's rows with EXPLAIN")?;
+    let json: serde_json::Value = serde_json::from_str(&plan).context("reading EXPLAIN output")?;
+    Ok(json[0]["Plan"]["Plan Rows"].as_f64().map_or(0, |r| r.round() as i64))
+}
+
+/// Connection slots a new session of ours can still take on this server:
+/// `max_connections`, less the reserved slots, less the client sessions open now.
+pub async fn free_connection_slots(pool: &PgPool) -> Result<i64> {
+    sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::int
+              - current_setting('superuser_reserved_connections')::int
+              - coalesce(current_setting('reserved_connections', true)::int, 0)
+              - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int",
+    )
+    .fetch_one(pool)
+    .await
+    .context("counting free connection slots")
+    .map(|n: i32| i64::from(n))
+}

@@ -1,0 +1,484 @@
+//! The plan: from a validated job and the source's columns to the exact SQL each
+//! partition runs. Pure: the catalogue facts it needs are passed in, so every
+//! statement it renders is unit-tested without a database.
+
+use serde::Serialize;
+
+use crate::error::JobError;
+use crate::job::{Job, Relation};
+use crate::partition::{predicate, stride_ranges, KeyRange, KeyType};
+use crate::pg::{Column, Transfer};
+use crate::sql::{quote_ident, QualifiedName};
+
+/// The partition column, resolved against the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Key {
+    pub column: String,
+    pub key_type: KeyType,
+}
+
+/// Where the split's bounds came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoundsOrigin {
+    /// `lower_bound` / `upper_bound` in the job.
+    Job,
+    /// `min()` / `max()` of the column in the source.
+    Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bounds {
+    pub lower: i64,
+    pub upper: i64,
+    pub origin: BoundsOrigin,
+}
+
+/// COPY's data format for the whole partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyFormat {
+    Binary,
+    Text,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedPartition {
+    pub index: usize,
+    pub range: KeyRange,
+    /// The range for people, e.g. `[2021-02-22, 2021-02-24)`.
+    pub describe: String,
+    /// The source query of this partition.
+    pub select: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// Columns copied, in order (same names on both sides).
+    pub columns: Vec<String>,
+    pub key: Option<Key>,
+    pub bounds: Option<Bounds>,
+    /// Partitions asked for in the job; `partitions.len()` may be smaller (a range
+    /// narrower than the count, or an empty source).
+    pub requested_partitions: u32,
+    pub partitions: Vec<PlannedPartition>,
+}
+
+/// The `FROM` item for the source: the quoted table, or the query as a subquery.
+pub fn source_from(relation: &Relation) -> String {
+    match relation {
+        Relation::Table(name) => name.to_string(),
+        Relation::Query(query) => format!("({query}) AS {}", quote_ident("source")),
+    }
+}
+
+/// The columns the job copies, checked against the source's.
+pub fn resolve_columns(job: &Job, source: &[Column]) -> Result<Vec<Column>, JobError> {
+    match &job.source.columns {
+        None => Ok(source.to_vec()),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                source.iter().find(|c| &c.name == name).cloned().ok_or_else(|| {
+                    JobError::new(format!(
+                        "source.columns: column \"{name}\" does not exist in the source (expected one of: {})",
+                        column_list(source)
+                    ))
+                })
+            })
+            .collect(),
+    }
+}
+
+fn column_list(columns: &[Column]) -> String {
+    columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The partition column and its key type, checked against the source's columns.
+pub fn resolve_key(job: &Job, source: &[Column]) -> Result<Option<Key>, JobError> {
+    let Some(spec) = &job.partition else { return Ok(None) };
+    let column = source.iter().find(|c| c.name == spec.column).ok_or_else(|| {
+        JobError::new(format!(
+            "partition.column: column \"{}\" does not exist in the source (expected one of: {})",
+            spec.column,
+            column_list(source)
+        ))
+    })?;
+    let key_type = KeyType::from_pg(&column.type_name).ok_or_else(|| {
+        JobError::new(format!(
+            "partition.column: column \"{}\" is of type {}, which cannot partition (expected smallint, integer, bigint, date, timestamp or timestamptz)",
+            column.name, column.type_name
+        ))
+    })?;
+    Ok(Some(Key {
+        column: column.name.clone(),
+        key_type,
+    }))
+}
+
+/// The job's bounds parsed as the key's type; `None` when the job leaves them out.
+pub fn parse_bounds(job: &Job, key: &Key) -> Result<Option<Bounds>, JobError> {
+    let Some((lower, upper)) = job.partition.as_ref().and_then(|p| p.bounds.as_ref()) else {
+        return Ok(None);
+    };
+    let parse = |name: &str, text: &str| {
+        key.key_type
+            .parse_bound(text)
+            .map_err(|e| JobError::new(format!("partition.{name}: {e}")))
+    };
+    let (lo, hi) = (parse("lower_bound", lower)?, parse("upper_bound", upper)?);
+    if lo >= hi {
+        return Err(JobError::new(format!(
+            "partition.lower_bound: {lower} is not below upper_bound {upper} (expected lower_bound < upper_bound)"
+        )));
+    }
+    Ok(Some(Bounds {
+        lower: lo,
+        upper: hi,
+        origin: BoundsOrigin::Job,
+    }))
+}
+
+/// `WHERE` text combining the user's condition and a partition's predicate.
+fn where_clause(user: Option<&str>, partition: Option<String>) -> String {
+    match (user, partition) {
+        (None, None) => String::new(),
+        (Some(u), None) => format!(" WHERE ({u})"),
+        (None, Some(p)) => format!(" WHERE {p}"),
+        (Some(u), Some(p)) => format!(" WHERE ({u}) AND {p}"),
+    }
+}
+
+/// The query reading the smallest and largest key as `i64` values in the key's
+/// encoding (days or microseconds since 1970-01-01 for dates and timestamps).
+/// Infinite dates and timestamps are left out: they still land in the first or last
+/// partition, they just do not stretch the stride.
+pub fn bounds_sql(job: &Job, key: &Key) -> String {
+    let c = quote_ident(&key.column);
+    let (lo, hi) = match key.key_type {
+        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => {
+            (format!("min({c})::int8"), format!("max({c})::int8"))
+        }
+        KeyType::Date => (
+            format!("(min({c}) FILTER (WHERE isfinite({c})) - DATE '1970-01-01')::int8"),
+            format!("(max({c}) FILTER (WHERE isfinite({c})) - DATE '1970-01-01')::int8"),
+        ),
+        KeyType::Timestamp | KeyType::Timestamptz => (
+            format!("floor(extract(epoch FROM min({c}) FILTER (WHERE isfinite({c}))) * 1000000)::int8"),
+            format!("floor(extract(epoch FROM max({c}) FILTER (WHERE isfinite({c}))) * 1000000)::int8"),
+        ),
+    };
+    format!(
+        "SELECT {lo}, {hi} FROM {}{}",
+        source_from(&job.source.relation),
+        where_clause(job.source.where_clause.as_deref(), None)
+    )
+}
+
+/// Builds the plan. `bounds` are the job's, or the source's min/max when the job
+/// has none (`None` there: an empty source, copied as one partition).
+pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bounds>) -> Plan {
+    let requested = job.partition.as_ref().map_or(1, |p| p.count);
+    let ranges = match (&key, &bounds) {
+        (Some(_), Some(b)) if b.lower < b.upper => stride_ranges(b.lower, b.upper, requested),
+        _ => vec![KeyRange {
+            lower: None,
+            upper: None,
+        }],
+    };
+    let from = source_from(&job.source.relation);
+    let select_list = columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let partitions = ranges
+        .into_iter()
+        .enumerate()
+        .map(|(index, range)| {
+            let (pred, describe) = match &key {
+                Some(k) => (
+                    predicate(&quote_ident(&k.column), k.key_type, &range),
+                    range.describe(k.key_type),
+                ),
+                None => (None, "all rows".to_string()),
+            };
+            let select = format!(
+                "SELECT {select_list} FROM {from}{}",
+                where_clause(job.source.where_clause.as_deref(), pred)
+            );
+            PlannedPartition {
+                index,
+                range,
+                describe,
+                select,
+            }
+        })
+        .collect();
+    Plan {
+        columns: columns.iter().map(|c| c.name.clone()).collect(),
+        key,
+        bounds,
+        requested_partitions: requested,
+        partitions,
+    }
+}
+
+/// The format the copy uses: binary only when every column passes through.
+pub fn copy_format(transfers: &[Transfer]) -> CopyFormat {
+    if transfers.iter().all(|t| *t == Transfer::Binary) {
+        CopyFormat::Binary
+    } else {
+        CopyFormat::Text
+    }
+}
+
+fn format_option(format: CopyFormat) -> &'static str {
+    match format {
+        CopyFormat::Binary => " (FORMAT binary)",
+        CopyFormat::Text => "",
+    }
+}
+
+/// `COPY (select) TO STDOUT`, the source side of a partition.
+pub fn copy_out_sql(select: &str, format: CopyFormat) -> String {
+    format!("COPY ({select}) TO STDOUT{}", format_option(format))
+}
+
+/// `COPY table (columns) FROM STDIN`, the target side of a partition.
+pub fn copy_in_sql(table: &QualifiedName, columns: &[String], format: CopyFormat) -> String {
+    format!(
+        "COPY {table} ({}) FROM STDIN{}",
+        quoted_list(columns),
+        format_option(format)
+    )
+}
+
+fn quoted_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The row path's source query: every column as its exact text form (the session
+/// settings in `pg` fix DateStyle, TimeZone, IntervalStyle, bytea and float output).
+pub fn rows_select_sql(select: &str, columns: &[String]) -> String {
+    let cols = columns
+        .iter()
+        .map(|c| format!("{0}::text AS {0}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {cols} FROM ({select}) AS {}", quote_ident("partition"))
+}
+
+/// The row path's statement: one `INSERT` per batch, one `text[]` parameter per
+/// column, unnested in step and cast to the target's types by the target. A batch
+/// of any size is one statement with as many parameters as columns, far from the
+/// protocol's 65,535-parameter limit.
+pub fn insert_sql(table: &QualifiedName, columns: &[(String, String)]) -> String {
+    let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let casts = columns
+        .iter()
+        .map(|(n, ty)| format!("{}::{ty}", quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let params = (1..=columns.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {table} ({}) SELECT {casts} FROM unnest({params}) AS {}({})",
+        quoted_list(&names),
+        quote_ident("batch"),
+        quoted_list(&names)
+    )
+}
+
+/// `CREATE TABLE` for a missing target, from the source's column definitions
+/// (names, types with modifiers, NOT NULL).
+pub fn create_table_sql(table: &QualifiedName, columns: &[Column]) -> String {
+    let defs = columns
+        .iter()
+        .map(|c| {
+            let not_null = if c.not_null { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", quote_ident(&c.name), c.type_name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("CREATE TABLE {table} ({defs})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column {
+            name: name.into(),
+            type_name: ty.into(),
+            base_type: ty.into(),
+            type_oid: 23,
+            element_type: None,
+            not_null: false,
+        }
+    }
+
+    fn job(extra: &str) -> Job {
+        let text = format!(
+            "[source]\nurl='postgres://h/s'\ntable='public.covid_cases'\n{extra}\n[target]\nurl='postgres://h/t'\n"
+        );
+        Job::parse(&text, |_| None).unwrap()
+    }
+
+    fn job_with_partition(partition: &str) -> Job {
+        let text = format!(
+            "[source]\nurl='postgres://h/s'\ntable='public.covid_cases'\nwhere=\"state <> 'Unknown'\"\n[partition]\n{partition}\n[target]\nurl='postgres://h/t'\n"
+        );
+        Job::parse(&text, |_| None).unwrap()
+    }
+
+    fn source() -> Vec<Column> {
+        vec![col("id", "bigint"), col("state", "text"), col("date", "date"), col("Mixed Case", "integer")]
+    }
+
+    #[test]
+    fn worked_example_from_the_readme() {
+        let job = job_with_partition("column='id'\nlower_bound=0\nupper_bound=1000\ncount=10");
+        let key = resolve_key(&job, &source()).unwrap().unwrap();
+        let bounds = parse_bounds(&job, &key).unwrap();
+        let plan = build(&job, &source()[..2], Some(key), bounds);
+        let selects: Vec<&str> = plan.partitions.iter().map(|p| p.select.as_str()).collect();
+        assert_eq!(selects.len(), 10);
+        assert_eq!(
+            selects[0],
+            "SELECT \"id\", \"state\" FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown') AND (\"id\" < '100'::int8 OR \"id\" IS NULL)"
+        );
+        assert_eq!(
+            selects[1],
+            "SELECT \"id\", \"state\" FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown') AND (\"id\" >= '100'::int8 AND \"id\" < '200'::int8)"
+        );
+        assert_eq!(
+            selects[9],
+            "SELECT \"id\", \"state\" FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown') AND \"id\" >= '900'::int8"
+        );
+    }
+
+    #[test]
+    fn no_partition_section_is_one_partition_of_every_row() {
+        let plan = build(&job(""), &source(), None, None);
+        assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(
+            plan.partitions[0].select,
+            "SELECT \"id\", \"state\", \"date\", \"Mixed Case\" FROM \"public\".\"covid_cases\""
+        );
+        assert_eq!(plan.partitions[0].describe, "all rows");
+    }
+
+    #[test]
+    fn empty_source_without_bounds_is_one_partition() {
+        let job = job_with_partition("column='id'\ncount=4");
+        let key = resolve_key(&job, &source()).unwrap();
+        let plan = build(&job, &source(), key, None);
+        assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(plan.requested_partitions, 4);
+    }
+
+    #[test]
+    fn query_source_is_a_subquery() {
+        let text = "[source]\nurl='postgres://h/s'\nquery='SELECT * FROM t WHERE x > 1;'\n[target]\nurl='postgres://h/t'\ntable='t2'\n";
+        let job = Job::parse(text, |_| None).unwrap();
+        assert_eq!(
+            source_from(&job.source.relation),
+            "(SELECT * FROM t WHERE x > 1) AS \"source\""
+        );
+    }
+
+    #[test]
+    fn date_key_and_bound_errors() {
+        let job = job_with_partition("column='date'\nlower_bound='2021-02-20'\nupper_bound='2021-02-28'\ncount=4");
+        let key = resolve_key(&job, &source()).unwrap().unwrap();
+        assert_eq!(key.key_type, KeyType::Date);
+        let plan = build(&job, &source(), Some(key.clone()), parse_bounds(&job, &key).unwrap());
+        assert_eq!(plan.partitions.len(), 4);
+        assert!(plan.partitions[0].select.ends_with(
+            "AND (\"date\" < '2021-02-22'::date OR \"date\" IS NULL)"
+        ));
+        assert!(plan.partitions[3].select.ends_with("AND \"date\" >= '2021-02-26'::date"));
+
+        let bad = job_with_partition("column='date'\nlower_bound='2021-13-45'\nupper_bound='2021-02-28'\ncount=4");
+        let e = parse_bounds(&bad, &key).unwrap_err().to_string();
+        assert!(e.starts_with("partition.lower_bound: "), "{e}");
+        assert!(e.contains("2021-13-45"), "{e}");
+
+        let reversed = job_with_partition("column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-02-28'\ncount=4");
+        let e = parse_bounds(&reversed, &key).unwrap_err().to_string();
+        assert_eq!(e, "partition.lower_bound: 2021-03-01 is not below upper_bound 2021-02-28 (expected lower_bound < upper_bound)");
+        let equal = job_with_partition("column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-03-01'\ncount=4");
+        assert!(parse_bounds(&equal, &key).is_err());
+    }
+
+    #[test]
+    fn key_and_column_errors_name_the_key() {
+        let missing = job_with_partition("column='nope'\ncount=2");
+        let e = resolve_key(&missing, &source()).unwrap_err().to_string();
+        assert!(e.starts_with("partition.column: column \"nope\" does not exist"), "{e}");
+        let text_key = job_with_partition("column='state'\ncount=2");
+        let e = resolve_key(&text_key, &source()).unwrap_err().to_string();
+        assert!(e.contains("is of type text, which cannot partition"), "{e}");
+        let cols = job("columns = ['id', 'ghost']");
+        let e = resolve_columns(&cols, &source()).unwrap_err().to_string();
+        assert!(e.starts_with("source.columns: column \"ghost\" does not exist"), "{e}");
+        let ok = job("columns = ['Mixed Case', 'id']");
+        let names: Vec<String> = resolve_columns(&ok, &source()).unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["Mixed Case", "id"]);
+    }
+
+    #[test]
+    fn bounds_queries() {
+        let job = job_with_partition("column='date'\ncount=2");
+        let key = Key { column: "date".into(), key_type: KeyType::Date };
+        assert_eq!(
+            bounds_sql(&job, &key),
+            "SELECT (min(\"date\") FILTER (WHERE isfinite(\"date\")) - DATE '1970-01-01')::int8, (max(\"date\") FILTER (WHERE isfinite(\"date\")) - DATE '1970-01-01')::int8 FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown')"
+        );
+        let key = Key { column: "id".into(), key_type: KeyType::Int4 };
+        assert!(bounds_sql(&job, &key).starts_with("SELECT min(\"id\")::int8, max(\"id\")::int8 FROM"));
+    }
+
+    #[test]
+    fn copy_and_insert_statements() {
+        let t = QualifiedName::parse("public.\"Target T\"").unwrap();
+        let cols = vec!["id".to_string(), "a\"b".to_string()];
+        assert_eq!(copy_format(&[Transfer::Binary, Transfer::Binary]), CopyFormat::Binary);
+        assert_eq!(copy_format(&[Transfer::Binary, Transfer::Text]), CopyFormat::Text);
+        assert_eq!(
+            copy_in_sql(&t, &cols, CopyFormat::Binary),
+            "COPY \"public\".\"Target T\" (\"id\", \"a\"\"b\") FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(copy_out_sql("SELECT 1", CopyFormat::Text), "COPY (SELECT 1) TO STDOUT");
+        assert_eq!(
+            copy_out_sql("SELECT 1", CopyFormat::Binary),
+            "COPY (SELECT 1) TO STDOUT (FORMAT binary)"
+        );
+        assert_eq!(
+            rows_select_sql("SELECT \"id\" FROM t", &cols[..1]),
+            "SELECT \"id\"::text AS \"id\" FROM (SELECT \"id\" FROM t) AS \"partition\""
+        );
+        assert_eq!(
+            insert_sql(&t, &[("id".into(), "bigint".into()), ("n".into(), "numeric(12,4)".into())]),
+            "INSERT INTO \"public\".\"Target T\" (\"id\", \"n\") SELECT \"id\"::bigint, \"n\"::numeric(12,4) FROM unnest($1::text[], $2::text[]) AS \"batch\"(\"id\", \"n\")"
+        );
+        let mut c = col("d", "character varying(10)");
+        c.not_null = true;
+        assert_eq!(
+            create_table_sql(&t, &[col("id", "bigint"), c]),
+            "CREATE TABLE \"public\".\"Target T\" (\"id\" bigint, \"d\" character varying(10) NOT NULL)"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! What people and machines see: the progress bar, the run's summary, and the
+//! output of `plan` and `check`.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::copy::{PartitionReport, Status};
+use crate::plan::{CopyFormat, Plan};
+use crate::pg::Transfer;
+
+/// A bar with rows/s and ETA on a terminal's stderr; hidden otherwise (cron, CI,
+/// pipes), where the log lines say what happens.
+pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(estimated_rows), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/~{human_len} rows  {per_sec}  ETA {eta}",
+        )
+        .expect("the template is a constant")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The whole run, for the final summary.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub source: String,
+    pub target: String,
+    pub method: String,
+    pub partitions: Vec<PartitionReport>,
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Summary {
+    pub fn rows(&self) -> u64 {
+        self.partitions.iter().map(|p| p.rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.bytes).sum()
+    }
+
+    pub fn written(&self) -> Vec<usize> {
+        self.with_status(|s| *s == Status::Written)
+    }
+
+    fn with_status(&self, keep: impl Fn(&Status) -> bool) -> Vec<usize> {
+        self.partitions
+            .iter()
+            .filter(|p| keep(&p.status))
+            .map(|p| p.index)
+            .collect()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.partitions.iter().all(|p| p.status == Status::Written)
+    }
+
+    /// The summary for people.
+    pub fn render(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let rows = self.rows();
+        let bytes = self.bytes();
+        let mut out = String::new();
+        let verdict = if self.succeeded() { "copied" } else { "copy FAILED" };
+        let _ = writeln!(out, "{verdict}: {} -> {} ({})", self.source, self.target, self.method);
+        let _ = writeln!(
+            out,
+            "partitions {} written of {}   rows {}   bytes {}   elapsed {}   {} rows/s",
+            self.written().len(),
+            self.partitions.len(),
+            group(rows),
+            human_bytes(bytes),
+            human_duration(self.elapsed),
+            group((rows as f64 / secs).round() as u64),
+        );
+        let width = self.partitions.iter().map(|p| p.range.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(out, "{:>9}  {:<width$}  {:>12}  {:>9}  status", "partition", "range", "rows", "time");
+        for p in &self.partitions {
+            let status = match &p.status {
+                Status::Written => "written",
+                Status::Failed(_) => "FAILED",
+                Status::RolledBack => "rolled back",
+                Status::NotStarted => "not started",
+            };
+            let _ = writeln!(
+                out,
+                "{:>9}  {:<width$}  {:>12}  {:>9}  {status}",
+                p.index,
+                p.range,
+                group(p.rows),
+                human_duration(p.elapsed),
+            );
+        }
+        for p in &self.partitions {
+            if let Status::Failed(error) = &p.status {
+                let _ = writeln!(out, "partition {} failed: {error}", p.index);
+            }
+        }
+        if !self.succeeded() {
+            let written = self.written();
+            let _ = writeln!(
+                out,
+                "written and committed: {}; everything else was rolled back or not started",
+                if written.is_empty() { "none".to_string() } else { list(&written) }
+            );
+        }
+        out
+    }
+}
+
+fn list(indexes: &[usize]) -> String {
+    indexes.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// 1234567 as "1,234,567".
+pub fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.2} s")
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+/// `stride plan` for people.
+pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str, format: Option<CopyFormat>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "source {source}");
+    match (&plan.key, &plan.bounds) {
+        (Some(key), Some(bounds)) => {
+            let _ = writeln!(
+                out,
+                "partition column {} ({}), bounds {} .. {} (from the {}), {} partitions{}",
+                key.column,
+                key.key_type.sql_name(),
+                key.key_type.display(bounds.lower),
+                key.key_type.display(bounds.upper),
+                match bounds.origin {
+                    crate::plan::BoundsOrigin::Job => "job",
+                    crate::plan::BoundsOrigin::Source => "source's min and max",
+                },
+                plan.partitions.len(),
+                if plan.partitions.len() < plan.requested_partitions as usize {
+                    format!(" (of {} asked: the range is narrower than that)", plan.requested_partitions)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        (Some(key), None) => {
+            let _ = writeln!(out, "partition column {}: the source has no rows, so one partition", key.column);
+        }
+        (None, _) => {
+            let _ = writeln!(out, "no [partition] section: one partition");
+        }
+    }
+    if let Some(format) = format {
+        let _ = writeln!(out, "copy format {format:?}");
+    }
+    for (p, estimate) in plan.partitions.iter().zip(estimates) {
+        let _ = writeln!(out, "\npartition {}  {}  ~{} rows", p.index, p.describe, group(*estimate as u64));
+        let _ = writeln!(out, "  {}", p.select);
+    }
+    let total: i64 = estimates.iter().sum();
+    let _ = writeln!(out, "\ntotal ~{} rows (planner estimates)", group(total.max(0) as u64));
+    out
+}
+
+/// One row of `stride check`'s table.
+#[derive(Debug, Serialize)]
+pub struct ColumnFit {
+    pub column: String,
+    pub source_type: String,
+    /// `None` when the target table does not exist yet and will be created.
+    pub target_type: Option<String>,
+    pub transfer: Option<Transfer>,
+}
+
+pub fn render_check(source: &str, target: &str, target_exists: bool, fits: &[ColumnFit]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "source {source}");
+    let _ = writeln!(
+        out,
+        "target {target}{}",
+        if target_exists { "" } else { " (missing: will be created from the source's columns)" }
+    );
+    let w = fits.iter().map(|f| f.column.len()).max().unwrap_or(6).max(6);
+    let ws = fits.iter().map(|f| f.source_type.len()).max().unwrap_or(11).max(11);
+    let wt = fits
+        .iter()
+        .map(|f| f.target_type.as_deref().unwrap_or("(missing)").len())
+        .max()
+        .unwrap_or(11)
+        .max(11);
+    let _ = writeln!(out, "{:<w$}  {:<ws$}  {:<wt$}  transfer", "column", "source type", "target type");
+    for f in fits {
+        let transfer = match (f.transfer, &f.target_type) {
+            (Some(Transfer::Binary), _) => "binary (passed through)",
+            (Some(Transfer::Text), _) => "text (converted by the target)",
+            (Some(Transfer::Incompatible), _) => "INCOMPATIBLE",
+            (None, None) if target_exists => "MISSING in the target",
+            (None, _) => "created",
+        };
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:<ws$}  {:<wt$}  {transfer}",
+            f.column,
+            f.source_type,
+            f.target_type.as_deref().unwrap_or("(missing)"),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(human_duration(Duration::from_millis(1234)), "1.23 s");
+        assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+    }
+}

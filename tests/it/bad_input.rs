@@ -1,0 +1,340 @@
+//! Every bad input the issue lists: exit code 2, an error naming the key or the
+//! object, and the target exactly as it was (nothing created, emptied or written).
+
+use crate::common::*;
+
+const SOURCE: &str = "
+CREATE TABLE public.src (id integer NOT NULL, small smallint, d date, ts timestamp, tstz timestamptz, name text, amount numeric);
+INSERT INTO public.src
+SELECT g, g::smallint, DATE '2021-01-01' + g, TIMESTAMP '2021-01-01' + g * INTERVAL '1 hour',
+       TIMESTAMPTZ '2021-01-01 00:00:00+00' + g * INTERVAL '1 hour', 'n' || g, g * 1.5
+FROM generate_series(1, 200) g;";
+
+/// The target already holds rows of its own; every job runs in truncate mode, so a
+/// job that got as far as its first write would change them.
+const TARGET: &str = "
+CREATE TABLE public.src (id integer NOT NULL, small smallint, d date, ts timestamp, tstz timestamptz, name text, amount numeric);
+INSERT INTO public.src VALUES
+    (-1, -1, '1999-01-01', '1999-01-01 00:00', '1999-01-01 00:00+00', 'kept', 1.25),
+    (-2, NULL, NULL, NULL, NULL, NULL, NULL),
+    (-3, 3, 'infinity', 'infinity', '-infinity', 'also kept', 'NaN');
+CREATE TABLE public.narrow (id integer NOT NULL, small smallint, d date, ts timestamp, tstz timestamptz, name text);
+INSERT INTO public.narrow VALUES (-1, -1, '1999-01-01', NULL, NULL, 'narrow kept'), (-2, NULL, NULL, NULL, NULL, NULL);";
+
+/// Everything in the target a run could change: the tables there, and each one's rows.
+async fn target_state(db: &TestDb) -> (String, (i64, String), (i64, String)) {
+    let tables = db
+        .scalar_string(
+            "SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname), '')
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .await;
+    (tables, db.checksum("public.src").await, db.checksum("public.narrow").await)
+}
+
+/// One bad job and what its error must say.
+struct Case {
+    name: &'static str,
+    job: String,
+    /// Substrings of stderr: the key or object at fault.
+    expect: Vec<String>,
+}
+
+fn case(name: &'static str, job: String, expect: &[&str]) -> Case {
+    Case {
+        name,
+        job,
+        expect: expect.iter().map(|s| (*s).to_string()).collect(),
+    }
+}
+
+const TABLE: &str = "table = \"public.src\"";
+const TRUNCATE: &str = "mode = \"truncate\"";
+
+/// A job between the pair with a partition section `partition` and otherwise good keys.
+fn partitioned(pair: &Pair, partition: &str) -> String {
+    job_text(pair, TABLE, &format!("[partition]\n{partition}"), TRUNCATE)
+}
+
+fn file_cases(pair: &Pair) -> Vec<Case> {
+    let good = job_text(pair, TABLE, "", TRUNCATE);
+    vec![
+        case("unknown top-level key", format!("retries = 3\n{good}"), &["`retries`"]),
+        case(
+            "unknown top-level table",
+            job_text(pair, TABLE, "[retry]\ncount = 3", TRUNCATE),
+            &["`retry`"],
+        ),
+        case(
+            "unknown key in [source]",
+            job_text(pair, "table = \"public.src\"\ntabel = \"public.src\"", "", TRUNCATE),
+            &["`tabel`"],
+        ),
+        case(
+            "unknown key in [partition]",
+            partitioned(pair, "column = \"id\"\ncolum = \"id\"\ncount = 2"),
+            &["`colum`"],
+        ),
+        case(
+            "unknown key in [target]",
+            job_text(pair, TABLE, "", "mode = \"truncate\"\nmethd = \"insert\""),
+            &["`methd`"],
+        ),
+        case(
+            "unknown key in [run]",
+            job_text(pair, TABLE, "[run]\nparalelism = 2", TRUNCATE),
+            &["`paralelism`"],
+        ),
+        case(
+            "count is a string",
+            partitioned(pair, "column = \"id\"\ncount = \"four\""),
+            &["partition.count"],
+        ),
+        case(
+            "batch_size is a boolean",
+            job_text(pair, TABLE, "", "mode = \"truncate\"\nbatch_size = true"),
+            &["target.batch_size"],
+        ),
+        case(
+            "mode is not a mode",
+            job_text(pair, TABLE, "", "mode = \"merge\""),
+            &["target.mode", "merge"],
+        ),
+        case(
+            "batch_size is 0",
+            job_text(pair, TABLE, "", "mode = \"truncate\"\nbatch_size = 0"),
+            &["target.batch_size"],
+        ),
+        case(
+            "parallelism is 0",
+            job_text(pair, TABLE, "[run]\nparallelism = 0", TRUNCATE),
+            &["run.parallelism"],
+        ),
+        case(
+            "both table and query",
+            job_text(pair, "table = \"public.src\"\nquery = \"SELECT * FROM public.src\"", "", TRUNCATE),
+            &["`table`", "`query`"],
+        ),
+        case("neither table nor query", job_text(pair, "", "", TRUNCATE), &["`table`", "`query`"]),
+        case(
+            "query without target.table",
+            job_text(pair, "query = \"SELECT * FROM public.src\"", "", TRUNCATE),
+            &["target.table"],
+        ),
+        case(
+            "only lower_bound",
+            partitioned(pair, "column = \"id\"\nlower_bound = 1\ncount = 2"),
+            &["partition.upper_bound"],
+        ),
+        case(
+            "only upper_bound",
+            partitioned(pair, "column = \"id\"\nupper_bound = 100\ncount = 2"),
+            &["partition.lower_bound"],
+        ),
+        case(
+            "count is 0",
+            partitioned(pair, "column = \"id\"\ncount = 0"),
+            &["partition.count"],
+        ),
+        case(
+            "count is negative",
+            partitioned(pair, "column = \"id\"\ncount = -3"),
+            &["partition.count"],
+        ),
+        case(
+            "unset variable without default",
+            good.replacen(&pair.source.url, "${STRIDE_TEST_SURELY_UNSET_VARIABLE}", 1),
+            &["STRIDE_TEST_SURELY_UNSET_VARIABLE"],
+        ),
+        case(
+            "target URL with a bad scheme",
+            good.replacen(&pair.target.url, "mysql://root@127.0.0.1:3306/db", 1),
+            &["target.url", "mysql"],
+        ),
+        case(
+            "source URL that is not a URL",
+            good.replacen(&pair.source.url, "not a url", 1),
+            &["source.url"],
+        ),
+        case(
+            "TOML syntax error",
+            good.replacen("table = \"public.src\"", "table = \"public.src", 1),
+            &["line 3"],
+        ),
+    
+    ]
+}
+
+fn catalogue_cases(pair: &Pair) -> Vec<Case> {
+    vec![
+        case(
+            "lower_bound equals upper_bound",
+            partitioned(pair, "column = \"id\"\nlower_bound = 10\nupper_bound = 10\ncount = 2"),
+            &["partition.lower_bound", "upper_bound"],
+        ),
+        case(
+            "lower_bound above upper_bound",
+            partitioned(pair, "column = \"id\"\nlower_bound = 20\nupper_bound = 10\ncount = 2"),
+            &["partition.lower_bound", "upper_bound"],
+        ),
+        case(
+            "date bounds reversed",
+            partitioned(pair, "column = \"d\"\nlower_bound = \"2021-03-01\"\nupper_bound = \"2021-02-01\"\ncount = 2"),
+            &["partition.lower_bound", "upper_bound"],
+        ),
+        case(
+            "integer bound is not a number",
+            partitioned(pair, "column = \"id\"\nlower_bound = \"abc\"\nupper_bound = 100\ncount = 2"),
+            &["partition.lower_bound", "abc"],
+        ),
+        case(
+            "date bound is not a date",
+            partitioned(pair, "column = \"d\"\nlower_bound = \"2021-01-01\"\nupper_bound = \"2021-13-45\"\ncount = 2"),
+            &["partition.upper_bound", "2021-13-45"],
+        ),
+        case(
+            "timestamp bound is not a fixed timestamp",
+            partitioned(pair, "column = \"ts\"\nlower_bound = \"yesterday\"\nupper_bound = \"2021-02-01 00:00:00\"\ncount = 2"),
+            &["partition.lower_bound", "yesterday"],
+        ),
+        case(
+            "timestamptz bound is not a timestamp",
+            partitioned(pair, "column = \"tstz\"\nlower_bound = \"2021-01-01 00:00:00+00\"\nupper_bound = \"2021-02-30 00:00:00+00\"\ncount = 2"),
+            &["partition.upper_bound", "2021-02-30"],
+        ),
+        case(
+            "smallint bound out of range",
+            partitioned(pair, "column = \"small\"\nlower_bound = 0\nupper_bound = 40000\ncount = 2"),
+            &["partition.upper_bound", "40000"],
+        ),
+        case(
+            "integer bound out of range",
+            partitioned(pair, "column = \"id\"\nlower_bound = -3000000000\nupper_bound = 10\ncount = 2"),
+            &["partition.lower_bound", "-3000000000"],
+        ),
+        case(
+            "text partition column",
+            partitioned(pair, "column = \"name\"\ncount = 2"),
+            &["partition.column", "name", "text"],
+        ),
+        case(
+            "numeric partition column",
+            partitioned(pair, "column = \"amount\"\ncount = 2"),
+            &["partition.column", "amount", "numeric"],
+        ),
+        case(
+            "missing source table",
+            job_text(pair, "table = \"public.no_such_table\"", "", TRUNCATE),
+            &["source.table", "no_such_table"],
+        ),
+        case(
+            "query on a missing table",
+            job_text(pair, "query = \"SELECT * FROM public.no_such_table\"", "", "mode = \"truncate\"\ntable = \"public.src\""),
+            &["source.query", "no_such_table"],
+        ),
+        case(
+            "missing source column",
+            job_text(pair, "table = \"public.src\"\ncolumns = [\"id\", \"ghost\"]", "", TRUNCATE),
+            &["source.columns", "ghost"],
+        ),
+        case(
+            "missing partition column",
+            partitioned(pair, "column = \"ghost\"\ncount = 2"),
+            &["partition.column", "ghost"],
+        ),
+        case(
+            "missing target table with create = never",
+            job_text(pair, TABLE, "", "mode = \"truncate\"\ntable = \"public.absent\"\ncreate = \"never\""),
+            &["target.table", "absent"],
+        ),
+        case(
+            "target table missing a column",
+            job_text(pair, TABLE, "", "mode = \"truncate\"\ntable = \"public.narrow\""),
+            &["target.table", "narrow", "amount"],
+        ),
+    ]
+}
+
+/// Runs `stride run` and `stride check` for each case: both must exit 2 naming
+/// what is wrong, and leave the target as it was.
+async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
+    let before = target_state(&pair.target).await;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let job = job_file(&case.job);
+        for command in ["run", "check"] {
+            let out = stride(&[command, job.path.to_str().unwrap()], &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.code() != Some(2) {
+                failures.push(format!("{}: `stride {command}` exited {:?}, expected 2\n{}", case.name, out.status.code(), text(&out)));
+            }
+            for expected in &case.expect {
+                if !stderr.contains(expected.as_str()) {
+                    failures.push(format!(
+                        "{}: `stride {command}`: stderr does not contain {expected:?}\n{}",
+                        case.name,
+                        text(&out)
+                    ));
+                }
+            }
+            if target_state(&pair.target).await != before {
+                failures.push(format!("{}: `stride {command}` changed the target\n{}", case.name, text(&out)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+}
+
+async fn setup(label: &str) -> Pair {
+    let pair = Pair::new(label).await;
+    pair.source.exec(SOURCE).await;
+    pair.target.exec(TARGET).await;
+    pair
+}
+
+/// Errors in the job file itself, found before connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_files_exit_2_name_the_key_and_leave_the_target_untouched() {
+    let pair = setup("bad_file").await;
+    let cases = file_cases(&pair);
+    assert_rejected(&pair, cases).await;
+}
+
+/// Errors found against the catalogue: types, bounds, missing tables and columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_against_the_catalogue_exit_2_name_the_object_and_leave_the_target_untouched() {
+    let pair = setup("bad_catalogue").await;
+    let cases = catalogue_cases(&pair);
+    assert_rejected(&pair, cases).await;
+}
+
+#[test]
+fn a_missing_job_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-job.toml");
+    for command in ["run", "plan", "check"] {
+        let out = stride(&[command, path.to_str().unwrap()], &[]);
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no-such-job.toml"), "{}", text(&out));
+    }
+}
+
+#[test]
+fn command_line_errors_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "Usage"),
+        (&["frobnicate"], "frobnicate"),
+        (&["run"], "Usage"),
+        (&["plan", "job.toml", "--format", "yaml"], "yaml"),
+        (&["run", "job.toml", "--no-such-flag"], "--no-such-flag"),
+        (&["run", "job.toml", "-q", "-v"], "cannot be used with"),
+    ];
+    for (args, expected) in cases {
+        let out = stride(args, &[]);
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "stride {args:?}: {}", text(&out));
+    }
+}

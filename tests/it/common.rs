@@ -1,0 +1,188 @@
+//! Shared test harness: a fresh database per test on a real PostgreSQL server,
+//! the built binary, and an order-independent checksum of a table's rows.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::{Connection, PgConnection};
+
+/// The server the tests use: `STRIDE_TEST_PG_URL` (a URL to any database on it,
+/// e.g. `postgres://postgres@127.0.0.1:5432/postgres`), as `scripts/test.sh` sets it.
+pub fn server_url() -> String {
+    std::env::var("STRIDE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// `url` with its database replaced by `database`.
+pub fn url_for(database: &str) -> String {
+    let mut url = url::Url::parse(&server_url()).expect("STRIDE_TEST_PG_URL is a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A database created for one test and dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new(label: &str) -> TestDb {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("stride_test_{}_{n}_{label}", std::process::id());
+        let mut admin = PgConnection::connect(&server_url())
+            .await
+            .expect("the test server answers at STRIDE_TEST_PG_URL (run scripts/test.sh)");
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = url_for(&name);
+        TestDb { name, url }
+    }
+
+    pub async fn conn(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// Runs SQL (several statements allowed).
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = self.conn().await;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("running {sql}: {e}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let mut conn = self.conn().await;
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    }
+
+    pub async fn scalar_string(&self, sql: &str) -> String {
+        let mut conn = self.conn().await;
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    }
+
+    /// Row count and an order-independent checksum of every column of every row:
+    /// the md5 of all rows' text forms, sorted. Equal on both sides means the same
+    /// multiset of rows.
+    pub async fn checksum(&self, table: &str) -> (i64, String) {
+        let mut conn = self.conn().await;
+        sqlx::raw_sql("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query_as(&format!(
+            "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {table} AS t"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("checksum of {table}: {e}"))
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar_i64(&format!("SELECT count(*) FROM {table}")).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async code: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A source and a target database.
+pub struct Pair {
+    pub source: TestDb,
+    pub target: TestDb,
+}
+
+impl Pair {
+    pub async fn new(label: &str) -> Pair {
+        Pair {
+            source: TestDb::new(&format!("{label}_src")).await,
+            target: TestDb::new(&format!("{label}_dst")).await,
+        }
+    }
+
+    /// Asserts the source and target tables hold the same rows; returns the count.
+    pub async fn assert_same(&self, source_table: &str, target_table: &str) -> i64 {
+        let s = self.source.checksum(source_table).await;
+        let t = self.target.checksum(target_table).await;
+        assert_eq!(s, t, "source {source_table} and target {target_table} differ");
+        s.0
+    }
+}
+
+/// A job file in a temporary directory (kept alive by the returned guard).
+pub struct JobFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn job_file(text: &str) -> JobFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    JobFile { _dir: dir, path }
+}
+
+/// A job between the pair's databases, with `body` holding any other keys:
+/// `[source]` gets `url`, `[target]` gets `url`, the rest is as written.
+pub fn job_text(pair: &Pair, source_keys: &str, rest: &str, target_keys: &str) -> String {
+    format!(
+        "[source]\nurl = \"{}\"\n{source_keys}\n{rest}\n[target]\nurl = \"{}\"\n{target_keys}\n",
+        pair.source.url, pair.target.url
+    )
+}
+
+/// Runs the built binary.
+pub fn stride(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stride"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the stride binary runs")
+}
+
+pub fn run_job(path: &Path) -> Output {
+    stride(&["run", path.to_str().unwrap()], &[])
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Asserts the exit code, showing all output when it differs.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+}

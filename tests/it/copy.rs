@@ -1,0 +1,202 @@
+//! The copy itself: partition semantics on real data, modes, create, failures.
+
+use crate::common::*;
+
+/// A table whose partition key has NULLs, values below and above the bounds, and
+/// the type's extremes.
+async fn seed_keys(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE public.events (id bigint, k integer, note text);
+         INSERT INTO public.events
+           SELECT g, CASE WHEN g % 17 = 0 THEN NULL ELSE (g * 7919) % 1300 - 150 END, 'row ' || g
+           FROM generate_series(1, 5000) g;
+         INSERT INTO public.events VALUES
+           (-1, -2147483648, 'int min'), (-2, 2147483647, 'int max'),
+           (-3, NULL, NULL), (-4, 0, 'lower bound'), (-5, 1000, 'upper bound'), (-6, 999, 'just below upper');",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_and_out_of_bounds_values_are_copied_once_with_both_methods() {
+    for method in ["copy", "insert"] {
+        let pair = Pair::new(&format!("bounds_{method}")).await;
+        seed_keys(&pair.source).await;
+        let job = job_file(&job_text(
+            &pair,
+            "table = \"public.events\"",
+            "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 1000\ncount = 10",
+            &format!("method = \"{method}\"\nbatch_size = 333"),
+        ));
+        let out = run_job(&job.path);
+        assert_exit(&out, 0);
+        let rows = pair.assert_same("public.events", "public.events").await;
+        assert_eq!(rows, 5006);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("partitions 10 written of 10"), "{stdout}");
+        assert!(stdout.contains("rows 5,006"), "{stdout}");
+        assert!(stdout.contains("< 100 or NULL"), "{stdout}");
+        assert!(stdout.contains(">= 900"), "{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_bounds_on_dates_timestamps_and_bigint_extremes() {
+    let pair = Pair::new("auto").await;
+    pair.source
+        .exec(
+            "CREATE TABLE t (id bigint, d date, ts timestamp, tz timestamptz);
+             INSERT INTO t SELECT g, DATE '2021-01-01' + (g % 400), TIMESTAMP '2021-01-01' + g * INTERVAL '37 minutes 1.5 seconds',
+                                  TIMESTAMPTZ '2021-01-01 00:00:00+05' + g * INTERVAL '1 hour'
+                           FROM generate_series(1, 3000) g;
+             INSERT INTO t VALUES (9223372036854775807, 'infinity', 'infinity', '-infinity'),
+                                  (-9223372036854775808, '-infinity', NULL, NULL), (NULL, NULL, NULL, NULL);",
+        )
+        .await;
+    for column in ["id", "d", "ts", "tz"] {
+        let job = job_file(&job_text(
+            &pair,
+            "table = \"t\"",
+            &format!("[partition]\ncolumn = \"{column}\"\ncount = 7"),
+            "mode = \"truncate\"",
+        ));
+        let out = run_job(&job.path);
+        assert_exit(&out, 0);
+        assert_eq!(pair.assert_same("t", "t").await, 3003, "partitioned on {column}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("partitions 7 written of 7"), "{column}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_empties_once_and_append_adds() {
+    let pair = Pair::new("modes").await;
+    seed_keys(&pair.source).await;
+    pair.target
+        .exec("CREATE TABLE public.events (id bigint, k integer, note text); INSERT INTO public.events VALUES (1, 1, 'stale');")
+        .await;
+    let append = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"id\"\ncount = 3",
+        "",
+    ));
+    assert_exit(&run_job(&append.path), 0);
+    assert_eq!(pair.target.count("public.events").await, 5007);
+    assert_exit(&run_job(&append.path), 0);
+    assert_eq!(pair.target.count("public.events").await, 5006 * 2 + 1);
+
+    let truncate = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"id\"\ncount = 3",
+        "mode = \"truncate\"",
+    ));
+    assert_exit(&run_job(&truncate.path), 0);
+    assert_eq!(pair.assert_same("public.events", "public.events").await, 5006);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_if_missing_copies_names_types_and_not_null() {
+    let pair = Pair::new("create").await;
+    pair.source
+        .exec(
+            "CREATE SCHEMA \"My Schema\";
+             CREATE TABLE \"My Schema\".\"Mixed.Case\" (\"Id\" integer NOT NULL, \"some col\" numeric(12,4), v varchar(7) NOT NULL, ts timestamp(3) with time zone);
+             INSERT INTO \"My Schema\".\"Mixed.Case\" SELECT g, g / 7.0, 'v' || (g % 1000), now() FROM generate_series(1, 2000) g;",
+        )
+        .await;
+    pair.target.exec("CREATE SCHEMA \"Other\"").await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = '\"My Schema\".\"Mixed.Case\"'",
+        "[partition]\ncolumn = \"Id\"\ncount = 4",
+        "table = '\"Other\".\"Copy\"'",
+    ));
+    assert_exit(&run_job(&job.path), 0);
+    pair.assert_same("\"My Schema\".\"Mixed.Case\"", "\"Other\".\"Copy\"").await;
+    let columns = "SELECT string_agg(format('%s %s %s', attname, format_type(atttypid, atttypmod), attnotnull), ', ' ORDER BY attnum)
+                   FROM pg_attribute WHERE attrelid = '\"Other\".\"Copy\"'::regclass AND attnum > 0";
+    assert_eq!(
+        pair.target.scalar_string(columns).await,
+        "Id integer true, some col numeric(12,4) false, v character varying(7) true, ts timestamp(3) with time zone false"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_source_with_partitions_and_where() {
+    let pair = Pair::new("query").await;
+    seed_keys(&pair.source).await;
+    let job = job_file(&job_text(
+        &pair,
+        "query = \"SELECT id, k, upper(note) AS note FROM public.events WHERE id > 0\"\nwhere = \"k IS DISTINCT FROM 5\"",
+        "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 1000\ncount = 4",
+        "table = \"copied\"",
+    ));
+    assert_exit(&run_job(&job.path), 0);
+    pair.source
+        .exec("CREATE TABLE expected AS SELECT id, k, upper(note) AS note FROM public.events WHERE id > 0 AND k IS DISTINCT FROM 5")
+        .await;
+    assert_eq!(pair.assert_same("expected", "copied").await, 5000 - pair.source.count("public.events WHERE k = 5 AND id > 0").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_partition_rolls_back_and_the_summary_says_what_was_written() {
+    let pair = Pair::new("fail").await;
+    seed_keys(&pair.source).await;
+    // Only rows with id > 4000 break the target's constraint: the last partition of 5.
+    pair.target
+        .exec("CREATE TABLE public.events (id bigint CHECK (id <= 4000), k integer, note text)")
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 5001\ncount = 5\n[run]\nparallelism = 1",
+        "",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("copy FAILED"), "{stdout}");
+    assert!(stdout.contains("partitions 4 written of 5"), "{stdout}");
+    assert!(stdout.contains("written and committed: 0, 1, 2, 3"), "{stdout}");
+    assert!(stderr.contains("violates check constraint"), "{stderr}");
+    assert!(stderr.contains("partition 4 (>= 4001)"), "{stderr}");
+    // Partitions 0..=3 hold ids < 4001 (and the negative ones): all of them, nothing else.
+    assert_eq!(pair.target.count("public.events").await, 4006);
+    assert_eq!(pair.target.count("public.events WHERE id > 4000").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prints_the_exact_sql_and_writes_nothing() {
+    let pair = Pair::new("plan").await;
+    seed_keys(&pair.source).await;
+    pair.source.exec("ANALYZE public.events").await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 1000\ncount = 10",
+        "",
+    ));
+    let out = stride(&["plan", job.path.to_str().unwrap()], &[]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("SELECT \"id\", \"k\", \"note\" FROM \"public\".\"events\" WHERE (\"k\" < '100'::int4 OR \"k\" IS NULL)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("WHERE \"k\" >= '900'::int4"), "{stdout}");
+
+    let out = stride(&["plan", "--format", "json", job.path.to_str().unwrap()], &[]);
+    assert_exit(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let partitions = doc["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 10);
+    assert_eq!(partitions[3]["lower"], "300");
+    assert_eq!(partitions[3]["upper"], "400");
+    let estimated: i64 = partitions.iter().map(|p| p["estimated_rows"].as_i64().unwrap()).sum();
+    assert!((4000..=6500).contains(&estimated), "estimates {estimated}");
+    // Nothing was created on the target.
+    assert_eq!(pair.target.scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'").await, 0);
+}

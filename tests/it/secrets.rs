@@ -1,0 +1,252 @@
+//! A password in a connection URL never appears in anything stride prints: not in
+//! summaries, plans, check reports, log lines at any level, nor error messages.
+
+use std::process::Output;
+
+use crate::common::*;
+
+/// The password put into every URL here. Trust authentication (as scripts/pg-local.sh
+/// sets up) ignores it; a server that checks passwords gets its own password instead.
+const SECRET: &str = "Sup3rS3cretPw";
+
+/// `db`'s URL with a password in it, and that password.
+fn secret_url(db: &TestDb) -> (String, String) {
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let secret = match url.password() {
+        None => SECRET.to_string(),
+        Some(own) => {
+            // A server that checks passwords: its own password is the secret to keep.
+            assert!(
+                own.len() >= 8 && !db.url.replacen(own, "", 1).contains(own),
+                "the test server's password is too short to search for in output; use trust authentication (scripts/pg-local.sh)"
+            );
+            own.to_string()
+        }
+    };
+    url.set_password(Some(&secret)).unwrap();
+    (url.to_string(), secret)
+}
+
+/// `url` with its password moved into the query string (`?password=...`).
+fn password_in_query(url: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    let password = url.password().unwrap().to_string();
+    url.set_password(None).unwrap();
+    url.query_pairs_mut().append_pair("password", &password);
+    url.to_string()
+}
+
+/// Neither stdout nor stderr holds the secret.
+fn assert_hidden(out: &Output, secret: &str, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains(secret) && !stderr.contains(secret),
+        "{what}: the password appears in the output\n{}",
+        text(out)
+    );
+}
+
+struct Setup {
+    pair: Pair,
+    source_url: String,
+    target_url: String,
+    secret: String,
+}
+
+async fn setup(label: &str) -> Setup {
+    let pair = Pair::new(label).await;
+    pair.source
+        .exec(
+            "CREATE TABLE public.items (id integer NOT NULL, name text, price numeric(10,2));
+             INSERT INTO public.items SELECT g, 'item ' || g, g * 0.25 FROM generate_series(1, 500) g;",
+        )
+        .await;
+    let (source_url, secret) = secret_url(&pair.source);
+    let (target_url, _) = secret_url(&pair.target);
+    Setup {
+        pair,
+        source_url,
+        target_url,
+        secret,
+    }
+}
+
+fn job(source_url: &str, target_url: &str, source_keys: &str) -> String {
+    format!(
+        "[source]\nurl = \"{source_url}\"\n{source_keys}\n[partition]\ncolumn = \"id\"\ncount = 3\n[target]\nurl = \"{target_url}\"\nmode = \"truncate\"\n"
+    )
+}
+
+/// Every command, at every log level, with the URLs written in the job, taken from
+/// the environment, or with the password as a query parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_commands_never_print_the_password() {
+    let s = setup("secret_ok").await;
+    let table = "table = \"public.items\"";
+    let literal = job_file(&job(&s.source_url, &s.target_url, table));
+    let from_env = job_file(&job("${SOURCE_URL}", "${TARGET_URL:-postgres://nobody@127.0.0.1/none}", table));
+    let in_query = job_file(&job(
+        &password_in_query(&s.source_url),
+        &password_in_query(&s.target_url),
+        table,
+    ));
+    let env = [("SOURCE_URL", s.source_url.as_str()), ("TARGET_URL", s.target_url.as_str())];
+    let commands: &[&[&str]] = &[
+        &["run", "-v"],
+        &["run", "-vv"],
+        &["plan"],
+        &["plan", "--format", "json"],
+        &["check"],
+        &["-vv", "check"],
+    ];
+    for (name, file) in [("literal", &literal), ("from the environment", &from_env), ("query parameter", &in_query)] {
+        for command in commands {
+            for trace in [false, true] {
+                let mut args = command.to_vec();
+                args.push(file.path.to_str().unwrap());
+                let mut envs = env.to_vec();
+                if trace {
+                    envs.push(("RUST_LOG", "trace"));
+                }
+                let out = stride(&args, &envs);
+                let what = format!("stride {args:?} with the URL {name}{}", if trace { ", RUST_LOG=trace" } else { "" });
+                assert_exit(&out, 0);
+                assert_hidden(&out, &s.secret, &what);
+                if args[0] == "run" {
+                    // Logs were on: the check above looked at real output.
+                    assert!(!out.stderr.is_empty(), "{what}: no log output\n{}", text(&out));
+                    assert_eq!(s.pair.assert_same("public.items", "public.items").await, 500, "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// Failures print what went wrong and where (host, database), never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_never_print_the_password() {
+    let s = setup("secret_fail").await;
+    let secret = s.secret.as_str();
+    let db = s.pair.source.name.as_str();
+    let port_1 = |url: &str| {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_port(Some(1)).unwrap();
+        url.to_string()
+    };
+    let bad_port = format!("postgres://postgres:{secret}@127.0.0.1:notaport/{db}");
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, &[&str], i32, Vec<String>)> = vec![
+        (
+            "missing source table",
+            job(&s.source_url, &s.target_url, "table = \"public.no_such_table\""),
+            vec![],
+            &["run", "plan", "check"],
+            2,
+            vec!["no_such_table".to_string(), db.to_string()],
+        ),
+        (
+            "unreachable source port",
+            job(&port_1(&s.source_url), &s.target_url, "table = \"public.items\""),
+            vec![],
+            &["run", "plan", "check"],
+            1,
+            vec!["127.0.0.1".to_string(), db.to_string()],
+        ),
+        (
+            "unreachable target port",
+            job(&s.source_url, &port_1(&s.target_url), "table = \"public.items\""),
+            vec![],
+            &["run", "check"],
+            1,
+            vec!["127.0.0.1".to_string(), s.pair.target.name.clone()],
+        ),
+        (
+            "TOML syntax error on the url line",
+            job(&s.source_url, &s.target_url, "table = \"public.items\"")
+                .replacen(&format!("url = \"{}\"", s.source_url), &format!("url = {}", s.source_url), 1),
+            vec![],
+            &["run", "plan", "check"],
+            2,
+            vec!["line 2".to_string()],
+        ),
+        (
+            "unterminated string on the url line",
+            job(&s.source_url, &s.target_url, "table = \"public.items\"")
+                .replacen(&format!("url = \"{}\"", s.source_url), &format!("url = \"{}", s.source_url), 1),
+            vec![],
+            &["run", "plan", "check"],
+            2,
+            vec!["line 2".to_string()],
+        ),
+        (
+            "TOML syntax error after interpolation",
+            job("${SOURCE_URL}", &s.target_url, "table = \"public.items\"")
+                .replacen("url = \"${SOURCE_URL}\"", "url = ${SOURCE_URL}", 1),
+            vec![("SOURCE_URL", s.source_url.as_str())],
+            &["run", "plan", "check"],
+            2,
+            vec!["line 2".to_string()],
+        ),
+        (
+            "URL that does not parse",
+            job(&bad_port, &s.target_url, "table = \"public.items\""),
+            vec![],
+            &["run", "plan", "check"],
+            2,
+            vec!["source.url".to_string()],
+        ),
+        (
+            "URL with an unsupported scheme",
+            job(&s.source_url, &s.target_url.replacen("postgres://", "mysql://", 1), "table = \"public.items\""),
+            vec![],
+            &["run", "check"],
+            2,
+            vec!["target.url".to_string()],
+        ),
+    ];
+    for (name, text_of_job, envs, commands, code, expected) in &cases {
+        let file = job_file(text_of_job);
+        for command in commands.iter() {
+            for trace in [false, true] {
+                let mut envs = envs.clone();
+                if trace {
+                    envs.push(("RUST_LOG", "trace"));
+                }
+                let out = stride(&[command, "-vv", file.path.to_str().unwrap()], &envs);
+                let what = format!("{name}: stride {command}{}", if trace { " with RUST_LOG=trace" } else { "" });
+                assert_eq!(out.status.code(), Some(*code), "{what}\n{}", text(&out));
+                assert_hidden(&out, secret, &what);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                for e in expected {
+                    assert!(stderr.contains(e.as_str()), "{what}: stderr does not name {e:?}\n{}", text(&out));
+                }
+            }
+        }
+    }
+}
+
+/// A copy that fails while writing (a target constraint) reports the failed
+/// partition without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_never_prints_the_password() {
+    let s = setup("secret_copyfail").await;
+    s.pair
+        .target
+        .exec("CREATE TABLE public.items (id integer NOT NULL CHECK (id < 400), name text, price numeric(10,2))")
+        .await;
+    for method in ["copy", "insert"] {
+        let file = job_file(&format!(
+            "{}method = \"{method}\"\n",
+            job(&s.source_url, &s.target_url, "table = \"public.items\"")
+        ));
+        let out = stride(&["run", "-vv", file.path.to_str().unwrap()], &[("RUST_LOG", "trace")]);
+        assert_exit(&out, 1);
+        assert_hidden(&out, &s.secret, method);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("items_id_check"), "{method}: {}", text(&out));
+        // The last partition (333..500) holds the rows the constraint refuses: it
+        // was rolled back whole.
+        assert_eq!(s.pair.target.count("public.items WHERE id >= 333").await, 0, "{method}");
+        s.pair.target.exec("TRUNCATE public.items").await;
+    }
+}
