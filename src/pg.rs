@@ -264,11 +264,10 @@ pub async fn key_bounds(conn: &mut PgConnection, sql: &str) -> Result<Option<(i6
 
 /// The planner's row estimate for a query.
 pub async fn estimate_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
-    let plan: String = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {select}"))
+    let json: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {select}"))
         .fetch_one(conn)
         .await
         .context("estimating a partition's rows with EXPLAIN")?;
-    let json: serde_json::Value = serde_json::from_str(&plan).context("reading EXPLAIN output")?;
     Ok(json[0]["Plan"]["Plan Rows"].as_f64().map_or(0, |r| r.round() as i64))
 }
 
