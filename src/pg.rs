@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::job::DbUrl;
 use crate::sql::{quote_literal, QualifiedName};
@@ -68,13 +68,17 @@ pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<Pg
         .application_name("stride")
         .options(SESSION_OPTIONS)
         .disable_statement_logging();
-    PgPoolOptions::new()
+    // One plain connection first: a pool retries a refused connection until its
+    // acquire timeout, and a wrong host or database should fail at once.
+    let probe = PgConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("connecting to the {side} database at {place}"))?;
+    probe.close().await.ok();
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(60))
-        .connect_with(options)
-        .await
-        .with_context(|| format!("connecting to the {side} database at {place}"))
+        .connect_lazy_with(options))
 }
 
 /// One column as the catalogue describes it.

@@ -156,26 +156,34 @@ fn where_clause(user: Option<&str>, partition: Option<String>) -> String {
 /// The query reading the smallest and largest key as `i64` values in the key's
 /// encoding (days or microseconds since 1970-01-01 for dates and timestamps).
 /// Infinite dates and timestamps are left out: they still land in the first or last
-/// partition, they just do not stretch the stride.
+/// partition, they just do not stretch the stride. Timestamps are converted by
+/// whole days plus the time of day, exact to the microsecond (`extract(epoch ...)`
+/// alone goes through floating point on older servers).
 pub fn bounds_sql(job: &Job, key: &Key) -> String {
     let c = quote_ident(&key.column);
-    let (lo, hi) = match key.key_type {
-        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => {
-            (format!("min({c})::int8"), format!("max({c})::int8"))
-        }
+    let (aggregate, encode) = match key.key_type {
+        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => ("min({c}), max({c})", "{x}::int8"),
         KeyType::Date => (
-            format!("(min({c}) FILTER (WHERE isfinite({c})) - DATE '1970-01-01')::int8"),
-            format!("(max({c}) FILTER (WHERE isfinite({c})) - DATE '1970-01-01')::int8"),
+            "min({c}) FILTER (WHERE isfinite({c})), max({c}) FILTER (WHERE isfinite({c}))",
+            "({x} - DATE '1970-01-01')::int8",
         ),
-        KeyType::Timestamp | KeyType::Timestamptz => (
-            format!("floor(extract(epoch FROM min({c}) FILTER (WHERE isfinite({c}))) * 1000000)::int8"),
-            format!("floor(extract(epoch FROM max({c}) FILTER (WHERE isfinite({c}))) * 1000000)::int8"),
+        KeyType::Timestamp => (
+            "min({c}) FILTER (WHERE isfinite({c})), max({c}) FILTER (WHERE isfinite({c}))",
+            "({x}::date - DATE '1970-01-01')::int8 * 86400000000 + (extract(epoch FROM {x}::time) * 1000000)::int8",
+        ),
+        KeyType::Timestamptz => (
+            "min({c}) FILTER (WHERE isfinite({c})) AT TIME ZONE 'UTC', max({c}) FILTER (WHERE isfinite({c})) AT TIME ZONE 'UTC'",
+            "({x}::date - DATE '1970-01-01')::int8 * 86400000000 + (extract(epoch FROM {x}::time) * 1000000)::int8",
         ),
     };
+    let aggregate = aggregate.replace("{c}", &c);
     format!(
-        "SELECT {lo}, {hi} FROM {}{}",
+        "SELECT {}, {} FROM (SELECT {aggregate} FROM {}{}) AS {}(lo, hi)",
+        encode.replace("{x}", "lo"),
+        encode.replace("{x}", "hi"),
         source_from(&job.source.relation),
-        where_clause(job.source.where_clause.as_deref(), None)
+        where_clause(job.source.where_clause.as_deref(), None),
+        quote_ident("bounds"),
     )
 }
 
@@ -445,10 +453,10 @@ mod tests {
         let key = Key { column: "date".into(), key_type: KeyType::Date };
         assert_eq!(
             bounds_sql(&job, &key),
-            "SELECT (min(\"date\") FILTER (WHERE isfinite(\"date\")) - DATE '1970-01-01')::int8, (max(\"date\") FILTER (WHERE isfinite(\"date\")) - DATE '1970-01-01')::int8 FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown')"
+            "SELECT (lo - DATE '1970-01-01')::int8, (hi - DATE '1970-01-01')::int8 FROM (SELECT min(\"date\") FILTER (WHERE isfinite(\"date\")), max(\"date\") FILTER (WHERE isfinite(\"date\")) FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown')) AS \"bounds\"(lo, hi)"
         );
         let key = Key { column: "id".into(), key_type: KeyType::Int4 };
-        assert!(bounds_sql(&job, &key).starts_with("SELECT min(\"id\")::int8, max(\"id\")::int8 FROM"));
+        assert!(bounds_sql(&job, &key).starts_with("SELECT lo::int8, hi::int8 FROM (SELECT min(\"id\"), max(\"id\") FROM"));
     }
 
     #[test]
