@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use crate::copy::{PartitionReport, Status};
@@ -21,9 +21,12 @@ pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(estimated_rows), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/~{human_len} rows  {per_sec}  ETA {eta}",
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/~{human_len} rows  {rate}  ETA {eta}",
         )
         .expect("the template is a constant")
+        .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{} rows/s", group(state.per_sec().round() as u64));
+        })
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));

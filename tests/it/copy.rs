@@ -200,3 +200,55 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
     // Nothing was created on the target.
     assert_eq!(pair.target.scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_reads_one_snapshot_while_the_source_changes() {
+    let pair = Pair::new("snapshot").await;
+    pair.source
+        .exec(
+            "CREATE TABLE live (id bigserial PRIMARY KEY, k integer NOT NULL);
+             INSERT INTO live (k) SELECT g % 8 FROM generate_series(1, 80000) g;",
+        )
+        .await;
+    // A writer commits one row at a time, in id order, for as long as the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut conn = pair.source.conn().await;
+        tokio::spawn(async move {
+            let mut commits = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                sqlx::Executor::execute(&mut conn, "INSERT INTO live (k) VALUES ((random() * 7)::int)")
+                    .await
+                    .unwrap();
+                commits += 1;
+            }
+            commits
+        })
+    };
+    // Each row carries the snapshot its partition's transaction read.
+    let job = job_file(&job_text(
+        &pair,
+        "query = \"SELECT id, k, pg_current_snapshot()::text AS snap FROM live\"",
+        "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 8\ncount = 8\n[run]\nparallelism = 2",
+        "table = \"copied\"",
+    ));
+    let path = job.path.clone();
+    let out = tokio::task::spawn_blocking(move || run_job(&path)).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let commits = writer.await.unwrap();
+    assert_exit(&out, 0);
+    assert!(commits > 0, "the writer committed nothing during the copy");
+    assert_eq!(
+        pair.target.scalar_i64("SELECT count(DISTINCT snap) FROM copied").await,
+        1,
+        "partitions read different snapshots"
+    );
+    // One writer committing in id order: a single snapshot sees exactly ids 1..=n.
+    let (count, distinct, max): (i64, i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT id), max(id) FROM copied")
+        .fetch_one(&mut pair.target.conn().await)
+        .await
+        .unwrap();
+    assert_eq!((count, distinct), (max, max), "rows lost or doubled");
+    assert!(count >= 80000);
+}
