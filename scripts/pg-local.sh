@@ -5,7 +5,9 @@
 # Prints the base URL on stdout (all other output goes to stderr), e.g.
 #   postgres://postgres@127.0.0.1:5432/postgres
 #
-# Env: PGHOST (127.0.0.1), PGPORT (5432), STRIDE_PG_DIR (/tmp/stride-pg).
+# Env: PGHOST (127.0.0.1), PGPORT (5432), STRIDE_PG_DIR (/tmp/stride-pg),
+# STRIDE_PG_MAX_CONNECTIONS (200): max_connections of the cluster when this script
+# starts it (an already answering or running server keeps its own setting).
 # Idempotent: re-running reuses an answering server or restarts the cluster.
 # Stop the throwaway cluster with (drop "runuser -u postgres --" if not root):
 #   runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /tmp/stride-pg stop
@@ -14,10 +16,14 @@ set -euo pipefail
 host=${PGHOST:-127.0.0.1}
 port=${PGPORT:-5432}
 dir=${STRIDE_PG_DIR:-/tmp/stride-pg}
+max_connections=${STRIDE_PG_MAX_CONNECTIONS:-200}
 url="postgres://postgres@$host:$port/postgres"
 
 log() { echo "pg-local: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+[[ $max_connections =~ ^[1-9][0-9]*$ ]] ||
+    die "STRIDE_PG_MAX_CONNECTIONS must be a positive integer, not '$max_connections'"
 
 answers() {
     command -v psql >/dev/null &&
@@ -91,10 +97,10 @@ if "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
         die "cluster in $dir is already running on port ${running_port:-?}, not $port; stop it or set STRIDE_PG_DIR"
     log "cluster in $dir is already running; waiting for it to answer"
 else
-    log "starting cluster in $dir on $host:$port (log: $dir/server.log)"
+    log "starting cluster in $dir on $host:$port, max_connections $max_connections (log: $dir/server.log)"
     # Test cluster only: fsync/full_page_writes/synchronous_commit off trade
     # crash safety for speed; the data is throwaway.
-    opts="-c listen_addresses=$host -p $port -k '$dir' -c max_connections=200"
+    opts="-c listen_addresses=$host -p $port -k '$dir' -c max_connections=$max_connections"
     opts+=" -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
     "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -o "$opts" -w -t 30 start >&2 ||
         { tail -n 20 "$dir/server.log" >&2 || true; die "pg_ctl start failed (port $port in use?)"; }

@@ -31,9 +31,8 @@ pub async fn execute(cli: Cli) -> Result<u8> {
 }
 
 fn load_job(path: &Path) -> Result<Job> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        JobError::new(format!("{}: cannot read the job file: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| JobError::new(format!("{}: cannot read the job file: {e}", path.display())))?;
     let job = Job::parse(&text, |name| std::env::var(name).ok())
         .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
     Ok(job)
@@ -99,6 +98,14 @@ struct TargetFit {
 async fn fit_target(pool: &PgPool, job: &Job, columns: &[Column]) -> Result<TargetFit> {
     let table = &job.target.table;
     let mut conn = pool.acquire().await.context("taking a target connection")?;
+    if let Relation::Table(source_table) = &job.source.relation {
+        if same_database(job) && pg::same_relation(&mut conn, source_table, table).await? {
+            return Err(JobError::new(format!(
+                "target.table: {table} is the source table itself (expected another table, or another database)"
+            ))
+            .into());
+        }
+    }
     let Some(relation) = pg::describe_table(&mut conn, table).await? else {
         if job.target.create == Create::Never {
             return Err(JobError::new(format!(
@@ -182,18 +189,42 @@ fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
 /// Host and port of a URL, to tell whether source and target share a server.
 fn server_of(url: &crate::job::DbUrl) -> Option<(String, u16)> {
     let u = url::Url::parse(url.expose()).ok()?;
-    Some((u.host_str().unwrap_or("localhost").to_string(), u.port().unwrap_or(5432)))
+    Some((
+        u.host_str().unwrap_or("localhost").to_string(),
+        u.port().unwrap_or(5432),
+    ))
+}
+
+/// Whether both URLs name the same database on the same server.
+fn same_database(job: &Job) -> bool {
+    let database = |url: &crate::job::DbUrl| url::Url::parse(url.expose()).ok().map(|u| u.path().to_string());
+    server_of(&job.source.url).is_some()
+        && server_of(&job.source.url) == server_of(&job.target.url)
+        && database(&job.source.url) == database(&job.target.url)
 }
 
 /// How many partitions can run at once given the servers' free connection slots.
-async fn connection_budget(job: &Job, source: &PgPool, target: &PgPool, wanted: usize) -> Result<usize> {
+async fn connection_budget(
+    job: &Job,
+    source: &PgPool,
+    target: &PgPool,
+    wanted: usize,
+) -> Result<usize> {
     // Each pool holds one open connection already, counted as in use: the source's
     // becomes the coordinator, the target's is reused by a partition.
-    let free_source = pg::free_connection_slots(source).await.context("on the source")?;
-    let free_target = pg::free_connection_slots(target).await.context("on the target")?;
-    let same_server = server_of(&job.source.url).is_some() && server_of(&job.source.url) == server_of(&job.target.url);
+    let free_source = pg::free_connection_slots(source)
+        .await
+        .context("on the source")?;
+    let free_target = pg::free_connection_slots(target)
+        .await
+        .context("on the target")?;
+    let same_server = server_of(&job.source.url).is_some()
+        && server_of(&job.source.url) == server_of(&job.target.url);
     let (limit, which) = if same_server {
-        ((free_source + 1) / 2, "the server (source and target share it)")
+        (
+            (free_source + 1) / 2,
+            "the server (source and target share it)",
+        )
     } else if free_source <= free_target {
         (free_source, "the source")
     } else {
@@ -232,7 +263,10 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
-    let mut coordinator = source.acquire().await.context("taking the coordinator connection")?;
+    let mut coordinator = source
+        .acquire()
+        .await
+        .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
     let bounds = match (&side.key, side.bounds) {
         (Some(key), None) => pg::key_bounds(&mut coordinator, &plan::bounds_sql(&job, key))
@@ -265,13 +299,29 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         info!("truncated target table {table}");
     }
 
-    let transfers: Vec<Transfer> = fit.fits.iter().map(|f| f.transfer.unwrap_or(Transfer::Text)).collect();
+    let transfers: Vec<Transfer> = fit
+        .fits
+        .iter()
+        .map(|f| f.transfer.unwrap_or(Transfer::Text))
+        .collect();
     let format = plan::copy_format(&transfers);
     let method = match job.target.method {
-        Method::Copy => format!("{} COPY", if format == plan::CopyFormat::Binary { "binary" } else { "text" }),
+        Method::Copy => format!(
+            "{} COPY",
+            if format == plan::CopyFormat::Binary {
+                "binary"
+            } else {
+                "text"
+            }
+        ),
         Method::Insert => format!("INSERT, {} rows a batch", job.target.batch_size),
     };
-    let typed: Vec<(String, String)> = plan.columns.iter().cloned().zip(fit.types.iter().cloned()).collect();
+    let typed: Vec<(String, String)> = plan
+        .columns
+        .iter()
+        .cloned()
+        .zip(fit.types.iter().cloned())
+        .collect();
     info!(
         partitions = plan.partitions.len(),
         parallelism,
@@ -291,11 +341,19 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         batch_size: job.target.batch_size as usize,
         progress: report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet),
     });
-    let (partitions, interrupted) =
-        run_partitions(Arc::clone(&spec), plan.partitions.clone(), parallelism, shutdown_signal()).await;
+    let (partitions, interrupted) = run_partitions(
+        Arc::clone(&spec),
+        plan.partitions.clone(),
+        parallelism,
+        shutdown_signal(),
+    )
+    .await;
     spec.progress.finish_and_clear();
     // The snapshot is no longer needed once every partition has ended.
-    sqlx::raw_sql("ROLLBACK").execute(&mut *coordinator).await.ok();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *coordinator)
+        .await
+        .ok();
     drop(coordinator);
 
     let summary = Summary {
@@ -304,16 +362,18 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         method,
         partitions,
         elapsed: started.elapsed(),
+        interrupted: interrupted.is_some(),
     };
     print!("{}", summary.render());
     if interrupted.is_some() {
-        eprintln!(
-            "interrupted: partitions {} were committed; the ones in flight were rolled back",
-            if summary.written().is_empty() { "none".into() } else { format!("{:?}", summary.written()) }
-        );
+        eprintln!("interrupted: the partitions in flight were rolled back; the summary lists those committed");
         return Ok(exit::INTERRUPTED);
     }
-    if let Some(failed) = summary.partitions.iter().find(|p| matches!(p.status, Status::Failed(_))) {
+    if let Some(failed) = summary
+        .partitions
+        .iter()
+        .find(|p| matches!(p.status, Status::Failed(_)))
+    {
         if let Status::Failed(error) = &failed.status {
             eprintln!("error: {error}");
         }
@@ -350,7 +410,10 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
     let job = load_job(path)?;
     let source = pg::connect(Side::Source, &job.source.url, 1).await?;
     let side = resolve_source(&source, &job).await?;
-    let mut conn = source.acquire().await.context("taking a source connection")?;
+    let mut conn = source
+        .acquire()
+        .await
+        .context("taking a source connection")?;
     let bounds = match (&side.key, side.bounds) {
         (Some(key), None) => pg::key_bounds(&mut conn, &plan::bounds_sql(&job, key))
             .await?
@@ -367,7 +430,10 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
     match format {
-        Format::Text => print!("{}", report::render_plan(&plan, &estimates, &source_name(&job), None)),
+        Format::Text => print!(
+            "{}",
+            report::render_plan(&plan, &estimates, &source_name(&job), None)
+        ),
         Format::Json => {
             let key_type = plan.key.as_ref().map(|k| k.key_type);
             let show = |v: i64| key_type.map(|k| k.display(v));
@@ -390,7 +456,10 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
                     "estimated_rows": e,
                 })).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&doc).expect("JSON values always serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("JSON values always serialize")
+            );
         }
     }
     Ok(exit::OK)
@@ -404,7 +473,12 @@ async fn check(path: &Path) -> Result<u8> {
     let fit = fit_target(&target, &job, &side.columns).await?;
     print!(
         "{}",
-        report::render_check(&source_name(&job), &job.target.table.to_string(), fit.exists, &fit.fits)
+        report::render_check(
+            &source_name(&job),
+            &job.target.table.to_string(),
+            fit.exists,
+            &fit.fits
+        )
     );
     if let Some(error) = misfits(&job, &fit) {
         return Err(error.into());

@@ -265,7 +265,10 @@ async fn pass_through(
             .context("sending rows to the target")?;
     }
     // Data errors (bad bytes, types, constraints) surface here, not at `send`.
-    let rows = sink.finish().await.context("finishing COPY on the target")?;
+    let rows = sink
+        .finish()
+        .await
+        .context("finishing COPY on the target")?;
     spec.progress.inc(rows.saturating_sub(reported));
     Ok(Counts { rows, bytes })
 }
@@ -280,10 +283,15 @@ async fn insert_rows(
 ) -> Result<Counts> {
     let select = rows_select_sql(&partition.select, &spec.columns);
     let mut rows_in = sqlx::query(&select).fetch(&mut *source);
-    let mut batch: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(spec.batch_size); spec.columns.len()];
+    let mut batch: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(spec.batch_size); spec.columns.len()];
     let mut counts = Counts::default();
     let mut batch_rows = 0usize;
-    while let Some(row) = rows_in.try_next().await.context("reading rows from the source")? {
+    while let Some(row) = rows_in
+        .try_next()
+        .await
+        .context("reading rows from the source")?
+    {
         for (i, column) in batch.iter_mut().enumerate() {
             let value: Option<String> = row.try_get(i)?;
             counts.bytes += value.as_ref().map_or(0, |v| v.len() as u64);

@@ -41,7 +41,14 @@ impl DbUrl {
                     .query_pairs()
                     .map(|(k, v)| {
                         let hidden = k.eq_ignore_ascii_case("password");
-                        (k.into_owned(), if hidden { "****".into() } else { v.into_owned() })
+                        (
+                            k.into_owned(),
+                            if hidden {
+                                "****".into()
+                            } else {
+                                v.into_owned()
+                            },
+                        )
                     })
                     .collect();
                 if pairs.is_empty() {
@@ -276,12 +283,15 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
             ))
         }
         (Some(table), None) => Relation::Table(
-            QualifiedName::parse(&table).map_err(|e| JobError::new(format!("source.table: {e}")))?,
+            QualifiedName::parse(&table)
+                .map_err(|e| JobError::new(format!("source.table: {e}")))?,
         ),
         (None, Some(query)) => {
             let query = query.trim().trim_end_matches(';').trim_end().to_string();
             if query.is_empty() {
-                return Err(JobError::new("source.query: is empty (expected a SELECT statement)"));
+                return Err(JobError::new(
+                    "source.query: is empty (expected a SELECT statement)",
+                ));
             }
             Relation::Query(query)
         }
@@ -298,7 +308,9 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
                 return Err(JobError::new("source.columns: contains an empty name"));
             }
             if !seen.insert(c) {
-                return Err(JobError::new(format!("source.columns: \"{c}\" is listed twice")));
+                return Err(JobError::new(format!(
+                    "source.columns: \"{c}\" is listed twice"
+                )));
             }
         }
     }
@@ -318,7 +330,9 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
 
 fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
     if raw.column.is_empty() {
-        return Err(JobError::new("partition.column: is empty (expected a column name)"));
+        return Err(JobError::new(
+            "partition.column: is empty (expected a column name)",
+        ));
     }
     let count = raw.count.unwrap_or(1);
     if !(1..=MAX_PARTITIONS).contains(&count) {
@@ -329,16 +343,12 @@ fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
     let bounds = match (raw.lower_bound, raw.upper_bound) {
         (None, None) => None,
         (Some(l), Some(u)) => Some((l.into_text(), u.into_text())),
-        (Some(_), None) => {
-            return Err(JobError::new(
-                "partition.upper_bound: missing (lower_bound is set; expected both bounds or neither)",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(JobError::new(
-                "partition.lower_bound: missing (upper_bound is set; expected both bounds or neither)",
-            ))
-        }
+        (Some(_), None) => return Err(JobError::new(
+            "partition.upper_bound: missing (lower_bound is set; expected both bounds or neither)",
+        )),
+        (None, Some(_)) => return Err(JobError::new(
+            "partition.lower_bound: missing (upper_bound is set; expected both bounds or neither)",
+        )),
     };
     Ok(PartitionSpec {
         column: raw.column,
@@ -539,7 +549,10 @@ parallelism = 2
                 count: 4
             })
         );
-        assert_eq!(job.source.where_clause.as_deref(), Some("state <> 'Unknown'"));
+        assert_eq!(
+            job.source.where_clause.as_deref(),
+            Some("state <> 'Unknown'")
+        );
         assert_eq!(job.target.mode, Mode::Truncate);
         assert_eq!(job.target.create, Create::Never);
         assert_eq!(job.target.method, Method::Insert);
@@ -656,13 +669,21 @@ parallelism = 2
             missing,
             "line 2: environment variable NOPE is not set (expected it set, or a default as ${NOPE:-default})"
         );
-        assert!(interpolate("${A", &e).unwrap_err().to_string().contains("unterminated"));
-        assert!(interpolate("${A B}", &e).unwrap_err().to_string().contains("not a variable"));
+        assert!(interpolate("${A", &e)
+            .unwrap_err()
+            .to_string()
+            .contains("unterminated"));
+        assert!(interpolate("${A B}", &e)
+            .unwrap_err()
+            .to_string()
+            .contains("not a variable"));
     }
 
     #[test]
     fn url_password_is_redacted_everywhere() {
-        let url = DbUrl::new("postgres://alice:s3cret@db.example:5433/prod?password=other&sslmode=require");
+        let url = DbUrl::new(
+            "postgres://alice:s3cret@db.example:5433/prod?password=other&sslmode=require",
+        );
         let shown = format!("{url} {url:?} {}", url.redacted());
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(!shown.contains("other"), "{shown}");

@@ -123,7 +123,10 @@ WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum";
 
 /// The columns of a table or view, or `None` if there is no such relation.
-pub async fn describe_table(conn: &mut PgConnection, name: &QualifiedName) -> Result<Option<Relation>> {
+pub async fn describe_table(
+    conn: &mut PgConnection,
+    name: &QualifiedName,
+) -> Result<Option<Relation>> {
     let row = sqlx::query(
         "SELECT c.oid::int8, c.reltuples::float8, c.relkind::text \
          FROM pg_class c WHERE c.oid = to_regclass($1)",
@@ -147,6 +150,16 @@ pub async fn describe_table(conn: &mut PgConnection, name: &QualifiedName) -> Re
     }))
 }
 
+/// Whether two names resolve to the same existing relation in this database.
+pub async fn same_relation(conn: &mut PgConnection, a: &QualifiedName, b: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar("SELECT coalesce(to_regclass($1) = to_regclass($2), false)")
+        .bind(a.to_string())
+        .bind(b.to_string())
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("comparing {a} with {b}"))
+}
+
 /// The output columns of the user's query, with their types and modifiers.
 ///
 /// The query is wrapped in a temporary view inside a transaction that is rolled
@@ -155,10 +168,12 @@ pub async fn describe_table(conn: &mut PgConnection, name: &QualifiedName) -> Re
 pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Relation> {
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
     let result = async {
-        sqlx::raw_sql(&format!("CREATE TEMPORARY VIEW stride_query_probe AS {query}"))
-            .execute(&mut *conn)
-            .await
-            .context("source.query: the query does not run")?;
+        sqlx::raw_sql(&format!(
+            "CREATE TEMPORARY VIEW stride_query_probe AS {query}"
+        ))
+        .execute(&mut *conn)
+        .await
+        .context("source.query: the query does not run")?;
         let oid: i64 = sqlx::query_scalar("SELECT 'stride_query_probe'::regclass::oid::int8")
             .fetch_one(&mut *conn)
             .await?;
@@ -203,7 +218,11 @@ pub enum Transfer {
 /// Decides how `source` can be written into `target`, asking the target's catalogue
 /// about casts. A target of a string type takes any text form; otherwise an implicit
 /// or assignment cast must exist (arrays: between their element types).
-pub async fn transfer(conn: &mut PgConnection, source: &Column, target: &Column) -> Result<Transfer> {
+pub async fn transfer(
+    conn: &mut PgConnection,
+    source: &Column,
+    target: &Column,
+) -> Result<Transfer> {
     if source.type_oid == target.type_oid && source.is_builtin_type() {
         return Ok(Transfer::Binary);
     }
@@ -228,7 +247,11 @@ pub async fn transfer(conn: &mut PgConnection, source: &Column, target: &Column)
     .fetch_one(conn)
     .await
     .with_context(|| format!("checking whether {from} can be written as {to}"))?;
-    Ok(if ok { Transfer::Text } else { Transfer::Incompatible })
+    Ok(if ok {
+        Transfer::Text
+    } else {
+        Transfer::Incompatible
+    })
 }
 
 /// A REPEATABLE READ transaction whose snapshot every partition imports, so that all
@@ -272,7 +295,9 @@ pub async fn estimate_rows(conn: &mut PgConnection, select: &str) -> Result<i64>
         .fetch_one(conn)
         .await
         .context("estimating a partition's rows with EXPLAIN")?;
-    Ok(json[0]["Plan"]["Plan Rows"].as_f64().map_or(0, |r| r.round() as i64))
+    Ok(json[0]["Plan"]["Plan Rows"]
+        .as_f64()
+        .map_or(0, |r| r.round() as i64))
 }
 
 /// Connection slots a new session of ours can still take on this server:

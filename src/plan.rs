@@ -100,14 +100,19 @@ fn column_list(columns: &[Column]) -> String {
 
 /// The partition column and its key type, checked against the source's columns.
 pub fn resolve_key(job: &Job, source: &[Column]) -> Result<Option<Key>, JobError> {
-    let Some(spec) = &job.partition else { return Ok(None) };
-    let column = source.iter().find(|c| c.name == spec.column).ok_or_else(|| {
-        JobError::new(format!(
+    let Some(spec) = &job.partition else {
+        return Ok(None);
+    };
+    let column = source
+        .iter()
+        .find(|c| c.name == spec.column)
+        .ok_or_else(|| {
+            JobError::new(format!(
             "partition.column: column \"{}\" does not exist in the source (expected one of: {})",
             spec.column,
             column_list(source)
         ))
-    })?;
+        })?;
     let key_type = KeyType::from_pg(&column.type_name).ok_or_else(|| {
         JobError::new(format!(
             "partition.column: column \"{}\" is of type {}, which cannot partition (expected smallint, integer, bigint, date, timestamp or timestamptz)",
@@ -282,7 +287,10 @@ pub fn rows_select_sql(select: &str, columns: &[String]) -> String {
         .map(|c| format!("{0}::text AS {0}", quote_ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("SELECT {cols} FROM ({select}) AS {}", quote_ident("partition"))
+    format!(
+        "SELECT {cols} FROM ({select}) AS {}",
+        quote_ident("partition")
+    )
 }
 
 /// The row path's statement: one `INSERT` per batch, one `text[]` parameter per
@@ -352,7 +360,12 @@ mod tests {
     }
 
     fn source() -> Vec<Column> {
-        vec![col("id", "bigint"), col("state", "text"), col("date", "date"), col("Mixed Case", "integer")]
+        vec![
+            col("id", "bigint"),
+            col("state", "text"),
+            col("date", "date"),
+            col("Mixed Case", "integer"),
+        ]
     }
 
     #[test]
@@ -409,25 +422,40 @@ mod tests {
 
     #[test]
     fn date_key_and_bound_errors() {
-        let job = job_with_partition("column='date'\nlower_bound='2021-02-20'\nupper_bound='2021-02-28'\ncount=4");
+        let job = job_with_partition(
+            "column='date'\nlower_bound='2021-02-20'\nupper_bound='2021-02-28'\ncount=4",
+        );
         let key = resolve_key(&job, &source()).unwrap().unwrap();
         assert_eq!(key.key_type, KeyType::Date);
-        let plan = build(&job, &source(), Some(key.clone()), parse_bounds(&job, &key).unwrap());
+        let plan = build(
+            &job,
+            &source(),
+            Some(key.clone()),
+            parse_bounds(&job, &key).unwrap(),
+        );
         assert_eq!(plan.partitions.len(), 4);
-        assert!(plan.partitions[0].select.ends_with(
-            "AND (\"date\" < '2021-02-22'::date OR \"date\" IS NULL)"
-        ));
-        assert!(plan.partitions[3].select.ends_with("AND \"date\" >= '2021-02-26'::date"));
+        assert!(plan.partitions[0]
+            .select
+            .ends_with("AND (\"date\" < '2021-02-22'::date OR \"date\" IS NULL)"));
+        assert!(plan.partitions[3]
+            .select
+            .ends_with("AND \"date\" >= '2021-02-26'::date"));
 
-        let bad = job_with_partition("column='date'\nlower_bound='2021-13-45'\nupper_bound='2021-02-28'\ncount=4");
+        let bad = job_with_partition(
+            "column='date'\nlower_bound='2021-13-45'\nupper_bound='2021-02-28'\ncount=4",
+        );
         let e = parse_bounds(&bad, &key).unwrap_err().to_string();
         assert!(e.starts_with("partition.lower_bound: "), "{e}");
         assert!(e.contains("2021-13-45"), "{e}");
 
-        let reversed = job_with_partition("column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-02-28'\ncount=4");
+        let reversed = job_with_partition(
+            "column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-02-28'\ncount=4",
+        );
         let e = parse_bounds(&reversed, &key).unwrap_err().to_string();
         assert_eq!(e, "partition.lower_bound: 2021-03-01 is not below upper_bound 2021-02-28 (expected lower_bound < upper_bound)");
-        let equal = job_with_partition("column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-03-01'\ncount=4");
+        let equal = job_with_partition(
+            "column='date'\nlower_bound='2021-03-01'\nupper_bound='2021-03-01'\ncount=4",
+        );
         assert!(parse_bounds(&equal, &key).is_err());
     }
 
@@ -435,41 +463,67 @@ mod tests {
     fn key_and_column_errors_name_the_key() {
         let missing = job_with_partition("column='nope'\ncount=2");
         let e = resolve_key(&missing, &source()).unwrap_err().to_string();
-        assert!(e.starts_with("partition.column: column \"nope\" does not exist"), "{e}");
+        assert!(
+            e.starts_with("partition.column: column \"nope\" does not exist"),
+            "{e}"
+        );
         let text_key = job_with_partition("column='state'\ncount=2");
         let e = resolve_key(&text_key, &source()).unwrap_err().to_string();
         assert!(e.contains("is of type text, which cannot partition"), "{e}");
         let cols = job("columns = ['id', 'ghost']");
         let e = resolve_columns(&cols, &source()).unwrap_err().to_string();
-        assert!(e.starts_with("source.columns: column \"ghost\" does not exist"), "{e}");
+        assert!(
+            e.starts_with("source.columns: column \"ghost\" does not exist"),
+            "{e}"
+        );
         let ok = job("columns = ['Mixed Case', 'id']");
-        let names: Vec<String> = resolve_columns(&ok, &source()).unwrap().into_iter().map(|c| c.name).collect();
+        let names: Vec<String> = resolve_columns(&ok, &source())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["Mixed Case", "id"]);
     }
 
     #[test]
     fn bounds_queries() {
         let job = job_with_partition("column='date'\ncount=2");
-        let key = Key { column: "date".into(), key_type: KeyType::Date };
+        let key = Key {
+            column: "date".into(),
+            key_type: KeyType::Date,
+        };
         assert_eq!(
             bounds_sql(&job, &key),
             "SELECT (lo - DATE '1970-01-01')::int8, (hi - DATE '1970-01-01')::int8 FROM (SELECT min(\"date\") FILTER (WHERE isfinite(\"date\")), max(\"date\") FILTER (WHERE isfinite(\"date\")) FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown')) AS \"bounds\"(lo, hi)"
         );
-        let key = Key { column: "id".into(), key_type: KeyType::Int4 };
-        assert!(bounds_sql(&job, &key).starts_with("SELECT lo::int8, hi::int8 FROM (SELECT min(\"id\"), max(\"id\") FROM"));
+        let key = Key {
+            column: "id".into(),
+            key_type: KeyType::Int4,
+        };
+        assert!(bounds_sql(&job, &key)
+            .starts_with("SELECT lo::int8, hi::int8 FROM (SELECT min(\"id\"), max(\"id\") FROM"));
     }
 
     #[test]
     fn copy_and_insert_statements() {
         let t = QualifiedName::parse("public.\"Target T\"").unwrap();
         let cols = vec!["id".to_string(), "a\"b".to_string()];
-        assert_eq!(copy_format(&[Transfer::Binary, Transfer::Binary]), CopyFormat::Binary);
-        assert_eq!(copy_format(&[Transfer::Binary, Transfer::Text]), CopyFormat::Text);
+        assert_eq!(
+            copy_format(&[Transfer::Binary, Transfer::Binary]),
+            CopyFormat::Binary
+        );
+        assert_eq!(
+            copy_format(&[Transfer::Binary, Transfer::Text]),
+            CopyFormat::Text
+        );
         assert_eq!(
             copy_in_sql(&t, &cols, CopyFormat::Binary),
             "COPY \"public\".\"Target T\" (\"id\", \"a\"\"b\") FROM STDIN (FORMAT binary)"
         );
-        assert_eq!(copy_out_sql("SELECT 1", CopyFormat::Text), "COPY (SELECT 1) TO STDOUT");
+        assert_eq!(
+            copy_out_sql("SELECT 1", CopyFormat::Text),
+            "COPY (SELECT 1) TO STDOUT"
+        );
         assert_eq!(
             copy_out_sql("SELECT 1", CopyFormat::Binary),
             "COPY (SELECT 1) TO STDOUT (FORMAT binary)"

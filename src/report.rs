@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use crate::copy::{PartitionReport, Status};
-use crate::plan::{CopyFormat, Plan};
 use crate::pg::Transfer;
+use crate::plan::{CopyFormat, Plan};
 
 /// A bar with rows/s and ETA on a terminal's stderr; hidden otherwise (cron, CI,
 /// pipes), where the log lines say what happens.
@@ -42,6 +42,8 @@ pub struct Summary {
     pub partitions: Vec<PartitionReport>,
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub interrupted: bool,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -79,8 +81,16 @@ impl Summary {
         let rows = self.rows();
         let bytes = self.bytes();
         let mut out = String::new();
-        let verdict = if self.succeeded() { "copied" } else { "copy FAILED" };
-        let _ = writeln!(out, "{verdict}: {} -> {} ({})", self.source, self.target, self.method);
+        let verdict = match (self.succeeded(), self.interrupted) {
+            (true, _) => "copied",
+            (false, true) => "copy INTERRUPTED",
+            (false, false) => "copy FAILED",
+        };
+        let _ = writeln!(
+            out,
+            "{verdict}: {} -> {} ({})",
+            self.source, self.target, self.method
+        );
         let _ = writeln!(
             out,
             "partitions {} written of {}   rows {}   bytes {}   elapsed {}   {} rows/s",
@@ -91,8 +101,18 @@ impl Summary {
             human_duration(self.elapsed),
             group((rows as f64 / secs).round() as u64),
         );
-        let width = self.partitions.iter().map(|p| p.range.len()).max().unwrap_or(5).max(5);
-        let _ = writeln!(out, "{:>9}  {:<width$}  {:>12}  {:>9}  status", "partition", "range", "rows", "time");
+        let width = self
+            .partitions
+            .iter()
+            .map(|p| p.range.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "{:>9}  {:<width$}  {:>12}  {:>9}  status",
+            "partition", "range", "rows", "time"
+        );
         for p in &self.partitions {
             let status = match &p.status {
                 Status::Written => "written",
@@ -119,7 +139,11 @@ impl Summary {
             let _ = writeln!(
                 out,
                 "written and committed: {}; everything else was rolled back or not started",
-                if written.is_empty() { "none".to_string() } else { list(&written) }
+                if written.is_empty() {
+                    "none".to_string()
+                } else {
+                    list(&written)
+                }
             );
         }
         out
@@ -127,7 +151,11 @@ impl Summary {
 }
 
 fn list(indexes: &[usize]) -> String {
-    indexes.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+    indexes
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// 1234567 as "1,234,567".
@@ -168,7 +196,12 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// `stride plan` for people.
-pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str, format: Option<CopyFormat>) -> String {
+pub fn render_plan(
+    plan: &Plan,
+    estimates: &[i64],
+    source: &str,
+    format: Option<CopyFormat>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source {source}");
     match (&plan.key, &plan.bounds) {
@@ -186,14 +219,21 @@ pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str, format: Option<
                 },
                 plan.partitions.len(),
                 if plan.partitions.len() < plan.requested_partitions as usize {
-                    format!(" (of {} asked: the range is narrower than that)", plan.requested_partitions)
+                    format!(
+                        " (of {} asked: the range is narrower than that)",
+                        plan.requested_partitions
+                    )
                 } else {
                     String::new()
                 }
             );
         }
         (Some(key), None) => {
-            let _ = writeln!(out, "partition column {}: the source has no rows, so one partition", key.column);
+            let _ = writeln!(
+                out,
+                "partition column {}: the source has no rows, so one partition",
+                key.column
+            );
         }
         (None, _) => {
             let _ = writeln!(out, "no [partition] section: one partition");
@@ -203,11 +243,21 @@ pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str, format: Option<
         let _ = writeln!(out, "copy format {format:?}");
     }
     for (p, estimate) in plan.partitions.iter().zip(estimates) {
-        let _ = writeln!(out, "\npartition {}  {}  ~{} rows", p.index, p.describe, group(*estimate as u64));
+        let _ = writeln!(
+            out,
+            "\npartition {}  {}  ~{} rows",
+            p.index,
+            p.describe,
+            group(*estimate as u64)
+        );
         let _ = writeln!(out, "  {}", p.select);
     }
     let total: i64 = estimates.iter().sum();
-    let _ = writeln!(out, "\ntotal ~{} rows (planner estimates)", group(total.max(0) as u64));
+    let _ = writeln!(
+        out,
+        "\ntotal ~{} rows (planner estimates)",
+        group(total.max(0) as u64)
+    );
     out
 }
 
@@ -227,17 +277,35 @@ pub fn render_check(source: &str, target: &str, target_exists: bool, fits: &[Col
     let _ = writeln!(
         out,
         "target {target}{}",
-        if target_exists { "" } else { " (missing: will be created from the source's columns)" }
+        if target_exists {
+            ""
+        } else {
+            " (missing: will be created from the source's columns)"
+        }
     );
-    let w = fits.iter().map(|f| f.column.len()).max().unwrap_or(6).max(6);
-    let ws = fits.iter().map(|f| f.source_type.len()).max().unwrap_or(11).max(11);
+    let w = fits
+        .iter()
+        .map(|f| f.column.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let ws = fits
+        .iter()
+        .map(|f| f.source_type.len())
+        .max()
+        .unwrap_or(11)
+        .max(11);
     let wt = fits
         .iter()
         .map(|f| f.target_type.as_deref().unwrap_or("(missing)").len())
         .max()
         .unwrap_or(11)
         .max(11);
-    let _ = writeln!(out, "{:<w$}  {:<ws$}  {:<wt$}  transfer", "column", "source type", "target type");
+    let _ = writeln!(
+        out,
+        "{:<w$}  {:<ws$}  {:<wt$}  transfer",
+        "column", "source type", "target type"
+    );
     for f in fits {
         let transfer = match (f.transfer, &f.target_type) {
             (Some(Transfer::Binary), _) => "binary (passed through)",

@@ -21,7 +21,8 @@ INSERT INTO public.src VALUES
 CREATE TABLE public.narrow (id integer NOT NULL, small smallint, d date, ts timestamp, tstz timestamptz, name text);
 INSERT INTO public.narrow VALUES (-1, -1, '1999-01-01', NULL, NULL, 'narrow kept'), (-2, NULL, NULL, NULL, NULL, NULL);";
 
-/// Everything in the target a run could change: the tables there, and each one's rows.
+/// Everything in the target a run could change: the tables there (a job that
+/// would create `public.fresh` must not have), and each one's rows.
 async fn target_state(db: &TestDb) -> (String, (i64, String), (i64, String)) {
     let tables = db
         .scalar_string(
@@ -30,7 +31,11 @@ async fn target_state(db: &TestDb) -> (String, (i64, String), (i64, String)) {
              WHERE c.relkind IN ('r', 'p', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
         )
         .await;
-    (tables, db.checksum("public.src").await, db.checksum("public.narrow").await)
+    (
+        tables,
+        db.checksum("public.src").await,
+        db.checksum("public.narrow").await,
+    )
 }
 
 /// One bad job and what its error must say.
@@ -60,7 +65,11 @@ fn partitioned(pair: &Pair, partition: &str) -> String {
 fn file_cases(pair: &Pair) -> Vec<Case> {
     let good = job_text(pair, TABLE, "", TRUNCATE);
     vec![
-        case("unknown top-level key", format!("retries = 3\n{good}"), &["`retries`"]),
+        case(
+            "unknown top-level key",
+            format!("retries = 3\n{good}"),
+            &["`retries`"],
+        ),
         case(
             "unknown top-level table",
             job_text(pair, TABLE, "[retry]\ncount = 3", TRUNCATE),
@@ -68,7 +77,12 @@ fn file_cases(pair: &Pair) -> Vec<Case> {
         ),
         case(
             "unknown key in [source]",
-            job_text(pair, "table = \"public.src\"\ntabel = \"public.src\"", "", TRUNCATE),
+            job_text(
+                pair,
+                "table = \"public.src\"\ntabel = \"public.src\"",
+                "",
+                TRUNCATE,
+            ),
             &["`tabel`"],
         ),
         case(
@@ -113,10 +127,19 @@ fn file_cases(pair: &Pair) -> Vec<Case> {
         ),
         case(
             "both table and query",
-            job_text(pair, "table = \"public.src\"\nquery = \"SELECT * FROM public.src\"", "", TRUNCATE),
+            job_text(
+                pair,
+                "table = \"public.src\"\nquery = \"SELECT * FROM public.src\"",
+                "",
+                TRUNCATE,
+            ),
             &["`table`", "`query`"],
         ),
-        case("neither table nor query", job_text(pair, "", "", TRUNCATE), &["`table`", "`query`"]),
+        case(
+            "neither table nor query",
+            job_text(pair, "", "", TRUNCATE),
+            &["`table`", "`query`"],
+        ),
         case(
             "query without target.table",
             job_text(pair, "query = \"SELECT * FROM public.src\"", "", TRUNCATE),
@@ -153,6 +176,15 @@ fn file_cases(pair: &Pair) -> Vec<Case> {
             &["target.url", "mysql"],
         ),
         case(
+            "source URL with an invalid sslmode",
+            good.replacen(
+                &pair.source.url,
+                &format!("{}?sslmode=bogus", pair.source.url),
+                1,
+            ),
+            &["source.url", "bogus"],
+        ),
+        case(
             "source URL that is not a URL",
             good.replacen(&pair.source.url, "not a url", 1),
             &["source.url"],
@@ -162,7 +194,6 @@ fn file_cases(pair: &Pair) -> Vec<Case> {
             good.replacen("table = \"public.src\"", "table = \"public.src", 1),
             &["line 3"],
         ),
-    
     ]
 }
 
@@ -209,8 +240,13 @@ fn catalogue_cases(pair: &Pair) -> Vec<Case> {
             &["partition.upper_bound", "40000"],
         ),
         case(
-            "integer bound out of range",
-            partitioned(pair, "column = \"id\"\nlower_bound = -3000000000\nupper_bound = 10\ncount = 2"),
+            "integer bound out of range, target to be created",
+            job_text(
+                pair,
+                TABLE,
+                "[partition]\ncolumn = \"id\"\nlower_bound = -3000000000\nupper_bound = 10\ncount = 2",
+                "mode = \"truncate\"\ntable = \"public.fresh\"",
+            ),
             &["partition.lower_bound", "-3000000000"],
         ),
         case(
@@ -234,8 +270,13 @@ fn catalogue_cases(pair: &Pair) -> Vec<Case> {
             &["source.query", "no_such_table"],
         ),
         case(
-            "missing source column",
-            job_text(pair, "table = \"public.src\"\ncolumns = [\"id\", \"ghost\"]", "", TRUNCATE),
+            "missing source column, target to be created",
+            job_text(
+                pair,
+                "table = \"public.src\"\ncolumns = [\"id\", \"ghost\"]",
+                "",
+                "mode = \"truncate\"\ntable = \"public.fresh\"",
+            ),
             &["source.columns", "ghost"],
         ),
         case(
@@ -267,7 +308,12 @@ async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
             let out = stride(&[command, job.path.to_str().unwrap()], &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             if out.status.code() != Some(2) {
-                failures.push(format!("{}: `stride {command}` exited {:?}, expected 2\n{}", case.name, out.status.code(), text(&out)));
+                failures.push(format!(
+                    "{}: `stride {command}` exited {:?}, expected 2\n{}",
+                    case.name,
+                    out.status.code(),
+                    text(&out)
+                ));
             }
             for expected in &case.expect {
                 if !stderr.contains(expected.as_str()) {
@@ -279,11 +325,21 @@ async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
                 }
             }
             if target_state(&pair.target).await != before {
-                failures.push(format!("{}: `stride {command}` changed the target\n{}", case.name, text(&out)));
+                failures.push(format!(
+                    "{}: `stride {command}` changed the target\n{}",
+                    case.name,
+                    text(&out)
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }
 
 async fn setup(label: &str) -> Pair {

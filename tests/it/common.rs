@@ -89,7 +89,8 @@ impl TestDb {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        self.scalar_i64(&format!("SELECT count(*) FROM {table}")).await
+        self.scalar_i64(&format!("SELECT count(*) FROM {table}"))
+            .await
     }
 }
 
@@ -104,9 +105,10 @@ impl Drop for TestDb {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
-                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
+                    let _ =
+                        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut admin)
+                            .await;
                 }
             });
         })
@@ -132,7 +134,10 @@ impl Pair {
     pub async fn assert_same(&self, source_table: &str, target_table: &str) -> i64 {
         let s = self.source.checksum(source_table).await;
         let t = self.target.checksum(target_table).await;
-        assert_eq!(s, t, "source {source_table} and target {target_table} differ");
+        assert_eq!(
+            s, t,
+            "source {source_table} and target {target_table} differ"
+        );
         s.0
     }
 }

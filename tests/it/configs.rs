@@ -105,7 +105,10 @@ fn expectation(config: &toml::Table) -> Expectation {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_config_plans_and_runs_as_shipped() {
     let files = config_files();
-    assert!(files.len() >= 2, "configs/ should hold at least the date and the integer-key jobs");
+    assert!(
+        files.len() >= 2,
+        "configs/ should hold at least the date and the integer-key jobs"
+    );
     let source = TestDb::new("configs_src").await;
     source.exec(SEED).await;
     for file in &files {
@@ -120,37 +123,68 @@ async fn every_config_plans_and_runs_as_shipped() {
         let config: toml::Table = contents.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
         let expect = expectation(&config);
         let target = TestDb::new("configs_dst").await;
-        let envs = [("SOURCE_URL", source.url.as_str()), ("TARGET_URL", target.url.as_str())];
+        let envs = [
+            ("SOURCE_URL", source.url.as_str()),
+            ("TARGET_URL", target.url.as_str()),
+        ];
         let path = file.to_str().unwrap();
 
         // plan: every partition's SQL, and together they read each row exactly once.
         let out = stride(&["plan", path], &envs);
         assert_exit(&out, 0);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let selects = stdout.lines().filter(|l| l.trim_start().starts_with("SELECT ")).count();
-        assert_eq!(selects, expect.partitions, "{name}: plan shows {selects} partition queries\n{stdout}");
+        let selects = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("SELECT "))
+            .count();
+        assert_eq!(
+            selects, expect.partitions,
+            "{name}: plan shows {selects} partition queries\n{stdout}"
+        );
         let out = stride(&["plan", "--format", "json", path], &envs);
         assert_exit(&out, 0);
-        let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{name}: plan --format json is not JSON: {e}\n{}", text(&out)));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{name}: plan --format json is not JSON: {e}\n{}",
+                text(&out)
+            )
+        });
         let partitions = plan["partitions"].as_array().expect("partitions");
         assert_eq!(partitions.len(), expect.partitions, "{name}: {plan}");
         let mut planned_rows = 0;
         for p in partitions {
             let sql = p["sql"].as_str().expect("sql");
-            assert!(stdout.contains(sql), "{name}: text and JSON plans differ on {sql}");
+            assert!(
+                stdout.contains(sql),
+                "{name}: text and JSON plans differ on {sql}"
+            );
             planned_rows += source.count(&format!("({sql}) AS p")).await;
         }
         let source_rows = source.count(&format!("{} AS s", expect.source_rows)).await;
-        assert_eq!(planned_rows, source_rows, "{name}: the partitions' queries read {planned_rows} rows of {source_rows}");
-        assert_eq!(target.scalar_i64("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").await, 0, "{name}: plan wrote to the target");
+        assert_eq!(
+            planned_rows, source_rows,
+            "{name}: the partitions' queries read {planned_rows} rows of {source_rows}"
+        );
+        assert_eq!(
+            target
+                .scalar_i64(
+                    "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                )
+                .await,
+            0,
+            "{name}: plan wrote to the target"
+        );
 
         // run: the target holds exactly the source's rows, and again after a rerun.
         let out = stride(&["run", path], &envs);
         assert_exit(&out, 0);
         let expected = source.checksum(&expect.source_rows).await;
         assert_eq!(expected.0, source_rows);
-        assert_eq!(target.checksum(&expect.target_rows).await, expected, "{name}: target differs from source");
+        assert_eq!(
+            target.checksum(&expect.target_rows).await,
+            expected,
+            "{name}: target differs from source"
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains(&format!("partitions {0} written of {0}", expect.partitions)),
@@ -159,9 +193,17 @@ async fn every_config_plans_and_runs_as_shipped() {
         let out = stride(&["run", path], &envs);
         assert_exit(&out, 0);
         if expect.truncate {
-            assert_eq!(target.checksum(&expect.target_rows).await, expected, "{name}: rerun in truncate mode");
+            assert_eq!(
+                target.checksum(&expect.target_rows).await,
+                expected,
+                "{name}: rerun in truncate mode"
+            );
         } else {
-            assert_eq!(target.count(&format!("{} AS t", expect.target_rows)).await, 2 * source_rows, "{name}: rerun in append mode");
+            assert_eq!(
+                target.count(&format!("{} AS t", expect.target_rows)).await,
+                2 * source_rows,
+                "{name}: rerun in append mode"
+            );
         }
     }
 }

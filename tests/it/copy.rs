@@ -62,9 +62,16 @@ async fn auto_bounds_on_dates_timestamps_and_bigint_extremes() {
         ));
         let out = run_job(&job.path);
         assert_exit(&out, 0);
-        assert_eq!(pair.assert_same("t", "t").await, 3003, "partitioned on {column}");
+        assert_eq!(
+            pair.assert_same("t", "t").await,
+            3003,
+            "partitioned on {column}"
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("partitions 7 written of 7"), "{column}: {stdout}");
+        assert!(
+            stdout.contains("partitions 7 written of 7"),
+            "{column}: {stdout}"
+        );
     }
 }
 
@@ -93,7 +100,10 @@ async fn truncate_empties_once_and_append_adds() {
         "mode = \"truncate\"",
     ));
     assert_exit(&run_job(&truncate.path), 0);
-    assert_eq!(pair.assert_same("public.events", "public.events").await, 5006);
+    assert_eq!(
+        pair.assert_same("public.events", "public.events").await,
+        5006
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +124,8 @@ async fn create_if_missing_copies_names_types_and_not_null() {
         "table = '\"Other\".\"Copy\"'",
     ));
     assert_exit(&run_job(&job.path), 0);
-    pair.assert_same("\"My Schema\".\"Mixed.Case\"", "\"Other\".\"Copy\"").await;
+    pair.assert_same("\"My Schema\".\"Mixed.Case\"", "\"Other\".\"Copy\"")
+        .await;
     let columns = "SELECT string_agg(format('%s %s %s', attname, format_type(atttypid, atttypmod), attnotnull), ', ' ORDER BY attnum)
                    FROM pg_attribute WHERE attrelid = '\"Other\".\"Copy\"'::regclass AND attnum > 0";
     assert_eq!(
@@ -137,7 +148,13 @@ async fn query_source_with_partitions_and_where() {
     pair.source
         .exec("CREATE TABLE expected AS SELECT id, k, upper(note) AS note FROM public.events WHERE id > 0 AND k IS DISTINCT FROM 5")
         .await;
-    assert_eq!(pair.assert_same("expected", "copied").await, 5000 - pair.source.count("public.events WHERE k = 5 AND id > 0").await);
+    assert_eq!(
+        pair.assert_same("expected", "copied").await,
+        5000 - pair
+            .source
+            .count("public.events WHERE k = 5 AND id > 0")
+            .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +177,10 @@ async fn a_failed_partition_rolls_back_and_the_summary_says_what_was_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("copy FAILED"), "{stdout}");
     assert!(stdout.contains("partitions 4 written of 5"), "{stdout}");
-    assert!(stdout.contains("written and committed: 0, 1, 2, 3"), "{stdout}");
+    assert!(
+        stdout.contains("written and committed: 0, 1, 2, 3"),
+        "{stdout}"
+    );
     assert!(stderr.contains("violates check constraint"), "{stderr}");
     assert!(stderr.contains("partition 4 (>= 4001)"), "{stderr}");
     // Partitions 0..=3 hold ids < 4001 (and the negative ones): all of them, nothing else.
@@ -188,17 +208,28 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
     );
     assert!(stdout.contains("WHERE \"k\" >= '900'::int4"), "{stdout}");
 
-    let out = stride(&["plan", "--format", "json", job.path.to_str().unwrap()], &[]);
+    let out = stride(
+        &["plan", "--format", "json", job.path.to_str().unwrap()],
+        &[],
+    );
     assert_exit(&out, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let partitions = doc["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 10);
     assert_eq!(partitions[3]["lower"], "300");
     assert_eq!(partitions[3]["upper"], "400");
-    let estimated: i64 = partitions.iter().map(|p| p["estimated_rows"].as_i64().unwrap()).sum();
+    let estimated: i64 = partitions
+        .iter()
+        .map(|p| p["estimated_rows"].as_i64().unwrap())
+        .sum();
     assert!((4000..=6500).contains(&estimated), "estimates {estimated}");
     // Nothing was created on the target.
-    assert_eq!(pair.target.scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'").await, 0);
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'")
+            .await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,9 +249,12 @@ async fn every_partition_reads_one_snapshot_while_the_source_changes() {
         tokio::spawn(async move {
             let mut commits = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                sqlx::Executor::execute(&mut conn, "INSERT INTO live (k) VALUES ((random() * 7)::int)")
-                    .await
-                    .unwrap();
+                sqlx::Executor::execute(
+                    &mut conn,
+                    "INSERT INTO live (k) VALUES ((random() * 7)::int)",
+                )
+                .await
+                .unwrap();
                 commits += 1;
             }
             commits
@@ -234,21 +268,106 @@ async fn every_partition_reads_one_snapshot_while_the_source_changes() {
         "table = \"copied\"",
     ));
     let path = job.path.clone();
-    let out = tokio::task::spawn_blocking(move || run_job(&path)).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || run_job(&path))
+        .await
+        .unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let commits = writer.await.unwrap();
     assert_exit(&out, 0);
     assert!(commits > 0, "the writer committed nothing during the copy");
     assert_eq!(
-        pair.target.scalar_i64("SELECT count(DISTINCT snap) FROM copied").await,
+        pair.target
+            .scalar_i64("SELECT count(DISTINCT snap) FROM copied")
+            .await,
         1,
         "partitions read different snapshots"
     );
     // One writer committing in id order: a single snapshot sees exactly ids 1..=n.
-    let (count, distinct, max): (i64, i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT id), max(id) FROM copied")
-        .fetch_one(&mut pair.target.conn().await)
-        .await
-        .unwrap();
+    let (count, distinct, max): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id), max(id) FROM copied")
+            .fetch_one(&mut pair.target.conn().await)
+            .await
+            .unwrap();
     assert_eq!((count, distinct), (max, max), "rows lost or doubled");
     assert!(count >= 80000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let pair = Pair::new("sigint").await;
+    pair.source
+        .exec("CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 400000) g;")
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"big\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 400001\ncount = 40\n[run]\nparallelism = 1",
+        "method = \"insert\"\nbatch_size = 500",
+    ));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
+        .args(["run", job.path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first partition is committed, so some are written and one is in flight.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("partition written") {
+            break;
+        }
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr:\n{seen}{}",
+        rest.join("\n")
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("copy INTERRUPTED"), "{stdout}");
+    assert!(stdout.contains("rolled back"), "{stdout}");
+    // Exactly the partitions the summary calls written are in the target, whole.
+    let written: Vec<usize> = stdout
+        .lines()
+        .filter(|l| l.ends_with(" written"))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!written.is_empty() && written.len() < 40, "{stdout}");
+    let expected: i64 = written.len() as i64 * 10_000;
+    assert_eq!(pair.target.count("big").await, expected, "{stdout}");
+    for p in written {
+        let lo = p as i64 * 10_000 + 1;
+        let n = pair
+            .target
+            .count(&format!("big WHERE id >= {lo} AND id < {}", lo + 10_000))
+            .await;
+        assert_eq!(n, 10_000, "partition {p} is not whole");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copying_a_table_onto_itself_is_refused() {
+    let db = TestDb::new("itself").await;
+    db.exec("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);").await;
+    let job = job_file(&format!(
+        "[source]\nurl = \"{0}\"\ntable = \"t\"\n[target]\nurl = \"{0}\"\ntable = \"public.t\"\nmode = \"truncate\"\n",
+        db.url
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the source table itself"), "{}", text(&out));
+    assert_eq!(db.count("t").await, 100);
 }

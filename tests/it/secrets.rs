@@ -86,13 +86,20 @@ async fn successful_commands_never_print_the_password() {
     let s = setup("secret_ok").await;
     let table = "table = \"public.items\"";
     let literal = job_file(&job(&s.source_url, &s.target_url, table));
-    let from_env = job_file(&job("${SOURCE_URL}", "${TARGET_URL:-postgres://nobody@127.0.0.1/none}", table));
+    let from_env = job_file(&job(
+        "${SOURCE_URL}",
+        "${TARGET_URL:-postgres://nobody@127.0.0.1/none}",
+        table,
+    ));
     let in_query = job_file(&job(
         &password_in_query(&s.source_url),
         &password_in_query(&s.target_url),
         table,
     ));
-    let env = [("SOURCE_URL", s.source_url.as_str()), ("TARGET_URL", s.target_url.as_str())];
+    let env = [
+        ("SOURCE_URL", s.source_url.as_str()),
+        ("TARGET_URL", s.target_url.as_str()),
+    ];
     let commands: &[&[&str]] = &[
         &["run", "-v"],
         &["run", "-vv"],
@@ -101,7 +108,11 @@ async fn successful_commands_never_print_the_password() {
         &["check"],
         &["-vv", "check"],
     ];
-    for (name, file) in [("literal", &literal), ("from the environment", &from_env), ("query parameter", &in_query)] {
+    for (name, file) in [
+        ("literal", &literal),
+        ("from the environment", &from_env),
+        ("query parameter", &in_query),
+    ] {
         for command in commands {
             for trace in [false, true] {
                 let mut args = command.to_vec();
@@ -111,13 +122,24 @@ async fn successful_commands_never_print_the_password() {
                     envs.push(("RUST_LOG", "trace"));
                 }
                 let out = stride(&args, &envs);
-                let what = format!("stride {args:?} with the URL {name}{}", if trace { ", RUST_LOG=trace" } else { "" });
+                let what = format!(
+                    "stride {args:?} with the URL {name}{}",
+                    if trace { ", RUST_LOG=trace" } else { "" }
+                );
                 assert_exit(&out, 0);
                 assert_hidden(&out, &s.secret, &what);
                 if args[0] == "run" {
                     // Logs were on: the check above looked at real output.
-                    assert!(!out.stderr.is_empty(), "{what}: no log output\n{}", text(&out));
-                    assert_eq!(s.pair.assert_same("public.items", "public.items").await, 500, "{what}");
+                    assert!(
+                        !out.stderr.is_empty(),
+                        "{what}: no log output\n{}",
+                        text(&out)
+                    );
+                    assert_eq!(
+                        s.pair.assert_same("public.items", "public.items").await,
+                        500,
+                        "{what}"
+                    );
                 }
             }
         }
@@ -134,7 +156,11 @@ async fn failures_never_print_the_password() {
     let cases: Vec<(&str, String, Vec<(&str, &str)>, &[&str], i32, Vec<String>)> = vec![
         (
             "missing source table",
-            job(&s.source_url, &s.target_url, "table = \"public.no_such_table\""),
+            job(
+                &s.source_url,
+                &s.target_url,
+                "table = \"public.no_such_table\"",
+            ),
             vec![],
             &["run", "plan", "check"],
             2,
@@ -142,8 +168,11 @@ async fn failures_never_print_the_password() {
         ),
         (
             "TOML syntax error on the url line",
-            job(&s.source_url, &s.target_url, "table = \"public.items\"")
-                .replacen(&format!("url = \"{}\"", s.source_url), &format!("url = {}", s.source_url), 1),
+            job(&s.source_url, &s.target_url, "table = \"public.items\"").replacen(
+                &format!("url = \"{}\"", s.source_url),
+                &format!("url = {}", s.source_url),
+                1,
+            ),
             vec![],
             &["run", "plan", "check"],
             2,
@@ -151,8 +180,11 @@ async fn failures_never_print_the_password() {
         ),
         (
             "unterminated string on the url line",
-            job(&s.source_url, &s.target_url, "table = \"public.items\"")
-                .replacen(&format!("url = \"{}\"", s.source_url), &format!("url = \"{}", s.source_url), 1),
+            job(&s.source_url, &s.target_url, "table = \"public.items\"").replacen(
+                &format!("url = \"{}\"", s.source_url),
+                &format!("url = \"{}", s.source_url),
+                1,
+            ),
             vec![],
             &["run", "plan", "check"],
             2,
@@ -160,8 +192,11 @@ async fn failures_never_print_the_password() {
         ),
         (
             "TOML syntax error after interpolation",
-            job("${SOURCE_URL}", &s.target_url, "table = \"public.items\"")
-                .replacen("url = \"${SOURCE_URL}\"", "url = ${SOURCE_URL}", 1),
+            job("${SOURCE_URL}", &s.target_url, "table = \"public.items\"").replacen(
+                "url = \"${SOURCE_URL}\"",
+                "url = ${SOURCE_URL}",
+                1,
+            ),
             vec![("SOURCE_URL", s.source_url.as_str())],
             &["run", "plan", "check"],
             2,
@@ -177,7 +212,11 @@ async fn failures_never_print_the_password() {
         ),
         (
             "URL with an unsupported scheme",
-            job(&s.source_url, &s.target_url.replacen("postgres://", "mysql://", 1), "table = \"public.items\""),
+            job(
+                &s.source_url,
+                &s.target_url.replacen("postgres://", "mysql://", 1),
+                "table = \"public.items\"",
+            ),
             vec![],
             &["run", "check"],
             2,
@@ -193,12 +232,19 @@ async fn failures_never_print_the_password() {
                     envs.push(("RUST_LOG", "trace"));
                 }
                 let out = stride(&[command, "-vv", file.path.to_str().unwrap()], &envs);
-                let what = format!("{name}: stride {command}{}", if trace { " with RUST_LOG=trace" } else { "" });
+                let what = format!(
+                    "{name}: stride {command}{}",
+                    if trace { " with RUST_LOG=trace" } else { "" }
+                );
                 assert_eq!(out.status.code(), Some(*code), "{what}\n{}", text(&out));
                 assert_hidden(&out, secret, &what);
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 for e in expected {
-                    assert!(stderr.contains(e.as_str()), "{what}: stderr does not name {e:?}\n{}", text(&out));
+                    assert!(
+                        stderr.contains(e.as_str()),
+                        "{what}: stderr does not name {e:?}\n{}",
+                        text(&out)
+                    );
                 }
             }
         }
@@ -221,14 +267,25 @@ async fn a_failed_copy_never_prints_the_password() {
              [target]\nurl = \"{}\"\nmethod = \"{method}\"\n",
             s.source_url, s.target_url
         ));
-        let out = stride(&["run", "-vv", file.path.to_str().unwrap()], &[("RUST_LOG", "trace")]);
+        let out = stride(
+            &["run", "-vv", file.path.to_str().unwrap()],
+            &[("RUST_LOG", "trace")],
+        );
         assert_exit(&out, 1);
         assert_hidden(&out, &s.secret, method);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("items_id_check"), "{method}: {}", text(&out));
+        assert!(
+            stderr.contains("items_id_check"),
+            "{method}: {}",
+            text(&out)
+        );
         // The last partition (id >= 300) holds the rows the constraint refuses: it
         // was rolled back whole, the others were committed.
-        assert_eq!(s.pair.target.count("public.items WHERE id >= 300").await, 0, "{method}");
+        assert_eq!(
+            s.pair.target.count("public.items WHERE id >= 300").await,
+            0,
+            "{method}"
+        );
         assert_eq!(s.pair.target.count("public.items").await, 299, "{method}");
         s.pair.target.exec("TRUNCATE public.items").await;
     }
@@ -269,21 +326,43 @@ async fn an_unreachable_server_is_reported_promptly_without_the_password() {
     };
     let table = "table = \"public.items\"";
     let cases = [
-        ("source", job(&port_1(&s.source_url), &s.target_url, table), s.pair.source.name.as_str()),
-        ("target", job(&s.source_url, &port_1(&s.target_url), table), s.pair.target.name.as_str()),
+        (
+            "source",
+            job(&port_1(&s.source_url), &s.target_url, table),
+            s.pair.source.name.as_str(),
+        ),
+        (
+            "target",
+            job(&s.source_url, &port_1(&s.target_url), table),
+            s.pair.target.name.as_str(),
+        ),
     ];
     // Nothing listens on port 1: the connection is refused at once, so the error
     // can be too. (Not the 60 s pool acquire timeout.)
     let limit = Duration::from_secs(10);
     for (side, text_of_job, database) in &cases {
         let file = job_file(text_of_job);
-        let out = stride_within(&["-vv", "check", file.path.to_str().unwrap()], &[("RUST_LOG", "trace")], limit)
-            .unwrap_or_else(|| panic!("unreachable {side}: `stride check` took more than {limit:?} to give up"));
+        let out = stride_within(
+            &["-vv", "check", file.path.to_str().unwrap()],
+            &[("RUST_LOG", "trace")],
+            limit,
+        )
+        .unwrap_or_else(|| {
+            panic!("unreachable {side}: `stride check` took more than {limit:?} to give up")
+        });
         let what = format!("unreachable {side}");
         assert_exit(&out, 1);
         assert_hidden(&out, &s.secret, &what);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("127.0.0.1:1") && stderr.contains(database), "{what}: {}", text(&out));
-        assert!(stderr.to_lowercase().contains("refused"), "{what}: the error does not say why\n{}", text(&out));
+        assert!(
+            stderr.contains("127.0.0.1:1") && stderr.contains(database),
+            "{what}: {}",
+            text(&out)
+        );
+        assert!(
+            stderr.to_lowercase().contains("refused"),
+            "{what}: the error does not say why\n{}",
+            text(&out)
+        );
     }
 }

@@ -197,11 +197,15 @@ async fn round_trip(label: &str, method: &str, target: Target, partition: &str) 
         assert_eq!(s, t, "column {} differs between source and target", s.0);
     }
     assert_eq!(
-        pair.assert_same("public.all_types", "public.all_types").await,
+        pair.assert_same("public.all_types", "public.all_types")
+            .await,
         TYPES_ROW_COUNT
     );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(stdout.contains(&format!("rows {TYPES_ROW_COUNT} ")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("rows {TYPES_ROW_COUNT} ")),
+        "{stdout}"
+    );
     match method {
         "copy" => assert!(stdout.contains("(binary COPY)"), "{stdout}"),
         _ => assert!(stdout.contains("(INSERT, 5 rows a batch)"), "{stdout}"),
@@ -293,7 +297,8 @@ CREATE TABLE public.conv (
 "#;
 
 /// The source's rows cast to the target's types, as the target should hold them.
-const CONVERT_EXPECTED: &str = "(SELECT id::int8 AS id, i::int8 AS i, v::text AS v, a::int8[] AS a, s::int4 AS s,
+const CONVERT_EXPECTED: &str =
+    "(SELECT id::int8 AS id, i::int8 AS i, v::text AS v, a::int8[] AS a, s::int4 AS s,
                                       txt, b, f, ts, j, iv FROM public.conv)";
 
 async fn converts(method: &str) {
@@ -316,7 +321,10 @@ async fn converts(method: &str) {
     assert!(stdout.contains("rows 2,004 "), "{stdout}");
     let expected = pair.source.checksum(CONVERT_EXPECTED).await;
     let copied = pair.target.checksum("public.conv").await;
-    assert_eq!(copied, expected, "the target's values are not the source's, converted");
+    assert_eq!(
+        copied, expected,
+        "the target's values are not the source's, converted"
+    );
     assert_eq!(copied.0, 2004);
     // The target kept its own types.
     assert_eq!(
@@ -375,7 +383,12 @@ async fn an_incompatible_column_is_refused_before_anything_is_written() {
             .find(|l| l.trim_start().starts_with("age "))
             .unwrap_or_else(|| panic!("check lists no line for column age\n{all}"));
         assert!(age_line.contains("INCOMPATIBLE"), "{all}");
-        assert!(!stdout.lines().any(|l| l.starts_with("id ") && l.contains("INCOMPATIBLE")), "{all}");
+        assert!(
+            !stdout
+                .lines()
+                .any(|l| l.starts_with("id ") && l.contains("INCOMPATIBLE")),
+            "{all}"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("\"age\""), "{all}");
 
@@ -383,7 +396,73 @@ async fn an_incompatible_column_is_refused_before_anything_is_written() {
         assert_exit(&out, 2);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("\"age\""), "{}", text(&out));
-        assert_eq!(pair.target.checksum("public.people").await, before, "{method}: the target changed");
+        assert_eq!(
+            pair.target.checksum("public.people").await,
+            before,
+            "{method}: the target changed"
+        );
         assert_eq!(pair.target.count("public.people").await, 3);
+    }
+}
+
+/// Assignment casts that PostgreSQL applies to values (numeric and double into
+/// integer round) but that the types' text forms do not survive ("2.50" is not
+/// valid integer input). Whatever `check` says must hold at `run`: either it
+/// refuses the column and `run` writes nothing, or it accepts it and `run`
+/// converts every row as the cast would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_verdict_holds_at_run_for_rounding_casts() {
+    for method in ["copy", "insert"] {
+        let pair = Pair::new(&format!("rounding_{method}")).await;
+        pair.source
+            .exec(
+                "CREATE TABLE public.m (id integer, n numeric, f double precision);
+                 INSERT INTO public.m SELECT g, g, g FROM generate_series(1, 100) g;
+                 INSERT INTO public.m VALUES (101, 2.50, 1.5), (102, -7.25, -0.4), (103, NULL, NULL);",
+            )
+            .await;
+        pair.target
+            .exec("CREATE TABLE public.m (id integer, n integer, f integer); INSERT INTO public.m VALUES (0, 7, 7);")
+            .await;
+        let before = pair.target.checksum("public.m").await;
+        // The values whose text form is not an integer sit in the last of two
+        // partitions: a run that starts anyway commits the first and fails.
+        let job = job_file(&job_text(
+            &pair,
+            "table = \"public.m\"",
+            "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 101\ncount = 2",
+            &format!("method = \"{method}\"\ncreate = \"never\""),
+        ));
+        let path = job.path.to_str().unwrap();
+        let check = stride(&["check", path], &[]);
+        let run = stride(&["run", path], &[]);
+        match check.status.code() {
+            Some(0) => {
+                assert_exit(&run, 0);
+                let expected = pair
+                    .source
+                    .checksum("(SELECT id, n::integer AS n, f::integer AS f FROM public.m UNION ALL SELECT 0, 7, 7)")
+                    .await;
+                assert_eq!(
+                    pair.target.checksum("public.m").await,
+                    expected,
+                    "{method}: `check` accepted numeric and double into integer; `run` must convert them as the cast does"
+                );
+            }
+            Some(2) => {
+                assert!(
+                    String::from_utf8_lossy(&check.stderr).contains("\"n\""),
+                    "{}",
+                    text(&check)
+                );
+                assert_exit(&run, 2);
+                assert_eq!(
+                    pair.target.checksum("public.m").await,
+                    before,
+                    "{method}: the target changed"
+                );
+            }
+            _ => panic!("{method}: check should exit 0 or 2\n{}", text(&check)),
+        }
     }
 }
