@@ -97,7 +97,7 @@ if "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
         die "cluster in $dir is already running on port ${running_port:-?}, not $port; stop it or set STRIDE_PG_DIR"
     log "cluster in $dir is already running; waiting for it to answer"
 else
-    log "starting cluster in $dir on $host:$port, max_connections $max_connections (log: $dir/server.log)"
+    log "starting cluster in $dir on $host:$port (log: $dir/server.log)"
     # Test cluster only: fsync/full_page_writes/synchronous_commit off trade
     # crash safety for speed; the data is throwaway.
     opts="-c listen_addresses=$host -p $port -k '$dir' -c max_connections=$max_connections"

@@ -300,34 +300,35 @@ fn catalogue_cases(pair: &Pair) -> Vec<Case> {
 /// Runs `stride run` and `stride check` for each case: both must exit 2 naming
 /// what is wrong, and leave the target as it was.
 async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
-    let before = target_state(&pair.target).await;
+    let mut before = target_state(&pair.target).await;
     let mut failures = Vec::new();
+    let mut failed_cases = std::collections::BTreeSet::new();
     for case in &cases {
         let job = job_file(&case.job);
         for command in ["run", "check"] {
             let out = stride(&[command, job.path.to_str().unwrap()], &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
+            let mut problems = Vec::new();
             if out.status.code() != Some(2) {
-                failures.push(format!(
-                    "{}: `stride {command}` exited {:?}, expected 2\n{}",
-                    case.name,
-                    out.status.code(),
-                    text(&out)
-                ));
+                problems.push(format!("exited {:?}, expected 2", out.status.code()));
             }
             for expected in &case.expect {
                 if !stderr.contains(expected.as_str()) {
-                    failures.push(format!(
-                        "{}: `stride {command}`: stderr does not contain {expected:?}\n{}",
-                        case.name,
-                        text(&out)
-                    ));
+                    problems.push(format!("stderr does not contain {expected:?}"));
                 }
             }
-            if target_state(&pair.target).await != before {
+            let after = target_state(&pair.target).await;
+            if after != before {
+                problems.push("changed the target".to_string());
+                // Judge the next cases against what is there now.
+                before = after;
+            }
+            if !problems.is_empty() {
+                failed_cases.insert(case.name);
                 failures.push(format!(
-                    "{}: `stride {command}` changed the target\n{}",
+                    "{}: `stride {command}`: {}\n{}",
                     case.name,
+                    problems.join("; "),
                     text(&out)
                 ));
             }
@@ -335,9 +336,10 @@ async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed:\n\n{}",
-        failures.len(),
+        "{} of {} cases failed ({}):\n\n{}",
+        failed_cases.len(),
         cases.len(),
+        failed_cases.into_iter().collect::<Vec<_>>().join(", "),
         failures.join("\n\n")
     );
 }
