@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use sqlx::PgPool;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::{Cli, Command, Format};
 use crate::copy::{run_partitions, CopySpec, Status};
@@ -145,7 +145,7 @@ async fn fit_target(pool: &PgPool, job: &Job, columns: &[Column]) -> Result<Targ
     for column in columns {
         let target = relation.columns.iter().find(|t| t.name == column.name);
         let transfer = match target {
-            Some(t) => Some(pg::transfer(&mut conn, column, t).await?),
+            Some(t) => Some(plan::transfer(column, t)),
             None => None,
         };
         types.push(target.map_or_else(String::new, |t| t.type_name.clone()));
@@ -268,6 +268,7 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         .await
         .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
+    debug!(snapshot, "exported the source's snapshot");
     let bounds = match (&side.key, side.bounds) {
         (Some(key), None) => pg::key_bounds(&mut coordinator, &plan::bounds_sql(&job, key))
             .await?

@@ -18,7 +18,7 @@ use indicatif::ProgressBar;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::task::JoinSet;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::error::Interrupted;
 use crate::job::Method;
@@ -229,6 +229,7 @@ async fn pass_through(
     target: &mut PgConnection,
 ) -> Result<Counts> {
     let copy_out = copy_out_sql(&partition.select, spec.format);
+    debug!(source = %copy_out, target = %spec.copy_in, "streaming");
     let mut rows_out = source
         .copy_out_raw(&copy_out)
         .await
@@ -282,6 +283,7 @@ async fn insert_rows(
     target: &mut PgConnection,
 ) -> Result<Counts> {
     let select = rows_select_sql(&partition.select, &spec.columns);
+    debug!(source = %select, target = %spec.insert, "inserting batches");
     let mut rows_in = sqlx::query(&select).fetch(&mut *source);
     let mut batch: Vec<Vec<Option<String>>> =
         vec![Vec::with_capacity(spec.batch_size); spec.columns.len()];

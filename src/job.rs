@@ -239,7 +239,8 @@ impl Job {
     /// Reads a job from the text of a job file: interpolates the environment, parses, validates.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Job, JobError> {
         let expanded = interpolate(text, env)?;
-        let raw: RawJob = toml::from_str(&expanded).map_err(|e| toml_error(&expanded, &e))?;
+        let raw: RawJob = serde_path_to_error::deserialize(toml::Deserializer::new(&expanded))
+            .map_err(|e| toml_error(&expanded, &e))?;
         Job::from_raw(raw)
     }
 
@@ -457,21 +458,28 @@ fn line_of(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
-/// A TOML error as `line L, column C: message`, without echoing the offending line:
-/// after interpolation that line may hold a password.
-fn toml_error(text: &str, err: &toml::de::Error) -> JobError {
-    let message = err.message().trim();
-    match err.span() {
-        Some(span) => {
-            let line = line_of(text, span.start);
-            let line_start = text[..span.start.min(text.len())]
-                .rfind('\n')
-                .map_or(0, |i| i + 1);
-            let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
-            JobError::new(format!("line {line}, column {column}: {message}"))
-        }
-        None => JobError::new(message.to_string()),
-    }
+/// A TOML error as `key: message (line L, column C)`, naming the key where serde
+/// knows it, without echoing the offending line: after interpolation that line may
+/// hold a password.
+fn toml_error(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> JobError {
+    let inner = err.inner();
+    let message = inner
+        .message()
+        .trim()
+        .replace("expected i64", "expected a whole number");
+    let position = inner.span().map(|span| {
+        let start = span.start.min(text.len());
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let column = text[line_start..start].chars().count() + 1;
+        format!("line {}, column {column}", line_of(text, start))
+    });
+    let path = err.path().to_string();
+    JobError::new(match (path.as_str(), position) {
+        ("" | ".", Some(position)) => format!("{position}: {message}"),
+        ("" | ".", None) => message,
+        (path, Some(position)) => format!("{path}: {message} ({position})"),
+        (path, None) => format!("{path}: {message}"),
+    })
 }
 
 #[cfg(test)]
@@ -577,11 +585,11 @@ parallelism = 2
         let cases: &[(&str, &str)] = &[
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\ntabel='x'\n[target]\nurl='postgres://h/d'\n",
-                "unknown field `tabel`",
+                "source.tabel: unknown field `tabel`, expected one of `url`, `table`",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolum='id'\n",
-                "unknown field `colum`",
+                "partition.colum: unknown field `colum`",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
@@ -605,7 +613,7 @@ parallelism = 2
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[partition]\ncolumn='id'\ncount='four'\n",
-                "invalid type: string \"four\", expected i64",
+                "partition.count: invalid type: string \"four\", expected a whole number",
             ),
             (
                 "[source]\nurl='postgres://h/d'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
@@ -613,7 +621,7 @@ parallelism = 2
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",
-                "unknown variant `merge`, expected `append` or `truncate`",
+                "target.mode: unknown variant `merge`, expected `append` or `truncate`",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nbatch_size=0\n",

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
+use crate::error::JobError;
 use crate::job::DbUrl;
 use crate::sql::{quote_literal, QualifiedName};
 
@@ -56,8 +57,12 @@ impl std::fmt::Display for Side {
 /// Opens a pool of at most `max_connections` to `url`, connecting once to fail early.
 /// PG* environment variables and `~/.pgpass` fill in what the URL leaves out.
 pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url.expose())
-        .with_context(|| format!("{side}.url: cannot use {url}"))?;
+    // The driver's message names the bad part of the URL, never the password.
+    let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+        JobError::new(format!(
+            "{side}.url: {e} (expected postgres://user@host:port/database)"
+        ))
+    })?;
     let place = format!(
         "{}:{}/{}",
         options.get_host(),
@@ -74,6 +79,7 @@ pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<Pg
         .await
         .with_context(|| format!("connecting to the {side} database at {place}"))?;
     probe.close().await.ok();
+    tracing::debug!("{side} database at {place} answers");
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
@@ -92,6 +98,8 @@ pub struct Column {
     pub type_oid: i64,
     /// For arrays, the element type without modifier.
     pub element_type: Option<String>,
+    /// `pg_type.typcategory`: `S` string, `N` numeric, `A` array, `E` enum, ...
+    pub category: String,
     pub not_null: bool,
 }
 
@@ -117,6 +125,7 @@ SELECT a.attname::text AS name,
        format_type(a.atttypid, NULL) AS base_type,
        a.atttypid::int8 AS type_oid,
        CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS element_type,
+       t.typcategory::text AS category,
        a.attnotnull AS not_null
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -198,6 +207,7 @@ async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> 
             base_type: r.get("base_type"),
             type_oid: r.get("type_oid"),
             element_type: r.get("element_type"),
+            category: r.get("category"),
             not_null: r.get("not_null"),
         })
         .collect())
@@ -213,45 +223,6 @@ pub enum Transfer {
     Text,
     /// The target cannot take this type.
     Incompatible,
-}
-
-/// Decides how `source` can be written into `target`, asking the target's catalogue
-/// about casts. A target of a string type takes any text form; otherwise an implicit
-/// or assignment cast must exist (arrays: between their element types).
-pub async fn transfer(
-    conn: &mut PgConnection,
-    source: &Column,
-    target: &Column,
-) -> Result<Transfer> {
-    if source.type_oid == target.type_oid && source.is_builtin_type() {
-        return Ok(Transfer::Binary);
-    }
-    let (from, to) = match (&source.element_type, &target.element_type) {
-        (Some(s), Some(t)) => (s.as_str(), t.as_str()),
-        (None, None) => (source.base_type.as_str(), target.base_type.as_str()),
-        (None, Some(_)) => return Ok(Transfer::Incompatible),
-        // An array's text form fits a string column and nothing else.
-        (Some(_), None) => (source.base_type.as_str(), target.base_type.as_str()),
-    };
-    let ok: bool = sqlx::query_scalar(
-        "SELECT coalesce(
-            to_regtype($1) = to_regtype($2)
-            OR (SELECT typcategory = 'S' FROM pg_type WHERE oid = to_regtype($2))
-            OR EXISTS (SELECT 1 FROM pg_cast
-                       WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2)
-                         AND castcontext IN ('i', 'a')),
-            false)",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_one(conn)
-    .await
-    .with_context(|| format!("checking whether {from} can be written as {to}"))?;
-    Ok(if ok {
-        Transfer::Text
-    } else {
-        Transfer::Incompatible
-    })
 }
 
 /// A REPEATABLE READ transaction whose snapshot every partition imports, so that all

@@ -241,6 +241,55 @@ pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bou
     }
 }
 
+/// Type pairs whose text form the target's input function always reads as the
+/// value an assignment cast would give: widening numbers, dates into timestamps,
+/// timestamps across time zones (both sessions run in UTC), json and jsonb.
+/// Narrowing casts (numeric into integer, timestamp into date) are left out: the
+/// cast would round or truncate, but text COPY would fail on the first fraction.
+const TEXT_CONVERSIONS: &[(&str, &[&str])] = &[
+    ("smallint", &["integer", "bigint", "numeric", "real", "double precision"]),
+    ("integer", &["bigint", "numeric", "real", "double precision"]),
+    ("bigint", &["numeric", "real", "double precision"]),
+    ("real", &["double precision", "numeric"]),
+    ("double precision", &["numeric"]),
+    ("numeric", &["real", "double precision"]),
+    ("date", &["timestamp without time zone", "timestamp with time zone"]),
+    ("timestamp without time zone", &["timestamp with time zone"]),
+    ("timestamp with time zone", &["timestamp without time zone"]),
+    ("json", &["jsonb"]),
+    ("jsonb", &["json"]),
+];
+
+/// String types, whose input takes any text (arrays of them included).
+const STRING_TYPES: &[&str] = &["text", "character varying", "character", "name"];
+
+fn text_converts(from: &str, to: &str) -> bool {
+    from == to
+        || STRING_TYPES.contains(&to)
+        || TEXT_CONVERSIONS
+            .iter()
+            .any(|(f, targets)| *f == from && targets.contains(&to))
+}
+
+/// How `source` travels into `target`: binary when both are the same built-in type;
+/// text COPY when the target's input function reads the source's text form as the
+/// intended value (a string target takes anything); otherwise not at all.
+pub fn transfer(source: &Column, target: &Column) -> Transfer {
+    if source.type_oid == target.type_oid && source.is_builtin_type() {
+        return Transfer::Binary;
+    }
+    let fits = match (&source.element_type, &target.element_type) {
+        (Some(from), Some(to)) => text_converts(from, to),
+        (None, Some(_)) => false,
+        (_, None) => target.category == "S" || text_converts(&source.base_type, &target.base_type),
+    };
+    if fits {
+        Transfer::Text
+    } else {
+        Transfer::Incompatible
+    }
+}
+
 /// The format the copy uses: binary only when every column passes through.
 pub fn copy_format(transfers: &[Transfer]) -> CopyFormat {
     if transfers.iter().all(|t| *t == Transfer::Binary) {
@@ -341,6 +390,7 @@ mod tests {
             base_type: ty.into(),
             type_oid: 23,
             element_type: None,
+            category: "N".into(),
             not_null: false,
         }
     }
@@ -502,6 +552,57 @@ mod tests {
         };
         assert!(bounds_sql(&job, &key)
             .starts_with("SELECT lo::int8, hi::int8 FROM (SELECT min(\"id\"), max(\"id\") FROM"));
+    }
+
+    #[test]
+    fn transfers() {
+        let typed = |ty: &str, oid: i64, category: &str, element: Option<&str>| Column {
+            type_oid: oid,
+            category: category.into(),
+            element_type: element.map(String::from),
+            ..col("c", ty)
+        };
+        let int4 = typed("integer", 23, "N", None);
+        let int8 = typed("bigint", 20, "N", None);
+        let numeric = typed("numeric", 1700, "N", None);
+        let text = typed("text", 25, "S", None);
+        let varchar = typed("character varying", 1043, "S", None);
+        let date = typed("date", 1082, "D", None);
+        let ts = typed("timestamp without time zone", 1114, "D", None);
+        let int4s = typed("integer[]", 1007, "A", Some("integer"));
+        let int8s = typed("bigint[]", 1016, "A", Some("bigint"));
+        let texts = typed("text[]", 1009, "A", Some("text"));
+        let mood = typed("mood", 16_500, "E", None);
+        let cases = [
+            (&int4, &int4, Transfer::Binary),
+            (&int4, &int8, Transfer::Text),
+            (&int8, &int4, Transfer::Incompatible),
+            (&numeric, &int4, Transfer::Incompatible),
+            (&int4, &numeric, Transfer::Text),
+            (&varchar, &text, Transfer::Text),
+            (&int4, &text, Transfer::Text),
+            (&text, &int4, Transfer::Incompatible),
+            (&date, &ts, Transfer::Text),
+            (&ts, &date, Transfer::Incompatible),
+            (&int4s, &int8s, Transfer::Text),
+            (&int8s, &int4s, Transfer::Incompatible),
+            (&int4s, &texts, Transfer::Text),
+            (&int4s, &text, Transfer::Text),
+            (&int4, &int4s, Transfer::Incompatible),
+            // A user type passes as text when the target has a type of the same name.
+            (&mood, &mood, Transfer::Text),
+            (&mood, &int4, Transfer::Incompatible),
+            (&mood, &text, Transfer::Text),
+        ];
+        for (source, target, expected) in cases {
+            assert_eq!(
+                transfer(source, target),
+                expected,
+                "{} into {}",
+                source.type_name,
+                target.type_name
+            );
+        }
     }
 
     #[test]
