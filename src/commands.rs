@@ -15,7 +15,7 @@ use crate::cli::{Cli, Command, Format};
 use crate::copy::{run_partitions, CopySpec, Status};
 use crate::error::{exit, JobError};
 use crate::job::{Create, Job, Method, Mode, Relation};
-use crate::pg::{self, Column, Side, Transfer};
+use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Key};
 use crate::report::{self, ColumnFit, Summary};
 
@@ -48,7 +48,10 @@ fn source_name(job: &Job) -> String {
 
 /// The source's columns, or a job error if the table is missing or the query fails.
 async fn describe_source(pool: &PgPool, job: &Job) -> Result<Vec<Column>> {
-    let mut conn = pool.acquire().await.context("taking a source connection")?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a source connection (none could be opened or freed within 60 s)")?;
     match &job.source.relation {
         Relation::Table(name) => match pg::describe_table(&mut conn, name).await? {
             Some(relation) => Ok(relation.columns),
@@ -60,7 +63,7 @@ async fn describe_source(pool: &PgPool, job: &Job) -> Result<Vec<Column>> {
         },
         Relation::Query(query) => match pg::describe_query(&mut conn, query).await {
             Ok(relation) => Ok(relation.columns),
-            Err(e) => Err(JobError::new(format!("{e:#}")).into()),
+            Err(e) => Err(JobError::new(crate::error::chain(&e)).into()),
         },
     }
 }
@@ -95,11 +98,19 @@ struct TargetFit {
     types: Vec<String>,
 }
 
-async fn fit_target(pool: &PgPool, job: &Job, columns: &[Column]) -> Result<TargetFit> {
+async fn fit_target(
+    pool: &PgPool,
+    job: &Job,
+    columns: &[Column],
+    same_database: bool,
+) -> Result<TargetFit> {
     let table = &job.target.table;
-    let mut conn = pool.acquire().await.context("taking a target connection")?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a target connection (none could be opened or freed within 60 s)")?;
     if let Relation::Table(source_table) = &job.source.relation {
-        if same_database(job) && pg::same_relation(&mut conn, source_table, table).await? {
+        if same_database && pg::same_relation(&mut conn, source_table, table).await? {
             return Err(JobError::new(format!(
                 "target.table: {table} is the source table itself (expected another table, or another database)"
             ))
@@ -144,10 +155,7 @@ async fn fit_target(pool: &PgPool, job: &Job, columns: &[Column]) -> Result<Targ
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
         let target = relation.columns.iter().find(|t| t.name == column.name);
-        let transfer = match target {
-            Some(t) => Some(plan::transfer(column, t)),
-            None => None,
-        };
+        let transfer = target.map(|t| plan::transfer(column, t));
         types.push(target.map_or_else(String::new, |t| t.type_name.clone()));
         fits.push(ColumnFit {
             column: column.name.clone(),
@@ -186,7 +194,8 @@ fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
     })
 }
 
-/// Host and port of a URL, to tell whether source and target share a server.
+/// Host and port of a URL: what tells servers apart when a role may not read
+/// their identity.
 fn server_of(url: &crate::job::DbUrl) -> Option<(String, u16)> {
     let u = url::Url::parse(url.expose()).ok()?;
     Some((
@@ -195,47 +204,41 @@ fn server_of(url: &crate::job::DbUrl) -> Option<(String, u16)> {
     ))
 }
 
-/// Whether both URLs name the same database on the same server.
-fn same_database(job: &Job) -> bool {
-    let database = |url: &crate::job::DbUrl| url::Url::parse(url.expose()).ok().map(|u| u.path().to_string());
-    server_of(&job.source.url).is_some()
-        && server_of(&job.source.url) == server_of(&job.target.url)
-        && database(&job.source.url) == database(&job.target.url)
+/// Whether source and target are one running server (so they share its slots).
+fn same_server(job: &Job, source: &Server, target: &Server) -> bool {
+    match (&source.identity, &target.identity) {
+        (Some(s), Some(t)) => s == t,
+        _ => {
+            server_of(&job.source.url).is_some()
+                && server_of(&job.source.url) == server_of(&job.target.url)
+        }
+    }
 }
 
-/// How many partitions can run at once given the servers' free connection slots.
-async fn connection_budget(
-    job: &Job,
-    source: &PgPool,
-    target: &PgPool,
+/// How many partitions can run at once, given the slots free on each server once
+/// the probe connections are closed. The source needs one more connection than
+/// partitions (the coordinator holding the snapshot); a shared server pays for both.
+fn connection_budget(
+    free_source: i64,
+    free_target: i64,
+    same_server: bool,
     wanted: usize,
-) -> Result<usize> {
-    // Each pool holds one open connection already, counted as in use: the source's
-    // becomes the coordinator, the target's is reused by a partition.
-    let free_source = pg::free_connection_slots(source)
-        .await
-        .context("on the source")?;
-    let free_target = pg::free_connection_slots(target)
-        .await
-        .context("on the target")?;
-    let same_server = server_of(&job.source.url).is_some()
-        && server_of(&job.source.url) == server_of(&job.target.url);
+) -> Result<usize, JobError> {
     let (limit, which) = if same_server {
         (
-            (free_source + 1) / 2,
+            (free_source - 1) / 2,
             "the server (source and target share it)",
         )
-    } else if free_source <= free_target {
-        (free_source, "the source")
+    } else if free_source - 1 <= free_target {
+        (free_source - 1, "the source")
     } else {
-        (free_target + 1, "the target")
+        (free_target, "the target")
     };
-    let limit = usize::try_from(limit.max(0)).unwrap_or(0);
+    let limit = usize::try_from(limit).unwrap_or(0);
     if limit == 0 {
         return Err(JobError::new(format!(
-            "run.parallelism: no free connection slots on {which} (max_connections is reached; expected at least one free slot per side)"
-        ))
-        .into());
+            "run.parallelism: no free connection slots on {which} (max_connections is reached; expected at least one free slot per side, two on the source)"
+        )));
     }
     if limit < wanted {
         warn!(
@@ -251,15 +254,25 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
     let job = load_job(path)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let parallelism = job.parallelism.unwrap_or(requested).max(1);
-    let source = pg::connect(Side::Source, &job.source.url, parallelism + 1).await?;
-    let target = pg::connect(Side::Target, &job.target.url, parallelism).await?;
+    let source_server = pg::connect(Side::Source, &job.source.url).await?;
+    let target_server = pg::connect(Side::Target, &job.target.url).await?;
+    let shared = same_server(&job, &source_server, &target_server);
+    let parallelism = connection_budget(
+        source_server.free_slots,
+        target_server.free_slots,
+        shared,
+        parallelism as usize,
+    )?;
+    let same_database = shared && source_server.database == target_server.database;
+    // One connection more on the source: the coordinator holding the snapshot.
+    let source = source_server.pool(parallelism as u32 + 1);
+    let target = target_server.pool(parallelism as u32);
 
     let side = resolve_source(&source, &job).await?;
-    let fit = fit_target(&target, &job, &side.columns).await?;
+    let fit = fit_target(&target, &job, &side.columns, same_database).await?;
     if let Some(error) = misfits(&job, &fit) {
         return Err(error.into());
     }
-    let parallelism = connection_budget(&job, &source, &target, parallelism as usize).await?;
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
@@ -409,12 +422,12 @@ async fn shutdown_signal() {
 
 async fn plan_command(path: &Path, format: Format) -> Result<u8> {
     let job = load_job(path)?;
-    let source = pg::connect(Side::Source, &job.source.url, 1).await?;
+    let source = pg::connect(Side::Source, &job.source.url).await?.pool(1);
     let side = resolve_source(&source, &job).await?;
     let mut conn = source
         .acquire()
         .await
-        .context("taking a source connection")?;
+        .context("taking a source connection (none could be opened or freed within 60 s)")?;
     let bounds = match (&side.key, side.bounds) {
         (Some(key), None) => pg::key_bounds(&mut conn, &plan::bounds_sql(&job, key))
             .await?
@@ -468,10 +481,11 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
 
 async fn check(path: &Path) -> Result<u8> {
     let job = load_job(path)?;
-    let source = pg::connect(Side::Source, &job.source.url, 1).await?;
-    let target = pg::connect(Side::Target, &job.target.url, 1).await?;
-    let side = resolve_source(&source, &job).await?;
-    let fit = fit_target(&target, &job, &side.columns).await?;
+    let source = pg::connect(Side::Source, &job.source.url).await?;
+    let target = pg::connect(Side::Target, &job.target.url).await?;
+    let same_database = same_server(&job, &source, &target) && source.database == target.database;
+    let side = resolve_source(&source.pool(1), &job).await?;
+    let fit = fit_target(&target.pool(1), &job, &side.columns, same_database).await?;
     print!(
         "{}",
         report::render_check(
@@ -486,4 +500,44 @@ async fn check(path: &Path) -> Result<u8> {
     }
     println!("ok: the target can take every column; nothing was written");
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_budget;
+
+    #[test]
+    fn budget_leaves_the_coordinator_a_slot_and_shares_one_server() {
+        // (free on source, free on target, same server, wanted) -> partitions at once
+        let cases = [
+            ((100, 100, false, 8), Some(8)),
+            ((5, 100, false, 8), Some(4)),
+            ((100, 3, false, 8), Some(3)),
+            ((5, 5, true, 8), Some(2)),
+            ((17, 17, true, 8), Some(8)),
+            ((2, 1, false, 8), Some(1)),
+            ((3, 3, true, 1), Some(1)),
+            ((1, 100, false, 8), None),
+            ((100, 0, false, 8), None),
+            ((2, 2, true, 8), None),
+            ((-3, -3, true, 8), None),
+        ];
+        for ((source, target, same, wanted), expected) in cases {
+            let got = connection_budget(source, target, same, wanted);
+            match expected {
+                Some(n) => assert_eq!(
+                    got.as_ref().ok(),
+                    Some(&n),
+                    "{source} {target} {same} {wanted}"
+                ),
+                None => {
+                    let e = got.expect_err("no slot free").to_string();
+                    assert!(
+                        e.starts_with("run.parallelism: no free connection slots"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -147,8 +147,9 @@ pub async fn run_partitions(
                         report.bytes = counts.bytes;
                     }
                     Err(e) => {
-                        warn!(partition = index, "partition failed: {e:#}");
-                        report.status = Status::Failed(format!("{e:#}"));
+                        let error = crate::error::chain(&e);
+                        warn!(partition = index, "partition failed: {error}");
+                        report.status = Status::Failed(error);
                         stop_scheduling = true;
                     }
                 }
@@ -177,12 +178,12 @@ async fn copy_partition(spec: &CopySpec, partition: &PlannedPartition) -> Result
         .source
         .acquire()
         .await
-        .context("taking a source connection")?;
+        .context("taking a source connection (none could be opened or freed within 60 s)")?;
     let mut target = spec
         .target
         .acquire()
         .await
-        .context("taking a target connection")?;
+        .context("taking a target connection (none could be opened or freed within 60 s)")?;
     let result = copy_partition_on(spec, partition, &mut source, &mut target).await;
     if result.is_err() {
         close(source).await;

@@ -54,3 +54,56 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     exit::FAILED
 }
+
+/// The error chain as `a: b: c`, like anyhow's `{:#}`, without the repeats sqlx
+/// adds (its database error prints its cause's message, then the cause itself).
+pub fn chain(err: &anyhow::Error) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if out.last().is_some_and(|last| last.ends_with(&message)) {
+            continue;
+        }
+        out.push(message);
+    }
+    out.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_drops_repeated_causes() {
+        #[derive(Debug)]
+        struct Db;
+        impl fmt::Display for Db {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("error returned from database: too many clients")
+            }
+        }
+        impl std::error::Error for Db {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&Inner)
+            }
+        }
+        #[derive(Debug)]
+        struct Inner;
+        impl fmt::Display for Inner {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("too many clients")
+            }
+        }
+        impl std::error::Error for Inner {}
+        let err = anyhow::Error::new(Db).context("connecting to the source");
+        assert_eq!(
+            chain(&err),
+            "connecting to the source: error returned from database: too many clients"
+        );
+        assert_eq!(exit_code(&err), exit::FAILED);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(JobError::new("x")).context("y")),
+            exit::BAD_JOB
+        );
+    }
+}

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     match runtime.block_on(stride::commands::execute(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", stride::error::chain(&e));
             ExitCode::from(stride::error::exit_code(&e))
         }
     }

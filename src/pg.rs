@@ -54,9 +54,41 @@ impl std::fmt::Display for Side {
     }
 }
 
-/// Opens a pool of at most `max_connections` to `url`, connecting once to fail early.
-/// PG* environment variables and `~/.pgpass` fill in what the URL leaves out.
-pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<PgPool> {
+/// A server we can talk to, and what a first connection learnt about it.
+pub struct Server {
+    options: PgConnectOptions,
+    /// Connection slots free for new sessions once the probe connection is closed.
+    pub free_slots: i64,
+    /// `system_identifier` and postmaster start time: equal for two URLs that name
+    /// the same running server (a replica shares the identifier with its primary,
+    /// not the start time); `None` where the role may not read them.
+    pub identity: Option<String>,
+    pub database: String,
+    /// `host:port/database`, for messages.
+    pub place: String,
+}
+
+/// SQLSTATE `too_many_connections`.
+const TOO_MANY_CONNECTIONS: &str = "53300";
+
+impl Server {
+    /// A lazy pool of at most `max_connections`. Size it to the connection budget:
+    /// a pool below its maximum opens a new connection rather than wait for one
+    /// being handed back, and on a server without free slots that new connection
+    /// is refused and retried until the acquire timeout.
+    pub fn pool(&self, max_connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_lazy_with(self.options.clone())
+    }
+}
+
+/// Connects once to `url` (failing at once with a clear message) and reads the
+/// free connection slots and the server's identity on that connection. PG*
+/// environment variables and `~/.pgpass` fill in what the URL leaves out.
+pub async fn connect(side: Side, url: &DbUrl) -> Result<Server> {
     // The driver's message names the bad part of the URL, never the password.
     let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
         JobError::new(format!(
@@ -73,18 +105,40 @@ pub async fn connect(side: Side, url: &DbUrl, max_connections: u32) -> Result<Pg
         .application_name("stride")
         .options(SESSION_OPTIONS)
         .disable_statement_logging();
-    // One plain connection first: a pool retries a refused connection until its
-    // acquire timeout, and a wrong host or database should fail at once.
-    let probe = PgConnection::connect_with(&options)
+    // A pool retries a refused connection until its acquire timeout; a wrong host
+    // or database should fail at once, so the first connection is a plain one.
+    let mut probe = match PgConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(TOO_MANY_CONNECTIONS) => {
+            return Err(JobError::new(format!(
+                "run.parallelism: no free connection slots on the {side} database at {place} ({}; expected at least one free slot per side)",
+                e.message()
+            ))
+            .into())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("connecting to the {side} database at {place}")))
+        }
+    };
+    let (free_slots, database) = free_connection_slots(&mut probe)
         .await
-        .with_context(|| format!("connecting to the {side} database at {place}"))?;
+        .with_context(|| format!("counting free connection slots on the {side} database"))?;
+    let identity = sqlx::query_scalar(
+        "SELECT system_identifier::text || ' ' || pg_postmaster_start_time()::text FROM pg_control_system()",
+    )
+    .fetch_one(&mut probe)
+    .await
+    .ok();
     probe.close().await.ok();
-    tracing::debug!("{side} database at {place} answers");
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect_lazy_with(options))
+    tracing::debug!(free_slots, "{side} database at {place} answers");
+    Ok(Server {
+        options,
+        free_slots: free_slots + 1,
+        identity,
+        database,
+        place,
+    })
 }
 
 /// One column as the catalogue describes it.
@@ -160,7 +214,11 @@ pub async fn describe_table(
 }
 
 /// Whether two names resolve to the same existing relation in this database.
-pub async fn same_relation(conn: &mut PgConnection, a: &QualifiedName, b: &QualifiedName) -> Result<bool> {
+pub async fn same_relation(
+    conn: &mut PgConnection,
+    a: &QualifiedName,
+    b: &QualifiedName,
+) -> Result<bool> {
     sqlx::query_scalar("SELECT coalesce(to_regclass($1) = to_regclass($2), false)")
         .bind(a.to_string())
         .bind(b.to_string())
@@ -271,17 +329,24 @@ pub async fn estimate_rows(conn: &mut PgConnection, select: &str) -> Result<i64>
         .map_or(0, |r| r.round() as i64))
 }
 
-/// Connection slots a new session of ours can still take on this server:
-/// `max_connections`, less the reserved slots, less the client sessions open now.
-pub async fn free_connection_slots(pool: &PgPool) -> Result<i64> {
-    sqlx::query_scalar(
+/// Connection slots a new session can still take on this server: `max_connections`,
+/// less the reserved slots, less the client sessions open now (this one included);
+/// and the database's name.
+///
+/// A role without `pg_read_all_stats` sees other roles' sessions with a NULL
+/// `backend_type`: those count too when they belong to a database (background
+/// processes have none), erring on the side of fewer slots.
+async fn free_connection_slots(conn: &mut PgConnection) -> Result<(i64, String)> {
+    let (free, database): (i32, String) = sqlx::query_as(
         "SELECT current_setting('max_connections')::int
               - current_setting('superuser_reserved_connections')::int
               - coalesce(current_setting('reserved_connections', true)::int, 0)
-              - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int",
+              - (SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type = 'client backend'
+                    OR (backend_type IS NULL AND datid IS NOT NULL))::int,
+              current_database()::text",
     )
-    .fetch_one(pool)
-    .await
-    .context("counting free connection slots")
-    .map(|n: i32| i64::from(n))
+    .fetch_one(conn)
+    .await?;
+    Ok((i64::from(free), database))
 }

@@ -247,13 +247,22 @@ pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bou
 /// Narrowing casts (numeric into integer, timestamp into date) are left out: the
 /// cast would round or truncate, but text COPY would fail on the first fraction.
 const TEXT_CONVERSIONS: &[(&str, &[&str])] = &[
-    ("smallint", &["integer", "bigint", "numeric", "real", "double precision"]),
-    ("integer", &["bigint", "numeric", "real", "double precision"]),
+    (
+        "smallint",
+        &["integer", "bigint", "numeric", "real", "double precision"],
+    ),
+    (
+        "integer",
+        &["bigint", "numeric", "real", "double precision"],
+    ),
     ("bigint", &["numeric", "real", "double precision"]),
     ("real", &["double precision", "numeric"]),
     ("double precision", &["numeric"]),
     ("numeric", &["real", "double precision"]),
-    ("date", &["timestamp without time zone", "timestamp with time zone"]),
+    (
+        "date",
+        &["timestamp without time zone", "timestamp with time zone"],
+    ),
     ("timestamp without time zone", &["timestamp with time zone"]),
     ("timestamp with time zone", &["timestamp without time zone"]),
     ("json", &["jsonb"]),

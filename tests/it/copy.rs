@@ -361,13 +361,18 @@ async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copying_a_table_onto_itself_is_refused() {
     let db = TestDb::new("itself").await;
-    db.exec("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);").await;
+    db.exec("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
+        .await;
     let job = job_file(&format!(
         "[source]\nurl = \"{0}\"\ntable = \"t\"\n[target]\nurl = \"{0}\"\ntable = \"public.t\"\nmode = \"truncate\"\n",
         db.url
     ));
     let out = run_job(&job.path);
     assert_exit(&out, 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the source table itself"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the source table itself"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(db.count("t").await, 100);
 }

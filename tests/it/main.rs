@@ -6,4 +6,5 @@ mod common;
 mod configs;
 mod copy;
 mod secrets;
+mod slots;
 mod types;
