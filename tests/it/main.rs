@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod configs;
 mod copy;
+mod covid;
 mod secrets;
 mod slots;
 mod types;
