@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::{debug, info, warn};
 
 use crate::cli::{Cli, Command, Format};
@@ -16,7 +16,7 @@ use crate::copy::{run_partitions, CopySpec, Status};
 use crate::error::{exit, JobError};
 use crate::job::{Create, Job, Method, Mode, Relation};
 use crate::pg::{self, Column, Server, Side, Transfer};
-use crate::plan::{self, Bounds, BoundsOrigin, Key};
+use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan};
 use crate::report::{self, ColumnFit, Summary};
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
@@ -88,6 +88,22 @@ async fn resolve_source(pool: &PgPool, job: &Job) -> Result<SourceSide> {
         key,
         bounds,
     })
+}
+
+/// The plan, with the bounds read from the source (min and max of the key) when
+/// the job gives none.
+async fn plan_partitions(conn: &mut PgConnection, job: &Job, side: &SourceSide) -> Result<Plan> {
+    let bounds = match (&side.key, &side.bounds) {
+        (Some(key), None) => pg::key_bounds(conn, &plan::bounds_sql(job, key))
+            .await?
+            .map(|(lower, upper)| Bounds {
+                lower,
+                upper,
+                origin: BoundsOrigin::Source,
+            }),
+        (_, bounds) => bounds.clone(),
+    };
+    Ok(plan::build(job, &side.columns, side.key.clone(), bounds))
 }
 
 /// How the target takes each source column; `exists` is false when it will be created.
@@ -253,7 +269,7 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
     let started = Instant::now();
     let job = load_job(path)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
-    let parallelism = job.parallelism.unwrap_or(requested).max(1);
+    let wanted = job.parallelism.unwrap_or(requested).max(1);
     let source_server = pg::connect(Side::Source, &job.source.url).await?;
     let target_server = pg::connect(Side::Target, &job.target.url).await?;
     let shared = same_server(&job, &source_server, &target_server);
@@ -261,12 +277,14 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         source_server.free_slots,
         target_server.free_slots,
         shared,
-        parallelism as usize,
+        wanted as usize,
     )?;
+    let pool_size =
+        u32::try_from(parallelism).expect("the budget never exceeds the u32 it started from");
     let same_database = shared && source_server.database == target_server.database;
     // One connection more on the source: the coordinator holding the snapshot.
-    let source = source_server.pool(parallelism as u32 + 1);
-    let target = target_server.pool(parallelism as u32);
+    let source = source_server.pool(pool_size + 1);
+    let target = target_server.pool(pool_size);
 
     let side = resolve_source(&source, &job).await?;
     let fit = fit_target(&target, &job, &side.columns, same_database).await?;
@@ -282,17 +300,7 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
     debug!(snapshot, "exported the source's snapshot");
-    let bounds = match (&side.key, side.bounds) {
-        (Some(key), None) => pg::key_bounds(&mut coordinator, &plan::bounds_sql(&job, key))
-            .await?
-            .map(|(lower, upper)| Bounds {
-                lower,
-                upper,
-                origin: BoundsOrigin::Source,
-            }),
-        (_, bounds) => bounds,
-    };
-    let plan = plan::build(&job, &side.columns, side.key.clone(), bounds);
+    let plan = plan_partitions(&mut coordinator, &job, &side).await?;
     let whole = plan::build(&job, &side.columns, None, None);
     let estimate = pg::estimate_rows(&mut coordinator, &whole.partitions[0].select).await?;
 
@@ -428,17 +436,7 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
         .acquire()
         .await
         .context("taking a source connection (none could be opened or freed within 60 s)")?;
-    let bounds = match (&side.key, side.bounds) {
-        (Some(key), None) => pg::key_bounds(&mut conn, &plan::bounds_sql(&job, key))
-            .await?
-            .map(|(lower, upper)| Bounds {
-                lower,
-                upper,
-                origin: BoundsOrigin::Source,
-            }),
-        (_, bounds) => bounds,
-    };
-    let plan = plan::build(&job, &side.columns, side.key.clone(), bounds);
+    let plan = plan_partitions(&mut conn, &job, &side).await?;
     let mut estimates = Vec::with_capacity(plan.partitions.len());
     for p in &plan.partitions {
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
