@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cli::{Cli, Command, Format};
@@ -362,14 +363,12 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         columns: plan.columns.clone(),
         batch_size: job.target.batch_size as usize,
         progress: report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet),
+        cancel: CancellationToken::new(),
     });
-    let (partitions, interrupted) = run_partitions(
-        Arc::clone(&spec),
-        plan.partitions.clone(),
-        parallelism,
-        shutdown_signal(),
-    )
-    .await;
+    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
+    let (partitions, interrupted) =
+        run_partitions(Arc::clone(&spec), plan.partitions.clone(), parallelism).await;
+    signals.abort();
     spec.progress.finish_and_clear();
     // The snapshot is no longer needed once every partition has ended.
     sqlx::raw_sql("ROLLBACK")
@@ -402,6 +401,19 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         return Ok(exit::FAILED);
     }
     Ok(exit::OK)
+}
+
+/// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,
+/// the summary is printed); a second one exits at once.
+async fn cancel_on_signals(cancel: CancellationToken) {
+    shutdown_signal().await;
+    warn!(
+        "interrupted: rolling back the partitions in flight (press Ctrl-C again to exit at once)"
+    );
+    cancel.cancel();
+    shutdown_signal().await;
+    eprintln!("interrupted twice: exiting now; the server rolls back what was not committed");
+    std::process::exit(i32::from(exit::INTERRUPTED));
 }
 
 /// Resolves when Ctrl-C or SIGTERM arrives.

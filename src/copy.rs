@@ -18,6 +18,7 @@ use indicatif::ProgressBar;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::Interrupted;
@@ -46,6 +47,8 @@ pub struct CopySpec {
     pub batch_size: usize,
     /// Counts rows as they arrive; hidden when stderr is not a terminal.
     pub progress: ProgressBar,
+    /// Set on Ctrl-C or SIGTERM: no new partition starts, those in flight roll back.
+    pub cancel: CancellationToken,
 }
 
 /// What became of one partition.
@@ -85,12 +88,16 @@ struct Counts {
 }
 
 /// Runs every partition, at most `parallelism` at once. Returns one report per
-/// partition, in partition order, and whether an interruption stopped the run.
+/// partition, in partition order, and whether `cancel` stopped the run.
+///
+/// Cancelling stops the scheduling of new partitions and makes those in flight
+/// roll back, except one whose target COMMIT was already sent: that one is awaited
+/// and reported as it ended, so the summary never calls a committed partition
+/// rolled back.
 pub async fn run_partitions(
     spec: Arc<CopySpec>,
     partitions: Vec<PlannedPartition>,
     parallelism: usize,
-    interrupt: impl std::future::Future<Output = ()>,
 ) -> (Vec<PartitionReport>, Option<Interrupted>) {
     let mut reports: Vec<PartitionReport> = partitions
         .iter()
@@ -105,15 +112,11 @@ pub async fn run_partitions(
         .collect();
     let mut queue = partitions.into_iter();
     let mut running: JoinSet<(usize, Duration, Result<Counts>)> = JoinSet::new();
-    let mut in_flight = std::collections::HashSet::new();
-    let mut stop_scheduling = false;
-    let mut interrupted = None;
-    tokio::pin!(interrupt);
+    let mut failed = false;
 
     loop {
-        while !stop_scheduling && running.len() < parallelism {
+        while !failed && !spec.cancel.is_cancelled() && running.len() < parallelism {
             let Some(partition) = queue.next() else { break };
-            in_flight.insert(partition.index);
             let spec = Arc::clone(&spec);
             let span = tracing::info_span!("partition", partition = partition.index, range = %partition.describe);
             running.spawn(
@@ -125,49 +128,42 @@ pub async fn run_partitions(
                 .instrument(span),
             );
         }
-        if running.is_empty() {
+        let Some(joined) = running.join_next().await else {
             break;
-        }
-        tokio::select! {
-            joined = running.join_next() => {
-                let Some(joined) = joined else { break };
-                let (index, elapsed, result) = match joined {
-                    Ok(done) => done,
-                    Err(e) => panic!("a partition task panicked: {e}"),
-                };
-                in_flight.remove(&index);
-                let report = &mut reports[index];
-                report.elapsed = elapsed;
-                match result {
-                    Ok(counts) => {
-                        info!(partition = index, rows = counts.rows, bytes = counts.bytes,
-                              elapsed_ms = elapsed.as_millis() as u64, "partition written");
-                        report.status = Status::Written;
-                        report.rows = counts.rows;
-                        report.bytes = counts.bytes;
-                    }
-                    Err(e) => {
-                        let error = crate::error::chain(&e);
-                        warn!(partition = index, "partition failed: {error}");
-                        report.status = Status::Failed(error);
-                        stop_scheduling = true;
-                    }
-                }
+        };
+        let (index, elapsed, result) = match joined {
+            Ok(done) => done,
+            Err(e) => panic!("a partition task panicked: {e}"),
+        };
+        let report = &mut reports[index];
+        report.elapsed = elapsed;
+        match result {
+            Ok(counts) => {
+                info!(
+                    partition = index,
+                    rows = counts.rows,
+                    bytes = counts.bytes,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "partition written"
+                );
+                report.status = Status::Written;
+                report.rows = counts.rows;
+                report.bytes = counts.bytes;
             }
-            () = &mut interrupt, if interrupted.is_none() => {
-                warn!("interrupted: rolling back the partitions in flight");
-                interrupted = Some(Interrupted);
-                // Dropping a task drops its connections mid-transaction; the server
-                // rolls the transaction back when the socket closes.
-                running.abort_all();
-                for index in in_flight.drain() {
-                    reports[index].status = Status::RolledBack;
-                }
-                while running.join_next().await.is_some() {}
-                break;
+            Err(e) if e.is::<Interrupted>() => {
+                info!(partition = index, "partition rolled back: interrupted");
+                report.status = Status::RolledBack;
+            }
+            Err(e) => {
+                let error = crate::error::chain(&e);
+                warn!(partition = index, "partition failed: {error}");
+                report.status = Status::Failed(error);
+                failed = true;
             }
         }
     }
+    let stopped_short = reports.iter().any(|r| r.status != Status::Written);
+    let interrupted = (spec.cancel.is_cancelled() && stopped_short).then_some(Interrupted);
     (reports, interrupted)
 }
 
@@ -204,20 +200,34 @@ async fn copy_partition_on(
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
-    pg::import_snapshot(source, &spec.snapshot).await?;
-    pg::execute(target, "BEGIN")
-        .await
-        .context("opening the target transaction")?;
-    let counts = match spec.method {
-        Method::Copy => pass_through(spec, partition, source, target).await?,
-        Method::Insert => insert_rows(spec, partition, source, target).await?,
+    let transfer = async {
+        pg::import_snapshot(source, &spec.snapshot).await?;
+        pg::execute(target, "BEGIN")
+            .await
+            .context("opening the target transaction")?;
+        let counts = match spec.method {
+            Method::Copy => pass_through(spec, partition, source, target).await?,
+            Method::Insert => insert_rows(spec, partition, source, target).await?,
+        };
+        // The source transaction only read; ending it before the target commits
+        // means no error can come after the partition's rows are committed.
+        pg::execute(source, "COMMIT")
+            .await
+            .context("ending the source transaction")?;
+        anyhow::Ok(counts)
     };
+    // An interruption drops the transfer wherever it is; the caller then closes
+    // both connections, which rolls the target transaction back.
+    let counts = tokio::select! {
+        biased;
+        () = spec.cancel.cancelled() => return Err(Interrupted.into()),
+        counts = transfer => counts?,
+    };
+    // Once sent, the COMMIT is awaited whatever happens, so the report says what
+    // the server did.
     pg::execute(target, "COMMIT")
         .await
         .context("committing the target transaction")?;
-    pg::execute(source, "COMMIT")
-        .await
-        .context("ending the source transaction")?;
     Ok(counts)
 }
 

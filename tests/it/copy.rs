@@ -1,5 +1,7 @@
 //! The copy itself: partition semantics on real data, modes, create, failures.
 
+use std::time::Duration;
+
 use crate::common::*;
 
 /// A table whose partition key has NULLs, values below and above the bounds, and
@@ -375,4 +377,54 @@ async fn copying_a_table_onto_itself_is_refused() {
         text(&out)
     );
     assert_eq!(db.count("t").await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_interrupted_while_committing_is_reported_as_it_ended() {
+    use std::io::{BufRead, BufReader};
+    let pair = Pair::new("commit_window").await;
+    pair.source
+        .exec("CREATE TABLE slow (id int); INSERT INTO slow SELECT generate_series(1, 20);")
+        .await;
+    // Partition 0 (it holds id 1) spends 2 s in its COMMIT, in a deferred trigger.
+    pair.target
+        .exec(
+            "CREATE TABLE slow (id int);
+             CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN IF NEW.id = 1 THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END$$;
+             CREATE CONSTRAINT TRIGGER nap AFTER INSERT ON slow DEFERRABLE INITIALLY DEFERRED
+               FOR EACH ROW EXECUTE FUNCTION nap();",
+        )
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"slow\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 21\ncount = 2",
+        "",
+    ));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
+        .args(["run", job.path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("partition written partition=1") {
+            break;
+        }
+    }
+    // Partition 1 is committed; partition 0 is inside its 2 s COMMIT.
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let _ = lines.count();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(pair.target.count("slow").await, 20, "{stdout}");
+    assert_exit(&out, 0);
+    assert!(stdout.contains("partitions 2 written of 2"), "{stdout}");
 }
