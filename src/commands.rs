@@ -48,21 +48,16 @@ fn source_name(job: &Job) -> String {
 }
 
 /// The source's columns, or a job error if the table is missing or the query fails.
-async fn describe_source(pool: &PgPool, job: &Job) -> Result<Vec<Column>> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("taking a source connection (none could be opened or freed within 60 s)")?;
+async fn describe_source(conn: &mut PgConnection, job: &Job, place: &str) -> Result<Vec<Column>> {
     match &job.source.relation {
-        Relation::Table(name) => match pg::describe_table(&mut conn, name).await? {
+        Relation::Table(name) => match pg::describe_table(conn, name).await? {
             Some(relation) => Ok(relation.columns),
             None => Err(JobError::new(format!(
-                "source.table: table {name} does not exist in the source database {} (expected an existing table or view)",
-                job.source.url
+                "source.table: table {name} does not exist in the source database at {place} (expected an existing table or view)"
             ))
             .into()),
         },
-        Relation::Query(query) => match pg::describe_query(&mut conn, query).await {
+        Relation::Query(query) => match pg::describe_query(conn, query).await {
             Ok(relation) => Ok(relation.columns),
             Err(e) => Err(JobError::new(crate::error::chain(&e)).into()),
         },
@@ -76,14 +71,43 @@ struct SourceSide {
     bounds: Option<Bounds>,
 }
 
-async fn resolve_source(pool: &PgPool, job: &Job) -> Result<SourceSide> {
-    let all = describe_source(pool, job).await?;
+/// Reads the source's catalogue and checks the job against it: columns, key,
+/// bounds, and that the job's SQL (`where`, `query`) runs there.
+async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceSide> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a source connection (none could be opened or freed within 60 s)")?;
+    let all = describe_source(&mut conn, job, place).await?;
     let columns = plan::resolve_columns(job, &all)?;
     let key = plan::resolve_key(job, &all)?;
     let bounds = match &key {
         Some(key) => plan::parse_bounds(job, key)?,
         None => None,
     };
+    let whole = plan::build(job, &columns, None, None);
+    if let Err(e) = pg::explain(&mut conn, &whole.partitions[0].select).await {
+        let key = match (&job.source.where_clause, &job.source.relation) {
+            (Some(_), _) => "source.where",
+            (None, Relation::Query(_)) => "source.query",
+            (None, Relation::Table(_)) => "source.table",
+        };
+        return Err(match e.as_database_error() {
+            // Class 42: syntax error or access rule violation; 22: data exception.
+            Some(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("42") || c.starts_with("22")) =>
+            {
+                JobError::new(format!(
+                    "{key}: does not run on the source: {}",
+                    db.message()
+                ))
+                .into()
+            }
+            _ => anyhow::Error::new(e).context("checking the source query"),
+        });
+    }
     Ok(SourceSide {
         columns,
         key,
@@ -111,8 +135,10 @@ async fn plan_partitions(conn: &mut PgConnection, job: &Job, side: &SourceSide) 
 struct TargetFit {
     exists: bool,
     fits: Vec<ColumnFit>,
-    /// Target type of each copied column, for the row path's casts.
+    /// Target type (without modifier) of each copied column, for the row path's casts.
     types: Vec<String>,
+    /// Why the target cannot take the rows, each naming a column; empty when it can.
+    problems: Vec<String>,
 }
 
 async fn fit_target(
@@ -120,6 +146,7 @@ async fn fit_target(
     job: &Job,
     columns: &[Column],
     same_database: bool,
+    place: &str,
 ) -> Result<TargetFit> {
     let table = &job.target.table;
     let mut conn = pool
@@ -137,11 +164,28 @@ async fn fit_target(
     let Some(relation) = pg::describe_table(&mut conn, table).await? else {
         if job.target.create == Create::Never {
             return Err(JobError::new(format!(
-                "target.table: table {table} does not exist in the target database {} and target.create is \"never\" (expected an existing table, or create = \"if-missing\")",
-                job.target.url
+                "target.table: table {table} does not exist in the target database at {place} and target.create is \"never\" (expected an existing table, or create = \"if-missing\")"
             ))
             .into());
         }
+        // The table will be created with the source's types: user-defined ones
+        // (enums, extension types) must exist in the target already.
+        let user_types: Vec<String> = columns
+            .iter()
+            .filter(|c| !c.is_builtin_type())
+            .map(|c| c.base_type.clone())
+            .collect();
+        let missing = pg::missing_types(&mut conn, &user_types).await?;
+        let problems = columns
+            .iter()
+            .filter(|c| missing.contains(&c.base_type))
+            .map(|c| {
+                format!(
+                    "column \"{}\": type {} does not exist in the target database (expected it created there first)",
+                    c.name, c.base_type
+                )
+            })
+            .collect();
         let fits = columns
             .iter()
             .map(|c| ColumnFit {
@@ -158,7 +202,8 @@ async fn fit_target(
         return Ok(TargetFit {
             exists: false,
             fits,
-            types: columns.iter().map(|c| c.type_name.clone()).collect(),
+            types: columns.iter().map(|c| c.base_type.clone()).collect(),
+            problems,
         });
     };
     if !matches!(relation.kind, 'r' | 'p') {
@@ -172,41 +217,29 @@ async fn fit_target(
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
         let target = relation.columns.iter().find(|t| t.name == column.name);
-        let transfer = target.map(|t| plan::transfer(column, t));
-        types.push(target.map_or_else(String::new, |t| t.type_name.clone()));
+        types.push(target.map_or_else(String::new, |t| t.base_type.clone()));
         fits.push(ColumnFit {
             column: column.name.clone(),
             source_type: column.type_name.clone(),
             target_type: target.map(|t| t.type_name.clone()),
-            transfer,
+            transfer: target.map(|t| plan::transfer(column, t)),
         });
     }
     Ok(TargetFit {
         exists: true,
         fits,
         types,
+        problems: plan::target_problems(columns, &relation.columns),
     })
 }
 
-/// A job error listing every column the target cannot take, if any.
+/// A job error listing every problem with the target, if any.
 fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
-    let problems: Vec<String> = fit
-        .fits
-        .iter()
-        .filter_map(|f| match (&f.target_type, f.transfer) {
-            (None, _) if fit.exists => Some(format!("column \"{}\" is missing", f.column)),
-            (Some(t), Some(Transfer::Incompatible)) => Some(format!(
-                "column \"{}\": source type {} cannot be written as {t}",
-                f.column, f.source_type
-            )),
-            _ => None,
-        })
-        .collect();
-    (!problems.is_empty()).then(|| {
+    (!fit.problems.is_empty()).then(|| {
         JobError::new(format!(
             "target.table: {} cannot take the source's rows: {}",
             job.target.table,
-            problems.join("; ")
+            fit.problems.join("; ")
         ))
     })
 }
@@ -287,8 +320,15 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size);
 
-    let side = resolve_source(&source, &job).await?;
-    let fit = fit_target(&target, &job, &side.columns, same_database).await?;
+    let side = resolve_source(&source, &job, &source_server.place).await?;
+    let fit = fit_target(
+        &target,
+        &job,
+        &side.columns,
+        same_database,
+        &target_server.place,
+    )
+    .await?;
     if let Some(error) = misfits(&job, &fit) {
         return Err(error.into());
     }
@@ -366,8 +406,12 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         cancel: CancellationToken::new(),
     });
     let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
-    let (partitions, interrupted) =
-        run_partitions(Arc::clone(&spec), plan.partitions.clone(), parallelism).await;
+    let (partitions, interrupted) = run_partitions(
+        Arc::clone(&spec),
+        plan.partitions.clone(),
+        parallelism.min(plan.partitions.len()),
+    )
+    .await;
     signals.abort();
     spec.progress.finish_and_clear();
     // The snapshot is no longer needed once every partition has ended.
@@ -442,8 +486,9 @@ async fn shutdown_signal() {
 
 async fn plan_command(path: &Path, format: Format) -> Result<u8> {
     let job = load_job(path)?;
-    let source = pg::connect(Side::Source, &job.source.url).await?.pool(1);
-    let side = resolve_source(&source, &job).await?;
+    let server = pg::connect(Side::Source, &job.source.url).await?;
+    let source = server.pool(1);
+    let side = resolve_source(&source, &job, &server.place).await?;
     let mut conn = source
         .acquire()
         .await
@@ -494,8 +539,15 @@ async fn check(path: &Path) -> Result<u8> {
     let source = pg::connect(Side::Source, &job.source.url).await?;
     let target = pg::connect(Side::Target, &job.target.url).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
-    let side = resolve_source(&source.pool(1), &job).await?;
-    let fit = fit_target(&target.pool(1), &job, &side.columns, same_database).await?;
+    let side = resolve_source(&source.pool(1), &job, &source.place).await?;
+    let fit = fit_target(
+        &target.pool(1),
+        &job,
+        &side.columns,
+        same_database,
+        &target.place,
+    )
+    .await?;
     print!(
         "{}",
         report::render_check(

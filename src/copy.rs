@@ -306,7 +306,9 @@ async fn insert_rows(
         .context("reading rows from the source")?
     {
         for (i, column) in batch.iter_mut().enumerate() {
-            let value: Option<String> = row.try_get(i)?;
+            let value: Option<String> = row
+                .try_get(i)
+                .with_context(|| format!("reading column \"{}\"", spec.columns[i]))?;
             counts.bytes += value.as_ref().map_or(0, |v| v.len() as u64);
             column.push(value);
         }

@@ -29,39 +29,75 @@ impl DbUrl {
         &self.0
     }
 
-    /// `host:port/database` for messages; never the user's password.
+    /// The URL for messages: the password and any query value that is not known to
+    /// be harmless are replaced by `****`.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) => {
-                if url.password().is_some() {
-                    // set_password fails only for URLs that cannot have one.
-                    let _ = url.set_password(Some("****"));
-                }
-                let mut pairs: Vec<(String, String)> = url
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let hidden = k.eq_ignore_ascii_case("password");
-                        (
-                            k.into_owned(),
-                            if hidden {
-                                "****".into()
-                            } else {
-                                v.into_owned()
-                            },
-                        )
-                    })
-                    .collect();
-                if pairs.is_empty() {
-                    url.set_query(None);
-                } else {
-                    url.query_pairs_mut().clear().extend_pairs(pairs.drain(..));
-                }
-                url.to_string()
-            }
-            Err(_) => "<unparseable connection URL>".to_string(),
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return "<unparseable connection URL>".to_string();
+        };
+        if url.password().is_some() {
+            // set_password fails only for URLs that cannot have one.
+            let _ = url.set_password(Some("****"));
         }
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let shown = SHOWN_URL_PARAMETERS.contains(&k.as_ref());
+                (
+                    k.into_owned(),
+                    if shown { v.into_owned() } else { "****".into() },
+                )
+            })
+            .collect();
+        if pairs.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 }
+
+/// URL parameters the driver understands (sqlx 0.8's parser, which ignores others
+/// with a warning that prints their value).
+const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// URL parameters whose values may appear in messages.
+const SHOWN_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+];
 
 impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,9 +112,9 @@ impl fmt::Debug for DbUrl {
 }
 
 // ---------------------------------------------------------------------------------
-// The raw mirror of the file.
+// The raw mirror of the file. No `Debug`: it holds the URLs with their passwords.
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJob {
     source: RawSource,
@@ -88,7 +124,7 @@ pub struct RawJob {
     run: RawRun,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
     url: String,
@@ -128,7 +164,7 @@ impl RawBound {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     url: String,
@@ -389,7 +425,21 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
 fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     let url = DbUrl::new(url.trim());
     match url::Url::parse(url.expose()) {
-        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => Ok(url),
+        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
+            // An unknown parameter may be a secret the driver would log with its
+            // value; name the key only.
+            match u
+                .query_pairs()
+                .map(|(k, _)| k)
+                .find(|k| !URL_PARAMETERS.contains(&k.as_ref()) && !k.starts_with("options["))
+            {
+                Some(unknown) => Err(JobError::new(format!(
+                    "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
+                    URL_PARAMETERS.join(", ")
+                ))),
+                None => Ok(url),
+            }
+        }
         Ok(u) => Err(JobError::new(format!(
             "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
             u.scheme()
@@ -636,6 +686,10 @@ parallelism = 2
                 "source.url: scheme \"mysql\" is not supported",
             ),
             (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d?sslpassword=hunter2'\n",
+                "target.url: unknown parameter \"sslpassword\" (expected one of: sslmode",
+            ),
+            (
                 "[source]\nurl='postgres://h/d'\ntable='a.b.c'\n[target]\nurl='postgres://h/d'\n",
                 "source.table:",
             ),
@@ -690,11 +744,13 @@ parallelism = 2
     #[test]
     fn url_password_is_redacted_everywhere() {
         let url = DbUrl::new(
-            "postgres://alice:s3cret@db.example:5433/prod?password=other&sslmode=require",
+            "postgres://alice:s3cret@db.example:5433/prod?password=other&sslmode=require&sslkey=/k&options=-c%20x%3Dhidden",
         );
         let shown = format!("{url} {url:?} {}", url.redacted());
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(!shown.contains("other"), "{shown}");
+        assert!(!shown.contains("hidden"), "{shown}");
+        assert!(shown.contains("sslkey=****"), "{shown}");
         assert!(shown.contains("alice:****@db.example:5433/prod"), "{shown}");
         assert!(shown.contains("sslmode=require"), "{shown}");
         assert_eq!(DbUrl::new("postgres://h/d").to_string(), "postgres://h/d");

@@ -155,6 +155,10 @@ pub struct Column {
     /// `pg_type.typcategory`: `S` string, `N` numeric, `A` array, `E` enum, ...
     pub category: String,
     pub not_null: bool,
+    /// `GENERATED ALWAYS AS (...) STORED`: computed, cannot be written.
+    pub generated: bool,
+    /// Has a default or is an identity column: can be left out of an INSERT or COPY.
+    pub has_default: bool,
 }
 
 impl Column {
@@ -180,6 +184,8 @@ SELECT a.attname::text AS name,
        a.atttypid::int8 AS type_oid,
        CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS element_type,
        t.typcategory::text AS category,
+       a.attgenerated <> '' AS generated,
+       (a.atthasdef OR a.attidentity <> '') AS has_default,
        a.attnotnull AS not_null
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -213,6 +219,22 @@ pub async fn describe_table(
     }))
 }
 
+/// Of `type_names`, those that do not exist in this database.
+pub async fn missing_types(conn: &mut PgConnection, type_names: &[String]) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for name in type_names {
+        let found: bool = sqlx::query_scalar("SELECT to_regtype($1) IS NOT NULL")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await
+            .with_context(|| format!("looking up type {name}"))?;
+        if !found {
+            missing.push(name.clone());
+        }
+    }
+    Ok(missing)
+}
+
 /// Whether two names resolve to the same existing relation in this database.
 pub async fn same_relation(
     conn: &mut PgConnection,
@@ -235,8 +257,10 @@ pub async fn same_relation(
 pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Relation> {
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
     let result = async {
-        sqlx::raw_sql(&format!(
-            "CREATE TEMPORARY VIEW stride_query_probe AS {query}"
+        // The extended protocol takes one statement only: a `;` in the query
+        // cannot smuggle a second one in. The newline ends a trailing `--` comment.
+        sqlx::query(&format!(
+            "CREATE TEMPORARY VIEW stride_query_probe AS {query}\n"
         ))
         .execute(&mut *conn)
         .await
@@ -266,6 +290,8 @@ async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> 
             type_oid: r.get("type_oid"),
             element_type: r.get("element_type"),
             category: r.get("category"),
+            generated: r.get("generated"),
+            has_default: r.get("has_default"),
             not_null: r.get("not_null"),
         })
         .collect())
@@ -316,6 +342,15 @@ pub async fn key_bounds(conn: &mut PgConnection, sql: &str) -> Result<Option<(i6
         .await
         .context("reading the partition column's min() and max() from the source")?;
     Ok(lo.zip(hi))
+}
+
+/// Plans `select` without running it: proves the user's SQL parses and names
+/// what exists. The driver's error is returned as is, for the caller to sort.
+pub async fn explain(conn: &mut PgConnection, select: &str) -> sqlx::Result<()> {
+    sqlx::query(&format!("EXPLAIN {select}"))
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// The planner's row estimate for a query.

@@ -68,7 +68,7 @@ pub struct Plan {
 pub fn source_from(relation: &Relation) -> String {
     match relation {
         Relation::Table(name) => name.to_string(),
-        Relation::Query(query) => format!("({query}) AS {}", quote_ident("source")),
+        Relation::Query(query) => format!("{} AS {}", enclose(query), quote_ident("source")),
     }
 }
 
@@ -148,13 +148,23 @@ pub fn parse_bounds(job: &Job, key: &Key) -> Result<Option<Bounds>, JobError> {
     }))
 }
 
+/// The user's own SQL in parentheses. A line comment (`--`) in it would swallow
+/// the closing parenthesis, so then a newline ends the comment first.
+fn enclose(sql: &str) -> String {
+    if sql.contains("--") {
+        format!("({sql}\n)")
+    } else {
+        format!("({sql})")
+    }
+}
+
 /// `WHERE` text combining the user's condition and a partition's predicate.
 fn where_clause(user: Option<&str>, partition: Option<String>) -> String {
     match (user, partition) {
         (None, None) => String::new(),
-        (Some(u), None) => format!(" WHERE ({u})"),
+        (Some(u), None) => format!(" WHERE {}", enclose(u)),
         (None, Some(p)) => format!(" WHERE {p}"),
-        (Some(u), Some(p)) => format!(" WHERE ({u}) AND {p}"),
+        (Some(u), Some(p)) => format!(" WHERE {} AND {p}", enclose(u)),
     }
 }
 
@@ -299,6 +309,38 @@ pub fn transfer(source: &Column, target: &Column) -> Transfer {
     }
 }
 
+/// Everything that keeps an existing target from taking the copied columns, each
+/// naming its column: missing or incompatible columns, generated columns (they
+/// cannot be written), and NOT NULL columns without a default that the copy
+/// leaves out (every row would fail).
+pub fn target_problems(copied: &[Column], target: &[Column]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for column in copied {
+        match target.iter().find(|t| t.name == column.name) {
+            None => problems.push(format!("column \"{}\" is missing", column.name)),
+            Some(t) if t.generated => problems.push(format!(
+                "column \"{}\" is a generated column in the target and cannot be written",
+                column.name
+            )),
+            Some(t) if transfer(column, t) == Transfer::Incompatible => problems.push(format!(
+                "column \"{}\": source type {} cannot be written as {}",
+                column.name, column.type_name, t.type_name
+            )),
+            Some(_) => {}
+        }
+    }
+    for t in target {
+        let copied_too = copied.iter().any(|c| c.name == t.name);
+        if !copied_too && t.not_null && !t.has_default && !t.generated {
+            problems.push(format!(
+                "column \"{}\" of the target is NOT NULL without a default, and the copy does not fill it",
+                t.name
+            ));
+        }
+    }
+    problems
+}
+
 /// The format the copy uses: binary only when every column passes through.
 pub fn copy_format(transfers: &[Transfer]) -> CopyFormat {
     if transfers.iter().all(|t| *t == Transfer::Binary) {
@@ -351,15 +393,35 @@ pub fn rows_select_sql(select: &str, columns: &[String]) -> String {
     )
 }
 
+/// A type name without modifier that also means "any length": `character` and
+/// `bit` without a length mean length 1, so they are cast through `bpchar` and
+/// `varbit`, and the column's own length is enforced by the assignment.
+fn unconstrained(base_type: &str) -> String {
+    let (element, array) = match base_type.strip_suffix("[]") {
+        Some(element) => (element, "[]"),
+        None => (base_type, ""),
+    };
+    match element {
+        "character" => format!("bpchar{array}"),
+        "bit" => format!("varbit{array}"),
+        _ => base_type.to_string(),
+    }
+}
+
 /// The row path's statement: one `INSERT` per batch, one `text[]` parameter per
 /// column, unnested in step and cast to the target's types by the target. A batch
 /// of any size is one statement with as many parameters as columns, far from the
 /// protocol's 65,535-parameter limit.
+///
+/// `columns` pairs each name with its target type WITHOUT modifier: an explicit
+/// cast to `varchar(3)` would silently truncate, while the INSERT's own assignment
+/// to the column enforces the modifier and fails, as COPY does. `OVERRIDING SYSTEM
+/// VALUE` lets copied values into identity columns, as COPY does too.
 pub fn insert_sql(table: &QualifiedName, columns: &[(String, String)]) -> String {
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
     let casts = columns
         .iter()
-        .map(|(n, ty)| format!("{}::{ty}", quote_ident(n)))
+        .map(|(n, ty)| format!("{}::{}", quote_ident(n), unconstrained(ty)))
         .collect::<Vec<_>>()
         .join(", ");
     let params = (1..=columns.len())
@@ -367,7 +429,7 @@ pub fn insert_sql(table: &QualifiedName, columns: &[(String, String)]) -> String
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "INSERT INTO {table} ({}) SELECT {casts} FROM unnest({params}) AS {}({})",
+        "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {casts} FROM unnest({params}) AS {}({})",
         quoted_list(&names),
         quote_ident("batch"),
         quoted_list(&names)
@@ -401,6 +463,8 @@ mod tests {
             element_type: None,
             category: "N".into(),
             not_null: false,
+            generated: false,
+            has_default: false,
         }
     }
 
@@ -545,6 +609,19 @@ mod tests {
     }
 
     #[test]
+    fn user_sql_keeps_its_precedence_and_comments() {
+        let text = "[source]\nurl='postgres://h/s'\nquery='SELECT * FROM t -- all of it'\nwhere='a = 1 OR b = 2 -- either'\n[partition]\ncolumn='id'\nlower_bound=0\nupper_bound=10\ncount=2\n[target]\nurl='postgres://h/t'\ntable='t2'\n";
+        let job = Job::parse(text, |_| None).unwrap();
+        let key = resolve_key(&job, &source()).unwrap();
+        let bounds = parse_bounds(&job, key.as_ref().unwrap()).unwrap();
+        let plan = build(&job, &source()[..1], key, bounds);
+        assert_eq!(
+            plan.partitions[1].select,
+            "SELECT \"id\" FROM (SELECT * FROM t -- all of it\n) AS \"source\" WHERE (a = 1 OR b = 2 -- either\n) AND \"id\" >= '5'::int8"
+        );
+    }
+
+    #[test]
     fn bounds_queries() {
         let job = job_with_partition("column='date'\ncount=2");
         let key = Key {
@@ -643,8 +720,12 @@ mod tests {
             "SELECT \"id\"::text AS \"id\" FROM (SELECT \"id\" FROM t) AS \"partition\""
         );
         assert_eq!(
-            insert_sql(&t, &[("id".into(), "bigint".into()), ("n".into(), "numeric(12,4)".into())]),
-            "INSERT INTO \"public\".\"Target T\" (\"id\", \"n\") SELECT \"id\"::bigint, \"n\"::numeric(12,4) FROM unnest($1::text[], $2::text[]) AS \"batch\"(\"id\", \"n\")"
+            insert_sql(&t, &[("id".into(), "bigint".into()), ("n".into(), "numeric".into())]),
+            "INSERT INTO \"public\".\"Target T\" (\"id\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\"::bigint, \"n\"::numeric FROM unnest($1::text[], $2::text[]) AS \"batch\"(\"id\", \"n\")"
+        );
+        assert_eq!(
+            insert_sql(&t, &[("c".into(), "character".into()), ("b".into(), "bit[]".into())]),
+            "INSERT INTO \"public\".\"Target T\" (\"c\", \"b\") OVERRIDING SYSTEM VALUE SELECT \"c\"::bpchar, \"b\"::varbit[] FROM unnest($1::text[], $2::text[]) AS \"batch\"(\"c\", \"b\")"
         );
         let mut c = col("d", "character varying(10)");
         c.not_null = true;
