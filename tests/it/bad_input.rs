@@ -22,33 +22,33 @@ CREATE TABLE public.narrow (id integer NOT NULL, small smallint, d date, ts time
 INSERT INTO public.narrow VALUES (-1, -1, '1999-01-01', NULL, NULL, 'narrow kept'), (-2, NULL, NULL, NULL, NULL, NULL);";
 
 /// Everything in the target a run could change: the tables there (a job that
-/// would create `public.fresh` must not have), and each one's rows.
-async fn target_state(db: &TestDb) -> (String, (i64, String), (i64, String)) {
-    let tables = db
+/// would create `public.fresh` must not have), and the rows of each of `tables`.
+async fn tables_and_rows(db: &TestDb, tables: &[&str]) -> (String, Vec<(i64, String)>) {
+    let list = db
         .scalar_string(
             "SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname), '')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('r', 'p', 'v') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
         )
         .await;
-    (
-        tables,
-        db.checksum("public.src").await,
-        db.checksum("public.narrow").await,
-    )
+    let mut rows = Vec::with_capacity(tables.len());
+    for table in tables {
+        rows.push(db.checksum(table).await);
+    }
+    (list, rows)
 }
 
 /// One bad job and what its error must say.
 struct Case {
-    name: &'static str,
+    name: String,
     job: String,
     /// Substrings of stderr: the key or object at fault.
     expect: Vec<String>,
 }
 
-fn case(name: &'static str, job: String, expect: &[&str]) -> Case {
+fn case(name: impl Into<String>, job: String, expect: &[&str]) -> Case {
     Case {
-        name,
+        name: name.into(),
         job,
         expect: expect.iter().map(|s| (*s).to_string()).collect(),
     }
@@ -300,31 +300,52 @@ fn catalogue_cases(pair: &Pair) -> Vec<Case> {
 /// Runs `stride run` and `stride check` for each case: both must exit 2 naming
 /// what is wrong, and leave the target as it was.
 async fn assert_rejected(pair: &Pair, cases: Vec<Case>) {
-    let mut before = target_state(&pair.target).await;
+    let tables = ["public.src", "public.narrow"];
+    assert_refused(pair, cases, &["run", "check"], &tables, false).await;
+}
+
+/// Runs each of `commands` for each case: each must exit 2 naming what is wrong
+/// (every expected substring of stderr, ignoring case if `any_case`), and leave the
+/// target's tables, and the rows of `tables`, as they were.
+async fn assert_refused(
+    pair: &Pair,
+    cases: Vec<Case>,
+    commands: &[&str],
+    tables: &[&str],
+    any_case: bool,
+) {
+    let mut before = tables_and_rows(&pair.target, tables).await;
     let mut failures = Vec::new();
     let mut failed_cases = std::collections::BTreeSet::new();
     for case in &cases {
         let job = job_file(&case.job);
-        for command in ["run", "check"] {
+        for command in commands {
             let out = stride(&[command, job.path.to_str().unwrap()], &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
+            let found = |expected: &str| {
+                if any_case {
+                    stderr.to_lowercase().contains(&expected.to_lowercase())
+                } else {
+                    stderr.contains(expected)
+                }
+            };
             let mut problems = Vec::new();
             if out.status.code() != Some(2) {
                 problems.push(format!("exited {:?}, expected 2", out.status.code()));
             }
             for expected in &case.expect {
-                if !stderr.contains(expected.as_str()) {
+                if !found(expected) {
                     problems.push(format!("stderr does not contain {expected:?}"));
                 }
             }
-            let after = target_state(&pair.target).await;
+            let after = tables_and_rows(&pair.target, tables).await;
             if after != before {
                 problems.push("changed the target".to_string());
                 // Judge the next cases against what is there now.
                 before = after;
             }
             if !problems.is_empty() {
-                failed_cases.insert(case.name);
+                failed_cases.insert(case.name.as_str());
                 failures.push(format!(
                     "{}: `stride {command}`: {}\n{}",
                     case.name,
@@ -365,6 +386,279 @@ async fn bad_jobs_against_the_catalogue_exit_2_name_the_object_and_leave_the_tar
     let pair = setup("bad_catalogue").await;
     let cases = catalogue_cases(&pair);
     assert_rejected(&pair, cases).await;
+}
+
+// ---------------------------------------------------------------------------------
+// Target columns the copy cannot write: found before the first write.
+
+/// Target tables the source's rows cannot fill, each holding rows of its own.
+const UNWRITABLE: &str = "
+CREATE TABLE public.gen (id integer NOT NULL, name text, amount numeric GENERATED ALWAYS AS (id * 2) STORED);
+INSERT INTO public.gen (id, name) VALUES (-1, 'gen kept'), (-2, NULL);
+CREATE TABLE public.strict (id integer NOT NULL, name text, amount numeric, owner text NOT NULL);
+INSERT INTO public.strict VALUES (-1, 'strict kept', 1.5, 'someone'), (-2, NULL, NULL, 'someone else');";
+
+/// A copied column that is generated in the target, and a NOT NULL target column
+/// without a default that nothing copies: `check` and `run` exit 2 naming it,
+/// whatever the method, and the target keeps its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_columns_the_copy_cannot_write_are_refused_before_anything_is_written() {
+    let pair = setup("unwritable").await;
+    pair.target.exec(UNWRITABLE).await;
+    let copied = "table = \"public.src\"\ncolumns = [\"id\", \"name\", \"amount\"]";
+    let mut cases = Vec::new();
+    for method in ["copy", "insert"] {
+        let target = |table: &str| {
+            format!("mode = \"truncate\"\nmethod = \"{method}\"\ntable = \"{table}\"")
+        };
+        cases.push(case(
+            format!("a copied column is generated in the target, method = {method}"),
+            job_text(&pair, copied, "", &target("public.gen")),
+            &["amount", "generated"],
+        ));
+        cases.push(case(
+            format!("a copied column is generated in the target, partitioned, method = {method}"),
+            job_text(
+                &pair,
+                copied,
+                "[partition]\ncolumn = \"id\"\ncount = 2",
+                &target("public.gen"),
+            ),
+            &["amount", "generated"],
+        ));
+        cases.push(case(
+            format!("a NOT NULL target column without a default is not copied, method = {method}"),
+            job_text(&pair, copied, "", &target("public.strict")),
+            &["owner"],
+        ));
+        cases.push(case(
+            format!("the NOT NULL key column is left out of the copied columns, method = {method}"),
+            job_text(
+                &pair,
+                "table = \"public.src\"\ncolumns = [\"small\", \"name\"]",
+                "",
+                &target("public.src"),
+            ),
+            &["\"id\""],
+        ));
+    }
+    assert_refused(
+        &pair,
+        cases,
+        &["run", "check"],
+        &["public.src", "public.narrow", "public.gen", "public.strict"],
+        true,
+    )
+    .await;
+}
+
+/// `create = "if-missing"` with a source column of a type the target database does
+/// not have: the table could not be created, so `check` and `run` say so before
+/// writing, naming the column and the type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_defined_type_missing_from_the_target_is_refused_before_anything_is_written() {
+    let pair = setup("enum_missing").await;
+    pair.source
+        .exec(
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE TABLE public.feelings (id integer NOT NULL, feeling mood);
+             INSERT INTO public.feelings SELECT g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood FROM generate_series(1, 100) g;",
+        )
+        .await;
+    let mut cases = Vec::new();
+    for method in ["copy", "insert"] {
+        cases.push(case(
+            format!("enum column, target table to be created, method = {method}"),
+            job_text(
+                &pair,
+                "table = \"public.feelings\"",
+                "",
+                &format!("mode = \"truncate\"\nmethod = \"{method}\"\ncreate = \"if-missing\""),
+            ),
+            &["feeling", "mood"],
+        ));
+        cases.push(case(
+            format!("enum column, target table to be created, partitioned, method = {method}"),
+            job_text(
+                &pair,
+                "table = \"public.feelings\"",
+                "[partition]\ncolumn = \"id\"\ncount = 3",
+                &format!("mode = \"truncate\"\nmethod = \"{method}\"\ntable = \"public.fresh\""),
+            ),
+            &["feeling", "mood"],
+        ));
+    }
+    assert_refused(
+        &pair,
+        cases,
+        &["run", "check"],
+        &["public.src", "public.narrow"],
+        true,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// `where` and `query` are the user's own SQL: when the source refuses them, that is
+// a mistake in the job file, found before anything is written.
+
+fn user_sql_cases(pair: &Pair) -> Vec<Case> {
+    // Truncate mode into the target's own public.src: a write would empty it.
+    let into_src = "mode = \"truncate\"\ntable = \"public.src\"";
+    let with_where = |condition: &str| format!("table = \"public.src\"\nwhere = \"{condition}\"");
+    let with_query = |query: &str| format!("query = \"{query}\"");
+    let sections = [
+        ("", ""),
+        (
+            ", partitioned, bounds from the source",
+            "[partition]\ncolumn = \"id\"\ncount = 2",
+        ),
+        (
+            ", partitioned, bounds given",
+            "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 200\ncount = 2",
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (how, partition) in sections {
+        let name = |what: &str| format!("{what}{how}");
+        cases.push(case(
+            name("where names a missing column"),
+            job_text(pair, &with_where("nosuch > 1"), partition, into_src),
+            &["source.where", "nosuch"],
+        ));
+        cases.push(case(
+            name("where is not SQL"),
+            job_text(pair, &with_where("id >"), partition, into_src),
+            &["source.where"],
+        ));
+        cases.push(case(
+            name("where is not a condition"),
+            job_text(pair, &with_where("name"), partition, into_src),
+            &["source.where"],
+        ));
+        cases.push(case(
+            name("query on a missing table"),
+            job_text(
+                pair,
+                &with_query("SELECT * FROM public.no_such_table"),
+                partition,
+                into_src,
+            ),
+            &["source.query", "no_such_table"],
+        ));
+        cases.push(case(
+            name("query is not SQL"),
+            job_text(
+                pair,
+                &with_query("SELECT id, FROM public.src"),
+                partition,
+                into_src,
+            ),
+            &["source.query"],
+        ));
+        cases.push(case(
+            name("query with a bad where"),
+            job_text(
+                pair,
+                &format!(
+                    "{}\nwhere = \"nosuch > 1\"",
+                    with_query("SELECT * FROM public.src")
+                ),
+                partition,
+                into_src,
+            ),
+            &["source.where", "nosuch"],
+        ));
+    }
+    cases
+}
+
+/// A `where` or `query` the source refuses: `run`, `plan` and `check` exit 2 naming
+/// the key, and the target keeps its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_where_and_query_exit_2_naming_the_key_and_leave_the_target_untouched() {
+    let pair = setup("bad_user_sql").await;
+    let cases = user_sql_cases(&pair);
+    assert_refused(
+        &pair,
+        cases,
+        &["run", "plan", "check"],
+        &["public.src", "public.narrow"],
+        false,
+    )
+    .await;
+}
+
+/// A trailing `-- comment` ends the user's line, not stride's SQL around it: every
+/// command works and the rows copied are exactly the ones asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailing_line_comment_in_where_or_query_is_harmless() {
+    let pair = Pair::new("sql_comment").await;
+    pair.source
+        .exec(
+            "CREATE TABLE public.events (id integer NOT NULL, name text);
+             INSERT INTO public.events SELECT g, 'event ' || g FROM generate_series(1, 1000) g;",
+        )
+        .await;
+    let by_id = "[partition]\ncolumn = \"id\"\ncount = 3";
+    let by_id_bounded =
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 1000\ncount = 4";
+    let newer = "table = \"public.events\"\nwhere = \"id > 500 -- only new rows\"";
+    let all = "query = \"SELECT * FROM public.events -- everything\"";
+    let newer_rows = "(SELECT * FROM public.events WHERE id > 500)";
+    let cases = [
+        ("where", newer, "", newer_rows, 500),
+        ("where, partitioned", newer, by_id, newer_rows, 500),
+        ("where, partitioned, bounds given", newer, by_id_bounded, newer_rows, 500),
+        ("query", all, "", "public.events", 1000),
+        ("query, partitioned", all, by_id, "public.events", 1000),
+        (
+            "query and where, partitioned",
+            "query = \"SELECT * FROM public.events -- everything\"\nwhere = \"id > 500 -- only new rows\"",
+            by_id,
+            newer_rows,
+            500,
+        ),
+    ];
+    for (name, source_keys, partition, expected, rows) in cases {
+        for method in ["copy", "insert"] {
+            let what = format!("{name}, method = {method}");
+            let job = job_file(&job_text(
+                &pair,
+                source_keys,
+                partition,
+                &format!("table = \"public.events\"\nmode = \"truncate\"\nmethod = \"{method}\""),
+            ));
+            let path = job.path.to_str().unwrap();
+            for command in [
+                &["plan", path][..],
+                &["plan", "--format", "json", path],
+                &["check", path],
+            ] {
+                let out = stride(command, &[]);
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{what}: stride {command:?}\n{}",
+                    text(&out)
+                );
+            }
+            let out = run_job(&job.path);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{what}: stride run\n{}",
+                text(&out)
+            );
+            let copied = pair.target.checksum("public.events").await;
+            assert_eq!(
+                copied,
+                pair.source.checksum(expected).await,
+                "{what}: the rows copied"
+            );
+            assert_eq!(copied.0, rows, "{what}");
+        }
+    }
 }
 
 #[test]

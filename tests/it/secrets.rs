@@ -400,3 +400,109 @@ async fn an_unreachable_server_is_reported_promptly_without_the_password() {
         );
     }
 }
+
+/// A value for a connection parameter stride does not know, as a user might put a
+/// key's passphrase or a token there.
+const PARAM_SECRET: &str = "Pr1vateKeyPassphrase";
+
+/// A URL parameter stride does not recognise (libpq's `sslpassword`, a made-up
+/// `api_token`) is an error, exit 2, naming the URL's key and the parameter, never
+/// its value: not in the error, nor in any log line at any verbosity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_url_parameter_exits_2_naming_the_parameter_never_its_value() {
+    let s = setup("secret_param").await;
+    let table = "table = \"public.items\"";
+    let with_params = |url: &str, params: &str| {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_query(Some(params));
+        url.to_string()
+    };
+    let cases = [
+        (
+            "source",
+            job(
+                &with_params(
+                    &s.source_url,
+                    &format!("sslmode=disable&sslpassword={PARAM_SECRET}"),
+                ),
+                &s.target_url,
+                table,
+            ),
+            &["source.url", "sslpassword"],
+        ),
+        (
+            "target",
+            job(
+                &s.source_url,
+                &with_params(
+                    &s.target_url,
+                    &format!("application_name=stride_it&api_token={PARAM_SECRET}&sslmode=disable"),
+                ),
+                table,
+            ),
+            &["target.url", "api_token"],
+        ),
+        (
+            "source",
+            // Percent-encoded: neither the encoded nor the decoded value may show.
+            job(
+                &with_params(
+                    &s.source_url,
+                    &format!("sslpassword={}%20two%2Fthree", &PARAM_SECRET[..10]),
+                ),
+                &s.target_url,
+                table,
+            ),
+            &["source.url", "sslpassword"],
+        ),
+    ];
+    let verbosity: &[&[&str]] = &[&[], &["-q"], &["-v"], &["-vv"]];
+    for (side, text_of_job, expect) in &cases {
+        let file = job_file(text_of_job);
+        for command in ["run", "plan", "check"] {
+            for flags in verbosity {
+                for trace in [false, true] {
+                    let mut args = vec![command];
+                    args.extend_from_slice(flags);
+                    args.push(file.path.to_str().unwrap());
+                    let envs: &[(&str, &str)] = if trace { &[("RUST_LOG", "trace")] } else { &[] };
+                    let out = stride(&args, envs);
+                    let what = format!(
+                        "unknown parameter in the {side} URL: stride {args:?}{}",
+                        if trace { " with RUST_LOG=trace" } else { "" }
+                    );
+                    // Every case's value starts with these ten characters.
+                    assert_hidden(&out, &PARAM_SECRET[..10], &what);
+                    assert_hidden(&out, &s.secret, &what);
+                    if *side == "target" && command == "plan" {
+                        // `plan` never connects to the target: it may or may not
+                        // look at its URL, but it never prints the value.
+                        assert!(
+                            matches!(out.status.code(), Some(0 | 2)),
+                            "{what}\n{}",
+                            text(&out)
+                        );
+                        continue;
+                    }
+                    assert_eq!(out.status.code(), Some(2), "{what}\n{}", text(&out));
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    for e in expect.iter() {
+                        assert!(
+                            stderr.contains(e),
+                            "{what}: stderr does not name {e:?}\n{}",
+                            text(&out)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Nothing was written: the target has no table.
+    assert_eq!(
+        s.pair
+            .target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'items'")
+            .await,
+        0
+    );
+}

@@ -466,3 +466,266 @@ async fn check_verdict_holds_at_run_for_rounding_casts() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// A target column narrower than the source's values: the server refuses the value,
+// whatever the method; nothing is cut short.
+
+/// Copies `public.words (id, w)` from a `source_type` column into an existing
+/// `target_type` column. Every row holds `short` except id 100, which holds `long`
+/// (too long for the target): the partition holding it fails with the server's
+/// "value too long", exit 1, and none of its rows are in the target.
+async fn too_long_fails_its_partition(
+    label: &str,
+    source_type: &str,
+    target_type: &str,
+    short: &str,
+    long: &str,
+) {
+    let pair = Pair::new(label).await;
+    pair.source
+        .exec(&format!(
+            "CREATE TABLE public.words (id integer NOT NULL, w {source_type});
+             INSERT INTO public.words SELECT g, CASE WHEN g = 100 THEN '{long}' ELSE '{short}' END
+             FROM generate_series(1, 100) g;"
+        ))
+        .await;
+    pair.target
+        .exec(&format!(
+            "CREATE TABLE public.words (id integer NOT NULL, w {target_type})"
+        ))
+        .await;
+    // Partition 0 holds ids 1 to 50, partition 1 ids 51 to 100 (the long value).
+    let sections = [
+        ("one partition", ""),
+        (
+            "two partitions",
+            "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 101\ncount = 2",
+        ),
+    ];
+    for method in ["copy", "insert"] {
+        for (how, partition) in sections {
+            let what = format!("{source_type} into {target_type}, method = {method}, {how}");
+            let job = job_file(&job_text(
+                &pair,
+                "table = \"public.words\"",
+                partition,
+                &format!("method = \"{method}\"\ncreate = \"never\"\nbatch_size = 7"),
+            ));
+            let out = run_job(&job.path);
+            assert_eq!(out.status.code(), Some(1), "{what}\n{}", text(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("value too long"),
+                "{what}: the error does not say why\n{}",
+                text(&out)
+            );
+            assert_eq!(
+                pair.target.count("public.words WHERE id >= 51").await,
+                0,
+                "{what}: rows of the failed partition were written\n{}",
+                text(&out)
+            );
+            // Whatever was committed (partition 0, or nothing) is exactly the source's.
+            let copied = pair.target.checksum("public.words").await;
+            if copied.0 != 0 {
+                assert_eq!(
+                    copied,
+                    pair.source
+                        .checksum("(SELECT * FROM public.words WHERE id < 51)")
+                        .await,
+                    "{what}: the committed rows differ from the source's"
+                );
+            }
+            pair.target.exec("TRUNCATE public.words").await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_for_a_narrower_varchar_fails_its_partition_with_both_methods() {
+    too_long_fails_its_partition(
+        "narrow_varchar",
+        "varchar(10)",
+        "varchar(3)",
+        "abc",
+        "abcdefghij",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_for_a_char_column_fails_its_partition_with_both_methods() {
+    too_long_fails_its_partition("narrow_char", "text", "char(2)", "ab", "abc").await;
+}
+
+// ---------------------------------------------------------------------------------
+// Target columns the copy does not, or cannot, write as plain columns.
+
+const ITEMS: &str = "
+CREATE TABLE public.items (id integer NOT NULL, name text, amount numeric);
+INSERT INTO public.items SELECT g, 'item ' || g, g * 0.25 FROM generate_series(1, 300) g;
+INSERT INTO public.items VALUES (-5, NULL, NULL), (2147483647, 'max', -1);";
+
+const ITEM_ROWS: i64 = 302;
+
+/// Runs `check` (exit 0) and then `run` (exit 0) for `public.items` into the
+/// target's `public.items` with `method`, partitioned by id.
+fn check_and_run(pair: &Pair, method: &str, create: &str) {
+    let job = job_file(&job_text(
+        pair,
+        "table = \"public.items\"",
+        "[partition]\ncolumn = \"id\"\ncount = 3",
+        &format!("method = \"{method}\"\nbatch_size = 50\ncreate = \"{create}\""),
+    ));
+    let path = job.path.to_str().unwrap();
+    let out = stride(&["check", path], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{method}: check\n{}",
+        text(&out)
+    );
+    let out = stride(&["run", path], &[]);
+    assert_eq!(out.status.code(), Some(0), "{method}: run\n{}", text(&out));
+}
+
+/// An identity column that receives the source's values: they are written as they
+/// are (COPY does so for identity columns; INSERT needs OVERRIDING SYSTEM VALUE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_column_receives_the_source_values_with_both_methods() {
+    let pair = Pair::new("identity").await;
+    pair.source.exec(ITEMS).await;
+    for identity in [
+        "GENERATED ALWAYS AS IDENTITY",
+        "GENERATED BY DEFAULT AS IDENTITY",
+    ] {
+        pair.target
+            .exec(&format!(
+                "DROP TABLE IF EXISTS public.items;
+                 CREATE TABLE public.items (id integer {identity}, name text, amount numeric);"
+            ))
+            .await;
+        for method in ["copy", "insert"] {
+            check_and_run(&pair, method, "never");
+            assert_eq!(
+                pair.source.checksum("public.items").await,
+                pair.target.checksum("public.items").await,
+                "{identity}, method = {method}: the target's rows are not the source's"
+            );
+            pair.target.exec("TRUNCATE public.items").await;
+        }
+    }
+}
+
+/// Target columns the source does not have: nullable ones get NULL, ones with a
+/// default get the default, even when NOT NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_target_columns_get_null_or_their_default() {
+    let pair = Pair::new("extra_cols").await;
+    pair.source.exec(ITEMS).await;
+    pair.target
+        .exec(
+            "CREATE TABLE public.items (
+                 note text, id integer NOT NULL, name text,
+                 created text NOT NULL DEFAULT 'by default', amount numeric, score integer DEFAULT 7)",
+        )
+        .await;
+    for method in ["copy", "insert"] {
+        check_and_run(&pair, method, "never");
+        assert_eq!(
+            pair.target
+                .checksum("(SELECT id, name, amount FROM public.items)")
+                .await,
+            pair.source.checksum("public.items").await,
+            "method = {method}: the copied columns differ"
+        );
+        assert_eq!(
+            pair.target
+                .count("public.items WHERE note IS NULL AND created = 'by default' AND score = 7")
+                .await,
+            ITEM_ROWS,
+            "method = {method}: the extra columns do not hold NULL and their defaults"
+        );
+        pair.target.exec("TRUNCATE public.items").await;
+    }
+}
+
+/// Target columns the source does not have and that compute their own values (a
+/// stored generated column, an identity column): the copy leaves them to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_generated_and_identity_target_columns_compute_their_values() {
+    let pair = Pair::new("extra_gen").await;
+    pair.source.exec(ITEMS).await;
+    pair.target
+        .exec(
+            "CREATE TABLE public.items (
+                 serial_no bigint GENERATED ALWAYS AS IDENTITY, id integer NOT NULL, name text,
+                 doubled bigint GENERATED ALWAYS AS (id::int8 * 2) STORED, amount numeric)",
+        )
+        .await;
+    for method in ["copy", "insert"] {
+        check_and_run(&pair, method, "never");
+        assert_eq!(
+            pair.target
+                .checksum("(SELECT id, name, amount FROM public.items)")
+                .await,
+            pair.source.checksum("public.items").await,
+            "method = {method}: the copied columns differ"
+        );
+        assert_eq!(
+            pair.target
+                .scalar_i64("SELECT count(DISTINCT serial_no) FROM public.items WHERE doubled = id::int8 * 2")
+                .await,
+            ITEM_ROWS,
+            "method = {method}: the generated and identity columns do not hold their own values"
+        );
+        pair.target.exec("TRUNCATE public.items").await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A user-defined type that exists on both sides.
+
+const MOOD: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');";
+
+/// The enum exists in the target too: a missing target table is created with it,
+/// and an existing one takes it, with both methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enum_column_copies_when_the_target_has_the_type() {
+    let pair = Pair::new("enum_both").await;
+    pair.source
+        .exec(&format!(
+            "{MOOD}
+             CREATE TABLE public.items (id integer NOT NULL, feeling mood, history mood[]);
+             INSERT INTO public.items
+             SELECT g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood,
+                    ARRAY[(ARRAY['sad', 'ok', 'happy'])[g % 3 + 1], NULL, 'happy']::mood[]
+             FROM generate_series(1, 300) g;
+             INSERT INTO public.items VALUES (-1, NULL, NULL), (-2, 'ok', '{{}}');"
+        ))
+        .await;
+    pair.target.exec(MOOD).await;
+    for method in ["copy", "insert"] {
+        for create in ["if-missing", "never"] {
+            if create == "never" {
+                // The table the previous run created, emptied.
+                pair.target.exec("TRUNCATE public.items").await;
+            }
+            check_and_run(&pair, method, create);
+            assert_eq!(
+                pair.target
+                    .scalar_string("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.items'::regclass AND attname = 'history'")
+                    .await,
+                "mood[]",
+                "method = {method}, create = {create}"
+            );
+            assert_eq!(
+                pair.assert_same("public.items", "public.items").await,
+                302,
+                "method = {method}, create = {create}"
+            );
+        }
+        pair.target.exec("DROP TABLE public.items").await;
+    }
+}
