@@ -57,7 +57,7 @@ pub enum Command {
     ///
     /// Validates the job, introspects both sides, plans the partitions and checks
     /// that the target can take every column before anything is written.
-    Run(JobArgs),
+    Run(RunArgs),
     /// Print each partition's exact source SQL and estimated rows; writes nothing.
     Plan(PlanArgs),
     /// Validate the job, connect to both sides and report whether the target's
@@ -69,6 +69,18 @@ pub enum Command {
 pub struct JobArgs {
     /// The job file (TOML).
     pub job: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+
+    /// Forget this job's checkpoints and copy everything again (in truncate mode,
+    /// the target is emptied again). Without it, a re-run resumes: partitions
+    /// committed by an earlier run of the same job are skipped.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,8 +12,9 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::checkpoint;
 use crate::cli::{Cli, Command, Format};
-use crate::copy::{run_partitions, CopySpec, Status};
+use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status};
 use crate::error::{exit, JobError};
 use crate::job::{Create, Job, Method, Mode, Relation};
 use crate::pg::{self, Column, Server, Side, Transfer};
@@ -25,7 +26,7 @@ use crate::report::{self, ColumnFit, Summary};
 /// and returns 1).
 pub async fn execute(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Run(args) => run(&args.job, cli.quiet).await,
+        Command::Run(args) => run(&args.job, args.restart, cli.quiet).await,
         Command::Plan(args) => plan_command(&args.job, args.format).await,
         Command::Check(args) => check(&args.job).await,
     }
@@ -299,7 +300,7 @@ fn connection_budget(
     Ok(wanted)
 }
 
-async fn run(path: &Path, quiet: bool) -> Result<u8> {
+async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     let started = Instant::now();
     let job = load_job(path)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
@@ -341,12 +342,76 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
     debug!(snapshot, "exported the source's snapshot");
-    let plan = plan_partitions(&mut coordinator, &job, &side).await?;
     let whole = plan::build(&job, &side.columns, None, None);
     let estimate = pg::estimate_rows(&mut coordinator, &whole.partitions[0].select).await?;
 
-    // First write: create the target, then empty it in truncate mode.
+    // First writes: the checkpoint table, then what an earlier run left there.
     let table = &job.target.table;
+    let fingerprint = checkpoint::fingerprint(&job);
+    let mut earlier = None;
+    if let Some(cp) = &job.checkpoint_table {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
+            .await
+            .with_context(|| format!("creating checkpoint table {cp}"))?;
+        if restart {
+            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
+                .await
+                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
+        }
+        earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
+        if let Some(run) = earlier.as_ref().filter(|r| r.finished) {
+            if job.target.mode == Mode::Append {
+                let rows: u64 = run.done.iter().map(|d| d.1).sum();
+                println!(
+                    "nothing to do: this job already finished at {} ({} partitions, {} rows into {table}); run with --restart to copy it again",
+                    run.recorded_at,
+                    run.done.len(),
+                    report::group(rows)
+                );
+                return Ok(exit::OK);
+            }
+            // Truncate mode copies afresh each time: the finished run is forgotten.
+            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
+                .await
+                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
+            earlier = None;
+        }
+    }
+    // A resumed run plans with the bounds the earlier run recorded, so its
+    // partitions are exactly the earlier ones.
+    let plan = match &earlier {
+        Some(run) => plan::build(
+            &job,
+            &side.columns,
+            side.key.clone(),
+            run.bounds.map(|(lower, upper)| Bounds {
+                lower,
+                upper,
+                origin: BoundsOrigin::EarlierRun,
+            }),
+        ),
+        None => plan_partitions(&mut coordinator, &job, &side).await?,
+    };
+    if let Some(run) = &earlier {
+        if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
+            return Err(JobError::new(format!(
+                "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
+                run.partitions,
+                plan.partitions.len()
+            ))
+            .into());
+        }
+        info!(
+            done = run.done.len(),
+            partitions = plan.partitions.len(),
+            "resuming an earlier run of this job"
+        );
+    }
+
     if !fit.exists {
         sqlx::raw_sql(&plan::create_table_sql(table, &side.columns))
             .execute(&target)
@@ -354,12 +419,30 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
             .with_context(|| format!("creating target table {table}"))?;
         info!("created target table {table}");
     }
-    if job.target.mode == Mode::Truncate {
-        sqlx::raw_sql(&format!("TRUNCATE TABLE {table}"))
+    // A new run empties the target (truncate mode) and records itself in one
+    // transaction: a resumed run finds the record and never empties it again.
+    if earlier.is_none() {
+        let mut statements = vec!["BEGIN".to_string()];
+        if job.target.mode == Mode::Truncate {
+            statements.push(format!("TRUNCATE TABLE {table}"));
+        }
+        if let Some(cp) = &job.checkpoint_table {
+            statements.push(checkpoint::record_run_sql(
+                cp,
+                &fingerprint,
+                table,
+                plan.bounds.as_ref(),
+                plan.partitions.len(),
+            ));
+        }
+        statements.push("COMMIT".to_string());
+        sqlx::raw_sql(&statements.join(";\n"))
             .execute(&target)
             .await
-            .with_context(|| format!("truncating target table {table}"))?;
-        info!("truncated target table {table}");
+            .with_context(|| format!("starting the run on target table {table}"))?;
+        if job.target.mode == Mode::Truncate {
+            info!("truncated target table {table}");
+        }
     }
 
     let transfers: Vec<Transfer> = fit
@@ -385,8 +468,15 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         .cloned()
         .zip(fit.types.iter().cloned())
         .collect();
+    let done: Vec<(usize, u64, u64)> = earlier.map(|r| r.done).unwrap_or_default();
+    let (skipped, to_run): (Vec<_>, Vec<_>) = plan
+        .partitions
+        .iter()
+        .cloned()
+        .partition(|p| done.iter().any(|d| d.0 == p.index));
     info!(
         partitions = plan.partitions.len(),
+        skipped = skipped.len(),
         parallelism,
         estimated_rows = estimate,
         "copying {} -> {table} with {method}",
@@ -404,14 +494,16 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         batch_size: job.target.batch_size as usize,
         progress: report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet),
         cancel: CancellationToken::new(),
+        retries: job.retries,
+        checkpoint: job.checkpoint_table.clone().map(|table| Checkpoint {
+            table,
+            fingerprint: fingerprint.clone(),
+            target_table: job.target.table.clone(),
+        }),
     });
     let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
-    let (partitions, interrupted) = run_partitions(
-        Arc::clone(&spec),
-        plan.partitions.clone(),
-        parallelism.min(plan.partitions.len()),
-    )
-    .await;
+    let concurrency = parallelism.min(to_run.len()).max(1);
+    let (ran, interrupted) = run_partitions(Arc::clone(&spec), to_run, concurrency).await;
     signals.abort();
     spec.progress.finish_and_clear();
     // The snapshot is no longer needed once every partition has ended.
@@ -421,6 +513,27 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         .ok();
     drop(coordinator);
 
+    let mut partitions: Vec<PartitionReport> = skipped
+        .iter()
+        .map(|p| {
+            let (_, rows, bytes) = done
+                .iter()
+                .find(|d| d.0 == p.index)
+                .copied()
+                .unwrap_or_default();
+            PartitionReport {
+                index: p.index,
+                range: p.describe.clone(),
+                status: Status::Skipped,
+                rows,
+                bytes,
+                elapsed: std::time::Duration::ZERO,
+                retries: 0,
+            }
+        })
+        .chain(ran)
+        .collect();
+    partitions.sort_by_key(|p| p.index);
     let summary = Summary {
         source: source_name(&job),
         target: table.to_string(),
@@ -429,9 +542,26 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),
     };
+    if summary.succeeded() {
+        if let Some(cp) = &job.checkpoint_table {
+            sqlx::raw_sql(&checkpoint::finish_run_sql(cp, &fingerprint))
+                .execute(&target)
+                .await
+                .with_context(|| format!("recording the finished run in {cp}"))?;
+        }
+    }
     print!("{}", summary.render());
+    let resume = job
+        .checkpoint_table
+        .as_ref()
+        .map(|_| format!("resume with: {}", resume_command()));
     if interrupted.is_some() {
-        eprintln!("interrupted: the partitions in flight were rolled back; the summary lists those committed");
+        eprintln!(
+            "interrupted: the partitions in flight were rolled back; the summary lists those committed"
+        );
+        if let Some(resume) = &resume {
+            eprintln!("{resume}");
+        }
         return Ok(exit::INTERRUPTED);
     }
     if let Some(failed) = summary
@@ -442,9 +572,27 @@ async fn run(path: &Path, quiet: bool) -> Result<u8> {
         if let Status::Failed(error) = &failed.status {
             eprintln!("error: {error}");
         }
+        if let Some(resume) = &resume {
+            eprintln!("{resume}");
+        }
         return Ok(exit::FAILED);
     }
     Ok(exit::OK)
+}
+
+/// The command line that resumes this run: the same one, without `--restart`.
+fn resume_command() -> String {
+    std::env::args()
+        .filter(|a| a != "--restart")
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,

@@ -6,8 +6,12 @@
 //! snapshot, and writes in its own target transaction, committed only when every row
 //! of the partition is in. A failure rolls that transaction back (the connection is
 //! closed, never handed back to the pool: after a broken COPY sqlx can be out of step
-//! with the server), no new partition starts, and the ones in flight finish.
+//! with the server). A transient failure is retried; a permanent one stops new
+//! partitions from starting while the ones in flight finish.
 
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +25,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::checkpoint;
 use crate::error::Interrupted;
 use crate::job::Method;
 use crate::pg;
 use crate::plan::{copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition};
+use crate::sql::QualifiedName;
 
 /// Source chunks are gathered to about this size before each send: sqlx flushes the
 /// socket on every `send`, and one send per row is about half as fast.
@@ -49,6 +55,17 @@ pub struct CopySpec {
     pub progress: ProgressBar,
     /// Set on Ctrl-C or SIGTERM: no new partition starts, those in flight roll back.
     pub cancel: CancellationToken,
+    /// Attempts after a partition's first, on transient failures.
+    pub retries: u32,
+    /// Where committed partitions are recorded; `None` without checkpoints.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The run's record in the checkpoint table.
+pub struct Checkpoint {
+    pub table: QualifiedName,
+    pub fingerprint: String,
+    pub target_table: QualifiedName,
 }
 
 /// What became of one partition.
@@ -63,6 +80,8 @@ pub enum Status {
     RolledBack,
     /// Never started (an earlier failure or an interruption stopped the run).
     NotStarted,
+    /// Committed by an earlier run of the same job (a resume skips it).
+    Skipped,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -74,6 +93,8 @@ pub struct PartitionReport {
     pub bytes: u64,
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+    /// Attempts after the first, each after a transient failure.
+    pub retries: u32,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -87,8 +108,13 @@ struct Counts {
     bytes: u64,
 }
 
-/// Runs every partition, at most `parallelism` at once. Returns one report per
-/// partition, in partition order, and whether `cancel` stopped the run.
+/// Runs the given partitions, at most `parallelism` at once. Returns one report
+/// per partition, in the order given, and whether `cancel` stopped the run.
+///
+/// A partition that fails transiently (see `error::is_transient`) is tried again
+/// after a backoff, up to `spec.retries` times: its target transaction was rolled
+/// back, so a retry never writes a row twice. A permanent failure stops the
+/// scheduling of new partitions; those in flight finish.
 ///
 /// Cancelling stops the scheduling of new partitions and makes those in flight
 /// roll back, except one whose target COMMIT was already sent: that one is awaited
@@ -108,22 +134,32 @@ pub async fn run_partitions(
             rows: 0,
             bytes: 0,
             elapsed: Duration::ZERO,
+            retries: 0,
         })
         .collect();
-    let mut queue = partitions.into_iter();
-    let mut running: JoinSet<(usize, Duration, Result<Counts>)> = JoinSet::new();
+    let mut queue: VecDeque<(PlannedPartition, u32)> =
+        partitions.into_iter().map(|p| (p, 0)).collect();
+    let mut running: JoinSet<(PlannedPartition, u32, Duration, Result<Counts>)> = JoinSet::new();
     let mut failed = false;
 
     loop {
         while !failed && !spec.cancel.is_cancelled() && running.len() < parallelism {
-            let Some(partition) = queue.next() else { break };
+            let Some((partition, attempt)) = queue.pop_front() else {
+                break;
+            };
             let spec = Arc::clone(&spec);
             let span = tracing::info_span!("partition", partition = partition.index, range = %partition.describe);
             running.spawn(
                 async move {
                     let started = Instant::now();
-                    let result = copy_partition(&spec, &partition).await;
-                    (partition.index, started.elapsed(), result)
+                    let result = match attempt {
+                        0 => copy_partition(&spec, &partition).await,
+                        _ => tokio::select! {
+                            () = spec.cancel.cancelled() => Err(Interrupted.into()),
+                            () = tokio::time::sleep(backoff(attempt)) => copy_partition(&spec, &partition).await,
+                        },
+                    };
+                    (partition, attempt, started.elapsed(), result)
                 }
                 .instrument(span),
             );
@@ -131,12 +167,16 @@ pub async fn run_partitions(
         let Some(joined) = running.join_next().await else {
             break;
         };
-        let (index, elapsed, result) = match joined {
+        let (partition, attempt, elapsed, result) = match joined {
             Ok(done) => done,
             Err(e) => panic!("a partition task panicked: {e}"),
         };
-        let report = &mut reports[index];
-        report.elapsed = elapsed;
+        let index = partition.index;
+        let report = reports
+            .iter_mut()
+            .find(|r| r.index == index)
+            .expect("every running partition has a report");
+        report.elapsed += elapsed;
         match result {
             Ok(counts) => {
                 info!(
@@ -154,6 +194,18 @@ pub async fn run_partitions(
                 info!(partition = index, "partition rolled back: interrupted");
                 report.status = Status::RolledBack;
             }
+            Err(e) if attempt < spec.retries && crate::error::is_transient(&e) => {
+                let error = crate::error::chain(&e);
+                warn!(
+                    partition = index,
+                    "partition failed, retry {} of {} follows: {error}",
+                    attempt + 1,
+                    spec.retries
+                );
+                report.status = Status::Failed(error);
+                report.retries += 1;
+                queue.push_front((partition, attempt + 1));
+            }
             Err(e) => {
                 let error = crate::error::chain(&e);
                 warn!(partition = index, "partition failed: {error}");
@@ -165,6 +217,14 @@ pub async fn run_partitions(
     let stopped_short = reports.iter().any(|r| r.status != Status::Written);
     let interrupted = (spec.cancel.is_cancelled() && stopped_short).then_some(Interrupted);
     (reports, interrupted)
+}
+
+/// Wait before attempt `attempt` (1, 2, ...): 0.5 s doubling up to 8 s, with up to
+/// 50% jitter so partitions that failed together do not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 500u64 << attempt.saturating_sub(1).min(4);
+    let jitter_ms = RandomState::new().build_hasher().finish() % (base_ms / 2 + 1);
+    Duration::from_millis(base_ms + jitter_ms)
 }
 
 /// Copies one partition in its own target transaction. On failure both
@@ -209,6 +269,20 @@ async fn copy_partition_on(
             Method::Copy => pass_through(spec, partition, source, target).await?,
             Method::Insert => insert_rows(spec, partition, source, target).await?,
         };
+        if let Some(cp) = &spec.checkpoint {
+            let record = checkpoint::record_partition_sql(
+                &cp.table,
+                &cp.fingerprint,
+                &cp.target_table,
+                partition.index,
+                &partition.describe,
+                counts.rows,
+                counts.bytes,
+            );
+            pg::execute(target, &record)
+                .await
+                .context("recording the partition in the checkpoint table")?;
+        }
         // The source transaction only read; ending it before the target commits
         // means no error can come after the partition's rows are committed.
         pg::execute(source, "COMMIT")

@@ -55,6 +55,39 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     exit::FAILED
 }
 
+/// SQLSTATEs worth another attempt: the connection broke or the server is going
+/// away (class 08, 57P01 terminated by an administrator, 57P02 crash, 57P03
+/// starting up), serialization failure and deadlock (40001, 40P01, also how a
+/// standby cancels a query in conflict with recovery), too many connections
+/// (53300), and 55P03 lock not available.
+pub fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03"
+        )
+}
+
+/// Whether an error is worth retrying: a connection that broke or could not be
+/// opened, or a transient SQLSTATE. Everything else (type errors, constraint
+/// violations, permission denied, bad SQL) fails at once.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            return match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
+                _ => false,
+            };
+        }
+        cause.is::<std::io::Error>()
+    })
+}
+
 /// The error chain as `a: b: c`, like anyhow's `{:#}`, without the repeats sqlx
 /// adds (its database error prints its cause's message, then the cause itself).
 pub fn chain(err: &anyhow::Error) -> String {
@@ -72,6 +105,25 @@ pub fn chain(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_errors() {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "40001", "40P01", "53300",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "23514", "42501", "22P02", "42P01", "57014"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        let reset = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_transient(
+            &anyhow::Error::new(reset).context("partition 3")
+        ));
+        let decode = sqlx::Error::ColumnNotFound("x".into());
+        assert!(!is_transient(&anyhow::Error::new(decode)));
+        assert!(!is_transient(&anyhow::Error::new(JobError::new("x"))));
+    }
 
     #[test]
     fn chain_drops_repeated_causes() {

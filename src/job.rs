@@ -182,6 +182,9 @@ struct RawTarget {
 #[serde(deny_unknown_fields)]
 struct RawRun {
     parallelism: Option<i64>,
+    checkpoint: Option<bool>,
+    checkpoint_table: Option<String>,
+    retries: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -263,9 +266,19 @@ pub struct Job {
     pub target: Target,
     /// Connections at once per side; `None` means one per partition.
     pub parallelism: Option<u32>,
+    /// Where done partitions are recorded on the target; `None`: no checkpoints
+    /// (`checkpoint = false`), so no resume either.
+    pub checkpoint_table: Option<QualifiedName>,
+    /// Further attempts of a partition (or a connection) after a transient failure.
+    pub retries: u32,
 }
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
+pub const DEFAULT_RETRIES: u32 = 3;
+pub const MAX_RETRIES: i64 = 100;
+/// The checkpoint table's name when the job does not set one; it lives in the
+/// target table's schema.
+pub const DEFAULT_CHECKPOINT_TABLE: &str = "stride_checkpoints";
 /// More partitions than this is a typo, not a plan.
 pub const MAX_PARTITIONS: i64 = 100_000;
 /// Rows per INSERT; beyond this a statement's arrays grow past what is sensible to buffer.
@@ -294,11 +307,38 @@ impl Job {
                 )))
             }
         };
+        let retries = match raw.run.retries {
+            None => DEFAULT_RETRIES,
+            Some(r) if (0..=MAX_RETRIES).contains(&r) => to_u32(r),
+            Some(r) => {
+                return Err(JobError::new(format!(
+                    "run.retries: {r} is out of range (expected a whole number from 0 to {MAX_RETRIES})"
+                )))
+            }
+        };
+        let checkpoint_table = match (raw.run.checkpoint, raw.run.checkpoint_table) {
+            (Some(false), Some(_)) => {
+                return Err(JobError::new(
+                    "run.checkpoint_table: set while run.checkpoint = false (expected one or the other)",
+                ))
+            }
+            (Some(false), None) => None,
+            (_, Some(name)) => Some(
+                QualifiedName::parse(&name)
+                    .map_err(|e| JobError::new(format!("run.checkpoint_table: {e}")))?,
+            ),
+            (_, None) => Some(QualifiedName {
+                schema: target.table.schema.clone(),
+                name: DEFAULT_CHECKPOINT_TABLE.to_string(),
+            }),
+        };
         Ok(Job {
             source,
             partition,
             target,
             parallelism,
+            checkpoint_table,
+            retries,
         })
     }
 }
@@ -570,6 +610,11 @@ url = "postgres://u@h/dst"
         assert_eq!(job.target.batch_size, DEFAULT_BATCH_SIZE);
         assert!(job.partition.is_none());
         assert!(job.parallelism.is_none());
+        assert_eq!(job.retries, DEFAULT_RETRIES);
+        assert_eq!(
+            job.checkpoint_table.unwrap().to_string(),
+            "\"public\".\"stride_checkpoints\""
+        );
     }
 
     #[test]
@@ -680,6 +725,18 @@ parallelism = 2
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nparallelism=0\n",
                 "run.parallelism: 0 is out of range",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nretries=-1\n",
+                "run.retries: -1 is out of range",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\ncheckpoint=false\ncheckpoint_table='x'\n",
+                "run.checkpoint_table: set while run.checkpoint = false",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\ncheckpoint='yes'\n",
+                "run.checkpoint: invalid type",
             ),
             (
                 "[source]\nurl='mysql://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",

@@ -18,6 +18,7 @@
 //! - [`commands`]: the one place that knows the order of a command's steps.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod copy;

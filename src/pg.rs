@@ -385,3 +385,58 @@ async fn free_connection_slots(conn: &mut PgConnection) -> Result<(i64, String)>
     .await?;
     Ok((i64::from(free), database))
 }
+
+/// A run recorded in the checkpoint table.
+#[derive(Clone, Debug)]
+pub struct RecordedRun {
+    /// The bounds the run planned with (`None`: one partition, or an empty source).
+    pub bounds: Option<(i64, i64)>,
+    pub partitions: i64,
+    pub finished: bool,
+    pub recorded_at: String,
+    /// Committed partitions: index, rows, bytes.
+    pub done: Vec<(usize, u64, u64)>,
+}
+
+/// The run `fingerprint` as the checkpoint table records it, if it does.
+pub async fn read_checkpoints(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    fingerprint: &str,
+) -> Result<Option<RecordedRun>> {
+    let rows = sqlx::query(&format!(
+        "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
+                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text \
+         FROM {table} WHERE fingerprint = $1 ORDER BY partition"
+    ))
+    .bind(fingerprint)
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading checkpoints from {table}"))?;
+    let mut run: Option<RecordedRun> = None;
+    let mut done = Vec::new();
+    for row in rows {
+        let partition: i64 = row.get(0);
+        if partition == crate::checkpoint::RUN_ROW {
+            let lower: Option<i64> = row.get(1);
+            let upper: Option<i64> = row.get(2);
+            run = Some(RecordedRun {
+                bounds: lower.zip(upper),
+                partitions: row.get(3),
+                finished: row.get(6),
+                recorded_at: row.get(7),
+                done: Vec::new(),
+            });
+        } else {
+            let rows: i64 = row.get(4);
+            let bytes: i64 = row.get(5);
+            done.push((
+                usize::try_from(partition)
+                    .context("a negative partition in the checkpoint table")?,
+                u64::try_from(rows).unwrap_or(0),
+                u64::try_from(bytes).unwrap_or(0),
+            ));
+        }
+    }
+    Ok(run.map(|r| RecordedRun { done, ..r }))
+}

@@ -25,6 +25,8 @@ pub enum BoundsOrigin {
     Job,
     /// `min()` / `max()` of the column in the source.
     Source,
+    /// Recorded by an earlier, unfinished run of the same job (a resume).
+    EarlierRun,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

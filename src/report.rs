@@ -59,8 +59,9 @@ impl Summary {
         self.partitions.iter().map(|p| p.bytes).sum()
     }
 
-    pub fn written(&self) -> Vec<usize> {
-        self.with_status(|s| *s == Status::Written)
+    /// Partitions committed on the target, by this run or an earlier one.
+    pub fn committed(&self) -> Vec<usize> {
+        self.with_status(|s| matches!(s, Status::Written | Status::Skipped))
     }
 
     fn with_status(&self, keep: impl Fn(&Status) -> bool) -> Vec<usize> {
@@ -72,7 +73,9 @@ impl Summary {
     }
 
     pub fn succeeded(&self) -> bool {
-        self.partitions.iter().all(|p| p.status == Status::Written)
+        self.partitions
+            .iter()
+            .all(|p| matches!(p.status, Status::Written | Status::Skipped))
     }
 
     /// The summary for people.
@@ -91,11 +94,21 @@ impl Summary {
             "{verdict}: {} -> {} ({})",
             self.source, self.target, self.method
         );
+        let written = self.with_status(|s| *s == Status::Written).len();
+        let skipped = self.with_status(|s| *s == Status::Skipped).len();
+        let retries: u32 = self.partitions.iter().map(|p| p.retries).sum();
+        let mut counts = format!("partitions {written} written of {}", self.partitions.len());
+        if skipped > 0 {
+            counts.push_str(&format!(
+                " ({skipped} skipped: committed by an earlier run)"
+            ));
+        }
+        if retries > 0 {
+            counts.push_str(&format!("   retries {retries}"));
+        }
         let _ = writeln!(
             out,
-            "partitions {} written of {}   rows {}   bytes {}   elapsed {}   {} rows/s",
-            self.written().len(),
-            self.partitions.len(),
+            "{counts}   rows {}   bytes {}   elapsed {}   {} rows/s",
             group(rows),
             human_bytes(bytes),
             human_duration(self.elapsed),
@@ -114,12 +127,18 @@ impl Summary {
             "partition", "range", "rows", "time"
         );
         for p in &self.partitions {
-            let status = match &p.status {
+            let mut status = match &p.status {
                 Status::Written => "written",
                 Status::Failed(_) => "FAILED",
                 Status::RolledBack => "rolled back",
                 Status::NotStarted => "not started",
-            };
+                Status::Skipped => "skipped (done earlier)",
+            }
+            .to_string();
+            if p.retries > 0 {
+                let plural = if p.retries == 1 { "retry" } else { "retries" };
+                status.push_str(&format!(" after {} {plural}", p.retries));
+            }
             let _ = writeln!(
                 out,
                 "{:>9}  {:<width$}  {:>12}  {:>9}  {status}",
@@ -135,14 +154,14 @@ impl Summary {
             }
         }
         if !self.succeeded() {
-            let written = self.written();
+            let committed = self.committed();
             let _ = writeln!(
                 out,
                 "written and committed: {}; everything else was rolled back or not started",
-                if written.is_empty() {
+                if committed.is_empty() {
                     "none".to_string()
                 } else {
-                    list(&written)
+                    list(&committed)
                 }
             );
         }
@@ -216,6 +235,7 @@ pub fn render_plan(
                 match bounds.origin {
                     crate::plan::BoundsOrigin::Job => "job",
                     crate::plan::BoundsOrigin::Source => "source's min and max",
+                    crate::plan::BoundsOrigin::EarlierRun => "earlier run being resumed",
                 },
                 plan.partitions.len(),
                 if plan.partitions.len() < plan.requested_partitions as usize {

@@ -92,7 +92,18 @@ async fn truncate_empties_once_and_append_adds() {
     ));
     assert_exit(&run_job(&append.path), 0);
     assert_eq!(pair.target.count("public.events").await, 5007);
-    assert_exit(&run_job(&append.path), 0);
+    // A finished append job is not appended again by accident...
+    let again = run_job(&append.path);
+    assert_exit(&again, 0);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do: this job already finished"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(pair.target.count("public.events").await, 5007);
+    // ...only on purpose.
+    let restart = stride(&["run", "--restart", append.path.to_str().unwrap()], &[]);
+    assert_exit(&restart, 0);
     assert_eq!(pair.target.count("public.events").await, 5006 * 2 + 1);
 
     let truncate = job_file(&job_text(

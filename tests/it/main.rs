@@ -6,6 +6,7 @@ mod common;
 mod configs;
 mod copy;
 mod covid;
+mod props;
 mod secrets;
 mod slots;
 mod types;

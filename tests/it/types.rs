@@ -586,7 +586,7 @@ fn check_and_run(pair: &Pair, method: &str, create: &str) {
         "{method}: check\n{}",
         text(&out)
     );
-    let out = stride(&["run", path], &[]);
+    let out = stride(&["run", "--restart", path], &[]);
     assert_eq!(out.status.code(), Some(0), "{method}: run\n{}", text(&out));
 }
 

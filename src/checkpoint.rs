@@ -1,0 +1,197 @@
+//! Checkpoints: what identifies a run (its fingerprint) and the statements that
+//! record it on the target. Pure: the copy and the commands module send them.
+//!
+//! The checkpoint table holds one row per run (`partition = -1`: the bounds it
+//! planned with, whether it has finished) and one row per committed partition,
+//! written in that partition's own target transaction, so a partition's rows and
+//! its record commit together or not at all. A re-run of the same job skips the
+//! partitions recorded; in truncate mode the run row is written in the same
+//! transaction as the TRUNCATE, so a resumed run never empties the target again.
+
+use crate::job::{DbUrl, Job, Relation};
+use crate::plan::Bounds;
+use crate::sql::{quote_literal, QualifiedName};
+
+/// The run row's `partition` value.
+pub const RUN_ROW: i64 = -1;
+
+/// A stable 64-bit FNV-1a hash of what decides a run's data, as 16 hex digits:
+/// the source (server and database, not the user or password), the table or
+/// query, columns, `where`, the partition column, bounds as written and count, and
+/// the target table. Changing any of them starts a different run.
+pub fn fingerprint(job: &Job) -> String {
+    let mut text = String::new();
+    text.push_str(&format!(
+        "source={}\n",
+        server_and_database(&job.source.url)
+    ));
+    match &job.source.relation {
+        Relation::Table(name) => text.push_str(&format!("table={name}\n")),
+        Relation::Query(query) => text.push_str(&format!("query={query}\n")),
+    }
+    text.push_str(&format!("columns={:?}\n", job.source.columns));
+    text.push_str(&format!("where={:?}\n", job.source.where_clause));
+    match &job.partition {
+        Some(p) => text.push_str(&format!(
+            "partition={:?} {:?} {}\n",
+            p.column, p.bounds, p.count
+        )),
+        None => text.push_str("partition=none\n"),
+    }
+    text.push_str(&format!("target={}\n", job.target.table));
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// `host:port/database` of a URL, without user or password.
+fn server_and_database(url: &DbUrl) -> String {
+    match url::Url::parse(url.expose()) {
+        Ok(u) => format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or(""),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+pub fn create_table_sql(table: &QualifiedName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+    fingerprint text NOT NULL,
+    partition integer NOT NULL,
+    target_table text NOT NULL,
+    range text NOT NULL,
+    lower_bound bigint,
+    upper_bound bigint,
+    partitions integer,
+    rows bigint,
+    bytes bigint,
+    finished boolean NOT NULL DEFAULT false,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (fingerprint, partition)
+)"
+    )
+}
+
+/// The run row: the bounds the run planned with, so a resumed run plans the same
+/// partitions even when its bounds come from the source's min and max.
+pub fn record_run_sql(
+    table: &QualifiedName,
+    fingerprint: &str,
+    target_table: &QualifiedName,
+    bounds: Option<&Bounds>,
+    partitions: usize,
+) -> String {
+    let (lower, upper) = match bounds {
+        Some(b) => (b.lower.to_string(), b.upper.to_string()),
+        None => ("NULL".to_string(), "NULL".to_string()),
+    };
+    format!(
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions})",
+        quote_literal(fingerprint),
+        quote_literal(&target_table.to_string()),
+    )
+}
+
+/// One committed partition, written in its own target transaction.
+pub fn record_partition_sql(
+    table: &QualifiedName,
+    fingerprint: &str,
+    target_table: &QualifiedName,
+    index: usize,
+    range: &str,
+    rows: u64,
+    bytes: u64,
+) -> String {
+    format!(
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, rows, bytes, finished) \
+         VALUES ({}, {index}, {}, {}, {rows}, {bytes}, true)",
+        quote_literal(fingerprint),
+        quote_literal(&target_table.to_string()),
+        quote_literal(range),
+    )
+}
+
+pub fn finish_run_sql(table: &QualifiedName, fingerprint: &str) -> String {
+    format!(
+        "UPDATE {table} SET finished = true, recorded_at = now() WHERE fingerprint = {} AND partition = {RUN_ROW}",
+        quote_literal(fingerprint)
+    )
+}
+
+pub fn forget_run_sql(table: &QualifiedName, fingerprint: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE fingerprint = {}",
+        quote_literal(fingerprint)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(extra: &str) -> Job {
+        let text = format!(
+            "[source]\nurl='postgres://u:pw@h:5433/src'\ntable='public.t'\n{extra}\n[target]\nurl='postgres://h/t'\n"
+        );
+        Job::parse(&text, |_| None).unwrap()
+    }
+
+    #[test]
+    fn fingerprint_follows_what_decides_the_data() {
+        let base = fingerprint(&job(""));
+        assert_eq!(base.len(), 16);
+        assert_eq!(base, fingerprint(&job("")), "deterministic");
+        // The password and the target's connection do not decide the data.
+        let other_password = Job::parse(
+            "[source]\nurl='postgres://u:other@h:5433/src'\ntable='public.t'\n[target]\nurl='postgres://x/y'\n",
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(base, fingerprint(&other_password));
+        for changed in [
+            "where = 'a > 1'",
+            "columns = ['a']",
+            "[partition]\ncolumn = 'id'\ncount = 2",
+        ] {
+            assert_ne!(base, fingerprint(&job(changed)), "{changed}");
+        }
+        let bounds = |l: i64, u: i64| {
+            fingerprint(&job(&format!(
+                "[partition]\ncolumn = 'id'\nlower_bound = {l}\nupper_bound = {u}\ncount = 4"
+            )))
+        };
+        assert_eq!(bounds(0, 100), bounds(0, 100));
+        assert_ne!(bounds(0, 100), bounds(0, 101));
+    }
+
+    #[test]
+    fn statements() {
+        let t = QualifiedName::parse("stride_checkpoints").unwrap();
+        let target = QualifiedName::parse("public.t").unwrap();
+        let b = Bounds {
+            lower: -5,
+            upper: 10,
+            origin: crate::plan::BoundsOrigin::Source,
+        };
+        assert_eq!(
+            record_run_sql(&t, "abc", &target, Some(&b), 3),
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3)"
+        );
+        assert_eq!(
+            record_partition_sql(&t, "abc", &target, 2, "[5, 10)", 7, 99),
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, rows, bytes, finished) VALUES ('abc', 2, '\"public\".\"t\"', '[5, 10)', 7, 99, true)"
+        );
+        assert_eq!(
+            forget_run_sql(&t, "abc"),
+            "DELETE FROM \"stride_checkpoints\" WHERE fingerprint = 'abc'"
+        );
+    }
+}
