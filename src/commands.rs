@@ -305,8 +305,8 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     let job = load_job(path)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let wanted = job.parallelism.unwrap_or(requested).max(1);
-    let source_server = pg::connect(Side::Source, &job.source.url).await?;
-    let target_server = pg::connect(Side::Target, &job.target.url).await?;
+    let source_server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
+    let target_server = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let shared = same_server(&job, &source_server, &target_server);
     let parallelism = connection_budget(
         source_server.free_slots,
@@ -634,7 +634,7 @@ async fn shutdown_signal() {
 
 async fn plan_command(path: &Path, format: Format) -> Result<u8> {
     let job = load_job(path)?;
-    let server = pg::connect(Side::Source, &job.source.url).await?;
+    let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let source = server.pool(1);
     let side = resolve_source(&source, &job, &server.place).await?;
     let mut conn = source
@@ -684,8 +684,8 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
 
 async fn check(path: &Path) -> Result<u8> {
     let job = load_job(path)?;
-    let source = pg::connect(Side::Source, &job.source.url).await?;
-    let target = pg::connect(Side::Target, &job.target.url).await?;
+    let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
+    let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
     let side = resolve_source(&source.pool(1), &job, &source.place).await?;
     let fit = fit_target(

@@ -68,6 +68,55 @@ pub struct Server {
     pub place: String,
 }
 
+/// Opens one connection, retrying transient failures (refused or reset
+/// connections, a server starting up or shutting down) with backoff. A server
+/// with no free slot is a job error at once: parallelism cannot fix it.
+async fn open_with_retries(
+    side: Side,
+    options: &PgConnectOptions,
+    place: &str,
+    retries: u32,
+) -> Result<PgConnection> {
+    let mut attempt = 0;
+    loop {
+        let error = match PgConnection::connect_with(options).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code().map(|c| c.into_owned()));
+        if code.as_deref() == Some(TOO_MANY_CONNECTIONS) {
+            return Err(JobError::new(format!(
+                "run.parallelism: no free connection slots on the {side} database at {place} ({}; expected at least one free slot per side)",
+                error.as_database_error().map_or_else(String::new, |e| e.message().to_string())
+            ))
+            .into());
+        }
+        let transient = matches!(error, sqlx::Error::Io(_))
+            || code
+                .as_deref()
+                .is_some_and(crate::error::transient_sqlstate);
+        if !transient || attempt == retries {
+            let attempts = if attempt == 0 {
+                String::new()
+            } else {
+                format!(" (after {} attempts)", attempt + 1)
+            };
+            return Err(anyhow::Error::new(error).context(format!(
+                "connecting to the {side} database at {place}{attempts}"
+            )));
+        }
+        attempt += 1;
+        let wait = crate::copy::backoff(attempt);
+        tracing::warn!(
+            "connecting to the {side} database at {place} failed, retry {attempt} of {retries} in {} ms: {error}",
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// SQLSTATE `too_many_connections`.
 const TOO_MANY_CONNECTIONS: &str = "53300";
 
@@ -88,7 +137,7 @@ impl Server {
 /// Connects once to `url` (failing at once with a clear message) and reads the
 /// free connection slots and the server's identity on that connection. PG*
 /// environment variables and `~/.pgpass` fill in what the URL leaves out.
-pub async fn connect(side: Side, url: &DbUrl) -> Result<Server> {
+pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     // The driver's message names the bad part of the URL, never the password.
     let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
         JobError::new(format!(
@@ -107,20 +156,7 @@ pub async fn connect(side: Side, url: &DbUrl) -> Result<Server> {
         .disable_statement_logging();
     // A pool retries a refused connection until its acquire timeout; a wrong host
     // or database should fail at once, so the first connection is a plain one.
-    let mut probe = match PgConnection::connect_with(&options).await {
-        Ok(conn) => conn,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(TOO_MANY_CONNECTIONS) => {
-            return Err(JobError::new(format!(
-                "run.parallelism: no free connection slots on the {side} database at {place} ({}; expected at least one free slot per side)",
-                e.message()
-            ))
-            .into())
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("connecting to the {side} database at {place}")))
-        }
-    };
+    let mut probe = open_with_retries(side, &options, &place, retries).await?;
     let (free_slots, database) = free_connection_slots(&mut probe)
         .await
         .with_context(|| format!("counting free connection slots on the {side} database"))?;
