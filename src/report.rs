@@ -55,6 +55,15 @@ impl Summary {
         self.partitions.iter().map(|p| p.rows).sum()
     }
 
+    /// Rows written by this run (not by an earlier one being resumed).
+    pub fn rows_this_run(&self) -> u64 {
+        self.partitions
+            .iter()
+            .filter(|p| p.status == Status::Written)
+            .map(|p| p.rows)
+            .sum()
+    }
+
     pub fn bytes(&self) -> u64 {
         self.partitions.iter().map(|p| p.bytes).sum()
     }
@@ -112,7 +121,7 @@ impl Summary {
             group(rows),
             human_bytes(bytes),
             human_duration(self.elapsed),
-            group((rows as f64 / secs).round() as u64),
+            group((self.rows_this_run() as f64 / secs).round() as u64),
         );
         let width = self
             .partitions
