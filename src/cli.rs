@@ -21,11 +21,13 @@ A job file says what to copy and how:
 Typical use:
   stride check job.toml     does the target fit the source? writes nothing
   stride plan job.toml      the exact SQL of each partition, writes nothing
-  stride run job.toml       the copy
+  stride run job.toml       the copy; run it again after a failure and it resumes
+  stride verify job.toml    compare source and target partition by partition
 
 Exit codes:
   0    done
-  1    the copy failed; the summary says which partitions were written
+  1    the copy failed (the summary says which partitions were committed; run
+       the same command to resume), or verify found partitions that differ
   2    the job file or the command line is wrong (found before anything was written)
   130  interrupted (Ctrl-C or SIGTERM)
 
@@ -63,6 +65,34 @@ pub enum Command {
     /// Validate the job, connect to both sides and report whether the target's
     /// columns and types fit the source's; writes nothing.
     Check(JobArgs),
+    /// Compare each partition's rows on source and target (count or checksum),
+    /// reading the source in one new snapshot; with --repair, copy the partitions
+    /// that differ again.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+
+    /// Compare by row count or by checksum of every column's text form
+    /// (default: the job's [run] verify, or checksum when that is "none").
+    #[arg(long, value_enum)]
+    pub by: Option<VerifyBy>,
+
+    /// Copy the partitions that differ again: each in one target transaction that
+    /// deletes the partition's range and copies it from the source.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyBy {
+    /// Row counts.
+    Count,
+    /// Row counts and an order-independent checksum of all column values.
+    Checksum,
 }
 
 #[derive(Debug, Args)]

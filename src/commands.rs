@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint;
-use crate::cli::{Cli, Command, Format};
+use crate::cli::{Cli, Command, Format, VerifyArgs, VerifyBy};
 use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status};
 use crate::error::{exit, JobError};
-use crate::job::{Create, Job, Method, Mode, Relation};
+use crate::job::{Create, Job, Mode, Relation, Verify};
 use crate::pg::{self, Column, Server, Side, Transfer};
-use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan};
-use crate::report::{self, ColumnFit, Summary};
+use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan, PlannedPartition};
+use crate::report::{self, ColumnFit, Summary, Verified};
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
 /// their own (a copy that failed after writing some partitions prints its summary
@@ -29,6 +29,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
         Command::Run(args) => run(&args.job, args.restart, cli.quiet).await,
         Command::Plan(args) => plan_command(&args.job, args.format).await,
         Command::Check(args) => check(&args.job).await,
+        Command::Verify(args) => verify(&args, cli.quiet).await,
     }
 }
 
@@ -300,8 +301,20 @@ fn connection_budget(
     Ok(wanted)
 }
 
-async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
-    let started = Instant::now();
+/// Both sides connected and checked against the job, before any write.
+struct Prepared {
+    job: Job,
+    source: PgPool,
+    target: PgPool,
+    side: SourceSide,
+    fit: TargetFit,
+    /// Partitions at once, within the servers' free connection slots.
+    parallelism: usize,
+}
+
+/// Everything `run` and `verify` do before their first write: parse the job,
+/// connect within the connection budget, resolve the source, fit the target.
+async fn prepare(path: &Path) -> Result<Prepared> {
     let job = load_job(path)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let wanted = job.parallelism.unwrap_or(requested).max(1);
@@ -320,7 +333,6 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     // One connection more on the source: the coordinator holding the snapshot.
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size);
-
     let side = resolve_source(&source, &job, &source_server.place).await?;
     let fit = fit_target(
         &target,
@@ -333,6 +345,26 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     if let Some(error) = misfits(&job, &fit) {
         return Err(error.into());
     }
+    Ok(Prepared {
+        job,
+        source,
+        target,
+        side,
+        fit,
+        parallelism,
+    })
+}
+
+async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
+    let started = Instant::now();
+    let Prepared {
+        job,
+        source,
+        target,
+        side,
+        fit,
+        parallelism,
+    } = prepare(path).await?;
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
@@ -445,35 +477,21 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         }
     }
 
-    let transfers: Vec<Transfer> = fit
-        .fits
-        .iter()
-        .map(|f| f.transfer.unwrap_or(Transfer::Text))
-        .collect();
-    let format = plan::copy_format(&transfers);
-    let method = match job.target.method {
-        Method::Copy => format!(
-            "{} COPY",
-            if format == plan::CopyFormat::Binary {
-                "binary"
-            } else {
-                "text"
-            }
-        ),
-        Method::Insert => format!("INSERT, {} rows a batch", job.target.batch_size),
-    };
-    let typed: Vec<(String, String)> = plan
-        .columns
-        .iter()
-        .cloned()
-        .zip(fit.types.iter().cloned())
-        .collect();
     let done: Vec<(usize, u64, u64)> = earlier.map(|r| r.done).unwrap_or_default();
     let (skipped, to_run): (Vec<_>, Vec<_>) = plan
         .partitions
         .iter()
         .cloned()
         .partition(|p| done.iter().any(|d| d.0 == p.index));
+    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
+    spec.progress = report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet);
+    spec.checkpoint = job.checkpoint_table.clone().map(|table| Checkpoint {
+        table,
+        fingerprint: fingerprint.clone(),
+        target_table: job.target.table.clone(),
+    });
+    let method = spec.describe_method();
+    let spec = Arc::new(spec);
     info!(
         partitions = plan.partitions.len(),
         skipped = skipped.len(),
@@ -482,36 +500,27 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         "copying {} -> {table} with {method}",
         source_name(&job)
     );
-    let spec = Arc::new(CopySpec {
-        source: source.clone(),
-        target: target.clone(),
-        snapshot,
-        method: job.target.method,
-        format,
-        copy_in: plan::copy_in_sql(table, &plan.columns, format),
-        insert: plan::insert_sql(table, &typed),
-        columns: plan.columns.clone(),
-        batch_size: job.target.batch_size as usize,
-        progress: report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet),
-        cancel: CancellationToken::new(),
-        retries: job.retries,
-        checkpoint: job.checkpoint_table.clone().map(|table| Checkpoint {
-            table,
-            fingerprint: fingerprint.clone(),
-            target_table: job.target.table.clone(),
-        }),
+    // The coverage check counts the whole source in the run's snapshot while the
+    // partitions copy, on the coordinator's otherwise idle connection.
+    let whole_select = whole.partitions[0].select.clone();
+    let coverage = tokio::spawn(async move {
+        let count = pg::count_rows(&mut coordinator, &whole_select).await;
+        (coordinator, count)
     });
     let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
     let concurrency = parallelism.min(to_run.len()).max(1);
     let (ran, interrupted) = run_partitions(Arc::clone(&spec), to_run, concurrency).await;
     signals.abort();
     spec.progress.finish_and_clear();
-    // The snapshot is no longer needed once every partition has ended.
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut *coordinator)
-        .await
-        .ok();
-    drop(coordinator);
+    // A run that failed or was interrupted abandons the count with its connection
+    // (the server ends the transaction when the socket closes).
+    let all_written = ran.iter().all(|r| r.status == Status::Written);
+    let counted = if all_written {
+        Some(coverage.await.context("the coverage count task")?)
+    } else {
+        coverage.abort();
+        None
+    };
 
     let mut partitions: Vec<PartitionReport> = skipped
         .iter()
@@ -542,7 +551,36 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),
     };
-    if summary.succeeded() {
+    // Every row of the source, NULL keys included, must be in exactly one
+    // partition: the partitions' rows add up to the whole source's count in the
+    // same snapshot (a resumed run's skipped partitions read an older snapshot).
+    let mut problems = Vec::new();
+    if let (Some((mut coordinator, source_rows)), true) = (counted, summary.succeeded()) {
+        if done.is_empty() {
+            let source_rows = u64::try_from(source_rows?).unwrap_or(0);
+            if source_rows != summary.rows() {
+                problems.push(format!(
+                    "coverage check failed: the partitions copied {} rows, the source holds {} in the same snapshot",
+                    report::group(summary.rows()),
+                    report::group(source_rows)
+                ));
+            }
+        }
+        if problems.is_empty() && job.verify != Verify::None {
+            let results =
+                verify_partitions(&mut coordinator, &target, &plan.partitions, job.verify).await?;
+            print!("{}", report::render_verify(&results, job.verify));
+            let bad = results.iter().filter(|r| !r.matches()).count();
+            if bad > 0 {
+                problems.push(format!(
+                    "verify: {bad} partitions differ between source and target; `stride verify --repair` copies them again"
+                ));
+            }
+        }
+        // The snapshot is no longer needed once every partition has ended.
+        pg::execute(&mut coordinator, "ROLLBACK").await.ok();
+    }
+    if summary.succeeded() && problems.is_empty() {
         if let Some(cp) = &job.checkpoint_table {
             sqlx::raw_sql(&checkpoint::finish_run_sql(cp, &fingerprint))
                 .execute(&target)
@@ -551,6 +589,12 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         }
     }
     print!("{}", summary.render());
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+        return Ok(exit::FAILED);
+    }
     let resume = job
         .checkpoint_table
         .as_ref()
@@ -578,6 +622,190 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         return Ok(exit::FAILED);
     }
     Ok(exit::OK)
+}
+
+/// `stride verify`: compares every partition in a new snapshot of the source,
+/// with the partitions of the job's recorded run when there is one; `--repair`
+/// copies the differing partitions again and compares them once more.
+async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
+    let Prepared {
+        job,
+        source,
+        target,
+        side,
+        fit,
+        parallelism,
+    } = prepare(&args.job).await?;
+    if !fit.exists {
+        return Err(JobError::new(format!(
+            "target.table: {} does not exist in the target database (nothing to verify; run the copy first)",
+            job.target.table
+        ))
+        .into());
+    }
+    let by = match (args.by, job.verify) {
+        (Some(VerifyBy::Count), _) => Verify::Count,
+        (Some(VerifyBy::Checksum), _) | (None, Verify::None) => Verify::Checksum,
+        (None, verify) => verify,
+    };
+    let mut coordinator = source
+        .acquire()
+        .await
+        .context("taking the coordinator connection")?;
+    let snapshot = pg::export_snapshot(&mut coordinator).await?;
+    let recorded = match &job.checkpoint_table {
+        Some(cp) => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            if pg::table_exists(&mut conn, cp).await? {
+                pg::read_checkpoints(&mut conn, cp, &checkpoint::fingerprint(&job)).await?
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let plan = match recorded {
+        Some(run) => plan::build(
+            &job,
+            &side.columns,
+            side.key.clone(),
+            run.bounds.map(|(lower, upper)| Bounds {
+                lower,
+                upper,
+                origin: BoundsOrigin::EarlierRun,
+            }),
+        ),
+        None => plan_partitions(&mut coordinator, &job, &side).await?,
+    };
+    let results = verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
+    print!("{}", report::render_verify(&results, by));
+    let differing: Vec<PlannedPartition> = plan
+        .partitions
+        .iter()
+        .filter(|p| results.iter().any(|r| r.index == p.index && !r.matches()))
+        .cloned()
+        .collect();
+    if differing.is_empty() {
+        return Ok(exit::OK);
+    }
+    if !args.repair {
+        eprintln!(
+            "error: {} partitions differ; `stride verify --repair {}` copies them again",
+            differing.len(),
+            args.job.display()
+        );
+        return Ok(exit::FAILED);
+    }
+    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
+    spec.repair = Some(job.target.table.clone());
+    spec.progress = report::progress_bar(0, quiet);
+    let spec = Arc::new(spec);
+    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
+    let concurrency = parallelism.min(differing.len()).max(1);
+    let (repaired, interrupted) =
+        run_partitions(Arc::clone(&spec), differing.clone(), concurrency).await;
+    signals.abort();
+    spec.progress.finish_and_clear();
+    for r in &repaired {
+        match &r.status {
+            Status::Written => println!(
+                "repaired partition {} ({}): {} rows copied again",
+                r.index,
+                r.range,
+                report::group(r.rows)
+            ),
+            Status::Failed(error) => eprintln!(
+                "error: repairing partition {} ({}): {error}",
+                r.index, r.range
+            ),
+            _ => eprintln!("partition {} ({}) was not repaired", r.index, r.range),
+        }
+    }
+    if interrupted.is_some() {
+        return Ok(exit::INTERRUPTED);
+    }
+    let again = verify_partitions(&mut coordinator, &target, &differing, by).await?;
+    print!("{}", report::render_verify(&again, by));
+    pg::execute(&mut coordinator, "ROLLBACK").await.ok();
+    Ok(if again.iter().all(Verified::matches) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// What every partition of a copy shares, from the plan and the target's fit; no
+/// checkpoint, no repair, a hidden progress bar (callers set those).
+fn copy_spec(
+    job: &Job,
+    plan: &Plan,
+    fit: &TargetFit,
+    source: &PgPool,
+    target: &PgPool,
+    snapshot: String,
+) -> CopySpec {
+    let table = &job.target.table;
+    let transfers: Vec<Transfer> = fit
+        .fits
+        .iter()
+        .map(|f| f.transfer.unwrap_or(Transfer::Text))
+        .collect();
+    let format = plan::copy_format(&transfers);
+    let typed: Vec<(String, String)> = plan
+        .columns
+        .iter()
+        .cloned()
+        .zip(fit.types.iter().cloned())
+        .collect();
+    CopySpec {
+        source: source.clone(),
+        target: target.clone(),
+        snapshot,
+        method: job.target.method,
+        format,
+        copy_in: plan::copy_in_sql(table, &plan.columns, format),
+        insert: plan::insert_sql(table, &typed),
+        columns: plan.columns.clone(),
+        batch_size: job.target.batch_size as usize,
+        progress: indicatif::ProgressBar::hidden(),
+        cancel: CancellationToken::new(),
+        retries: job.retries,
+        checkpoint: None,
+        repair: None,
+    }
+}
+
+/// Both sides of each partition, counted (and checksummed): the source in the
+/// snapshot `source` holds, the target as committed.
+async fn verify_partitions(
+    source: &mut PgConnection,
+    target: &PgPool,
+    partitions: &[PlannedPartition],
+    verify: Verify,
+) -> Result<Vec<Verified>> {
+    let mut target_conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let mut results = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let source_sql = plan::verify_sql(&p.select, verify);
+        let target_sql = plan::verify_sql(&p.target_select, verify);
+        let (s, t) = tokio::join!(
+            pg::verify(source, &source_sql),
+            pg::verify(&mut target_conn, &target_sql)
+        );
+        results.push(Verified {
+            index: p.index,
+            range: p.describe.clone(),
+            source: s.with_context(|| format!("verifying partition {} on the source", p.index))?,
+            target: t.with_context(|| format!("verifying partition {} on the target", p.index))?,
+        });
+    }
+    Ok(results)
 }
 
 /// The command line that resumes this run: the same one, without `--restart`.

@@ -59,6 +59,20 @@ pub struct CopySpec {
     pub retries: u32,
     /// Where committed partitions are recorded; `None` without checkpoints.
     pub checkpoint: Option<Checkpoint>,
+    /// `verify --repair`: each partition's range is deleted from this target table
+    /// first, in the same transaction, so the range ends equal to the source's.
+    pub repair: Option<QualifiedName>,
+}
+
+impl CopySpec {
+    /// How rows travel, for the summary: `binary COPY`, `text COPY` or `INSERT, N rows a batch`.
+    pub fn describe_method(&self) -> String {
+        match (self.method, self.format) {
+            (Method::Copy, CopyFormat::Binary) => "binary COPY".to_string(),
+            (Method::Copy, CopyFormat::Text) => "text COPY".to_string(),
+            (Method::Insert, _) => format!("INSERT, {} rows a batch", self.batch_size),
+        }
+    }
 }
 
 /// The run's record in the checkpoint table.
@@ -265,6 +279,11 @@ async fn copy_partition_on(
         pg::execute(target, "BEGIN")
             .await
             .context("opening the target transaction")?;
+        if let Some(table) = &spec.repair {
+            pg::execute(target, &crate::plan::delete_range_sql(table, partition))
+                .await
+                .context("deleting the partition's range from the target")?;
+        }
         let counts = match spec.method {
             Method::Copy => pass_through(spec, partition, source, target).await?,
             Method::Insert => insert_rows(spec, partition, source, target).await?,

@@ -185,6 +185,8 @@ struct RawRun {
     checkpoint: Option<bool>,
     checkpoint_table: Option<String>,
     retries: Option<i64>,
+    #[serde(default)]
+    verify: Verify,
 }
 
 // ---------------------------------------------------------------------------------
@@ -219,6 +221,18 @@ pub enum Method {
     Copy,
     /// Multi-row `INSERT`s of `batch_size` rows.
     Insert,
+}
+
+/// What `run` compares after the copy, partition by partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    #[default]
+    None,
+    /// Row counts on both sides.
+    Count,
+    /// Row counts and an order-independent checksum of every column's text form.
+    Checksum,
 }
 
 /// Where the rows come from.
@@ -271,6 +285,7 @@ pub struct Job {
     pub checkpoint_table: Option<QualifiedName>,
     /// Further attempts of a partition (or a connection) after a transient failure.
     pub retries: u32,
+    pub verify: Verify,
 }
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
@@ -339,6 +354,7 @@ impl Job {
             parallelism,
             checkpoint_table,
             retries,
+            verify: raw.run.verify,
         })
     }
 }

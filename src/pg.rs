@@ -476,3 +476,31 @@ pub async fn read_checkpoints(
     }
     Ok(run.map(|r| RecordedRun { done, ..r }))
 }
+
+/// Row count and checksum from a `plan::verify_sql` statement.
+pub async fn verify(conn: &mut PgConnection, sql: &str) -> Result<(i64, String)> {
+    sqlx::query_as(sql)
+        .fetch_one(conn)
+        .await
+        .context("counting and checksumming a partition")
+}
+
+/// Rows of a query, counted (in whatever snapshot `conn`'s transaction holds).
+pub async fn count_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*)::int8 FROM ({select}) AS {}",
+        crate::sql::quote_ident("all_rows")
+    ))
+    .fetch_one(conn)
+    .await
+    .context("counting the source's rows")
+}
+
+/// Whether a table exists (verify must not create the checkpoint table).
+pub async fn table_exists(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table.to_string())
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("looking up table {table}"))
+}

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::error::JobError;
-use crate::job::{Job, Relation};
+use crate::job::{Job, Relation, Verify};
 use crate::partition::{predicate, stride_ranges, KeyRange, KeyType};
 use crate::pg::{Column, Transfer};
 use crate::sql::{quote_ident, QualifiedName};
@@ -52,6 +52,10 @@ pub struct PlannedPartition {
     pub describe: String,
     /// The source query of this partition.
     pub select: String,
+    /// The partition's range as a condition on the target (`None`: every row).
+    pub target_predicate: Option<String>,
+    /// The same rows on the target: its columns, restricted to the partition's range.
+    pub target_select: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -234,13 +238,20 @@ pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bou
             };
             let select = format!(
                 "SELECT {select_list} FROM {from}{}",
-                where_clause(job.source.where_clause.as_deref(), pred)
+                where_clause(job.source.where_clause.as_deref(), pred.clone())
+            );
+            let target_select = format!(
+                "SELECT {select_list} FROM {}{}",
+                job.target.table,
+                where_clause(None, pred.clone())
             );
             PlannedPartition {
                 index,
                 range,
                 describe,
                 select,
+                target_predicate: pred,
+                target_select,
             }
         })
         .collect();
@@ -379,6 +390,29 @@ fn quoted_list(columns: &[String]) -> String {
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Row count and (for `Verify::Checksum`) an order-independent checksum of a
+/// query's rows: the sum of a 64-bit hash of each row's text form, so row order
+/// does not matter and a doubled row does. Both sides run with the same session
+/// settings, so equal values have equal text.
+pub fn verify_sql(select: &str, verify: Verify) -> String {
+    let row = quote_ident("stride_verify_row");
+    let checksum = match verify {
+        Verify::Checksum => {
+            format!("coalesce(sum(hashtextextended({row}::text, 0)::numeric), 0)::text")
+        }
+        Verify::Count | Verify::None => "''".to_string(),
+    };
+    format!("SELECT count(*)::int8, {checksum} FROM ({select}) AS {row}")
+}
+
+/// Empties a partition's range on the target, before `verify --repair` copies it again.
+pub fn delete_range_sql(table: &QualifiedName, partition: &PlannedPartition) -> String {
+    format!(
+        "DELETE FROM {table}{}",
+        where_clause(None, partition.target_predicate.clone())
+    )
 }
 
 /// The row path's source query: every column as its exact text form (the session
@@ -621,6 +655,34 @@ mod tests {
             plan.partitions[1].select,
             "SELECT \"id\" FROM (SELECT * FROM t -- all of it\n) AS \"source\" WHERE (a = 1 OR b = 2 -- either\n) AND \"id\" >= '5'::int8"
         );
+    }
+
+    #[test]
+    fn verify_and_repair_statements() {
+        let job = job_with_partition("column='id'\nlower_bound=0\nupper_bound=1000\ncount=10");
+        let key = resolve_key(&job, &source()).unwrap().unwrap();
+        let bounds = parse_bounds(&job, &key).unwrap();
+        let plan = build(&job, &source()[..2], Some(key), bounds);
+        let p = &plan.partitions[1];
+        assert_eq!(
+            p.target_select,
+            "SELECT \"id\", \"state\" FROM \"public\".\"covid_cases\" WHERE (\"id\" >= '100'::int8 AND \"id\" < '200'::int8)"
+        );
+        assert_eq!(
+            delete_range_sql(&job.target.table, p),
+            "DELETE FROM \"public\".\"covid_cases\" WHERE (\"id\" >= '100'::int8 AND \"id\" < '200'::int8)"
+        );
+        assert_eq!(
+            verify_sql("SELECT 1", Verify::Count),
+            "SELECT count(*)::int8, '' FROM (SELECT 1) AS \"stride_verify_row\""
+        );
+        assert_eq!(
+            verify_sql("SELECT 1", Verify::Checksum),
+            "SELECT count(*)::int8, coalesce(sum(hashtextextended(\"stride_verify_row\"::text, 0)::numeric), 0)::text FROM (SELECT 1) AS \"stride_verify_row\""
+        );
+        // The user's where filters the source only: the target holds the filtered rows.
+        assert!(plan.partitions[0].select.contains("state <> 'Unknown'"));
+        assert!(!plan.partitions[0].target_select.contains("Unknown"));
     }
 
     #[test]

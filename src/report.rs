@@ -371,3 +371,62 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
     }
 }
+
+/// One partition compared between source and target.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub index: usize,
+    pub range: String,
+    /// Rows and checksum (empty when only counting).
+    pub source: (i64, String),
+    pub target: (i64, String),
+}
+
+impl Verified {
+    pub fn matches(&self) -> bool {
+        self.source == self.target
+    }
+}
+
+/// The verify table: each partition's counts (and checksums) on both sides.
+pub fn render_verify(results: &[Verified], verify: crate::job::Verify) -> String {
+    let mut out = String::new();
+    let what = match verify {
+        crate::job::Verify::Checksum => "row counts and checksums",
+        _ => "row counts",
+    };
+    let bad = results.iter().filter(|r| !r.matches()).count();
+    let _ = writeln!(
+        out,
+        "verify ({what}): {} of {} partitions match",
+        results.len() - bad,
+        results.len()
+    );
+    let width = results
+        .iter()
+        .map(|r| r.range.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "{:>9}  {:<width$}  {:>12}  {:>12}  result",
+        "partition", "range", "source rows", "target rows"
+    );
+    for r in results {
+        let result = match (r.matches(), r.source.0 == r.target.0) {
+            (true, _) => "ok",
+            (false, true) => "DIFFERENT (same count, other values)",
+            (false, false) => "DIFFERENT",
+        };
+        let _ = writeln!(
+            out,
+            "{:>9}  {:<width$}  {:>12}  {:>12}  {result}",
+            r.index,
+            r.range,
+            group(u64::try_from(r.source.0).unwrap_or(0)),
+            group(u64::try_from(r.target.0).unwrap_or(0)),
+        );
+    }
+    out
+}
