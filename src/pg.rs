@@ -291,6 +291,13 @@ pub async fn same_relation(
 /// back: the view's catalogue entry gives the types with their modifiers, which the
 /// wire protocol's row description does not.
 pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Relation> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await
+        .context("asking the source whether it is a standby")?;
+    if standby {
+        return describe_query_on_standby(conn, query).await;
+    }
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
     let result = async {
         // The extended protocol takes one statement only: a `;` in the query
@@ -310,6 +317,55 @@ pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Rela
     sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
     Ok(Relation {
         columns: result?,
+        estimated_rows: None,
+        kind: 'v',
+    })
+}
+
+/// A standby cannot create even a temporary view: the query's columns come from
+/// the row description of the prepared statement instead, so their types carry no
+/// modifiers (a table created from them has `numeric`, not `numeric(12,4)`).
+async fn describe_query_on_standby(conn: &mut PgConnection, query: &str) -> Result<Relation> {
+    use sqlx::{Column as _, Executor as _, TypeInfo as _};
+    let described = (&mut *conn)
+        .describe(&format!("{query}\n"))
+        .await
+        .context("source.query: the query does not run")?;
+    let mut columns = Vec::with_capacity(described.columns().len());
+    for column in described.columns() {
+        let oid = column
+            .type_info()
+            .oid()
+            .map(|o| i64::from(o.0))
+            .with_context(|| {
+                format!(
+                    "column {} of the query has a type without an OID ({})",
+                    column.name(),
+                    column.type_info().name()
+                )
+            })?;
+        let (type_name, element_type, category): (String, Option<String>, String) = sqlx::query_as(
+            "SELECT format_type(oid, NULL), CASE WHEN typcategory = 'A' THEN format_type(typelem, NULL) END, \
+                    typcategory::text FROM pg_type WHERE oid = $1::oid",
+        )
+        .bind(oid)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(|| format!("looking up the type of column {}", column.name()))?;
+        columns.push(Column {
+            name: column.name().to_string(),
+            base_type: type_name.clone(),
+            type_name,
+            type_oid: oid,
+            element_type,
+            category,
+            not_null: false,
+            generated: false,
+            has_default: false,
+        });
+    }
+    Ok(Relation {
+        columns,
         estimated_rows: None,
         kind: 'v',
     })
