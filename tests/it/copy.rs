@@ -439,3 +439,95 @@ async fn a_partition_interrupted_while_committing_is_reported_as_it_ended() {
     assert_exit(&out, 0);
     assert!(stdout.contains("partitions 2 written of 2"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_differences_and_repair_copies_them_again() {
+    let pair = Pair::new("verify").await;
+    seed_keys(&pair.source).await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 1000\ncount = 4\n[run]\nverify = \"checksum\"",
+        "mode = \"truncate\"",
+    ));
+    let path = job.path.to_str().unwrap();
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verify (row counts and checksums): 4 of 4 partitions match"),
+        "{stdout}"
+    );
+
+    // A lost row in partition 1, a changed value in partition 3.
+    pair.target
+        .exec("DELETE FROM public.events WHERE id = (SELECT min(id) FROM public.events WHERE k = 300);
+               UPDATE public.events SET note = 'tampered' WHERE k = 800;")
+        .await;
+    let by_count = stride(&["verify", "--by", "count", path], &[]);
+    assert_exit(&by_count, 1);
+    let stdout = String::from_utf8_lossy(&by_count.stdout);
+    assert!(
+        stdout.contains("verify (row counts): 3 of 4 partitions match"),
+        "{stdout}"
+    );
+
+    let checksum = stride(&["verify", path], &[]);
+    assert_exit(&checksum, 1);
+    let stdout = String::from_utf8_lossy(&checksum.stdout);
+    assert!(stdout.contains("2 of 4 partitions match"), "{stdout}");
+    assert!(stdout.contains("[250, 500)"), "{stdout}");
+    assert!(
+        stdout.contains("DIFFERENT (same count, other values)"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&checksum.stderr).contains("--repair"),
+        "{}",
+        text(&checksum)
+    );
+
+    let repair = stride(&["verify", "--repair", path], &[]);
+    assert_exit(&repair, 0);
+    let stdout = String::from_utf8_lossy(&repair.stdout);
+    assert!(
+        stdout.contains("repaired partition 1 ([250, 500))"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("repaired partition 3 (>= 750)"), "{stdout}");
+    assert!(!stdout.contains("repaired partition 0"), "{stdout}");
+    pair.assert_same("public.events", "public.events").await;
+    assert_exit(&stride(&["verify", path], &[]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_does_not_add_up_fails_the_coverage_check() {
+    let pair = Pair::new("coverage").await;
+    seed_keys(&pair.source).await;
+    // A volatile query draws other rows for each partition than for the whole count.
+    let job = job_file(&job_text(
+        &pair,
+        "query = \"SELECT id, k FROM public.events WHERE random() < 0.5\"",
+        "[partition]\ncolumn = \"k\"\nlower_bound = 0\nupper_bound = 1000\ncount = 4",
+        "table = \"sampled\"",
+    ));
+    // The two counts of about 2,500 rows each coincide by chance about 1% of the
+    // time; three runs that all coincide would be a one-in-a-million fluke.
+    let mut outputs = Vec::new();
+    for _ in 0..3 {
+        let out = stride(&["run", "--restart", job.path.to_str().unwrap()], &[]);
+        let failed = out.status.code() == Some(1);
+        outputs.push(out);
+        if failed {
+            break;
+        }
+    }
+    let out = outputs.last().unwrap();
+    assert_exit(out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("coverage check failed: the partitions copied"),
+        "{}",
+        text(out)
+    );
+}
