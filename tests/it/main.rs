@@ -10,3 +10,5 @@ mod props;
 mod secrets;
 mod slots;
 mod types;
+mod resume;
+mod standby;
