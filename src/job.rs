@@ -481,6 +481,11 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
 fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     let url = DbUrl::new(url.trim());
     match url::Url::parse(url.expose()) {
+        // Without `//` everything after `postgres:` is a path: no host, and a
+        // password in it could not be told apart to hide it.
+        Ok(u) if !url.expose()[u.scheme().len()..].starts_with("://") => Err(JobError::new(
+            format!("{key}: not a URL with a host (expected postgres://user@host:port/database)"),
+        )),
         Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
             // An unknown parameter may be a secret the driver would log with its
             // value; name the key only.
@@ -518,7 +523,10 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| {
+            // A reference ends on its own line: a stray `${` must not reach into
+            // later lines (and quote a password from them in its error).
+            let line_end = body.find('\n').unwrap_or(body.len());
+            let end = body[..line_end].find('}').ok_or_else(|| {
                 JobError::new(format!(
                     "line {}: unterminated ${{ (expected ${{VAR}} or ${{VAR:-default}})",
                     line_of(text, text.len() - rest.len() + pos)
@@ -533,8 +541,9 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid_name {
+                // Not quoted: the text between the braces may be anything, a secret too.
                 return Err(JobError::new(format!(
-                    "line {}: \"${{{expr}}}\" is not a variable reference (expected ${{NAME}} or ${{NAME:-default}})",
+                    "line {}: a ${{...}} holds no variable name (expected ${{NAME}} or ${{NAME:-default}}, NAME of letters, digits and _)",
                     line_of(text, text.len() - rest.len() + pos)
                 )));
             }
@@ -572,7 +581,11 @@ fn toml_error(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> 
     let message = inner
         .message()
         .trim()
-        .replace("expected i64", "expected a whole number");
+        .replace("expected i64", "expected a whole number")
+        .replace(
+            "data did not match any variant of untagged enum RawBound",
+            "expected a whole number, a string or a date",
+        );
     let position = inner.span().map(|span| {
         let start = span.start.min(text.len());
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -759,6 +772,14 @@ parallelism = 2
                 "source.url: scheme \"mysql\" is not supported",
             ),
             (
+                "[source]\nurl='postgres:alice:pw@h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",
+                "source.url: not a URL with a host",
+            ),
+            (
+                "[source]\nurl='postgres:/alice:pw@h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",
+                "source.url: not a URL with a host",
+            ),
+            (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d?sslpassword=hunter2'\n",
                 "target.url: unknown parameter \"sslpassword\" (expected one of: sslmode",
             ),
@@ -811,7 +832,19 @@ parallelism = 2
         assert!(interpolate("${A B}", &e)
             .unwrap_err()
             .to_string()
-            .contains("not a variable"));
+            .contains("holds no variable name"));
+        // A stray `${` does not reach into later lines.
+        let stray = interpolate("url = \"${SOURCE_URL\"\npw = \"s3cret}\"", &e)
+            .unwrap_err()
+            .to_string();
+        assert!(stray.contains("unterminated"), "{stray}");
+        assert!(!stray.contains("s3cret"), "{stray}");
+    }
+
+    #[test]
+    fn socket_urls_without_a_host_name_are_accepted() {
+        // libpq style: an empty host means the default (PGHOST or the local socket).
+        assert!(parse_url("source.url", "postgres:///db".into()).is_ok());
     }
 
     #[test]
