@@ -74,8 +74,34 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     bytes bigint,
     finished boolean NOT NULL DEFAULT false,
     recorded_at timestamptz NOT NULL DEFAULT now(),
+    target_oid bigint,
     PRIMARY KEY (fingerprint, partition)
 )"
+    )
+}
+
+/// Checkpoints of other runs into the same target table, forgotten when a run
+/// empties that table: their partitions are gone with the TRUNCATE, so resuming
+/// them would skip rows that are no longer there.
+pub fn forget_other_runs_sql(
+    table: &QualifiedName,
+    fingerprint: &str,
+    target_table: &QualifiedName,
+) -> String {
+    format!(
+        "DELETE FROM {table} WHERE fingerprint IN (SELECT fingerprint FROM {table} \
+         WHERE partition = {RUN_ROW} AND target_oid = {} AND fingerprint <> {})",
+        target_oid_sql(target_table),
+        quote_literal(fingerprint)
+    )
+}
+
+/// The target table's OID: a run recorded against another OID (the table was
+/// dropped and created again since) is not resumed.
+pub fn target_oid_sql(target_table: &QualifiedName) -> String {
+    format!(
+        "to_regclass({})::oid::int8",
+        quote_literal(&target_table.to_string())
     )
 }
 
@@ -93,10 +119,11 @@ pub fn record_run_sql(
         None => ("NULL".to_string(), "NULL".to_string()),
     };
     format!(
-        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions) \
-         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions})",
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {})",
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
+        target_oid_sql(target_table),
     )
 }
 
@@ -183,7 +210,7 @@ mod tests {
         };
         assert_eq!(
             record_run_sql(&t, "abc", &target, Some(&b), 3),
-            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3)"
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8)"
         );
         assert_eq!(
             record_partition_sql(&t, "abc", &target, 2, "[5, 10)", 7, 99),

@@ -395,6 +395,19 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
                 .with_context(|| format!("forgetting checkpoints in {cp}"))?;
         }
         earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
+        // A run into a table that was dropped (and maybe created again) since is
+        // stale: its partitions went with the old table.
+        let target_oid = pg::table_oid(&mut conn, table).await?;
+        if earlier
+            .as_ref()
+            .is_some_and(|run| run.target_oid != target_oid)
+        {
+            info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
+                .await
+                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
+            earlier = None;
+        }
         if let Some(run) = earlier.as_ref().filter(|r| r.finished) {
             if job.target.mode == Mode::Append {
                 let rows: u64 = run.done.iter().map(|d| d.1).sum();
@@ -459,6 +472,9 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
             statements.push(format!("TRUNCATE TABLE {table}"));
         }
         if let Some(cp) = &job.checkpoint_table {
+            if job.target.mode == Mode::Truncate {
+                statements.push(checkpoint::forget_other_runs_sql(cp, &fingerprint, table));
+            }
             statements.push(checkpoint::record_run_sql(
                 cp,
                 &fingerprint,
@@ -659,7 +675,7 @@ async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
                 .acquire()
                 .await
                 .context("taking a target connection")?;
-            if pg::table_exists(&mut conn, cp).await? {
+            if pg::table_oid(&mut conn, cp).await?.is_some() {
                 pg::read_checkpoints(&mut conn, cp, &checkpoint::fingerprint(&job)).await?
             } else {
                 None

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::checkpoint;
-use crate::error::Interrupted;
+use crate::error::{CommitRolledBack, CommitUnanswered, Interrupted, OutcomeUnknown};
 use crate::job::Method;
 use crate::pg;
 use crate::plan::{copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition};
@@ -254,12 +254,57 @@ async fn copy_partition(spec: &CopySpec, partition: &PlannedPartition) -> Result
         .acquire()
         .await
         .context("taking a target connection (none could be opened or freed within 60 s)")?;
-    let result = copy_partition_on(spec, partition, &mut source, &mut target).await;
+    let mut result = copy_partition_on(spec, partition, &mut source, &mut target).await;
     if result.is_err() {
         close(source).await;
         close(target).await;
     }
+    if let Err(e) = &result {
+        if e.is::<CommitUnanswered>() {
+            result = settle_unanswered_commit(spec, partition)
+                .await
+                .map_err(|settled| settled.context(format!("{e:#}")));
+        }
+    }
     result.with_context(|| format!("partition {} ({})", partition.index, partition.describe))
+}
+
+/// After a COMMIT whose answer was lost: the partition's checkpoint row commits
+/// with its data, so the row says whether it did. Found: the partition is written.
+/// Not found: nothing was committed and a retry is safe (a transient error).
+/// Without checkpoints there is no telling, and retrying could write the rows
+/// twice: the outcome-unknown error is permanent.
+async fn settle_unanswered_commit(spec: &CopySpec, partition: &PlannedPartition) -> Result<Counts> {
+    let Some(cp) = &spec.checkpoint else {
+        return Err(anyhow::Error::new(OutcomeUnknown));
+    };
+    let mut conn = spec
+        .target
+        .acquire()
+        .await
+        .context("taking a target connection to look up the partition's checkpoint")?;
+    let recorded: Option<(i64, i64)> = sqlx::query_as(&format!(
+        "SELECT rows, bytes FROM {} WHERE fingerprint = $1 AND partition = $2",
+        cp.table
+    ))
+    .bind(&cp.fingerprint)
+    .bind(i64::try_from(partition.index).expect("partition indexes are small"))
+    .fetch_optional(&mut *conn)
+    .await
+    .context("looking up the partition's checkpoint after an unanswered COMMIT")?;
+    match recorded {
+        Some((rows, bytes)) => {
+            info!(
+                partition = partition.index,
+                "the COMMIT went through: its checkpoint is recorded"
+            );
+            Ok(Counts {
+                rows: u64::try_from(rows).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            })
+        }
+        None => Err(anyhow::Error::new(CommitRolledBack)),
+    }
 }
 
 async fn close(conn: PoolConnection<Postgres>) {
@@ -317,10 +362,11 @@ async fn copy_partition_on(
         counts = transfer => counts?,
     };
     // Once sent, the COMMIT is awaited whatever happens, so the report says what
-    // the server did.
-    pg::execute(target, "COMMIT")
-        .await
-        .context("committing the target transaction")?;
+    // the server did. If the connection breaks before the answer, the server may
+    // have committed or not: the caller finds out from the checkpoint table.
+    if let Err(e) = pg::execute(target, "COMMIT").await {
+        return Err(anyhow::Error::new(e).context(CommitUnanswered));
+    }
     Ok(counts)
 }
 

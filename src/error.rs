@@ -34,6 +34,46 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The connection broke after COMMIT was sent and before the server answered.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitUnanswered;
+
+impl fmt::Display for CommitUnanswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "committing the target transaction: the connection broke before the server answered",
+        )
+    }
+}
+
+/// After an unanswered COMMIT, the checkpoint table shows the partition was not
+/// committed: retrying it is safe.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitRolledBack;
+
+impl fmt::Display for CommitRolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the partition's checkpoint is not recorded, so the COMMIT did not happen")
+    }
+}
+
+impl std::error::Error for CommitRolledBack {}
+
+/// After an unanswered COMMIT without checkpoints nothing tells whether the
+/// partition was written: never retried, since a retry could write it twice.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeUnknown;
+
+impl fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "whether the partition was committed is unknown (no checkpoint table to tell); check the target, and turn checkpoints on to have stride settle this",
+        )
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -72,6 +112,12 @@ pub fn transient_sqlstate(code: &str) -> bool {
 /// opened, or a transient SQLSTATE. Everything else (type errors, constraint
 /// violations, permission denied, bad SQL) fails at once.
 pub fn is_transient(err: &anyhow::Error) -> bool {
+    if err.is::<OutcomeUnknown>() {
+        return false;
+    }
+    if err.is::<CommitRolledBack>() {
+        return true;
+    }
     err.chain().any(|cause| {
         if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
             return match e {

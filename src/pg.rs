@@ -486,6 +486,8 @@ pub struct RecordedRun {
     pub partitions: i64,
     pub finished: bool,
     pub recorded_at: String,
+    /// The target table's OID when the run began.
+    pub target_oid: Option<i64>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -498,7 +500,7 @@ pub async fn read_checkpoints(
 ) -> Result<Option<RecordedRun>> {
     let rows = sqlx::query(&format!(
         "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
-                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text \
+                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid \
          FROM {table} WHERE fingerprint = $1 ORDER BY partition"
     ))
     .bind(fingerprint)
@@ -517,6 +519,7 @@ pub async fn read_checkpoints(
                 partitions: row.get(3),
                 finished: row.get(6),
                 recorded_at: row.get(7),
+                target_oid: row.get(8),
                 done: Vec::new(),
             });
         } else {
@@ -552,9 +555,9 @@ pub async fn count_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
     .context("counting the source's rows")
 }
 
-/// Whether a table exists (verify must not create the checkpoint table).
-pub async fn table_exists(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
-    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+/// The OID of a table, if it exists.
+pub async fn table_oid(conn: &mut PgConnection, table: &QualifiedName) -> Result<Option<i64>> {
+    sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
         .bind(table.to_string())
         .fetch_one(conn)
         .await
