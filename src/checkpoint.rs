@@ -39,6 +39,8 @@ pub fn fingerprint(job: &Job) -> String {
         None => text.push_str("partition=none\n"),
     }
     text.push_str(&format!("target={}\n", job.target.table));
+    // A partial append run resumed in truncate mode would never truncate.
+    text.push_str(&format!("mode={:?}\n", job.target.mode));
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
@@ -60,6 +62,8 @@ fn server_and_database(url: &DbUrl) -> String {
     }
 }
 
+/// The checkpoint table, created on first use; the `ALTER` brings a table made by
+/// an earlier version of stride up to date.
 pub fn create_table_sql(table: &QualifiedName) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
@@ -75,8 +79,11 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     finished boolean NOT NULL DEFAULT false,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     target_oid bigint,
+    failed_check text,
     PRIMARY KEY (fingerprint, partition)
-)"
+);
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS target_oid bigint;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS failed_check text"
     )
 }
 
@@ -149,6 +156,16 @@ pub fn record_partition_sql(
 pub fn finish_run_sql(table: &QualifiedName, fingerprint: &str) -> String {
     format!(
         "UPDATE {table} SET finished = true, recorded_at = now() WHERE fingerprint = {} AND partition = {RUN_ROW}",
+        quote_literal(fingerprint)
+    )
+}
+
+/// Marks the run as failing its coverage check: a re-run must not finish it by
+/// skipping every partition; only `--restart` starts it over.
+pub fn fail_check_sql(table: &QualifiedName, fingerprint: &str, problem: &str) -> String {
+    format!(
+        "UPDATE {table} SET failed_check = {}, recorded_at = now() WHERE fingerprint = {} AND partition = {RUN_ROW}",
+        quote_literal(problem),
         quote_literal(fingerprint)
     )
 }

@@ -268,8 +268,9 @@ fn same_server(job: &Job, source: &Server, target: &Server) -> bool {
 }
 
 /// How many partitions can run at once, given the slots free on each server once
-/// the probe connections are closed. The source needs one more connection than
-/// partitions (the coordinator holding the snapshot); a shared server pays for both.
+/// the probe connections are closed. Each side needs one more connection than
+/// partitions: the source's coordinator holds the snapshot, the target's holds the
+/// run's lock; a shared server pays for both.
 fn connection_budget(
     free_source: i64,
     free_target: i64,
@@ -278,18 +279,18 @@ fn connection_budget(
 ) -> Result<usize, JobError> {
     let (limit, which) = if same_server {
         (
-            (free_source - 1) / 2,
+            (free_source - 2) / 2,
             "the server (source and target share it)",
         )
-    } else if free_source - 1 <= free_target {
+    } else if free_source <= free_target {
         (free_source - 1, "the source")
     } else {
-        (free_target, "the target")
+        (free_target - 1, "the target")
     };
     let limit = usize::try_from(limit).unwrap_or(0);
     if limit == 0 {
         return Err(JobError::new(format!(
-            "run.parallelism: no free connection slots on {which} (max_connections is reached; expected at least one free slot per side, two on the source)"
+            "run.parallelism: no free connection slots on {which} (max_connections is reached; expected at least two free slots on each side)"
         )));
     }
     if limit < wanted {
@@ -330,9 +331,9 @@ async fn prepare(path: &Path) -> Result<Prepared> {
     let pool_size =
         u32::try_from(parallelism).expect("the budget never exceeds the u32 it started from");
     let same_database = shared && source_server.database == target_server.database;
-    // One connection more on the source: the coordinator holding the snapshot.
+    // One connection more on each side: the coordinator, and the run's lock.
     let source = source_server.pool(pool_size + 1);
-    let target = target_server.pool(pool_size);
+    let target = target_server.pool(pool_size + 1);
     let side = resolve_source(&source, &job, &source_server.place).await?;
     let fit = fit_target(
         &target,
@@ -344,6 +345,27 @@ async fn prepare(path: &Path) -> Result<Prepared> {
     .await?;
     if let Some(error) = misfits(&job, &fit) {
         return Err(error.into());
+    }
+    if let Some(schema) = job
+        .checkpoint_table
+        .as_ref()
+        .and_then(|cp| cp.schema.as_ref())
+    {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        if !pg::schema_exists(&mut conn, schema).await? {
+            return Err(JobError::new(format!(
+                "run.checkpoint_table: schema \"{schema}\" does not exist in the target database (expected an existing schema)"
+            ))
+            .into());
+        }
+    }
+    if job.verify != Verify::None {
+        if let Some(error) = unverifiable(&side) {
+            return Err(error.into());
+        }
     }
     Ok(Prepared {
         job,
@@ -377,8 +399,12 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     let whole = plan::build(&job, &side.columns, None, None);
     let estimate = pg::estimate_rows(&mut coordinator, &whole.partitions[0].select).await?;
 
-    // First writes: the checkpoint table, then what an earlier run left there.
+    // One run at a time into a target table: a second one could truncate what the
+    // first just committed, or forget its checkpoints.
     let table = &job.target.table;
+    let _lock = lock_target(&target, table).await?;
+
+    // First writes: the checkpoint table, then what an earlier run left there.
     let fingerprint = checkpoint::fingerprint(&job);
     let mut earlier = None;
     if let Some(cp) = &job.checkpoint_table {
@@ -407,6 +433,11 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
                 .await
                 .with_context(|| format!("forgetting checkpoints in {cp}"))?;
             earlier = None;
+        }
+        if let Some(problem) = earlier.as_ref().and_then(|r| r.failed_check.as_ref()) {
+            return Err(anyhow::anyhow!(
+                "the earlier run of this job failed its check ({problem}); its partitions cannot be trusted, so it is not resumed: run with --restart"
+            ));
         }
         if let Some(run) = earlier.as_ref().filter(|r| r.finished) {
             if job.target.mode == Mode::Append {
@@ -570,22 +601,33 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     // Every row of the source, NULL keys included, must be in exactly one
     // partition: the partitions' rows add up to the whole source's count in the
     // same snapshot (a resumed run's skipped partitions read an older snapshot).
+    // The summary first: whatever fails below, it says what was committed.
+    print!("{}", summary.render());
     let mut problems = Vec::new();
     if let (Some((mut coordinator, source_rows)), true) = (counted, summary.succeeded()) {
+        // A resumed run's skipped partitions read an earlier snapshot: no sum to check.
         if done.is_empty() {
             let source_rows = u64::try_from(source_rows?).unwrap_or(0);
             if source_rows != summary.rows() {
-                problems.push(format!(
+                let problem = format!(
                     "coverage check failed: the partitions copied {} rows, the source holds {} in the same snapshot",
                     report::group(summary.rows()),
                     report::group(source_rows)
-                ));
+                );
+                if let Some(cp) = &job.checkpoint_table {
+                    sqlx::raw_sql(&checkpoint::fail_check_sql(cp, &fingerprint, &problem))
+                        .execute(&target)
+                        .await
+                        .with_context(|| format!("recording the failed check in {cp}"))?;
+                }
+                problems.push(problem);
             }
         }
         if problems.is_empty() && job.verify != Verify::None {
+            let by = effective_verify(job.verify, &fit);
             let results =
-                verify_partitions(&mut coordinator, &target, &plan.partitions, job.verify).await?;
-            print!("{}", report::render_verify(&results, job.verify));
+                verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
+            print!("{}", report::render_verify(&results, by));
             let bad = results.iter().filter(|r| !r.matches()).count();
             if bad > 0 {
                 problems.push(format!(
@@ -604,7 +646,6 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
                 .with_context(|| format!("recording the finished run in {cp}"))?;
         }
     }
-    print!("{}", summary.render());
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("error: {problem}");
@@ -640,6 +681,54 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Takes the target table's run lock (a session advisory lock) on a connection of
+/// its own, held until the returned connection is dropped and so closed.
+async fn lock_target(target: &PgPool, table: &crate::sql::QualifiedName) -> Result<PgConnection> {
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection for the run's lock")?
+        .detach();
+    if !pg::try_lock_table(&mut conn, table).await? {
+        return Err(anyhow::anyhow!(
+            "another stride run is writing into {table} on the target; wait for it to end (or stop it), then run again"
+        ));
+    }
+    Ok(conn)
+}
+
+/// Verify compares partition by partition, so the target needs the partition
+/// column: it must be among the copied columns.
+fn unverifiable(side: &SourceSide) -> Option<JobError> {
+    let key = side.key.as_ref()?;
+    (!side.columns.iter().any(|c| c.name == key.column)).then(|| {
+        JobError::new(format!(
+            "run.verify: the partition column \"{}\" is not among the copied columns, so the target's partitions cannot be told apart (expected it in source.columns)",
+            key.column
+        ))
+    })
+}
+
+/// The comparison verify can make: a checksum compares text forms, which differ
+/// when a column is converted on the way (int4 into int8 is fine, json into jsonb
+/// or real into double precision is not), so then only counts are compared.
+fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
+    let converted: Vec<&str> = fit
+        .fits
+        .iter()
+        .filter(|f| f.transfer == Some(Transfer::Text))
+        .map(|f| f.column.as_str())
+        .collect();
+    if verify == Verify::Checksum && !converted.is_empty() {
+        warn!(
+            "verify: columns {} are converted on the way, so their text forms differ: comparing row counts only",
+            converted.join(", ")
+        );
+        return Verify::Count;
+    }
+    verify
+}
+
 /// `stride verify`: compares every partition in a new snapshot of the source,
 /// with the partitions of the job's recorded run when there is one; `--repair`
 /// copies the differing partitions again and compares them once more.
@@ -659,11 +748,15 @@ async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
         ))
         .into());
     }
+    if let Some(error) = unverifiable(&side) {
+        return Err(error.into());
+    }
     let by = match (args.by, job.verify) {
         (Some(VerifyBy::Count), _) => Verify::Count,
         (Some(VerifyBy::Checksum), _) | (None, Verify::None) => Verify::Checksum,
         (None, verify) => verify,
     };
+    let by = effective_verify(by, &fit);
     let mut coordinator = source
         .acquire()
         .await
@@ -715,6 +808,7 @@ async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
         );
         return Ok(exit::FAILED);
     }
+    let _lock = lock_target(&target, &job.target.table).await?;
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
     spec.repair = Some(job.target.table.clone());
     spec.progress = report::progress_bar(0, quiet);
@@ -966,14 +1060,14 @@ mod tests {
         let cases = [
             ((100, 100, false, 8), Some(8)),
             ((5, 100, false, 8), Some(4)),
-            ((100, 3, false, 8), Some(3)),
-            ((5, 5, true, 8), Some(2)),
-            ((17, 17, true, 8), Some(8)),
-            ((2, 1, false, 8), Some(1)),
-            ((3, 3, true, 1), Some(1)),
+            ((100, 3, false, 8), Some(2)),
+            ((6, 6, true, 8), Some(2)),
+            ((18, 18, true, 8), Some(8)),
+            ((2, 2, false, 8), Some(1)),
+            ((4, 4, true, 1), Some(1)),
             ((1, 100, false, 8), None),
-            ((100, 0, false, 8), None),
-            ((2, 2, true, 8), None),
+            ((100, 1, false, 8), None),
+            ((3, 3, true, 8), None),
             ((-3, -3, true, 8), None),
         ];
         for ((source, target, same, wanted), expected) in cases {

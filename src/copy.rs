@@ -364,8 +364,13 @@ async fn copy_partition_on(
     // Once sent, the COMMIT is awaited whatever happens, so the report says what
     // the server did. If the connection breaks before the answer, the server may
     // have committed or not: the caller finds out from the checkpoint table.
-    if let Err(e) = pg::execute(target, "COMMIT").await {
-        return Err(anyhow::Error::new(e).context(CommitUnanswered));
+    match pg::execute(target, "COMMIT").await {
+        Ok(()) => {}
+        // The server answered with an error: it rolled back, and the error says why.
+        Err(e @ sqlx::Error::Database(_)) => {
+            return Err(anyhow::Error::new(e).context("committing the target transaction"))
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(CommitUnanswered)),
     }
     Ok(counts)
 }

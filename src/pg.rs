@@ -488,6 +488,8 @@ pub struct RecordedRun {
     pub recorded_at: String,
     /// The target table's OID when the run began.
     pub target_oid: Option<i64>,
+    /// Why the run failed its coverage check, if it did.
+    pub failed_check: Option<String>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -500,7 +502,7 @@ pub async fn read_checkpoints(
 ) -> Result<Option<RecordedRun>> {
     let rows = sqlx::query(&format!(
         "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
-                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid \
+                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid, failed_check \
          FROM {table} WHERE fingerprint = $1 ORDER BY partition"
     ))
     .bind(fingerprint)
@@ -520,6 +522,7 @@ pub async fn read_checkpoints(
                 finished: row.get(6),
                 recorded_at: row.get(7),
                 target_oid: row.get(8),
+                failed_check: row.get(9),
                 done: Vec::new(),
             });
         } else {
@@ -562,4 +565,27 @@ pub async fn table_oid(conn: &mut PgConnection, table: &QualifiedName) -> Result
         .fetch_one(conn)
         .await
         .with_context(|| format!("looking up table {table}"))
+}
+
+/// Whether a schema exists.
+pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool> {
+    sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+        .bind(crate::sql::quote_ident(schema))
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("looking up schema {schema}"))
+}
+
+/// Tries the session advisory lock that keeps two runs from writing into the same
+/// table at once. Keyed on the schema-qualified name (an unqualified one in the
+/// session's current schema), so it holds before the table exists.
+pub async fn try_lock_table(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0))",
+    )
+    .bind(table.schema.as_deref())
+    .bind(&table.name)
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("taking the run lock on {table}"))
 }

@@ -530,4 +530,108 @@ async fn a_source_that_does_not_add_up_fails_the_coverage_check() {
         "{}",
         text(out)
     );
+    // Running it again must not pass it off as finished by skipping every partition.
+    let again = run_job(&job.path);
+    assert_exit(&again, 1);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("failed its check"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_needs_the_partition_column_among_the_copied_ones() {
+    let pair = Pair::new("verify_key").await;
+    seed_keys(&pair.source).await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"\ncolumns = [\"note\"]",
+        "[partition]\ncolumn = \"id\"\ncount = 4\n[run]\nverify = \"count\"",
+        "",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("run.verify: the partition column \"id\" is not among the copied columns"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'")
+            .await,
+        0,
+        "nothing is written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_into_the_same_table_waits_its_turn() {
+    use std::io::{BufRead, BufReader};
+    let pair = Pair::new("lock").await;
+    pair.source
+        .exec("CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 200000) g;")
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"big\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 200001\ncount = 20\n[run]\nparallelism = 1",
+        "mode = \"truncate\"\nmethod = \"insert\"\nbatch_size = 500",
+    ));
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
+        .args(["run", job.path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("partition written") {
+            break;
+        }
+    }
+    // The first run is copying: a second one (even with --restart) must not start.
+    let second = stride(&["run", "--restart", job.path.to_str().unwrap()], &[]);
+    assert_exit(&second, 1);
+    assert!(
+        String::from_utf8_lossy(&second.stderr)
+            .contains("another stride run is writing into \"big\""),
+        "{}",
+        text(&second)
+    );
+    let _ = lines.count();
+    let out = first.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(pair.assert_same("big", "big").await, 200_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_at_commit_is_not_mistaken_for_a_lost_connection() {
+    let pair = Pair::new("commit_error").await;
+    seed_keys(&pair.source).await;
+    // A deferred unique constraint fails at COMMIT, for the partition holding id 7.
+    pair.target
+        .exec("CREATE TABLE public.events (id bigint UNIQUE DEFERRABLE INITIALLY DEFERRED, k integer, note text);
+               INSERT INTO public.events VALUES (7, 0, 'already here');")
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.events\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 5001\ncount = 2\n[run]\nparallelism = 1",
+        "",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("duplicate key value violates unique constraint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("connection broke"), "{stderr}");
+    assert!(
+        !stderr.contains("retry"),
+        "a constraint violation is not retried: {stderr}"
+    );
 }

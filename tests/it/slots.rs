@@ -1,7 +1,7 @@
 //! `run.parallelism` against the free connection slots of a real server whose
 //! `max_connections` is tiny. The shared test server has 100 slots and other tests
 //! use it at the same time, so each test here starts its own throwaway cluster with
-//! `scripts/pg-local.sh` (`STRIDE_PG_MAX_CONNECTIONS=8`; with the default
+//! `scripts/pg-local.sh` (`STRIDE_PG_MAX_CONNECTIONS=10`; with the default
 //! `superuser_reserved_connections = 3` that leaves five slots for everyone else)
 //! and stops it at the end, even when the test fails.
 //!
@@ -19,7 +19,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::common::job_file;
 
-const MAX_CONNECTIONS: i64 = 8;
+const MAX_CONNECTIONS: i64 = 10;
 /// PostgreSQL's default `superuser_reserved_connections` (checked at start).
 const SUPERUSER_RESERVED: i64 = 3;
 /// Slots a role that is not a superuser can take.
@@ -81,7 +81,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A throwaway cluster with `max_connections = 8`, stopped and removed on drop.
+/// A throwaway cluster with `max_connections = 10`, stopped and removed on drop.
 struct SmallServer {
     port: u16,
     /// Removed after `drop` has stopped the cluster (fields drop after `Drop::drop`).
@@ -416,9 +416,9 @@ async fn too_few_free_slots_warn_and_still_copy_everything() {
         return;
     };
     let (source_url, target_url) = server.seed("postgres").await;
-    // Nothing else open: stride's two sessions (one per side, kept by its pools)
-    // leave 8 - 3 - 2 = 3 free; each partition at once needs a source and a target
-    // session, less the target session already open: 2 partitions at once.
+    // Nothing else open: 10 - 3 reserved = 7 free. Each partition at once needs a
+    // source and a target session, plus the source's coordinator and the target's
+    // run lock: (7 - 2) / 2 = 2 partitions at once.
     server.wait_until_idle().await;
 
     let file = job_file(&job(&source_url, &target_url));
