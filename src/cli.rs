@@ -51,6 +51,34 @@ pub struct Cli {
     /// Less output: errors only, no progress bar.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Log lines as text, or as one JSON object per line (level, message,
+    /// partition, rows, elapsed) for log collectors.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Override a job field, as SECTION.KEY=VALUE (repeatable): the value is read as
+    /// TOML (a number, a date, true, [..]) and otherwise as a string, e.g.
+    /// --set partition.lower_bound=2021-03-01 --set run.parallelism=8
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true, value_parser = parse_override)]
+    pub overrides: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_override(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.contains('.') && !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "\"{text}\" is not SECTION.KEY=VALUE (e.g. partition.count=8)"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +133,16 @@ pub struct JobArgs {
 pub struct RunArgs {
     /// The job file (TOML).
     pub job: PathBuf,
+
+    /// Write the run's summary as JSON to PATH (- for stdout); the schema is in
+    /// the README ("Running it unattended").
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+
+    /// Write Prometheus metrics of the run to PATH (atomically, for
+    /// node_exporter's textfile collector).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 
     /// Forget this job's checkpoints and copy everything again (in truncate mode,
     /// the target is emptied again). Without it, a re-run resumes: partitions

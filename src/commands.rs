@@ -26,17 +26,75 @@ use crate::report::{self, ColumnFit, Summary, Verified};
 /// and returns 1).
 pub async fn execute(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Run(args) => run(&args.job, args.restart, cli.quiet).await,
-        Command::Plan(args) => plan_command(&args.job, args.format).await,
-        Command::Check(args) => check(&args.job).await,
-        Command::Verify(args) => verify(&args, cli.quiet).await,
+        Command::Run(args) => {
+            let json_on_stdout = args.summary_json.as_deref() == Some(Path::new("-"));
+            let end = run(
+                &args.job,
+                &cli.overrides,
+                args.restart,
+                cli.quiet,
+                json_on_stdout,
+            )
+            .await;
+            report_run(&args, &end)?;
+            end.map(|e| e.code)
+        }
+        Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
+        Command::Check(args) => check(&args.job, &cli.overrides).await,
+        Command::Verify(args) => verify(&args, &cli.overrides, cli.quiet).await,
     }
 }
 
-fn load_job(path: &Path) -> Result<Job> {
+/// How a run ended, for `--summary-json` and `--metrics-file`.
+struct RunEnd {
+    code: u8,
+    /// `None` when there was nothing to do.
+    summary: Option<Summary>,
+    fingerprint: String,
+}
+
+/// Writes `--summary-json` and `--metrics-file` for a run that ended, however it
+/// ended (an error before the copy gives a summary with the error and no partitions).
+fn report_run(args: &crate::cli::RunArgs, end: &Result<RunEnd>) -> Result<()> {
+    let doc = match end {
+        Ok(end) => report::summary_json(end.summary.as_ref(), &end.fingerprint, end.code, None),
+        Err(e) => report::summary_json(
+            None,
+            "",
+            crate::error::exit_code(e),
+            Some(&crate::error::chain(e)),
+        ),
+    };
+    if let Some(path) = &args.summary_json {
+        let text = serde_json::to_string_pretty(&doc).expect("JSON values always serialize");
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            write_atomically(path, &text)
+                .with_context(|| format!("writing --summary-json {}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.metrics_file {
+        let previous = std::fs::read_to_string(path).unwrap_or_default();
+        let text = report::metrics_text(&doc, &args.job.display().to_string(), &previous);
+        write_atomically(path, &text)
+            .with_context(|| format!("writing --metrics-file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, renamed over it.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn load_job(path: &Path, overrides: &[(String, String)]) -> Result<Job> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| JobError::new(format!("{}: cannot read the job file: {e}", path.display())))?;
-    let job = Job::parse(&text, |name| std::env::var(name).ok())
+    let job = Job::parse_with_overrides(&text, |name| std::env::var(name).ok(), overrides)
         .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
     Ok(job)
 }
@@ -315,8 +373,8 @@ struct Prepared {
 
 /// Everything `run` and `verify` do before their first write: parse the job,
 /// connect within the connection budget, resolve the source, fit the target.
-async fn prepare(path: &Path) -> Result<Prepared> {
-    let job = load_job(path)?;
+async fn prepare(path: &Path, overrides: &[(String, String)]) -> Result<Prepared> {
+    let job = load_job(path, overrides)?;
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let wanted = job.parallelism.unwrap_or(requested).max(1);
     let source_server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
@@ -377,7 +435,22 @@ async fn prepare(path: &Path) -> Result<Prepared> {
     })
 }
 
-async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
+/// `stride run`. `human_to_stderr`: the summary for people goes to stderr, because
+/// stdout carries `--summary-json -`.
+async fn run(
+    path: &Path,
+    overrides: &[(String, String)],
+    restart: bool,
+    quiet: bool,
+    human_to_stderr: bool,
+) -> Result<RunEnd> {
+    let say = |text: &str| {
+        if human_to_stderr {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    };
     let started = Instant::now();
     let Prepared {
         job,
@@ -386,7 +459,7 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         side,
         fit,
         parallelism,
-    } = prepare(path).await?;
+    } = prepare(path, overrides).await?;
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
@@ -442,13 +515,17 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         if let Some(run) = earlier.as_ref().filter(|r| r.finished) {
             if job.target.mode == Mode::Append {
                 let rows: u64 = run.done.iter().map(|d| d.1).sum();
-                println!(
-                    "nothing to do: this job already finished at {} ({} partitions, {} rows into {table}); run with --restart to copy it again",
+                say(&format!(
+                    "nothing to do: this job already finished at {} ({} partitions, {} rows into {table}); run with --restart to copy it again\n",
                     run.recorded_at,
                     run.done.len(),
                     report::group(rows)
-                );
-                return Ok(exit::OK);
+                ));
+                return Ok(RunEnd {
+                    code: exit::OK,
+                    summary: None,
+                    fingerprint,
+                });
             }
             // Truncate mode copies afresh each time: the finished run is forgotten.
             pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
@@ -602,7 +679,7 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
     // partition: the partitions' rows add up to the whole source's count in the
     // same snapshot (a resumed run's skipped partitions read an older snapshot).
     // The summary first: whatever fails below, it says what was committed.
-    print!("{}", summary.render());
+    say(&summary.render());
     let mut problems = Vec::new();
     if let (Some((mut coordinator, source_rows)), true) = (counted, summary.succeeded()) {
         // A resumed run's skipped partitions read an earlier snapshot: no sum to check.
@@ -627,7 +704,7 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
             let by = effective_verify(job.verify, &fit);
             let results =
                 verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
-            print!("{}", report::render_verify(&results, by));
+            say(&report::render_verify(&results, by));
             let bad = results.iter().filter(|r| !r.matches()).count();
             if bad > 0 {
                 problems.push(format!(
@@ -650,7 +727,11 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         for problem in &problems {
             eprintln!("error: {problem}");
         }
-        return Ok(exit::FAILED);
+        return Ok(RunEnd {
+            code: exit::FAILED,
+            summary: Some(summary),
+            fingerprint,
+        });
     }
     let resume = job
         .checkpoint_table
@@ -663,7 +744,11 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         if let Some(resume) = &resume {
             eprintln!("{resume}");
         }
-        return Ok(exit::INTERRUPTED);
+        return Ok(RunEnd {
+            code: exit::INTERRUPTED,
+            summary: Some(summary),
+            fingerprint,
+        });
     }
     if let Some(failed) = summary
         .partitions
@@ -676,9 +761,17 @@ async fn run(path: &Path, restart: bool, quiet: bool) -> Result<u8> {
         if let Some(resume) = &resume {
             eprintln!("{resume}");
         }
-        return Ok(exit::FAILED);
+        return Ok(RunEnd {
+            code: exit::FAILED,
+            summary: Some(summary),
+            fingerprint,
+        });
     }
-    Ok(exit::OK)
+    Ok(RunEnd {
+        code: exit::OK,
+        summary: Some(summary),
+        fingerprint,
+    })
 }
 
 /// Takes the target table's run lock (a session advisory lock) on a connection of
@@ -732,7 +825,7 @@ fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
 /// `stride verify`: compares every partition in a new snapshot of the source,
 /// with the partitions of the job's recorded run when there is one; `--repair`
 /// copies the differing partitions again and compares them once more.
-async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
+async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) -> Result<u8> {
     let Prepared {
         job,
         source,
@@ -740,7 +833,7 @@ async fn verify(args: &VerifyArgs, quiet: bool) -> Result<u8> {
         side,
         fit,
         parallelism,
-    } = prepare(&args.job).await?;
+    } = prepare(&args.job, overrides).await?;
     if !fit.exists {
         return Err(JobError::new(format!(
             "target.table: {} does not exist in the target database (nothing to verify; run the copy first)",
@@ -970,8 +1063,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn plan_command(path: &Path, format: Format) -> Result<u8> {
-    let job = load_job(path)?;
+async fn plan_command(path: &Path, overrides: &[(String, String)], format: Format) -> Result<u8> {
+    let job = load_job(path, overrides)?;
     let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let source = server.pool(1);
     let side = resolve_source(&source, &job, &server.place).await?;
@@ -1020,8 +1113,8 @@ async fn plan_command(path: &Path, format: Format) -> Result<u8> {
     Ok(exit::OK)
 }
 
-async fn check(path: &Path) -> Result<u8> {
-    let job = load_job(path)?;
+async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
+    let job = load_job(path, overrides)?;
     let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;

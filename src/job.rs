@@ -302,9 +302,36 @@ pub const MAX_BATCH_SIZE: i64 = 1_000_000;
 impl Job {
     /// Reads a job from the text of a job file: interpolates the environment, parses, validates.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Job, JobError> {
+        Job::parse_with_overrides(text, env, &[])
+    }
+
+    /// As `parse`, with `--set SECTION.KEY=VALUE` overrides applied to the parsed
+    /// file before validation, so they meet the same checks as the file's own keys.
+    pub fn parse_with_overrides(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<Job, JobError> {
         let expanded = interpolate(text, env)?;
-        let raw: RawJob = serde_path_to_error::deserialize(toml::Deserializer::new(&expanded))
-            .map_err(|e| toml_error(&expanded, &e))?;
+        if overrides.is_empty() {
+            let raw: RawJob = serde_path_to_error::deserialize(toml::Deserializer::new(&expanded))
+                .map_err(|e| toml_error(&expanded, &e))?;
+            return Job::from_raw(raw);
+        }
+        let mut table: toml::Table =
+            serde_path_to_error::deserialize(toml::Deserializer::new(&expanded))
+                .map_err(|e| toml_error(&expanded, &e))?;
+        for (key, value) in overrides {
+            apply_override(&mut table, key, value)?;
+        }
+        let raw: RawJob =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                JobError::new(format!(
+                    "{path}: {} (after --set)",
+                    e.inner().message().trim()
+                ))
+            })?;
         Job::from_raw(raw)
     }
 
@@ -357,6 +384,29 @@ impl Job {
             verify: raw.run.verify,
         })
     }
+}
+
+/// Sets `section.key` (or `section.key.sub`...) in the parsed file. The value is
+/// read as a TOML value when it is one (`8`, `true`, `2021-03-01`, `["a"]`) and as
+/// a string otherwise.
+fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(), JobError> {
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("a key holds at least one part");
+    let mut node = table;
+    for part in parts {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| JobError::new(format!("--set {key}: {part} is not a section")))?;
+    }
+    node.insert(last.to_string(), parsed);
+    Ok(())
 }
 
 fn to_u32(v: i64) -> u32 {
@@ -809,6 +859,48 @@ parallelism = 2
             .to_string();
         assert!(message.starts_with("line 2, column 7:"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn overrides_meet_the_same_checks() {
+        let set = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            Job::parse_with_overrides(
+                &format!("{MINIMAL}[partition]\ncolumn = 'date'\ncount = 4\n"),
+                |_| None,
+                &pairs,
+            )
+        };
+        let job = set(&[
+            ("partition.lower_bound", "2021-03-01"),
+            ("partition.upper_bound", "2021-03-09"),
+            ("run.parallelism", "2"),
+            ("source.where", "state <> 'Unknown'"),
+        ])
+        .unwrap();
+        assert_eq!(
+            job.partition.unwrap().bounds,
+            Some(("2021-03-01".into(), "2021-03-09".into()))
+        );
+        assert_eq!(job.parallelism, Some(2));
+        assert_eq!(
+            job.source.where_clause.as_deref(),
+            Some("state <> 'Unknown'")
+        );
+        let e = set(&[("partition.cuont", "8")]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("partition.cuont: unknown field `cuont`"),
+            "{e}"
+        );
+        let e = set(&[("partition.count", "0")]).unwrap_err().to_string();
+        assert!(e.starts_with("partition.count: 0 is out of range"), "{e}");
+        let e = set(&[("partition.lower_bound", "2021-03-01")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("partition.upper_bound: missing"), "{e}");
     }
 
     #[test]

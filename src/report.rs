@@ -12,10 +12,10 @@ use crate::copy::{PartitionReport, Status};
 use crate::pg::Transfer;
 use crate::plan::{CopyFormat, Plan};
 
-/// A bar with rows/s and ETA on a terminal's stderr; hidden otherwise (cron, CI,
-/// pipes), where the log lines say what happens.
+/// A bar with rows/s and ETA on a terminal's stderr; hidden when stdout or stderr
+/// is not a terminal (cron, CI, pipes), where the log lines say what happens.
 pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(estimated_rows), ProgressDrawTarget::stderr());
@@ -428,5 +428,152 @@ pub fn render_verify(results: &[Verified], verify: crate::job::Verify) -> String
             group(u64::try_from(r.target.0).unwrap_or(0)),
         );
     }
+    out
+}
+
+/// The run's summary for machines (`--summary-json`). The schema is stable and
+/// documented in the README; `schema_version` changes if a field changes meaning.
+pub fn summary_json(
+    summary: Option<&Summary>,
+    fingerprint: &str,
+    exit_code: u8,
+    error: Option<&str>,
+) -> serde_json::Value {
+    use crate::error::exit;
+    let status = match (exit_code, summary) {
+        (exit::OK, None) => "nothing_to_do",
+        (exit::OK, Some(_)) => "succeeded",
+        (exit::BAD_JOB, _) => "invalid_job",
+        (exit::INTERRUPTED, _) => "interrupted",
+        _ => "failed",
+    };
+    let count = |keep: fn(&Status) -> bool| {
+        summary.map_or(0, |s| {
+            s.partitions.iter().filter(|p| keep(&p.status)).count()
+        })
+    };
+    let first_failure = summary.and_then(|s| {
+        s.partitions.iter().find_map(|p| match &p.status {
+            Status::Failed(e) => Some(e.clone()),
+            _ => None,
+        })
+    });
+    serde_json::json!({
+        "schema_version": 1,
+        "status": status,
+        "exit_code": exit_code,
+        "fingerprint": fingerprint,
+        "source": summary.map(|s| s.source.clone()),
+        "target": summary.map(|s| s.target.clone()),
+        "method": summary.map(|s| s.method.clone()),
+        "partitions": {
+            "total": summary.map_or(0, |s| s.partitions.len()),
+            "written": count(|s| *s == Status::Written),
+            "skipped": count(|s| *s == Status::Skipped),
+            "failed": count(|s| matches!(s, Status::Failed(_))),
+            "rolled_back": count(|s| *s == Status::RolledBack),
+            "not_started": count(|s| *s == Status::NotStarted),
+        },
+        "rows": summary.map_or(0, Summary::rows),
+        "bytes": summary.map_or(0, Summary::bytes),
+        "seconds": summary.map_or(0.0, |s| s.elapsed.as_secs_f64()),
+        "retries": summary.map_or(0, |s| s.partitions.iter().map(|p| p.retries).sum::<u32>()),
+        "error": error.map(str::to_string).or(first_failure),
+        "detail": summary.map_or_else(Vec::new, |s| s.partitions.iter().map(|p| serde_json::json!({
+            "index": p.index,
+            "range": p.range,
+            "status": match p.status {
+                Status::Written => "written",
+                Status::Skipped => "skipped",
+                Status::Failed(_) => "failed",
+                Status::RolledBack => "rolled_back",
+                Status::NotStarted => "not_started",
+            },
+            "rows": p.rows,
+            "bytes": p.bytes,
+            "seconds": p.elapsed.as_secs_f64(),
+            "retries": p.retries,
+            "error": match &p.status { Status::Failed(e) => Some(e.clone()), _ => None },
+        })).collect()),
+    })
+}
+
+/// Prometheus text exposition of a run (`--metrics-file`), from its summary JSON.
+/// `previous` is the file as the last run left it: a failed run keeps the last
+/// success's timestamp.
+pub fn metrics_text(summary: &serde_json::Value, job: &str, previous: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let succeeded = matches!(
+        summary["status"].as_str(),
+        Some("succeeded" | "nothing_to_do")
+    );
+    let label = job
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let last_success = if succeeded {
+        Some(now.to_string())
+    } else {
+        previous
+            .lines()
+            .find(|l| l.starts_with("stride_last_success_timestamp_seconds{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{{job=\"{label}\"}} {value}");
+    };
+    metric(
+        "stride_last_run_timestamp_seconds",
+        "When the last run of this job ended (Unix time).",
+        now.to_string(),
+    );
+    if let Some(t) = last_success {
+        metric(
+            "stride_last_success_timestamp_seconds",
+            "When a run of this job last succeeded (Unix time).",
+            t,
+        );
+    }
+    metric(
+        "stride_last_run_success",
+        "1 if the last run succeeded, else 0.",
+        u8::from(succeeded).to_string(),
+    );
+    metric(
+        "stride_last_run_exit_code",
+        "The last run's exit code.",
+        summary["exit_code"].to_string(),
+    );
+    metric(
+        "stride_last_run_rows",
+        "Rows committed by the last run's partitions, skipped ones included.",
+        summary["rows"].to_string(),
+    );
+    metric(
+        "stride_last_run_bytes",
+        "Bytes read from the source by the last run's partitions.",
+        summary["bytes"].to_string(),
+    );
+    metric(
+        "stride_last_run_duration_seconds",
+        "How long the last run took.",
+        summary["seconds"].to_string(),
+    );
+    metric(
+        "stride_last_run_retries",
+        "Partition retries after transient failures in the last run.",
+        summary["retries"].to_string(),
+    );
+    metric(
+        "stride_last_run_failed_partitions",
+        "Partitions that failed in the last run.",
+        summary["partitions"]["failed"].to_string(),
+    );
     out
 }

@@ -12,3 +12,4 @@ mod secrets;
 mod slots;
 mod standby;
 mod types;
+mod unattended;
