@@ -93,6 +93,14 @@ pub enum Command {
     /// Validate the job, connect to both sides and report whether the target's
     /// columns and types fit the source's; writes nothing.
     Check(JobArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout,
+    /// e.g. stride completions bash > /etc/bash_completion.d/stride
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. stride man > /usr/local/share/man/man1/stride.1
+    Man,
     /// Compare each partition's rows on source and target (count or checksum),
     /// reading the source in one new snapshot; with --repair, copy the partitions
     /// that differ again.

@@ -204,3 +204,41 @@ async fn set_overrides_job_fields_with_the_same_checks() {
         0
     );
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = stride(&["completions", "bash"], &[]);
+    assert_exit(&out, 0);
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        script.contains("verify") && script.contains("--summary-json"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stride.bash");
+    std::fs::write(&path, &script).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        assert_exit(&stride(&["completions", shell], &[]), 0);
+    }
+    let out = stride(&["man"], &[]);
+    assert_exit(&out, 0);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH stride 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("verify") && page.contains("Exit codes"),
+        "{page}"
+    );
+}
