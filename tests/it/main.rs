@@ -2,6 +2,7 @@
 //! find it). One test binary keeps link time down.
 
 mod bad_input;
+mod bench;
 mod common;
 mod configs;
 mod copy;

@@ -1,0 +1,81 @@
+//! The benchmark script (scripts/bench.sh, issue 6) runs end to end on a small
+//! table, so it does not rot: every configuration is measured, every run's row
+//! count checked by the script, and the markdown table has a numeric ratio for
+//! each. Uses the binary under test (debug here), not a release build.
+
+use crate::common::*;
+
+/// The table's first column, as scripts/bench.sh labels its configurations.
+const CONFIGURATIONS: [&str; 11] = [
+    "psql pipe x1",
+    "psql pipes x2",
+    "psql pipes x4",
+    "stride copy, 1 partition",
+    "stride copy, 2 partitions",
+    "stride copy, 4 partitions",
+    "stride copy, 8 partitions",
+    "stride insert, 1 partition, batch 1000",
+    "stride insert, 1 partition, batch 10000",
+    "stride insert, 4 partitions, batch 1000",
+    "stride insert, 4 partitions, batch 10000",
+];
+
+#[test]
+fn bench_script_measures_every_configuration_on_a_small_table() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench.sh");
+    let started = std::time::Instant::now();
+    // The script names its databases after its own process id, so it can run
+    // next to the other tests; it drops them at the end.
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("20000")
+        .env("ROUNDS", "1")
+        .env("BENCH_URL", server_url())
+        .env("STRIDE_BIN", env!("CARGO_BIN_EXE_stride"))
+        .env_remove("BENCH_KEEP")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("bash runs");
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("### 20,000 rows, 1 round(s)"), "{stdout}");
+    assert!(stdout.contains("- PostgreSQL "), "{stdout}");
+
+    // | configuration | median s | runs s | rows/s | MB/s | peak client MiB | ratio | reference |
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ") && !l.starts_with("| configuration") && !l.starts_with("| ---")
+        })
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), CONFIGURATIONS.len(), "{stdout}");
+    for name in CONFIGURATIONS {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no row for {name:?} in\n{stdout}"));
+        assert_eq!(row.len(), 8, "{row:?}");
+        let number = |i: usize| -> f64 {
+            row[i]
+                .replace(',', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: column {i} is not a number: {row:?}"))
+        };
+        assert!(number(1) > 0.0, "median time of {name}: {row:?}");
+        assert!(number(3) > 0.0, "rows/s of {name}: {row:?}");
+        let ratio = number(6);
+        assert!(ratio.is_finite() && ratio > 0.0, "ratio of {name}: {row:?}");
+        if name == "psql pipe x1" {
+            assert_eq!(row[6], "1.00", "the single pipe is its own reference");
+        }
+    }
+    assert!(
+        stdout.contains("stride copy, 8 partitions vs stride copy, 2 partitions"),
+        "{stdout}"
+    );
+    eprintln!(
+        "scripts/bench.sh 20000 took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
