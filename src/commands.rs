@@ -501,6 +501,17 @@ async fn run(
             .await
             .with_context(|| format!("creating checkpoint table {cp}"))?;
         if restart {
+            if job.target.mode == Mode::Append {
+                let unfinished = pg::read_checkpoints(&mut conn, cp, &fingerprint)
+                    .await?
+                    .filter(|r| !r.finished && !r.done.is_empty());
+                if let Some(run) = unfinished {
+                    warn!(
+                        "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
+                        run.done.len()
+                    );
+                }
+            }
             pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
                 .await
                 .with_context(|| format!("forgetting checkpoints in {cp}"))?;

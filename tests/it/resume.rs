@@ -920,6 +920,11 @@ async fn restart_starts_an_interrupted_job_over() {
         "{}",
         text(&restarted)
     );
+    assert!(
+        String::from_utf8_lossy(&restarted.stderr).contains("--restart in append mode"),
+        "the doubled partitions are announced: {}",
+        text(&restarted)
+    );
     assert_eq!(
         pair.target.count("big").await,
         ROWS + earlier.len() as i64 * WIDTH,
