@@ -187,18 +187,28 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
     })
 }
 
-/// The plan, with the bounds read from the source (min and max of the key) when
-/// the job gives none.
-async fn plan_partitions(conn: &mut PgConnection, job: &Job, side: &SourceSide) -> Result<Plan> {
-    let bounds = match (&side.key, &side.bounds) {
-        (Some(key), None) => pg::key_bounds(conn, &plan::bounds_sql(job, key))
+/// The plan: with the bounds a recorded run planned with (a resume plans exactly
+/// its partitions), else the job's, else the source's min and max of the key.
+async fn plan_partitions(
+    conn: &mut PgConnection,
+    job: &Job,
+    side: &SourceSide,
+    recorded: Option<&pg::RecordedRun>,
+) -> Result<Plan> {
+    let bounds = match (recorded, &side.key, &side.bounds) {
+        (Some(run), _, _) => run.bounds.map(|(lower, upper)| Bounds {
+            lower,
+            upper,
+            origin: BoundsOrigin::EarlierRun,
+        }),
+        (None, Some(key), None) => pg::key_bounds(conn, &plan::bounds_sql(job, key))
             .await?
             .map(|(lower, upper)| Bounds {
                 lower,
                 upper,
                 origin: BoundsOrigin::Source,
             }),
-        (_, bounds) => bounds.clone(),
+        (None, _, bounds) => bounds.clone(),
     };
     Ok(plan::build(job, &side.columns, side.key.clone(), bounds))
 }
@@ -557,21 +567,7 @@ async fn run(
             earlier = None;
         }
     }
-    // A resumed run plans with the bounds the earlier run recorded, so its
-    // partitions are exactly the earlier ones.
-    let plan = match &earlier {
-        Some(run) => plan::build(
-            &job,
-            &side.columns,
-            side.key.clone(),
-            run.bounds.map(|(lower, upper)| Bounds {
-                lower,
-                upper,
-                origin: BoundsOrigin::EarlierRun,
-            }),
-        ),
-        None => plan_partitions(&mut coordinator, &job, &side).await?,
-    };
+    let plan = plan_partitions(&mut coordinator, &job, &side, earlier.as_ref()).await?;
     if let Some(run) = &earlier {
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
@@ -892,19 +888,7 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
         }
         None => None,
     };
-    let plan = match recorded {
-        Some(run) => plan::build(
-            &job,
-            &side.columns,
-            side.key.clone(),
-            run.bounds.map(|(lower, upper)| Bounds {
-                lower,
-                upper,
-                origin: BoundsOrigin::EarlierRun,
-            }),
-        ),
-        None => plan_partitions(&mut coordinator, &job, &side).await?,
-    };
+    let plan = plan_partitions(&mut coordinator, &job, &side, recorded.as_ref()).await?;
     let results = verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
     print!("{}", report::render_verify(&results, by));
     let differing: Vec<PlannedPartition> = plan
@@ -1095,7 +1079,7 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
         .acquire()
         .await
         .context("taking a source connection (none could be opened or freed within 60 s)")?;
-    let plan = plan_partitions(&mut conn, &job, &side).await?;
+    let plan = plan_partitions(&mut conn, &job, &side, None).await?;
     let mut estimates = Vec::with_capacity(plan.partitions.len());
     for p in &plan.partitions {
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
