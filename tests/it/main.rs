@@ -7,6 +7,7 @@ mod common;
 mod configs;
 mod copy;
 mod covid;
+mod examples;
 mod props;
 mod resume;
 mod secrets;
