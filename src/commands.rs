@@ -510,43 +510,32 @@ async fn run(
         pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
             .await
             .with_context(|| format!("creating checkpoint table {cp}"))?;
-        if restart {
-            if job.target.mode == Mode::Append {
-                let unfinished = pg::read_checkpoints(&mut conn, cp, &fingerprint)
-                    .await?
-                    .filter(|r| !r.finished && !r.done.is_empty());
-                if let Some(run) = unfinished {
+        earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
+        let target_oid = pg::table_oid(&mut conn, table).await?;
+        let forget = match &earlier {
+            None => false,
+            Some(run) if restart => {
+                if job.target.mode == Mode::Append && !run.finished && !run.done.is_empty() {
                     warn!(
                         "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
                         run.done.len()
                     );
                 }
+                true
             }
-            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
-                .await
-                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
-        }
-        earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
-        // A run into a table that was dropped (and maybe created again) since is
-        // stale: its partitions went with the old table.
-        let target_oid = pg::table_oid(&mut conn, table).await?;
-        if earlier
-            .as_ref()
-            .is_some_and(|run| run.target_oid != target_oid)
-        {
-            info!("the earlier run of this job wrote into a table that is gone: starting afresh");
-            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
-                .await
-                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
-            earlier = None;
-        }
-        if let Some(problem) = earlier.as_ref().and_then(|r| r.failed_check.as_ref()) {
-            return Err(anyhow::anyhow!(
-                "the earlier run of this job failed its check ({problem}); its partitions cannot be trusted, so it is not resumed: run with --restart"
-            ));
-        }
-        if let Some(run) = earlier.as_ref().filter(|r| r.finished) {
-            if job.target.mode == Mode::Append {
+            // A run into a table that was dropped (and maybe created again) since is
+            // stale: its partitions went with the old table.
+            Some(run) if run.target_oid != target_oid => {
+                info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+                true
+            }
+            Some(run) if run.failed_check.is_some() => {
+                return Err(anyhow::anyhow!(
+                    "the earlier run of this job failed its check ({}); its partitions cannot be trusted, so it is not resumed: run with --restart",
+                    run.failed_check.as_deref().unwrap_or_default()
+                ));
+            }
+            Some(run) if run.finished && job.target.mode == Mode::Append => {
                 let rows: u64 = run.done.iter().map(|d| d.1).sum();
                 say(&format!(
                     "nothing to do: this job already finished at {} ({} partitions, {} rows into {table}); run with --restart to copy it again\n",
@@ -560,7 +549,10 @@ async fn run(
                     fingerprint,
                 });
             }
-            // Truncate mode copies afresh each time: the finished run is forgotten.
+            // Truncate mode copies afresh each time: a finished run is forgotten.
+            Some(run) => run.finished,
+        };
+        if forget {
             pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
                 .await
                 .with_context(|| format!("forgetting checkpoints in {cp}"))?;
@@ -650,11 +642,7 @@ async fn run(
         let count = pg::count_rows(&mut coordinator, &whole_select).await;
         (coordinator, count)
     });
-    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
-    let concurrency = parallelism.min(to_run.len()).max(1);
-    let (ran, interrupted) = run_partitions(Arc::clone(&spec), to_run, concurrency).await;
-    signals.abort();
-    spec.progress.finish_and_clear();
+    let (ran, interrupted) = copy_partitions(&spec, to_run, parallelism).await;
     // A run that failed or was interrupted abandons the count with its connection
     // (the server ends the transaction when the socket closes).
     let all_written = ran.iter().all(|r| r.status == Status::Written);
@@ -913,12 +901,7 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
     spec.repair = Some(job.target.table.clone());
     spec.progress = report::progress_bar(0, quiet);
     let spec = Arc::new(spec);
-    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
-    let concurrency = parallelism.min(differing.len()).max(1);
-    let (repaired, interrupted) =
-        run_partitions(Arc::clone(&spec), differing.clone(), concurrency).await;
-    signals.abort();
-    spec.progress.finish_and_clear();
+    let (repaired, interrupted) = copy_partitions(&spec, differing.clone(), parallelism).await;
     for r in &repaired {
         match &r.status {
             Status::Written => println!(
@@ -1031,6 +1014,21 @@ fn resume_command() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Copies `partitions` at most `parallelism` at once, with Ctrl-C and SIGTERM
+/// cancelling the copy, and the progress bar cleared at the end.
+async fn copy_partitions(
+    spec: &Arc<CopySpec>,
+    partitions: Vec<PlannedPartition>,
+    parallelism: usize,
+) -> (Vec<PartitionReport>, Option<crate::error::Interrupted>) {
+    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
+    let concurrency = parallelism.min(partitions.len()).max(1);
+    let ended = run_partitions(Arc::clone(spec), partitions, concurrency).await;
+    signals.abort();
+    spec.progress.finish_and_clear();
+    ended
 }
 
 /// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,
