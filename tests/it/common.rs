@@ -191,3 +191,64 @@ pub fn text(output: &Output) -> String {
 pub fn assert_exit(output: &Output, code: i32) {
     assert_eq!(output.status.code(), Some(code), "{}", text(output));
 }
+
+/// A `stride run` in the background whose stderr is read line by line, so a test
+/// can act at a given moment of the run (after a partition is committed, say).
+pub struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// Stderr read so far.
+    stderr: String,
+}
+
+impl Running {
+    pub fn start(job: &Path) -> Running {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
+            .args(["run", job.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the stride binary runs");
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        Running {
+            child,
+            lines,
+            stderr: String::new(),
+        }
+    }
+
+    /// Reads stderr until a line contains `needle`; panics if stride ends first.
+    pub fn wait_for(&mut self, needle: &str) {
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+            if line.contains(needle) {
+                return;
+            }
+        }
+        panic!("stride ended before logging {needle:?}:\n{}", self.stderr);
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the end; the output's stderr holds everything stride wrote there.
+    pub fn finish(mut self) -> Output {
+        for line in self.lines.by_ref() {
+            self.stderr.push_str(&line.unwrap());
+            self.stderr.push('\n');
+        }
+        let mut out = self.child.wait_with_output().unwrap();
+        out.stderr = self.stderr.into_bytes();
+        out
+    }
+}

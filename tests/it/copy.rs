@@ -307,7 +307,6 @@ async fn every_partition_reads_one_snapshot_while_the_source_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
-    use std::io::{BufRead, BufReader};
     let pair = Pair::new("sigint").await;
     pair.source
         .exec("CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 400000) g;")
@@ -318,37 +317,12 @@ async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 400001\ncount = 40\n[run]\nparallelism = 1",
         "method = \"insert\"\nbatch_size = 500",
     ));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
-        .args(["run", job.path.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Interrupt once the first partition is committed, so some are written and one is in flight.
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("partition written") {
-            break;
-        }
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "stderr:\n{seen}{}",
-        rest.join("\n")
-    );
+    let mut running = Running::start(&job.path);
+    running.wait_for("partition written");
+    running.signal("INT");
+    let out = running.finish();
+    assert_exit(&out, 130);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("copy INTERRUPTED"), "{stdout}");
     assert!(stdout.contains("rolled back"), "{stdout}");
@@ -361,14 +335,26 @@ async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
     assert!(!written.is_empty() && written.len() < 40, "{stdout}");
     let expected: i64 = written.len() as i64 * 10_000;
     assert_eq!(pair.target.count("big").await, expected, "{stdout}");
-    for p in written {
-        let lo = p as i64 * 10_000 + 1;
+    for p in &written {
+        let lo = *p as i64 * 10_000 + 1;
         let n = pair
             .target
             .count(&format!("big WHERE id >= {lo} AND id < {}", lo + 10_000))
             .await;
         assert_eq!(n, 10_000, "partition {p} is not whole");
     }
+    // And they hold the source's rows of those partitions, value for value.
+    let ranges = written
+        .iter()
+        .map(|p| format!("(id - 1) / 10000 = {p}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    assert_eq!(
+        pair.source
+            .checksum(&format!("(SELECT * FROM big WHERE {ranges})"))
+            .await,
+        pair.target.checksum("big").await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +378,6 @@ async fn copying_a_table_onto_itself_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_interrupted_while_committing_is_reported_as_it_ended() {
-    use std::io::{BufRead, BufReader};
     let pair = Pair::new("commit_window").await;
     pair.source
         .exec("CREATE TABLE slow (id int); INSERT INTO slow SELECT generate_series(1, 20);")
@@ -413,29 +398,14 @@ async fn a_partition_interrupted_while_committing_is_reported_as_it_ended() {
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 21\ncount = 2",
         "",
     ));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
-        .args(["run", job.path.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("partition written partition=1") {
-            break;
-        }
-    }
+    let mut running = Running::start(&job.path);
+    running.wait_for("partition written partition=1");
     // Partition 1 is committed; partition 0 is inside its 2 s COMMIT.
     std::thread::sleep(Duration::from_millis(300));
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let _ = lines.count();
-    let out = child.wait_with_output().unwrap();
+    running.signal("INT");
+    let out = running.finish();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(pair.target.count("slow").await, 20, "{stdout}");
+    assert_eq!(pair.assert_same("slow", "slow").await, 20, "{stdout}");
     assert_exit(&out, 0);
     assert!(stdout.contains("partitions 2 written of 2"), "{stdout}");
 }
@@ -569,7 +539,6 @@ async fn verify_needs_the_partition_column_among_the_copied_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_into_the_same_table_waits_its_turn() {
-    use std::io::{BufRead, BufReader};
     let pair = Pair::new("lock").await;
     pair.source
         .exec("CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 200000) g;")
@@ -580,18 +549,8 @@ async fn a_second_run_into_the_same_table_waits_its_turn() {
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 200001\ncount = 20\n[run]\nparallelism = 1",
         "mode = \"truncate\"\nmethod = \"insert\"\nbatch_size = 500",
     ));
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
-        .args(["run", job.path.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("partition written") {
-            break;
-        }
-    }
+    let mut first = Running::start(&job.path);
+    first.wait_for("partition written");
     // The first run is copying: a second one (even with --restart) must not start.
     let second = stride(&["run", "--restart", job.path.to_str().unwrap()], &[]);
     assert_exit(&second, 1);
@@ -601,8 +560,7 @@ async fn a_second_run_into_the_same_table_waits_its_turn() {
         "{}",
         text(&second)
     );
-    let _ = lines.count();
-    let out = first.wait_with_output().unwrap();
+    let out = first.finish();
     assert_exit(&out, 0);
     assert_eq!(pair.assert_same("big", "big").await, 200_000);
 }
