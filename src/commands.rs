@@ -526,7 +526,9 @@ async fn run(
             // A run into a table that was dropped (and maybe created again) since is
             // stale: its partitions went with the old table.
             Some(run) if run.target_oid != target_oid => {
-                info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+                info!(
+                    "the earlier run of this job wrote into a table that is gone: starting afresh"
+                );
                 true
             }
             Some(run) if run.failed_check.is_some() => {
