@@ -71,21 +71,9 @@ impl TestDb {
         sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
     }
 
-    /// Row count and an order-independent checksum of every column of every row:
-    /// the md5 of all rows' text forms, sorted. Equal on both sides means the same
-    /// multiset of rows.
+    /// Row count and checksum of a table or parenthesised query: see [`checksum`].
     pub async fn checksum(&self, table: &str) -> (i64, String) {
-        let mut conn = self.conn().await;
-        sqlx::raw_sql("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query_as(&format!(
-            "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {table} AS t"
-        ))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("checksum of {table}: {e}"))
+        checksum(&mut self.conn().await, table).await
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -114,6 +102,37 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Runs SQL (several statements allowed) on a connection.
+pub async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("running {sql}: {e}"));
+}
+
+/// Row count and an order-independent checksum of every column of every row of
+/// `from` (a table or a parenthesised query): the md5 of all rows' text forms,
+/// sorted. Equal on both sides means the same multiset of rows.
+pub async fn try_checksum(
+    conn: &mut PgConnection,
+    from: &str,
+) -> Result<(i64, String), sqlx::Error> {
+    sqlx::raw_sql("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(&format!(
+        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {from} AS t"
+    ))
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn checksum(conn: &mut PgConnection, from: &str) -> (i64, String) {
+    try_checksum(conn, from)
+        .await
+        .unwrap_or_else(|e| panic!("checksum of {from}: {e}"))
 }
 
 /// A source and a target database.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bench;
+mod cluster;
 mod common;
 mod configs;
 mod copy;

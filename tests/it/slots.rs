@@ -10,14 +10,14 @@
 //! message saying that the server has no free connection slots.
 
 use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::common::job_file;
+use crate::cluster::{free_port, newest_bindir, stop_cluster};
+use crate::common::{checksum, exec, job_file};
 
 const MAX_CONNECTIONS: i64 = 10;
 /// PostgreSQL's default `superuser_reserved_connections` (checked at start).
@@ -48,38 +48,6 @@ INSERT INTO public.items VALUES (-1, 'kept', 1.50, '1999-01-01 00:00:00+00'), (-
 
 const CLIENT_BACKENDS: &str =
     "SELECT count(*)::int8 FROM pg_stat_activity WHERE backend_type = 'client backend'";
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// The newest `/usr/lib/postgresql/*/bin` with `initdb` and `pg_ctl`, as
-/// `scripts/pg-local.sh` picks it.
-fn newest_bindir() -> Option<PathBuf> {
-    let version = |p: &Path| -> Vec<u32> {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| n.split('.').map(|s| s.parse().unwrap_or(0)).collect())
-            .unwrap_or_default()
-    };
-    std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("bin/initdb").is_file() && p.join("bin/pg_ctl").is_file())
-        .max_by_key(|p| version(p))
-        .map(|p| p.join("bin"))
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free local port")
-        .port()
-}
 
 /// A throwaway cluster with `max_connections = 10`, stopped and removed on drop.
 struct SmallServer {
@@ -243,42 +211,8 @@ async fn wait_until_alone(conn: &mut PgConnection) {
 
 impl Drop for SmallServer {
     fn drop(&mut self) {
-        let dir = self.dir.path();
-        if !dir.join("postmaster.pid").exists() {
-            return;
-        }
-        // The binaries of the cluster's own major version, as pg-local.sh started it.
-        let pg_ctl = std::fs::read_to_string(dir.join("PG_VERSION"))
-            .ok()
-            .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", v.trim())))
-            .filter(|p| p.is_file())
-            .or_else(|| newest_bindir().map(|b| b.join("pg_ctl")));
-        let Some(pg_ctl) = pg_ctl else { return };
-        // PostgreSQL refuses to run as root: pg-local.sh runs it as `postgres` then.
-        let mut cmd = if is_root() {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(pg_ctl);
-            cmd
-        } else {
-            Command::new(pg_ctl)
-        };
-        // Immediate: the data is thrown away, and sessions still open are cut.
-        let _ = cmd
-            .arg("-D")
-            .arg(dir)
-            .args(["-m", "immediate", "-w", "-t", "20", "stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        stop_cluster(self.dir.path());
     }
-}
-
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("running {sql}: {e}"));
 }
 
 async fn client_backends(conn: &mut PgConnection) -> i64 {
@@ -286,17 +220,6 @@ async fn client_backends(conn: &mut PgConnection) -> i64 {
         .fetch_one(conn)
         .await
         .unwrap()
-}
-
-/// Row count and an order-independent checksum of every row (as in `common`).
-async fn checksum(conn: &mut PgConnection, table: &str) -> (i64, String) {
-    exec(conn, "SET TimeZone = 'UTC'; SET extra_float_digits = 3").await;
-    sqlx::query_as(&format!(
-        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {table} AS t"
-    ))
-    .fetch_one(conn)
-    .await
-    .unwrap_or_else(|e| panic!("checksum of {table}: {e}"))
 }
 
 fn job(source_url: &str, target_url: &str) -> String {

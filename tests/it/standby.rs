@@ -11,7 +11,6 @@
 //! standby keeps replaying, and a `query` source is described on the standby
 //! (which cannot create the temporary view used on a primary).
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -21,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::common::{assert_exit, job_file, run_job, stride, text, TestDb};
+use crate::cluster::{as_postgres, free_port, is_root, newest_bindir, stop_cluster};
+use crate::common::{
+    assert_exit, checksum, exec, job_file, run_job, stride, text, try_checksum, TestDb,
+};
 
 /// How long the standby may take to start, stream and replay what the tests wait for.
 const REPLAY_DEADLINE: Duration = Duration::from_secs(20);
@@ -48,50 +50,6 @@ CREATE TABLE public.live (id bigserial PRIMARY KEY, k integer NOT NULL, pad text
 INSERT INTO public.live (k, pad) SELECT g % 8, repeat('x', 20) FROM generate_series(1, 80000) g;";
 const LIVE_SEEDED: i64 = 80_000;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// The newest `/usr/lib/postgresql/*/bin` with `initdb` and `pg_ctl`, as
-/// `scripts/pg-local.sh` picks it.
-fn newest_bindir() -> Option<PathBuf> {
-    let version = |p: &Path| -> Vec<u32> {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .map(|n| n.split('.').map(|s| s.parse().unwrap_or(0)).collect())
-            .unwrap_or_default()
-    };
-    std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("bin/initdb").is_file() && p.join("bin/pg_ctl").is_file())
-        .max_by_key(|p| version(p))
-        .map(|p| p.join("bin"))
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free local port")
-        .port()
-}
-
-/// `program`, run as the `postgres` OS user when we are root (PostgreSQL refuses
-/// to run as root; pg-local.sh runs its cluster as `postgres` then).
-fn as_postgres(program: &Path) -> Command {
-    if is_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
 fn output_text(out: &Output) -> String {
     format!(
         "{}\n--- stdout\n{}\n--- stderr\n{}",
@@ -105,28 +63,6 @@ fn log_tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// Stops the cluster in `dir` (immediate: the data is thrown away) if it runs.
-fn stop_cluster(dir: &Path) {
-    if !dir.join("postmaster.pid").exists() {
-        return;
-    }
-    // The binaries of the cluster's own major version.
-    let pg_ctl = std::fs::read_to_string(dir.join("PG_VERSION"))
-        .ok()
-        .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{}/bin/pg_ctl", v.trim())))
-        .filter(|p| p.is_file())
-        .or_else(|| newest_bindir().map(|b| b.join("pg_ctl")));
-    let Some(pg_ctl) = pg_ctl else { return };
-    let _ = as_postgres(&pg_ctl)
-        .arg("-D")
-        .arg(dir)
-        .args(["-m", "immediate", "-w", "-t", "20", "stop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// A primary and its streaming hot standby, stopped and removed on drop.
@@ -446,32 +382,6 @@ async fn connect(url: &str) -> PgConnection {
     PgConnection::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
-
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("running {sql}: {e}"));
-}
-
-/// Row count and an order-independent checksum of every row of `from` (a table
-/// name or a parenthesised query), as in `common`.
-async fn try_checksum(conn: &mut PgConnection, from: &str) -> Result<(i64, String), sqlx::Error> {
-    sqlx::raw_sql("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query_as(&format!(
-        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {from} AS t"
-    ))
-    .fetch_one(conn)
-    .await
-}
-
-async fn checksum(conn: &mut PgConnection, from: &str) -> (i64, String) {
-    try_checksum(conn, from)
-        .await
-        .unwrap_or_else(|e| panic!("checksum of {from}: {e}"))
 }
 
 fn stdout_of(out: &Output) -> String {
