@@ -211,63 +211,88 @@ pub fn assert_exit(output: &Output, code: i32) {
     assert_eq!(output.status.code(), Some(code), "{}", text(output));
 }
 
-/// A `stride run` in the background whose stderr is read line by line, so a test
-/// can act at a given moment of the run (after a partition is committed, say).
+/// A stride process whose stderr is read line by line as it comes.
 pub struct Running {
     child: std::process::Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
-    /// Stderr read so far.
-    stderr: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
 }
 
 impl Running {
-    pub fn start(job: &Path) -> Running {
-        use std::io::BufRead;
+    pub fn start(args: &[&str]) -> Running {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
-            .args(["run", job.to_str().unwrap()])
+            .args(args)
             .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("the stride binary runs");
-        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
         Running {
             child,
             lines,
-            stderr: String::new(),
+            reader,
         }
     }
 
-    /// Reads stderr until a line contains `needle`; panics if stride ends first.
-    pub fn wait_for(&mut self, needle: &str) {
-        for line in self.lines.by_ref() {
-            let line = line.unwrap();
-            self.stderr.push_str(&line);
-            self.stderr.push('\n');
-            if line.contains(needle) {
-                return;
+    /// Blocks until a stderr line contains `needle`. If stride ends first or
+    /// nothing comes within 60 s, kills it and panics with all its output.
+    pub fn wait_for_line(mut self, needle: &str) -> Running {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return self,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let out = self.finish();
+                    panic!("no stderr line with {needle:?}:\n{}", text(&out));
+                }
             }
         }
-        panic!("stride ended before logging {needle:?}:\n{}", self.stderr);
     }
 
-    /// Sends a signal by name (`INT`, `TERM`, `KILL`).
-    pub fn signal(&self, name: &str) {
+    pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .args([format!("-{signal}"), self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        assert!(status.success(), "kill -{signal}");
     }
 
-    /// Waits for the end; the output's stderr holds everything stride wrote there.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits for the end (killing stride after 60 s) and returns all its output.
     pub fn finish(mut self) -> Output {
-        for line in self.lines.by_ref() {
-            self.stderr.push_str(&line.unwrap());
-            self.stderr.push('\n');
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.exited() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let mut out = self.child.wait_with_output().unwrap();
-        out.stderr = self.stderr.into_bytes();
-        out
+        let out = self.child.wait_with_output().unwrap();
+        let stderr = self.reader.join().unwrap();
+        Output {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: stderr.into_bytes(),
+        }
     }
 }

@@ -318,8 +318,8 @@ async fn sigint_rolls_back_partitions_in_flight_and_exits_130() {
         "method = \"insert\"\nbatch_size = 500",
     ));
     // Interrupt once the first partition is committed, so some are written and one is in flight.
-    let mut running = Running::start(&job.path);
-    running.wait_for("partition written");
+    let running =
+        Running::start(&["run", job.path.to_str().unwrap()]).wait_for_line("partition written");
     running.signal("INT");
     let out = running.finish();
     assert_exit(&out, 130);
@@ -398,8 +398,8 @@ async fn a_partition_interrupted_while_committing_is_reported_as_it_ended() {
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 21\ncount = 2",
         "",
     ));
-    let mut running = Running::start(&job.path);
-    running.wait_for("partition written partition=1");
+    let running = Running::start(&["run", job.path.to_str().unwrap()])
+        .wait_for_line("partition written partition=1");
     // Partition 1 is committed; partition 0 is inside its 2 s COMMIT.
     std::thread::sleep(Duration::from_millis(300));
     running.signal("INT");
@@ -549,8 +549,8 @@ async fn a_second_run_into_the_same_table_waits_its_turn() {
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 200001\ncount = 20\n[run]\nparallelism = 1",
         "mode = \"truncate\"\nmethod = \"insert\"\nbatch_size = 500",
     ));
-    let mut first = Running::start(&job.path);
-    first.wait_for("partition written");
+    let first =
+        Running::start(&["run", job.path.to_str().unwrap()]).wait_for_line("partition written");
     // The first run is copying: a second one (even with --restart) must not start.
     let second = stride(&["run", "--restart", job.path.to_str().unwrap()], &[]);
     assert_exit(&second, 1);

@@ -6,11 +6,11 @@
 //! sessions on the test's own databases) and the assertions hold whichever
 //! partitions happen to be committed when a kill lands.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
@@ -47,92 +47,6 @@ fn slow_job(pair: &Pair, run: &str, target: &str) -> String {
         ),
         &format!("method = \"insert\"\nbatch_size = 200\n{target}"),
     )
-}
-
-/// A stride process whose stderr is read line by line as it comes.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    reader: std::thread::JoinHandle<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the stride binary runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                all.push_str(&line);
-                all.push('\n');
-                let _ = tx.send(line);
-            }
-            all
-        });
-        Running {
-            child,
-            lines,
-            reader,
-        }
-    }
-
-    /// Blocks until a stderr line contains `needle`. If stride ends first or
-    /// nothing comes within 60 s, kills it and panics with all its output.
-    fn wait_for_line(mut self, needle: &str) -> Running {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return self,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = self.child.kill();
-                    let out = self.finish();
-                    panic!("no stderr line with {needle:?}:\n{}", text(&out));
-                }
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal}");
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-
-    /// Waits for the end (killing stride after 60 s) and returns all its output.
-    fn finish(mut self) -> Output {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.exited() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = self.child.wait_with_output().unwrap();
-        let stderr = self.reader.join().unwrap();
-        Output {
-            status: out.status,
-            stdout: out.stdout,
-            stderr: stderr.into_bytes(),
-        }
-    }
 }
 
 fn stdout(out: &Output) -> String {
