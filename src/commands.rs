@@ -1087,7 +1087,7 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
     match format {
         Format::Text => print!(
             "{}",
-            report::render_plan(&plan, &estimates, &source_name(&job), None)
+            report::render_plan(&plan, &estimates, &source_name(&job))
         ),
         Format::Json => {
             let key_type = plan.key.as_ref().map(|k| k.key_type);

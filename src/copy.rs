@@ -83,8 +83,7 @@ pub struct Checkpoint {
 }
 
 /// What became of one partition.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "status", content = "error")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
     /// Committed on the target.
     Written,
@@ -98,21 +97,16 @@ pub enum Status {
     Skipped,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct PartitionReport {
     pub index: usize,
     pub range: String,
     pub status: Status,
     pub rows: u64,
     pub bytes: u64,
-    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
     /// Attempts after the first, each after a transient failure.
     pub retries: u32,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Rows and bytes of one written partition.

@@ -203,12 +203,10 @@ impl Column {
     }
 }
 
-/// A relation's columns and the planner's idea of its size.
+/// A relation's columns and kind.
 #[derive(Clone, Debug, Serialize)]
 pub struct Relation {
     pub columns: Vec<Column>,
-    /// `pg_class.reltuples`; `None` when the relation was never analyzed or is a query.
-    pub estimated_rows: Option<i64>,
     /// `pg_class.relkind`: `r` table, `p` partitioned table, `v` view, ...
     pub kind: char,
 }
@@ -233,7 +231,7 @@ pub async fn describe_table(
     name: &QualifiedName,
 ) -> Result<Option<Relation>> {
     let row = sqlx::query(
-        "SELECT c.oid::int8, c.reltuples::float8, c.relkind::text \
+        "SELECT c.oid::int8, c.relkind::text \
          FROM pg_class c WHERE c.oid = to_regclass($1)",
     )
     .bind(name.to_string())
@@ -242,15 +240,12 @@ pub async fn describe_table(
     .with_context(|| format!("looking up table {name}"))?;
     let Some(row) = row else { return Ok(None) };
     let oid: i64 = row.get(0);
-    let reltuples: f64 = row.get(1);
-    let kind: String = row.get(2);
+    let kind: String = row.get(1);
     let columns = read_columns(conn, oid)
         .await
         .with_context(|| format!("reading the columns of {name}"))?;
     Ok(Some(Relation {
         columns,
-        // reltuples is -1 (PG 14+) or 0 for a table never vacuumed or analyzed.
-        estimated_rows: (reltuples > 0.0).then(|| reltuples.round() as i64),
         kind: kind.chars().next().unwrap_or('r'),
     }))
 }
@@ -317,7 +312,6 @@ pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Rela
     sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
     Ok(Relation {
         columns: result?,
-        estimated_rows: None,
         kind: 'v',
     })
 }
@@ -364,11 +358,7 @@ async fn describe_query_on_standby(conn: &mut PgConnection, query: &str) -> Resu
             has_default: false,
         });
     }
-    Ok(Relation {
-        columns,
-        estimated_rows: None,
-        kind: 'v',
-    })
+    Ok(Relation { columns, kind: 'v' })
 }
 
 async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> {

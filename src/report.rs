@@ -6,11 +6,10 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use serde::Serialize;
 
 use crate::copy::{PartitionReport, Status};
 use crate::pg::Transfer;
-use crate::plan::{CopyFormat, Plan};
+use crate::plan::Plan;
 
 /// A bar with rows/s and ETA on a terminal's stderr; hidden when stdout or stderr
 /// is not a terminal (cron, CI, pipes), where the log lines say what happens.
@@ -34,20 +33,15 @@ pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
 }
 
 /// The whole run, for the final summary.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Summary {
     pub source: String,
     pub target: String,
     pub method: String,
     pub partitions: Vec<PartitionReport>,
-    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
     /// Stopped by Ctrl-C or SIGTERM.
     pub interrupted: bool,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 impl Summary {
@@ -224,12 +218,7 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// `stride plan` for people.
-pub fn render_plan(
-    plan: &Plan,
-    estimates: &[i64],
-    source: &str,
-    format: Option<CopyFormat>,
-) -> String {
+pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source {source}");
     match (&plan.key, &plan.bounds) {
@@ -268,9 +257,6 @@ pub fn render_plan(
             let _ = writeln!(out, "no [partition] section: one partition");
         }
     }
-    if let Some(format) = format {
-        let _ = writeln!(out, "copy format {format:?}");
-    }
     for (p, estimate) in plan.partitions.iter().zip(estimates) {
         let _ = writeln!(
             out,
@@ -291,7 +277,7 @@ pub fn render_plan(
 }
 
 /// One row of `stride check`'s table.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ColumnFit {
     pub column: String,
     pub source_type: String,
@@ -373,7 +359,7 @@ mod tests {
 }
 
 /// One partition compared between source and target.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Verified {
     pub index: usize,
     pub range: String,
