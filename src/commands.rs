@@ -157,8 +157,7 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
         Some(key) => plan::parse_bounds(job, key)?,
         None => None,
     };
-    let whole = plan::build(job, &columns, None, None);
-    if let Err(e) = pg::explain(&mut conn, &whole.partitions[0].select).await {
+    if let Err(e) = pg::explain(&mut conn, &plan::whole_select(job, &columns)).await {
         let key = match (&job.source.where_clause, &job.source.relation) {
             (Some(_), _) => "source.where",
             (None, Relation::Query(_)) => "source.query",
@@ -491,8 +490,8 @@ async fn run(
         .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
     debug!(snapshot, "exported the source's snapshot");
-    let whole = plan::build(&job, &side.columns, None, None);
-    let estimate = pg::estimate_rows(&mut coordinator, &whole.partitions[0].select).await?;
+    let whole_select = plan::whole_select(&job, &side.columns);
+    let estimate = pg::estimate_rows(&mut coordinator, &whole_select).await?;
 
     // One run at a time into a target table: a second one could truncate what the
     // first just committed, or forget its checkpoints.
@@ -639,7 +638,6 @@ async fn run(
     );
     // The coverage check counts the whole source in the run's snapshot while the
     // partitions copy, on the coordinator's otherwise idle connection.
-    let whole_select = whole.partitions[0].select.clone();
     let coverage = tokio::spawn(async move {
         let count = pg::count_rows(&mut coordinator, &whole_select).await;
         (coordinator, count)

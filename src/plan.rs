@@ -208,6 +208,13 @@ pub fn bounds_sql(job: &Job, key: &Key) -> String {
     )
 }
 
+/// Every row the job reads, in one query: what the coverage check counts, the
+/// row estimate covers and the job's own SQL is checked with.
+pub fn whole_select(job: &Job, columns: &[Column]) -> String {
+    let mut whole = build(job, columns, None, None);
+    whole.partitions.remove(0).select
+}
+
 /// Builds the plan. `bounds` are the job's, or the source's min/max when the job
 /// has none (`None` there: an empty source, copied as one partition).
 pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bounds>) -> Plan {
