@@ -9,7 +9,7 @@
 //! transaction as the TRUNCATE, so a resumed run never empties the target again.
 
 use crate::job::{DbUrl, Job, Relation};
-use crate::plan::Bounds;
+use crate::plan::{Bounds, Window};
 use crate::sql::{quote_literal, QualifiedName};
 
 /// The run row's `partition` value.
@@ -39,6 +39,9 @@ pub fn fingerprint(job: &Job) -> String {
         None => text.push_str("partition=none\n"),
     }
     text.push_str(&format!("target={}\n", job.target.table));
+    if let Some(inc) = &job.incremental {
+        text.push_str(&format!("incremental={:?}\n", inc.column));
+    }
     // A partial append run resumed in truncate mode would never truncate.
     text.push_str(&format!("mode={:?}\n", job.target.mode));
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -80,10 +83,16 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     recorded_at timestamptz NOT NULL DEFAULT now(),
     target_oid bigint,
     failed_check text,
+    mark_first boolean,
+    mark_from bigint,
+    mark_to bigint,
     PRIMARY KEY (fingerprint, partition)
 );
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS target_oid bigint;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS failed_check text"
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS failed_check text;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_first boolean;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_from bigint;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_to bigint"
     )
 }
 
@@ -113,21 +122,29 @@ pub fn target_oid_sql(target_table: &QualifiedName) -> String {
 }
 
 /// The run row: the bounds the run planned with, so a resumed run plans the same
-/// partitions even when its bounds come from the source's min and max.
+/// partitions even when its bounds come from the source's min and max, and an
+/// incremental run's window (whose upper end becomes the high-water mark once the
+/// run finishes).
 pub fn record_run_sql(
     table: &QualifiedName,
     fingerprint: &str,
     target_table: &QualifiedName,
     bounds: Option<&Bounds>,
     partitions: usize,
+    window: Option<&Window>,
 ) -> String {
-    let (lower, upper) = match bounds {
-        Some(b) => (b.lower.to_string(), b.upper.to_string()),
-        None => ("NULL".to_string(), "NULL".to_string()),
+    let number = |v: Option<i64>| v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
+    let (lower, upper) = (
+        number(bounds.map(|b| b.lower)),
+        number(bounds.map(|b| b.upper)),
+    );
+    let (first, from, to) = match window {
+        Some(w) => (w.first.to_string(), number(w.since), number(w.until)),
+        None => ("NULL".to_string(), "NULL".to_string(), "NULL".to_string()),
     };
     format!(
-        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid) \
-         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {})",
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {}, {first}, {from}, {to})",
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
         target_oid_sql(target_table),
@@ -214,6 +231,10 @@ mod tests {
         };
         assert_eq!(bounds(0, 100), bounds(0, 100));
         assert_ne!(bounds(0, 100), bounds(0, 101));
+        assert_ne!(
+            fingerprint(&job("")),
+            fingerprint(&job("[incremental]\ncolumn = 'date'"))
+        );
     }
 
     #[test]
@@ -226,8 +247,18 @@ mod tests {
             origin: crate::plan::BoundsOrigin::Source,
         };
         assert_eq!(
-            record_run_sql(&t, "abc", &target, Some(&b), 3),
-            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8)"
+            record_run_sql(&t, "abc", &target, Some(&b), 3, None),
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL)"
+        );
+        let w = Window {
+            first: false,
+            since: Some(7),
+            until: None,
+        };
+        assert!(
+            record_run_sql(&t, "abc", &target, None, 1, Some(&w)).ends_with(
+                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL)"
+            )
         );
         assert_eq!(
             record_partition_sql(&t, "abc", &target, 2, "[5, 10)", 7, 99),

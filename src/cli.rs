@@ -24,6 +24,11 @@ Typical use:
   stride run job.toml       the copy; run it again after a failure and it resumes
   stride verify job.toml    compare source and target partition by partition
 
+Many machines (each step safe to run twice):
+  stride prepare job.toml               once: create or empty the target, fix the plan
+  stride run --shard 0/3 job.toml       on each machine: 0/3, 1/3 and 2/3
+  stride finish job.toml                once all shards are done: verify, close the run
+
 Exit codes:
   0    done
   1    the copy failed (the summary says which partitions were committed; run
@@ -101,6 +106,17 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout, e.g. stride man > /usr/local/share/man/man1/stride.1
     Man,
+    /// Set up a run for shards: create or empty the target, record the plan
+    /// (bounds, partitions, an incremental run's window) in the checkpoint table.
+    ///
+    /// Then `stride run --shard I/N` on each machine copies its share, and
+    /// `stride finish` closes the run. Safe to run twice: a prepared run that is
+    /// not finished yet is left as it is.
+    Prepare(PrepareArgs),
+    /// Close a run whose partitions are all copied (by shards): verify it if the
+    /// job asks, and record it as finished (an incremental job's mark advances).
+    /// Safe to run twice.
+    Finish(JobArgs),
     /// Compare each partition's rows on source and target (count or checksum),
     /// reading the source in one new snapshot; with --repair, copy the partitions
     /// that differ again.
@@ -155,8 +171,122 @@ pub struct RunArgs {
     /// Forget this job's checkpoints and copy everything again (in truncate mode,
     /// the target is emptied again). Without it, a re-run resumes: partitions
     /// committed by an earlier run of the same job are skipped.
+    #[arg(long, conflicts_with = "shard")]
+    pub restart: bool,
+
+    /// Incremental jobs: ignore the high-water mark once and copy every row (in
+    /// append mode the target is emptied first).
+    #[arg(long, conflicts_with = "shard")]
+    pub full_refresh: bool,
+
+    /// Copy only the partitions whose number modulo N is I (0 <= I < N), of a run
+    /// set up by `stride prepare`. Also read from STRIDE_SHARD_INDEX and
+    /// STRIDE_SHARD_COUNT, the index also from JOB_COMPLETION_INDEX (Kubernetes
+    /// Indexed Jobs).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+
+    /// Forget this job's unfinished run and set up a new one.
     #[arg(long)]
     pub restart: bool,
+
+    /// Incremental jobs: ignore the high-water mark once (in append mode the
+    /// target is emptied).
+    #[arg(long)]
+    pub full_refresh: bool,
+}
+
+/// One process's share of a run: partitions whose number modulo `count` is `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// A shard from its index and count, checked.
+    pub fn new(index: i64, count: i64) -> Result<Shard, String> {
+        if !(1..=i64::from(u16::MAX)).contains(&count) {
+            return Err(format!(
+                "shard count {count} is out of range (expected 1 to {})",
+                u16::MAX
+            ));
+        }
+        if !(0..count).contains(&index) {
+            return Err(format!(
+                "shard index {index} is out of range (expected 0 to {}, below the count {count})",
+                count - 1
+            ));
+        }
+        Ok(Shard {
+            index: u32::try_from(index).expect("checked above"),
+            count: u32::try_from(count).expect("checked above"),
+        })
+    }
+
+    /// `--shard`, else the environment: STRIDE_SHARD_COUNT with STRIDE_SHARD_INDEX
+    /// or, as Kubernetes Indexed Jobs set it, JOB_COMPLETION_INDEX.
+    pub fn resolve(
+        flag: Option<Shard>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Shard>, String> {
+        if flag.is_some() {
+            return Ok(flag);
+        }
+        let number = |name: &str| -> Result<Option<i64>, String> {
+            env(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map_err(|_| format!("{name}={v:?} is not a whole number"))
+                })
+                .transpose()
+        };
+        let count = number("STRIDE_SHARD_COUNT")?;
+        let index = match number("STRIDE_SHARD_INDEX")? {
+            Some(i) => Some(i),
+            None => number("JOB_COMPLETION_INDEX")?,
+        };
+        match (index, count) {
+            (Some(i), Some(n)) => Shard::new(i, n)
+                .map(Some)
+                .map_err(|e| format!("STRIDE_SHARD_INDEX/STRIDE_SHARD_COUNT: {e}")),
+            (None, Some(_)) => Err(
+                "STRIDE_SHARD_COUNT is set without STRIDE_SHARD_INDEX or JOB_COMPLETION_INDEX (expected both, or --shard I/N)"
+                    .to_string(),
+            ),
+            (Some(_), None) if env("STRIDE_SHARD_INDEX").is_some() => Err(
+                "STRIDE_SHARD_INDEX is set without STRIDE_SHARD_COUNT (expected both, or --shard I/N)"
+                    .to_string(),
+            ),
+            // JOB_COMPLETION_INDEX alone: an Indexed Job not asking for shards.
+            _ => Ok(None),
+        }
+    }
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("\"{text}\" is not I/N (e.g. 0/4: the first of four shards)"))?;
+    let number = |part: &str| {
+        part.trim()
+            .parse::<i64>()
+            .map_err(|_| format!("\"{text}\" is not I/N (e.g. 0/4: the first of four shards)"))
+    };
+    Shard::new(number(index)?, number(count)?)
 }
 
 #[derive(Debug, Args)]
@@ -185,5 +315,73 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn shard_flag() {
+        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
+        assert_eq!(parse_shard("0/1"), Ok(Shard { index: 0, count: 1 }));
+        assert!(parse_shard("4/4")
+            .unwrap_err()
+            .contains("index 4 is out of range"));
+        assert!(parse_shard("0/0")
+            .unwrap_err()
+            .contains("count 0 is out of range"));
+        assert!(parse_shard("1").unwrap_err().contains("is not I/N"));
+        assert!(parse_shard("a/2").unwrap_err().contains("is not I/N"));
+    }
+
+    #[test]
+    fn shard_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let flag = Some(Shard { index: 0, count: 2 });
+        assert_eq!(
+            Shard::resolve(flag, env(&[("STRIDE_SHARD_COUNT", "9")])),
+            Ok(flag)
+        );
+        assert_eq!(Shard::resolve(None, env(&[])), Ok(None));
+        assert_eq!(
+            Shard::resolve(
+                None,
+                env(&[("STRIDE_SHARD_INDEX", "2"), ("STRIDE_SHARD_COUNT", "3")])
+            ),
+            Ok(Some(Shard { index: 2, count: 3 }))
+        );
+        assert_eq!(
+            Shard::resolve(
+                None,
+                env(&[("JOB_COMPLETION_INDEX", "1"), ("STRIDE_SHARD_COUNT", "3")])
+            ),
+            Ok(Some(Shard { index: 1, count: 3 }))
+        );
+        assert_eq!(
+            Shard::resolve(None, env(&[("JOB_COMPLETION_INDEX", "1")])),
+            Ok(None)
+        );
+        assert!(Shard::resolve(None, env(&[("STRIDE_SHARD_COUNT", "3")]))
+            .unwrap_err()
+            .contains("without STRIDE_SHARD_INDEX"));
+        assert!(Shard::resolve(None, env(&[("STRIDE_SHARD_INDEX", "0")]))
+            .unwrap_err()
+            .contains("without STRIDE_SHARD_COUNT"));
+        assert!(Shard::resolve(
+            None,
+            env(&[("STRIDE_SHARD_INDEX", "3"), ("STRIDE_SHARD_COUNT", "3")])
+        )
+        .unwrap_err()
+        .contains("index 3 is out of range"));
+        assert!(Shard::resolve(
+            None,
+            env(&[("STRIDE_SHARD_INDEX", "x"), ("STRIDE_SHARD_COUNT", "3")])
+        )
+        .unwrap_err()
+        .contains("is not a whole number"));
     }
 }

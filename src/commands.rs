@@ -8,17 +8,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint;
-use crate::cli::{Cli, Command, Format, VerifyArgs, VerifyBy};
+use crate::cli::{Cli, Command, Format, Shard, VerifyArgs, VerifyBy};
 use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status};
 use crate::error::{exit, JobError};
 use crate::job::{Create, Job, Mode, Relation, Verify};
 use crate::pg::{self, Column, Server, Side, Transfer};
-use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan, PlannedPartition};
+use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan, PlannedPartition, Window};
 use crate::report::{self, ColumnFit, Summary, Verified};
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
@@ -27,17 +28,44 @@ use crate::report::{self, ColumnFit, Summary, Verified};
 pub async fn execute(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => {
-            let json_on_stdout = args.summary_json.as_deref() == Some(Path::new("-"));
-            let end = run(
-                &args.job,
-                &cli.overrides,
-                args.restart,
-                cli.quiet,
-                json_on_stdout,
-            )
-            .await;
+            let shard = Shard::resolve(args.shard, |name| std::env::var(name).ok())
+                .map_err(JobError::new)?;
+            if shard.is_some() && (args.restart || args.full_refresh) {
+                return Err(JobError::new(
+                    "--shard: a shard cannot start the run over (expected `stride prepare --restart` or `--full-refresh` instead)",
+                )
+                .into());
+            }
+            let opts = RunOptions {
+                step: shard.map_or(Step::Whole, Step::Shard),
+                restart: args.restart,
+                full_refresh: args.full_refresh,
+                quiet: cli.quiet,
+                human_to_stderr: args.summary_json.as_deref() == Some(Path::new("-")),
+            };
+            let end = run(&args.job, &cli.overrides, &opts).await;
             report_run(&args, &end)?;
             end.map(|e| e.code)
+        }
+        Command::Prepare(args) => {
+            let opts = RunOptions {
+                step: Step::Prepare,
+                restart: args.restart,
+                full_refresh: args.full_refresh,
+                quiet: cli.quiet,
+                human_to_stderr: false,
+            };
+            run(&args.job, &cli.overrides, &opts).await.map(|e| e.code)
+        }
+        Command::Finish(args) => {
+            let opts = RunOptions {
+                step: Step::Finish,
+                restart: false,
+                full_refresh: false,
+                quiet: cli.quiet,
+                human_to_stderr: false,
+            };
+            run(&args.job, &cli.overrides, &opts).await.map(|e| e.code)
         }
         Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
         Command::Check(args) => check(&args.job, &cli.overrides).await,
@@ -141,6 +169,8 @@ struct SourceSide {
     columns: Vec<Column>,
     key: Option<Key>,
     bounds: Option<Bounds>,
+    /// The incremental column, if the job has one.
+    mark: Option<Key>,
 }
 
 /// Reads the source's catalogue and checks the job against it: columns, key,
@@ -153,6 +183,7 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
     let all = describe_source(&mut conn, job, place).await?;
     let columns = plan::resolve_columns(job, &all)?;
     let key = plan::resolve_key(job, &all)?;
+    let mark = plan::resolve_incremental(job, &all)?;
     let bounds = match &key {
         Some(key) => plan::parse_bounds(job, key)?,
         None => None,
@@ -183,6 +214,7 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
         columns,
         key,
         bounds,
+        mark,
     })
 }
 
@@ -456,23 +488,132 @@ async fn prepare(path: &Path, overrides: &[(String, String)]) -> Result<Prepared
     })
 }
 
-/// `stride run`. `human_to_stderr`: the summary for people goes to stderr, because
-/// stdout carries `--summary-json -`.
-async fn run(
-    path: &Path,
-    overrides: &[(String, String)],
+/// Which part of a run this process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// `stride run`: set up (or resume) a run, copy every partition, check, finish.
+    Whole,
+    /// `stride run --shard I/N`: copy this shard's partitions of a prepared run.
+    Shard(Shard),
+    /// `stride prepare`: set up a run for shards, and stop.
+    Prepare,
+    /// `stride finish`: check a run whose partitions are all copied, and close it.
+    Finish,
+}
+
+struct RunOptions {
+    step: Step,
     restart: bool,
+    full_refresh: bool,
     quiet: bool,
+    /// The summary for people goes to stderr, because stdout carries `--summary-json -`.
     human_to_stderr: bool,
-) -> Result<RunEnd> {
+}
+
+/// What a step does with the run the checkpoint table records.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// Go on with the recorded run.
+    Resume,
+    /// A new run; `forget`: the recorded one is deleted first, in the same
+    /// transaction that records the new one.
+    New { forget: bool },
+    /// Nothing to do; the message says why.
+    Nothing(String),
+    /// The step cannot go on; `usage`: the command was the wrong one (exit 2).
+    Refuse { usage: bool, message: String },
+}
+
+/// Decides how a step starts, from the run recorded for this job (`earlier`) and
+/// the target table's OID now. `finished_is_final`: a finished run is not repeated
+/// without `--restart` (append mode, not incremental).
+fn decide(
+    step: Step,
+    earlier: Option<&pg::RecordedRun>,
+    target_oid: Option<i64>,
+    restart: bool,
+    full_refresh: bool,
+    finished_is_final: bool,
+) -> Start {
+    let starts_runs = matches!(step, Step::Whole | Step::Prepare);
+    let Some(run) = earlier else {
+        return match step {
+            Step::Whole | Step::Prepare => Start::New { forget: false },
+            Step::Shard(_) => Start::Refuse {
+                usage: true,
+                message: "--shard: no prepared run of this job in the checkpoint table (expected `stride prepare JOB` first, then the shards)".to_string(),
+            },
+            Step::Finish => Start::Refuse {
+                usage: true,
+                message: "finish: no run of this job in the checkpoint table (expected `stride prepare JOB` and the shards first)".to_string(),
+            },
+        };
+    };
+    if starts_runs && (restart || full_refresh) {
+        return Start::New { forget: true };
+    }
+    // A run into a table that was dropped (and maybe created again) since is
+    // stale: its partitions went with the old table.
+    if run.target_oid != target_oid {
+        return if starts_runs {
+            Start::New { forget: true }
+        } else {
+            Start::Refuse {
+                usage: false,
+                message: "the target table was dropped (or created again) since this run was prepared: run `stride prepare` again".to_string(),
+            }
+        };
+    }
+    if let Some(problem) = &run.failed_check {
+        return Start::Refuse {
+            usage: false,
+            message: format!(
+                "the earlier run of this job failed its check ({problem}); its partitions cannot be trusted, so it is not resumed: run with --restart"
+            ),
+        };
+    }
+    let partitions = format!("{} partitions", run.partitions);
+    if run.finished {
+        return match step {
+            Step::Whole | Step::Prepare if finished_is_final => {
+                let rows: u64 = run.done.iter().map(|d| d.1).sum();
+                Start::Nothing(format!(
+                    "nothing to do: this job already finished at {} ({partitions}, {} rows); run with --restart to copy it again",
+                    run.recorded_at,
+                    report::group(rows)
+                ))
+            }
+            Step::Whole | Step::Prepare => Start::New { forget: true },
+            Step::Shard(_) => Start::Nothing(format!(
+                "nothing to do: the run of this job finished at {}; `stride prepare` sets up the next one",
+                run.recorded_at
+            )),
+            Step::Finish => Start::Nothing(format!(
+                "nothing to do: the run of this job already finished at {}",
+                run.recorded_at
+            )),
+        };
+    }
+    match step {
+        Step::Prepare => Start::Nothing(format!(
+            "already prepared: {} of {partitions} are copied; run the shards, then `stride finish` (or prepare --restart to start over)",
+            run.done.len()
+        )),
+        _ => Start::Resume,
+    }
+}
+
+/// `stride run`, `stride prepare` and `stride finish`: one run's steps.
+async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> Result<RunEnd> {
     let say = |text: &str| {
-        if human_to_stderr {
+        if opts.human_to_stderr {
             eprint!("{text}");
         } else {
             print!("{text}");
         }
     };
     let started = Instant::now();
+    let step = opts.step;
     let Prepared {
         job,
         source,
@@ -481,6 +622,12 @@ async fn run(
         fit,
         parallelism,
     } = prepare(path, overrides).await?;
+    if step != Step::Whole && job.checkpoint_table.is_none() {
+        return Err(JobError::new(
+            "run.checkpoint: false, but shards, `stride prepare` and `stride finish` share the run through the checkpoint table (expected checkpoint = true)",
+        )
+        .into());
+    }
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
@@ -490,78 +637,93 @@ async fn run(
         .context("taking the coordinator connection")?;
     let snapshot = pg::export_snapshot(&mut coordinator).await?;
     debug!(snapshot, "exported the source's snapshot");
-    let whole_select = plan::whole_select(&job, &side.columns);
-    let estimate = pg::estimate_rows(&mut coordinator, &whole_select).await?;
 
     // One run at a time into a target table: a second one could truncate what the
-    // first just committed, or forget its checkpoints.
+    // first just committed, or forget its checkpoints. Shards share the lock.
     let table = &job.target.table;
-    let _lock = lock_target(&target, table).await?;
+    let _lock = lock_target(&target, table, matches!(step, Step::Shard(_))).await?;
 
-    // First writes: the checkpoint table, then what an earlier run left there.
+    // What an earlier run left in the checkpoint table (created by the steps that
+    // start runs; the others only read it).
     let fingerprint = checkpoint::fingerprint(&job);
     let mut earlier = None;
+    let mut target_oid = None;
     if let Some(cp) = &job.checkpoint_table {
         let mut conn = target
             .acquire()
             .await
             .context("taking a target connection")?;
-        pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
-            .await
-            .with_context(|| format!("creating checkpoint table {cp}"))?;
-        earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
-        let target_oid = pg::table_oid(&mut conn, table).await?;
-        let forget = match &earlier {
-            None => false,
-            Some(run) if restart => {
-                if job.target.mode == Mode::Append && !run.finished && !run.done.is_empty() {
+        if matches!(step, Step::Whole | Step::Prepare) {
+            pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
+                .await
+                .with_context(|| format!("creating checkpoint table {cp}"))?;
+        }
+        if pg::table_oid(&mut conn, cp).await?.is_some() {
+            earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
+        }
+        target_oid = pg::table_oid(&mut conn, table).await?;
+    }
+    let start = decide(
+        step,
+        earlier.as_ref(),
+        target_oid,
+        opts.restart,
+        opts.full_refresh,
+        job.target.mode == Mode::Append && job.incremental.is_none(),
+    );
+    let (fresh, forget) = match start {
+        Start::Nothing(message) => {
+            say(&format!("{message}\n"));
+            return Ok(RunEnd {
+                code: exit::OK,
+                summary: None,
+                fingerprint,
+            });
+        }
+        Start::Refuse {
+            usage: true,
+            message,
+        } => return Err(JobError::new(message).into()),
+        Start::Refuse { message, .. } => return Err(anyhow::anyhow!(message)),
+        Start::Resume => (false, false),
+        Start::New { forget } => {
+            if let (true, Some(run)) = (forget, &earlier) {
+                if run.target_oid != target_oid {
+                    info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+                } else if opts.restart
+                    && job.target.mode == Mode::Append
+                    && !run.finished
+                    && !run.done.is_empty()
+                {
                     warn!(
                         "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
                         run.done.len()
                     );
                 }
-                true
             }
-            // A run into a table that was dropped (and maybe created again) since is
-            // stale: its partitions went with the old table.
-            Some(run) if run.target_oid != target_oid => {
-                info!(
-                    "the earlier run of this job wrote into a table that is gone: starting afresh"
-                );
-                true
-            }
-            Some(run) if run.failed_check.is_some() => {
-                return Err(anyhow::anyhow!(
-                    "the earlier run of this job failed its check ({}); its partitions cannot be trusted, so it is not resumed: run with --restart",
-                    run.failed_check.as_deref().unwrap_or_default()
-                ));
-            }
-            Some(run) if run.finished && job.target.mode == Mode::Append => {
-                let rows: u64 = run.done.iter().map(|d| d.1).sum();
-                say(&format!(
-                    "nothing to do: this job already finished at {} ({} partitions, {} rows into {table}); run with --restart to copy it again\n",
-                    run.recorded_at,
-                    run.done.len(),
-                    report::group(rows)
-                ));
-                return Ok(RunEnd {
-                    code: exit::OK,
-                    summary: None,
-                    fingerprint,
-                });
-            }
-            // Truncate mode copies afresh each time: a finished run is forgotten.
-            Some(run) => run.finished,
-        };
-        if forget {
-            pg::execute(&mut conn, &checkpoint::forget_run_sql(cp, &fingerprint))
-                .await
-                .with_context(|| format!("forgetting checkpoints in {cp}"))?;
-            earlier = None;
+            (true, forget)
         }
+    };
+
+    // An incremental run reads the window recorded for it, or, when new, the one
+    // after the last finished run, up to the largest value in this snapshot.
+    let window = match (&side.mark, fresh) {
+        (None, _) => None,
+        (Some(_), false) => earlier.as_ref().and_then(|r| r.window),
+        (Some(mark), true) => {
+            let after = earlier
+                .as_ref()
+                .filter(|r| !opts.full_refresh && r.target_oid == target_oid);
+            Some(next_window(&mut coordinator, &job, mark, after).await?)
+        }
+    };
+    let scoped = scope(&job, &side, window.as_ref());
+    let recorded = earlier.as_ref().filter(|_| !fresh);
+    let mut plan = plan_partitions(&mut coordinator, &scoped, &side, recorded).await?;
+    if let Some(condition) = window_condition(&side, window.as_ref()) {
+        plan.restrict_target(&condition, table);
     }
-    let plan = plan_partitions(&mut coordinator, &job, &side, earlier.as_ref()).await?;
-    if let Some(run) = &earlier {
+    if let Some(run) = recorded {
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
                 "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
@@ -570,57 +732,103 @@ async fn run(
             ))
             .into());
         }
+        if step != Step::Finish {
+            info!(
+                done = run.done.len(),
+                partitions = plan.partitions.len(),
+                "resuming an earlier run of this job"
+            );
+        }
+    }
+    if let (Some(w), Some(mark)) = (&window, &side.mark) {
         info!(
-            done = run.done.len(),
-            partitions = plan.partitions.len(),
-            "resuming an earlier run of this job"
+            "incremental on {}: {}",
+            mark.column,
+            w.describe(mark.key_type)
         );
     }
 
-    if !fit.exists {
-        sqlx::raw_sql(&plan::create_table_sql(table, &side.columns))
-            .execute(&target)
-            .await
-            .with_context(|| format!("creating target table {table}"))?;
-        info!("created target table {table}");
+    if fresh {
+        start_run(
+            &job,
+            &target,
+            &fit,
+            &side,
+            &plan,
+            window.as_ref(),
+            opts,
+            forget,
+        )
+        .await?;
     }
-    // A new run empties the target (truncate mode) and records itself in one
-    // transaction: a resumed run finds the record and never empties it again.
-    if earlier.is_none() {
-        let mut statements = vec!["BEGIN".to_string()];
-        if job.target.mode == Mode::Truncate {
-            statements.push(format!("TRUNCATE TABLE {table}"));
-        }
-        if let Some(cp) = &job.checkpoint_table {
-            if job.target.mode == Mode::Truncate {
-                statements.push(checkpoint::forget_other_runs_sql(cp, &fingerprint, table));
-            }
-            statements.push(checkpoint::record_run_sql(
-                cp,
-                &fingerprint,
-                table,
-                plan.bounds.as_ref(),
+    let done: Vec<(usize, u64, u64)> = recorded.map(|r| r.done.clone()).unwrap_or_default();
+    match step {
+        Step::Prepare => {
+            say(&format!(
+                "prepared: {} partitions into {table}{}; copy them with `stride run --shard I/N {}` on each machine, then `stride finish {}`\n",
                 plan.partitions.len(),
+                match (&window, &side.mark) {
+                    (Some(w), Some(mark)) => format!(" ({} of {})", w.describe(mark.key_type), mark.column),
+                    _ => String::new(),
+                },
+                path.display(),
+                path.display()
             ));
+            return Ok(RunEnd {
+                code: exit::OK,
+                summary: None,
+                fingerprint,
+            });
         }
-        statements.push("COMMIT".to_string());
-        sqlx::raw_sql(&statements.join(";\n"))
-            .execute(&target)
-            .await
-            .with_context(|| format!("starting the run on target table {table}"))?;
-        if job.target.mode == Mode::Truncate {
-            info!("truncated target table {table}");
+        Step::Finish => {
+            let code = finish_run(
+                &job,
+                &fingerprint,
+                &plan,
+                &done,
+                &fit,
+                coordinator,
+                &target,
+                &say,
+            )
+            .await?;
+            return Ok(RunEnd {
+                code,
+                summary: None,
+                fingerprint,
+            });
         }
+        Step::Whole | Step::Shard(_) => {}
     }
 
-    let done: Vec<(usize, u64, u64)> = earlier.map(|r| r.done).unwrap_or_default();
+    let mine = |p: &PlannedPartition| match step {
+        Step::Shard(s) => p.index % s.count as usize == s.index as usize,
+        _ => true,
+    };
     let (skipped, to_run): (Vec<_>, Vec<_>) = plan
         .partitions
         .iter()
+        .filter(|p| mine(p))
         .cloned()
         .partition(|p| done.iter().any(|d| d.0 == p.index));
+    let estimate = match step {
+        Step::Shard(_) => {
+            let mut sum = 0;
+            for p in &to_run {
+                sum += pg::estimate_rows(&mut coordinator, &p.select).await?;
+            }
+            sum
+        }
+        _ => {
+            pg::estimate_rows(
+                &mut coordinator,
+                &plan::whole_select(&scoped, &side.columns),
+            )
+            .await?
+        }
+    };
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
-    spec.progress = report::progress_bar(u64::try_from(estimate).unwrap_or(0), quiet);
+    spec.progress = report::progress_bar(u64::try_from(estimate).unwrap_or(0), opts.quiet);
     spec.checkpoint = job.checkpoint_table.clone().map(|table| Checkpoint {
         table,
         fingerprint: fingerprint.clone(),
@@ -633,24 +841,42 @@ async fn run(
         skipped = skipped.len(),
         parallelism,
         estimated_rows = estimate,
-        "copying {} -> {table} with {method}",
-        source_name(&job)
+        "copying {} -> {table} with {method}{}",
+        source_name(&job),
+        match step {
+            Step::Shard(s) => format!(" (shard {s})"),
+            _ => String::new(),
+        }
     );
-    // The coverage check counts the whole source in the run's snapshot while the
-    // partitions copy, on the coordinator's otherwise idle connection.
-    let coverage = tokio::spawn(async move {
-        let count = pg::count_rows(&mut coordinator, &whole_select).await;
-        (coordinator, count)
-    });
+    // Every row of the source, NULL keys included, must be in exactly one
+    // partition: the partitions' rows add up to the whole source's count in the
+    // same snapshot. It is counted while the partitions copy, on the coordinator's
+    // otherwise idle connection, when this process copies every partition in this
+    // snapshot (not for a shard, nor a resume whose skipped partitions read an
+    // earlier one).
+    let whole_select = plan::whole_select(&scoped, &side.columns);
+    let coverage = if step == Step::Whole && done.is_empty() {
+        Coverage::Counting(tokio::spawn(async move {
+            let count = pg::count_rows(&mut coordinator, &whole_select).await;
+            (coordinator, count)
+        }))
+    } else {
+        Coverage::NotCounted(coordinator)
+    };
     let (ran, interrupted) = copy_partitions(&spec, to_run, parallelism).await;
     // A run that failed or was interrupted abandons the count with its connection
     // (the server ends the transaction when the socket closes).
     let all_written = ran.iter().all(|r| r.status == Status::Written);
-    let counted = if all_written {
-        Some(coverage.await.context("the coverage count task")?)
-    } else {
-        coverage.abort();
-        None
+    let (mut coordinator, counted) = match coverage {
+        Coverage::Counting(task) if all_written => {
+            let (coordinator, count) = task.await.context("the coverage count task")?;
+            (Some(coordinator), Some(count))
+        }
+        Coverage::Counting(task) => {
+            task.abort();
+            (None, None)
+        }
+        Coverage::NotCounted(coordinator) => (Some(coordinator), None),
     };
 
     let mut partitions: Vec<PartitionReport> = skipped
@@ -682,53 +908,39 @@ async fn run(
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),
     };
-    // Every row of the source, NULL keys included, must be in exactly one
-    // partition: the partitions' rows add up to the whole source's count in the
-    // same snapshot (a resumed run's skipped partitions read an older snapshot).
     // The summary first: whatever fails below, it says what was committed.
     say(&summary.render());
     let mut problems = Vec::new();
-    if let (Some((mut coordinator, source_rows)), true) = (counted, summary.succeeded()) {
-        // A resumed run's skipped partitions read an earlier snapshot: no sum to check.
-        if done.is_empty() {
-            let source_rows = u64::try_from(source_rows?).unwrap_or(0);
-            if source_rows != summary.rows() {
-                let problem = format!(
-                    "coverage check failed: the partitions copied {} rows, the source holds {} in the same snapshot",
-                    report::group(summary.rows()),
-                    report::group(source_rows)
-                );
-                if let Some(cp) = &job.checkpoint_table {
-                    sqlx::raw_sql(&checkpoint::fail_check_sql(cp, &fingerprint, &problem))
-                        .execute(&target)
-                        .await
-                        .with_context(|| format!("recording the failed check in {cp}"))?;
-                }
+    if let (Some(count), true) = (counted, summary.succeeded()) {
+        let source_rows = u64::try_from(count?).unwrap_or(0);
+        if source_rows != summary.rows() {
+            let problem = format!(
+                "coverage check failed: the partitions copied {} rows, the source holds {} in the same snapshot",
+                report::group(summary.rows()),
+                report::group(source_rows)
+            );
+            if let Some(cp) = &job.checkpoint_table {
+                sqlx::raw_sql(&checkpoint::fail_check_sql(cp, &fingerprint, &problem))
+                    .execute(&target)
+                    .await
+                    .with_context(|| format!("recording the failed check in {cp}"))?;
+            }
+            problems.push(problem);
+        }
+    }
+    if step == Step::Whole && summary.succeeded() && problems.is_empty() {
+        if let Some(conn) = coordinator.as_mut() {
+            if let Some(problem) = verify_run(&job, &plan, &fit, conn, &target, &say).await? {
                 problems.push(problem);
             }
         }
-        if problems.is_empty() && job.verify != Verify::None {
-            let by = effective_verify(job.verify, &fit);
-            let results =
-                verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
-            say(&report::render_verify(&results, by));
-            let bad = results.iter().filter(|r| !r.matches()).count();
-            if bad > 0 {
-                problems.push(format!(
-                    "verify: {bad} partitions differ between source and target; `stride verify --repair` copies them again"
-                ));
-            }
+        if problems.is_empty() {
+            close_run(&job, &fingerprint, &target).await?;
         }
-        // The snapshot is no longer needed once every partition has ended.
-        pg::execute(&mut coordinator, "ROLLBACK").await.ok();
     }
-    if summary.succeeded() && problems.is_empty() {
-        if let Some(cp) = &job.checkpoint_table {
-            sqlx::raw_sql(&checkpoint::finish_run_sql(cp, &fingerprint))
-                .execute(&target)
-                .await
-                .with_context(|| format!("recording the finished run in {cp}"))?;
-        }
+    if let Some(conn) = coordinator.as_mut() {
+        // The snapshot is no longer needed once every partition has ended.
+        pg::execute(conn, "ROLLBACK").await.ok();
     }
     if !problems.is_empty() {
         for problem in &problems {
@@ -781,15 +993,193 @@ async fn run(
     })
 }
 
+/// The coordinator's connection during the copy: counting the source, or idle.
+enum Coverage {
+    Counting(tokio::task::JoinHandle<(PoolConnection<Postgres>, Result<i64>)>),
+    NotCounted(PoolConnection<Postgres>),
+}
+
+/// The window of a new incremental run: after the recorded run `after` (if it
+/// is to be followed), up to the mark column's largest value in the coordinator's
+/// snapshot.
+async fn next_window(
+    coordinator: &mut PgConnection,
+    job: &Job,
+    mark: &Key,
+    after: Option<&pg::RecordedRun>,
+) -> Result<Window> {
+    let largest = pg::key_bounds(coordinator, &plan::bounds_sql(job, mark))
+        .await?
+        .map(|(_, largest)| largest);
+    Ok(Window::next(
+        after.and_then(|r| r.window.as_ref()),
+        after.is_some_and(|r| r.finished),
+        largest,
+    ))
+}
+
+/// The job as a run with `window` reads it: the window's condition added to the
+/// source's `where`.
+fn scope(job: &Job, side: &SourceSide, window: Option<&Window>) -> Job {
+    match (window, &side.mark) {
+        (Some(w), Some(mark)) => plan::within_window(job, w, mark.key_type),
+        _ => job.clone(),
+    }
+}
+
+/// The window's condition on the mark column (the same on both sides).
+fn window_condition(side: &SourceSide, window: Option<&Window>) -> Option<String> {
+    let (w, mark) = window.zip(side.mark.as_ref())?;
+    Some(w.condition(&crate::sql::quote_ident(&mark.column), mark.key_type))
+}
+
+/// A new run's first writes: the target table if missing, then in one
+/// transaction the earlier run forgotten, the target emptied (truncate mode, or a
+/// full refresh in append mode) and the new run recorded, so a resumed run finds
+/// the record and never empties the target again.
+#[allow(clippy::too_many_arguments)]
+async fn start_run(
+    job: &Job,
+    target: &PgPool,
+    fit: &TargetFit,
+    side: &SourceSide,
+    plan: &Plan,
+    window: Option<&Window>,
+    opts: &RunOptions,
+    forget: bool,
+) -> Result<()> {
+    let table = &job.target.table;
+    if !fit.exists {
+        sqlx::raw_sql(&plan::create_table_sql(table, &side.columns))
+            .execute(target)
+            .await
+            .with_context(|| format!("creating target table {table}"))?;
+        info!("created target table {table}");
+    }
+    let fingerprint = checkpoint::fingerprint(job);
+    let empties =
+        job.target.mode == Mode::Truncate || (opts.full_refresh && job.target.mode == Mode::Append);
+    let mut statements = vec!["BEGIN".to_string()];
+    if let (Some(cp), true) = (&job.checkpoint_table, forget) {
+        statements.push(checkpoint::forget_run_sql(cp, &fingerprint));
+    }
+    if empties {
+        statements.push(format!("TRUNCATE TABLE {table}"));
+    }
+    if let Some(cp) = &job.checkpoint_table {
+        if empties {
+            statements.push(checkpoint::forget_other_runs_sql(cp, &fingerprint, table));
+        }
+        statements.push(checkpoint::record_run_sql(
+            cp,
+            &fingerprint,
+            table,
+            plan.bounds.as_ref(),
+            plan.partitions.len(),
+            window,
+        ));
+    }
+    statements.push("COMMIT".to_string());
+    sqlx::raw_sql(&statements.join(";\n"))
+        .execute(target)
+        .await
+        .with_context(|| format!("starting the run on target table {table}"))?;
+    if empties {
+        info!("truncated target table {table}");
+    }
+    Ok(())
+}
+
+/// `[run] verify` after a complete copy: the problem, if partitions differ.
+async fn verify_run(
+    job: &Job,
+    plan: &Plan,
+    fit: &TargetFit,
+    source: &mut PgConnection,
+    target: &PgPool,
+    say: &impl Fn(&str),
+) -> Result<Option<String>> {
+    if job.verify == Verify::None {
+        return Ok(None);
+    }
+    let by = effective_verify(job.verify, fit);
+    let results = verify_partitions(source, target, &plan.partitions, by).await?;
+    say(&report::render_verify(&results, by));
+    let bad = results.iter().filter(|r| !r.matches()).count();
+    Ok((bad > 0).then(|| {
+        format!(
+            "verify: {bad} partitions differ between source and target; `stride verify --repair` copies them again"
+        )
+    }))
+}
+
+/// Records the run as finished: an incremental job's mark moves to its window's end.
+async fn close_run(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> {
+    if let Some(cp) = &job.checkpoint_table {
+        sqlx::raw_sql(&checkpoint::finish_run_sql(cp, fingerprint))
+            .execute(target)
+            .await
+            .with_context(|| format!("recording the finished run in {cp}"))?;
+    }
+    Ok(())
+}
+
+/// `stride finish`: every partition must be committed; then the job's verify (in
+/// the coordinator's new snapshot) and the run closed.
+#[allow(clippy::too_many_arguments)]
+async fn finish_run(
+    job: &Job,
+    fingerprint: &str,
+    plan: &Plan,
+    done: &[(usize, u64, u64)],
+    fit: &TargetFit,
+    mut coordinator: PoolConnection<Postgres>,
+    target: &PgPool,
+    say: &impl Fn(&str),
+) -> Result<u8> {
+    let missing: Vec<String> = plan
+        .partitions
+        .iter()
+        .filter(|p| !done.iter().any(|d| d.0 == p.index))
+        .map(|p| p.index.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{} of {} partitions are not copied yet (partitions {}): run the shards that own them (partition P belongs to shard P mod N), then finish again",
+            missing.len(),
+            plan.partitions.len(),
+            missing.join(", ")
+        ));
+    }
+    if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say).await? {
+        eprintln!("error: {problem}");
+        return Ok(exit::FAILED);
+    }
+    pg::execute(&mut coordinator, "ROLLBACK").await.ok();
+    close_run(job, fingerprint, target).await?;
+    let rows: u64 = done.iter().map(|d| d.1).sum();
+    say(&format!(
+        "finished: {} partitions, {} rows in {}\n",
+        plan.partitions.len(),
+        report::group(rows),
+        job.target.table
+    ));
+    Ok(exit::OK)
+}
+
 /// Takes the target table's run lock (a session advisory lock) on a connection of
 /// its own, held until the returned connection is dropped and so closed.
-async fn lock_target(target: &PgPool, table: &crate::sql::QualifiedName) -> Result<PgConnection> {
+async fn lock_target(
+    target: &PgPool,
+    table: &crate::sql::QualifiedName,
+    shared: bool,
+) -> Result<PgConnection> {
     let mut conn = target
         .acquire()
         .await
         .context("taking a target connection for the run's lock")?
         .detach();
-    if !pg::try_lock_table(&mut conn, table).await? {
+    if !pg::try_lock_table(&mut conn, table, shared).await? {
         return Err(anyhow::anyhow!(
             "another stride run is writing into {table} on the target; wait for it to end (or stop it), then run again"
         ));
@@ -800,11 +1190,17 @@ async fn lock_target(target: &PgPool, table: &crate::sql::QualifiedName) -> Resu
 /// Verify compares partition by partition, so the target needs the partition
 /// column: it must be among the copied columns.
 fn unverifiable(side: &SourceSide) -> Option<JobError> {
-    let key = side.key.as_ref()?;
-    (!side.columns.iter().any(|c| c.name == key.column)).then(|| {
-        JobError::new(format!(
+    let copied = |key: &Key| side.columns.iter().any(|c| c.name == key.column);
+    if let Some(key) = side.key.as_ref().filter(|k| !copied(k)) {
+        return Some(JobError::new(format!(
             "run.verify: the partition column \"{}\" is not among the copied columns, so the target's partitions cannot be told apart (expected it in source.columns)",
             key.column
+        )));
+    }
+    side.mark.as_ref().filter(|k| !copied(k)).map(|mark| {
+        JobError::new(format!(
+            "run.verify: the incremental column \"{}\" is not among the copied columns, so the target's rows of a run cannot be told apart (expected it in source.columns)",
+            mark.column
         ))
     })
 }
@@ -876,7 +1272,17 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
         }
         None => None,
     };
-    let plan = plan_partitions(&mut coordinator, &job, &side, recorded.as_ref()).await?;
+    let window = recorded.as_ref().and_then(|r| r.window);
+    let mut plan = plan_partitions(
+        &mut coordinator,
+        &scope(&job, &side, window.as_ref()),
+        &side,
+        recorded.as_ref(),
+    )
+    .await?;
+    if let Some(condition) = window_condition(&side, window.as_ref()) {
+        plan.restrict_target(&condition, &job.target.table);
+    }
     let results = verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
     print!("{}", report::render_verify(&results, by));
     let differing: Vec<PlannedPartition> = plan
@@ -896,7 +1302,7 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
         );
         return Ok(exit::FAILED);
     }
-    let _lock = lock_target(&target, &job.target.table).await?;
+    let _lock = lock_target(&target, &job.target.table, false).await?;
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
     spec.repair = Some(job.target.table.clone());
     spec.progress = report::progress_bar(0, quiet);
@@ -1077,14 +1483,41 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
         .acquire()
         .await
         .context("taking a source connection (none could be opened or freed within 60 s)")?;
-    let plan = plan_partitions(&mut conn, &job, &side, None).await?;
+    let window = match &side.mark {
+        Some(mark) => Some(planned_window(&job, &mut conn, mark).await?),
+        None => None,
+    };
+    let plan =
+        plan_partitions(&mut conn, &scope(&job, &side, window.as_ref()), &side, None).await?;
+    let mark_line = window.zip(side.mark.as_ref()).map(|(w, mark)| {
+        let shown = |v: Option<i64>| v.map(|v| mark.key_type.display(v));
+        (
+            format!(
+                "incremental on {}: the mark is {}; the next run copies {}\n",
+                mark.column,
+                match (w.first, w.since) {
+                    (true, _) => "not set yet".to_string(),
+                    (false, since) => shown(since).unwrap_or_else(|| "(none)".to_string()),
+                },
+                w.describe(mark.key_type)
+            ),
+            json!({
+                "column": mark.column,
+                "first_run": w.first,
+                "mark": shown(w.since),
+                "copies_up_to": shown(w.until),
+                "window": w.describe(mark.key_type),
+            }),
+        )
+    });
     let mut estimates = Vec::with_capacity(plan.partitions.len());
     for p in &plan.partitions {
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
     match format {
         Format::Text => print!(
-            "{}",
+            "{}{}",
+            mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
             report::render_plan(&plan, &estimates, &source_name(&job))
         ),
         Format::Json => {
@@ -1098,6 +1531,7 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
                 "lower_bound": plan.bounds.as_ref().and_then(|b| show(b.lower)),
                 "upper_bound": plan.bounds.as_ref().and_then(|b| show(b.upper)),
                 "bounds_from": plan.bounds.as_ref().map(|b| b.origin),
+                "incremental": mark_line.map(|(_, doc)| doc),
                 "requested_partitions": plan.requested_partitions,
                 "estimated_rows": estimates.iter().sum::<i64>(),
                 "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
@@ -1116,6 +1550,32 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
         }
     }
     Ok(exit::OK)
+}
+
+/// The window the next run of an incremental job copies: the recorded run's, if
+/// it is unfinished (the next run resumes it), else the one after it. Reads the
+/// checkpoint table on the target; writes nothing.
+async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Result<Window> {
+    let server = pg::connect(Side::Target, &job.target.url, job.retries).await?;
+    let mut conn = server
+        .pool(1)
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let mut earlier = None;
+    if let Some(cp) = &job.checkpoint_table {
+        if pg::table_oid(&mut conn, cp).await?.is_some() {
+            earlier = pg::read_checkpoints(&mut conn, cp, &checkpoint::fingerprint(job)).await?;
+        }
+    }
+    let target_oid = pg::table_oid(&mut conn, &job.target.table).await?;
+    let earlier = earlier.filter(|r| r.target_oid == target_oid);
+    match &earlier {
+        Some(run) if !run.finished && run.window.is_some() => {
+            Ok(run.window.expect("checked just above"))
+        }
+        _ => next_window(source, job, mark, earlier.as_ref()).await,
+    }
 }
 
 async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
@@ -1184,6 +1644,115 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    use super::{decide, Start, Step};
+    use crate::cli::Shard;
+    use crate::pg::RecordedRun;
+
+    fn recorded(finished: bool, target_oid: i64, done: usize) -> RecordedRun {
+        RecordedRun {
+            bounds: Some((0, 100)),
+            partitions: 4,
+            finished,
+            recorded_at: "2026-11-22 01:00:00+00".to_string(),
+            target_oid: Some(target_oid),
+            failed_check: None,
+            window: None,
+            done: (0..done).map(|i| (i, 10, 100)).collect(),
+        }
+    }
+
+    #[test]
+    fn how_each_step_starts() {
+        let shard = Step::Shard(Shard { index: 0, count: 2 });
+        let new = Start::New { forget: false };
+        let again = Start::New { forget: true };
+        let none = None;
+        let open = recorded(false, 7, 1);
+        let closed = recorded(true, 7, 4);
+        // No run recorded: whole runs and prepare start one, shards and finish refuse.
+        assert_eq!(decide(Step::Whole, none, Some(7), false, false, true), new);
+        assert_eq!(
+            decide(Step::Prepare, none, Some(7), false, false, true),
+            new
+        );
+        for step in [shard, Step::Finish] {
+            match decide(step, none, Some(7), false, false, true) {
+                Start::Refuse {
+                    usage: true,
+                    message,
+                } => {
+                    assert!(message.contains("stride prepare JOB"), "{message}")
+                }
+                other => panic!("{step:?}: {other:?}"),
+            }
+        }
+        // An unfinished run: resumed, except by prepare, which leaves it be.
+        for step in [Step::Whole, shard, Step::Finish] {
+            assert_eq!(
+                decide(step, Some(&open), Some(7), false, false, true),
+                Start::Resume
+            );
+        }
+        match decide(Step::Prepare, Some(&open), Some(7), false, false, true) {
+            Start::Nothing(m) => {
+                assert!(m.starts_with("already prepared: 1 of 4 partitions"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(Step::Prepare, Some(&open), Some(7), true, false, true),
+            again
+        );
+        assert_eq!(
+            decide(Step::Whole, Some(&open), Some(7), false, true, false),
+            again
+        );
+        // A finished run: final in append mode, followed by a new one otherwise.
+        match decide(Step::Whole, Some(&closed), Some(7), false, false, true) {
+            Start::Nothing(m) => assert!(
+                m.contains("already finished") && m.contains("40 rows"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(Step::Whole, Some(&closed), Some(7), false, false, false),
+            again
+        );
+        assert_eq!(
+            decide(Step::Prepare, Some(&closed), Some(7), false, false, false),
+            again
+        );
+        for step in [shard, Step::Finish] {
+            assert!(matches!(
+                decide(step, Some(&closed), Some(7), false, false, false),
+                Start::Nothing(_)
+            ));
+        }
+        // The table was dropped since: a new run, or a refusal for shards and finish.
+        assert_eq!(
+            decide(Step::Whole, Some(&open), Some(8), false, false, true),
+            again
+        );
+        for step in [shard, Step::Finish] {
+            assert!(matches!(
+                decide(step, Some(&open), None, false, false, true),
+                Start::Refuse { usage: false, .. }
+            ));
+        }
+        // A run that failed its check is not resumed by anyone.
+        let failed = RecordedRun {
+            failed_check: Some("coverage".to_string()),
+            ..recorded(false, 7, 4)
+        };
+        for step in [Step::Whole, shard, Step::Finish] {
+            assert!(matches!(
+                decide(step, Some(&failed), Some(7), false, false, true),
+                Start::Refuse { usage: false, .. }
+            ));
         }
     }
 }

@@ -120,8 +120,15 @@ pub struct RawJob {
     source: RawSource,
     partition: Option<RawPartition>,
     target: RawTarget,
+    incremental: Option<RawIncremental>,
     #[serde(default)]
     run: RawRun,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncremental {
+    column: String,
 }
 
 #[derive(Deserialize)]
@@ -272,12 +279,21 @@ pub struct Target {
     pub batch_size: u32,
 }
 
+/// `[incremental]`: each run copies only the rows whose `column` is above the
+/// high-water mark the last successful run recorded on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incremental {
+    /// Column name exactly as in the catalogue; an integer, date or timestamp.
+    pub column: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Job {
     pub source: Source,
     /// `None`: the whole source in one partition.
     pub partition: Option<PartitionSpec>,
     pub target: Target,
+    pub incremental: Option<Incremental>,
     /// Connections at once per side; `None` means one per partition.
     pub parallelism: Option<u32>,
     /// Where done partitions are recorded on the target; `None`: no checkpoints
@@ -374,10 +390,32 @@ impl Job {
                 name: DEFAULT_CHECKPOINT_TABLE.to_string(),
             }),
         };
+        let incremental = match raw.incremental {
+            None => None,
+            Some(inc) => {
+                if inc.column.is_empty() {
+                    return Err(JobError::new(
+                        "incremental.column: is empty (expected the name of a column that grows with every change, such as updated_at)",
+                    ));
+                }
+                if target.mode == Mode::Truncate {
+                    return Err(JobError::new(
+                        "target.mode: \"truncate\" empties the target on every run, which an incremental job would then refill with only the new rows (expected \"append\" or \"upsert\" with [incremental])",
+                    ));
+                }
+                if checkpoint_table.is_none() {
+                    return Err(JobError::new(
+                        "run.checkpoint: false, but [incremental] keeps its high-water mark in the checkpoint table (expected checkpoint = true)",
+                    ));
+                }
+                Some(Incremental { column: inc.column })
+            }
+        };
         Ok(Job {
             source,
             partition,
             target,
+            incremental,
             parallelism,
             checkpoint_table,
             retries,

@@ -480,6 +480,8 @@ pub struct RecordedRun {
     pub target_oid: Option<i64>,
     /// Why the run failed its coverage check, if it did.
     pub failed_check: Option<String>,
+    /// An incremental run's window.
+    pub window: Option<crate::plan::Window>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -492,7 +494,8 @@ pub async fn read_checkpoints(
 ) -> Result<Option<RecordedRun>> {
     let rows = sqlx::query(&format!(
         "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
-                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid, failed_check \
+                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid, failed_check, \
+                mark_first, mark_from, mark_to \
          FROM {table} WHERE fingerprint = $1 ORDER BY partition"
     ))
     .bind(fingerprint)
@@ -513,6 +516,13 @@ pub async fn read_checkpoints(
                 recorded_at: row.get(7),
                 target_oid: row.get(8),
                 failed_check: row.get(9),
+                window: row
+                    .get::<Option<bool>, _>(10)
+                    .map(|first| crate::plan::Window {
+                        first,
+                        since: row.get(11),
+                        until: row.get(12),
+                    }),
                 done: Vec::new(),
             });
         } else {
@@ -569,10 +579,21 @@ pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool
 /// Tries the session advisory lock that keeps two runs from writing into the same
 /// table at once. Keyed on the schema-qualified name (an unqualified one in the
 /// session's current schema), so it holds before the table exists.
-pub async fn try_lock_table(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
-    sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock(hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0))",
-    )
+/// `shared`: the lock shards of one job take together, which keeps out whole
+/// runs, `prepare` and `finish` (they take it exclusively).
+pub async fn try_lock_table(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    shared: bool,
+) -> Result<bool> {
+    let function = if shared {
+        "pg_try_advisory_lock_shared"
+    } else {
+        "pg_try_advisory_lock"
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT {function}(hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0))",
+    ))
     .bind(table.schema.as_deref())
     .bind(&table.name)
     .fetch_one(conn)

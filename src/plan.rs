@@ -36,6 +36,94 @@ pub struct Bounds {
     pub origin: BoundsOrigin,
 }
 
+/// The rows an incremental run copies: above the high-water mark the last
+/// successful run left (`since`), at or below the largest value the run's snapshot
+/// held when it began (`until`), both in the column's key encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Window {
+    /// No run of the job has finished yet (or `--full-refresh`): every row up to
+    /// `until` is copied, those with a NULL in the column too.
+    pub first: bool,
+    pub since: Option<i64>,
+    /// `None`: the column held no value when the run began.
+    pub until: Option<i64>,
+}
+
+impl Window {
+    /// The window of a new run, after the recorded one (`None`: there is none, or
+    /// it is ignored) and with `largest`, the column's largest value in the new
+    /// run's snapshot. The mark never moves back, even if rows were deleted.
+    pub fn next(after: Option<&Window>, finished: bool, largest: Option<i64>) -> Window {
+        match after {
+            // The recorded run finished: its upper end is the mark.
+            Some(w) if finished => Window {
+                first: false,
+                since: w.until,
+                until: w.until.max(largest),
+            },
+            // It did not: the mark is where it started (a restart copies its range again).
+            Some(w) => Window {
+                first: w.first,
+                since: w.since,
+                until: w.since.max(largest),
+            },
+            None => Window {
+                first: true,
+                since: None,
+                until: largest,
+            },
+        }
+    }
+
+    /// The condition selecting the window's rows of the already-quoted `column`.
+    pub fn condition(&self, column: &str, key: KeyType) -> String {
+        match (self.first, self.since, self.until) {
+            (true, _, Some(u)) => format!("({column} <= {} OR {column} IS NULL)", key.literal(u)),
+            (true, _, None) => format!("{column} IS NULL"),
+            (false, Some(s), Some(u)) => format!(
+                "({column} > {} AND {column} <= {})",
+                key.literal(s),
+                key.literal(u)
+            ),
+            (false, None, Some(u)) => format!("{column} <= {}", key.literal(u)),
+            (false, _, None) => "false".to_string(),
+        }
+    }
+
+    /// The window for people: `everything up to 2021-03-01 (first run)`,
+    /// `above 2021-03-01 up to 2021-03-02`.
+    pub fn describe(&self, key: KeyType) -> String {
+        let show = |v: Option<i64>| v.map_or_else(|| "(none)".to_string(), |v| key.display(v));
+        match (self.first, self.since, self.until) {
+            (true, _, None) => "rows with no value (first run; the column is empty)".to_string(),
+            (true, _, until) => format!("every row up to {} (first run)", show(until)),
+            (false, since, until) if since == until => {
+                format!("nothing new (the mark stays at {})", show(since))
+            }
+            (false, None, until) => format!("every row up to {}", show(until)),
+            (false, since, until) => format!("above {} up to {}", show(since), show(until)),
+        }
+    }
+}
+
+/// The job with an incremental run's window added to its `where`, so that every
+/// query over the source (bounds, partitions, estimate, coverage count) reads only
+/// the window's rows.
+pub fn within_window(job: &Job, window: &Window, key: KeyType) -> Job {
+    let column = &job
+        .incremental
+        .as_ref()
+        .expect("only incremental jobs have a window")
+        .column;
+    let condition = window.condition(&quote_ident(column), key);
+    let mut job = job.clone();
+    job.source.where_clause = Some(match &job.source.where_clause {
+        Some(user) => format!("{} AND {condition}", enclose(user)),
+        None => condition,
+    });
+    job
+}
+
 /// COPY's data format for the whole partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,29 +194,45 @@ fn column_list(columns: &[Column]) -> String {
 
 /// The partition column and its key type, checked against the source's columns.
 pub fn resolve_key(job: &Job, source: &[Column]) -> Result<Option<Key>, JobError> {
-    let Some(spec) = &job.partition else {
-        return Ok(None);
-    };
-    let column = source
-        .iter()
-        .find(|c| c.name == spec.column)
-        .ok_or_else(|| {
-            JobError::new(format!(
-            "partition.column: column \"{}\" does not exist in the source (expected one of: {})",
-            spec.column,
+    job.partition
+        .as_ref()
+        .map(|spec| key_column("partition.column", "partition", &spec.column, source))
+        .transpose()
+}
+
+/// The incremental column and its key type, checked against the source's columns.
+pub fn resolve_incremental(job: &Job, source: &[Column]) -> Result<Option<Key>, JobError> {
+    job.incremental
+        .as_ref()
+        .map(|inc| {
+            key_column(
+                "incremental.column",
+                "hold a high-water mark",
+                &inc.column,
+                source,
+            )
+        })
+        .transpose()
+}
+
+/// Column `name` of the source as a key: `what` it cannot do otherwise goes in the message.
+fn key_column(field: &str, what: &str, name: &str, source: &[Column]) -> Result<Key, JobError> {
+    let column = source.iter().find(|c| c.name == name).ok_or_else(|| {
+        JobError::new(format!(
+            "{field}: column \"{name}\" does not exist in the source (expected one of: {})",
             column_list(source)
         ))
-        })?;
+    })?;
     let key_type = KeyType::from_pg(&column.type_name).ok_or_else(|| {
         JobError::new(format!(
-            "partition.column: column \"{}\" is of type {}, which cannot partition (expected smallint, integer, bigint, date, timestamp or timestamptz)",
+            "{field}: column \"{}\" is of type {}, which cannot {what} (expected smallint, integer, bigint, date, timestamp or timestamptz)",
             column.name, column.type_name
         ))
     })?;
-    Ok(Some(Key {
+    Ok(Key {
         column: column.name.clone(),
         key_type,
-    }))
+    })
 }
 
 /// The job's bounds parsed as the key's type; `None` when the job leaves them out.
@@ -213,6 +317,28 @@ pub fn bounds_sql(job: &Job, key: &Key) -> String {
 pub fn whole_select(job: &Job, columns: &[Column]) -> String {
     let mut whole = build(job, columns, None, None);
     whole.partitions.remove(0).select
+}
+
+impl Plan {
+    /// Restricts the target side of every partition (what verify compares and
+    /// repair deletes) to `condition` as well: an incremental run's window, since the
+    /// target also holds the rows of earlier runs.
+    pub fn restrict_target(&mut self, condition: &str, table: &QualifiedName) {
+        for p in &mut self.partitions {
+            let predicate = match &p.target_predicate {
+                Some(range) => format!("{range} AND {condition}"),
+                None => condition.to_string(),
+            };
+            let select_list = self
+                .columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            p.target_select = format!("SELECT {select_list} FROM {table} WHERE {predicate}");
+            p.target_predicate = Some(predicate);
+        }
+    }
 }
 
 /// Builds the plan. `bounds` are the job's, or the source's min/max when the job
@@ -803,6 +929,133 @@ mod tests {
         assert_eq!(
             create_table_sql(&t, &[col("id", "bigint"), c]),
             "CREATE TABLE \"public\".\"Target T\" (\"id\" bigint, \"d\" character varying(10) NOT NULL)"
+        );
+    }
+
+    #[test]
+    fn incremental_windows_follow_each_other() {
+        let first = Window::next(None, false, Some(50));
+        assert_eq!(
+            first,
+            Window {
+                first: true,
+                since: None,
+                until: Some(50)
+            }
+        );
+        // Unfinished: the same start again, up to what is there now.
+        let retried = Window::next(Some(&first), false, Some(60));
+        assert_eq!(
+            retried,
+            Window {
+                until: Some(60),
+                ..first
+            }
+        );
+        // Finished: the mark is the end of the finished window, and never moves back.
+        let second = Window::next(Some(&first), true, Some(70));
+        assert_eq!(
+            second,
+            Window {
+                first: false,
+                since: Some(50),
+                until: Some(70)
+            }
+        );
+        let after_deletes = Window::next(Some(&second), true, Some(10));
+        assert_eq!(after_deletes.since, Some(70));
+        assert_eq!(after_deletes.until, Some(70));
+        assert_eq!(Window::next(Some(&second), true, None).until, Some(70));
+        // An empty first run: the next one is not a first run any more.
+        let empty = Window::next(None, false, None);
+        let next = Window::next(Some(&empty), true, Some(5));
+        assert_eq!(
+            next,
+            Window {
+                first: false,
+                since: None,
+                until: Some(5)
+            }
+        );
+    }
+
+    #[test]
+    fn incremental_conditions() {
+        let c = "\"updated\"";
+        let w = |first, since, until| Window {
+            first,
+            since,
+            until,
+        };
+        let d = KeyType::Date;
+        assert_eq!(
+            w(true, None, Some(0)).condition(c, d),
+            "(\"updated\" <= '1970-01-01'::date OR \"updated\" IS NULL)"
+        );
+        assert_eq!(w(true, None, None).condition(c, d), "\"updated\" IS NULL");
+        assert_eq!(
+            w(false, Some(0), Some(1)).condition(c, d),
+            "(\"updated\" > '1970-01-01'::date AND \"updated\" <= '1970-01-02'::date)"
+        );
+        assert_eq!(
+            w(false, None, Some(1)).condition(c, d),
+            "\"updated\" <= '1970-01-02'::date"
+        );
+        assert_eq!(w(false, None, None).condition(c, d), "false");
+        assert_eq!(
+            w(true, None, Some(1)).describe(d),
+            "every row up to 1970-01-02 (first run)"
+        );
+        assert_eq!(
+            w(false, Some(0), Some(1)).describe(d),
+            "above 1970-01-01 up to 1970-01-02"
+        );
+        assert_eq!(
+            w(false, Some(1), Some(1)).describe(d),
+            "nothing new (the mark stays at 1970-01-02)"
+        );
+    }
+
+    #[test]
+    fn a_window_scopes_the_source_and_the_target() {
+        let job =
+            job_with_partition("column = 'date'\nlower_bound = 0\nupper_bound = 2\ncount = 2");
+        let mut job = job;
+        job.incremental = Some(crate::job::Incremental {
+            column: "id".to_string(),
+        });
+        let w = Window {
+            first: false,
+            since: Some(5),
+            until: Some(9),
+        };
+        let scoped = within_window(&job, &w, KeyType::Int8);
+        assert_eq!(
+            scoped.source.where_clause.as_deref(),
+            Some("(state <> 'Unknown') AND (\"id\" > '5'::int8 AND \"id\" <= '9'::int8)")
+        );
+        let columns = vec![col("id", "bigint"), col("date", "bigint")];
+        let key = Key {
+            column: "date".to_string(),
+            key_type: KeyType::Int8,
+        };
+        let bounds = Bounds {
+            lower: 0,
+            upper: 2,
+            origin: BoundsOrigin::Job,
+        };
+        let mut plan = build(&scoped, &columns, Some(key), Some(bounds));
+        plan.restrict_target(
+            "(\"id\" > '5'::int8 AND \"id\" <= '9'::int8)",
+            &job.target.table,
+        );
+        assert_eq!(
+            plan.partitions[1].target_select,
+            "SELECT \"id\", \"date\" FROM \"public\".\"covid_cases\" WHERE \"date\" >= '1'::int8 AND (\"id\" > '5'::int8 AND \"id\" <= '9'::int8)"
+        );
+        assert_eq!(
+            delete_range_sql(&job.target.table, &plan.partitions[0]),
+            "DELETE FROM \"public\".\"covid_cases\" WHERE (\"date\" < '1'::int8 OR \"date\" IS NULL) AND (\"id\" > '5'::int8 AND \"id\" <= '9'::int8)"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The files in examples/ stay true: every stride command in them parses with the
-//! current command line, the job files they name exist and parse, and every job
-//! file in examples/ is valid.
+//! current command line, the job files they name exist and parse, every job file
+//! in examples/ (also those inside Kubernetes ConfigMaps) is valid, and every YAML
+//! file is valid YAML.
 
 use std::path::{Path, PathBuf};
 
@@ -8,14 +9,66 @@ use clap::Parser;
 use stride::cli::Cli;
 use stride::job::Job;
 
+/// Every file under examples/, subdirectories included.
 fn examples() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files = Vec::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
     files
+}
+
+fn is_yaml(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e == "yml" || e == "yaml")
+}
+
+/// What PyYAML reads in a manifest: each container's command and args, the job
+/// files in ConfigMaps, and each Indexed Job's completions with the
+/// STRIDE_SHARD_COUNT its pods get.
+const READ_MANIFEST: &str = r#"
+import json, sys, yaml
+out = {"commands": [], "jobs": [], "indexed": []}
+def walk(node):
+    if isinstance(node, dict):
+        for key in ("containers", "initContainers"):
+            for c in node.get(key) or []:
+                words = (c.get("command") or []) + (c.get("args") or [])
+                if words:
+                    out["commands"].append([str(w) for w in words])
+        for value in node.values():
+            walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            walk(value)
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not isinstance(doc, dict):
+        continue
+    walk(doc)
+    if doc.get("kind") == "ConfigMap":
+        for name, text in (doc.get("data") or {}).items():
+            if name.endswith(".toml"):
+                out["jobs"].append([name, text])
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "Job" and spec.get("completionMode") == "Indexed":
+        env = {e["name"]: e.get("value") for c in spec["template"]["spec"]["containers"] for e in c.get("env") or []}
+        out["indexed"].append([spec.get("completions"), env.get("STRIDE_SHARD_COUNT")])
+print(json.dumps(out))
+"#;
+
+fn have_pyyaml() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import yaml"])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The stride command lines in a file: from the word `stride` to the end of the
@@ -26,6 +79,11 @@ fn commands(text: &str) -> Vec<Vec<String>> {
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
             let start = words.iter().position(|w| *w == "stride")?;
+            // A YAML list item `- stride` begins a container's command, which
+            // the manifest test reads whole.
+            if words.len() == start + 1 {
+                return None;
+            }
             // `cargo install ... stride` installs it, `- name: Install stride` names a
             // step: neither is a command line.
             if words[..start]
@@ -85,23 +143,21 @@ fn every_job_file_in_examples_is_valid() {
 }
 
 #[test]
-fn every_yaml_example_is_valid_yaml() {
+fn every_yaml_example_is_valid_and_its_commands_and_jobs_parse() {
     // PyYAML reads the manifests as a YAML tool would; without it there is nothing
     // to check them with, and the test says so rather than pretend.
-    let have_yaml = std::process::Command::new("python3")
-        .args(["-c", "import yaml"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_yaml {
+    if !have_pyyaml() {
         eprintln!("python3 with PyYAML is not installed: YAML examples not checked");
         return;
     }
-    for file in examples()
-        .into_iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "yml" || e == "yaml"))
-    {
+    let env = |name: &str| {
+        name.ends_with("_URL")
+            .then(|| "postgres://u@h/db".to_string())
+    };
+    let (mut commands, mut jobs, mut indexed) = (0, 0, 0);
+    for file in examples().into_iter().filter(|f| is_yaml(f)) {
         let out = std::process::Command::new("python3")
-            .args(["-c", "import sys, yaml; yaml.safe_load(open(sys.argv[1]))"])
+            .args(["-c", READ_MANIFEST])
             .arg(&file)
             .output()
             .unwrap();
@@ -111,5 +167,45 @@ fn every_yaml_example_is_valid_yaml() {
             file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for words in read["commands"].as_array().unwrap() {
+            let words: Vec<&str> = words
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            if words.first() != Some(&"stride") {
+                continue;
+            }
+            commands += 1;
+            if let Err(e) = Cli::try_parse_from(&words) {
+                panic!(
+                    "{}: `{}` does not parse: {e}",
+                    file.display(),
+                    words.join(" ")
+                );
+            }
+        }
+        for job in read["jobs"].as_array().unwrap() {
+            jobs += 1;
+            Job::parse(job[1].as_str().unwrap(), env)
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", file.display(), job[0]));
+        }
+        for pair in read["indexed"].as_array().unwrap() {
+            indexed += 1;
+            assert_eq!(
+                pair[0].to_string(),
+                pair[1].as_str().unwrap_or("missing"),
+                "{}: an Indexed Job's completions must equal its STRIDE_SHARD_COUNT",
+                file.display()
+            );
+        }
     }
+    assert!(
+        commands >= 4,
+        "found only {commands} stride commands in manifests"
+    );
+    assert!(jobs >= 2, "found only {jobs} job files in ConfigMaps");
+    assert!(indexed >= 1, "found no Indexed Job");
 }
