@@ -732,12 +732,18 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             ))
             .into());
         }
-        if step != Step::Finish {
-            info!(
+        match step {
+            Step::Whole => info!(
                 done = run.done.len(),
                 partitions = plan.partitions.len(),
                 "resuming an earlier run of this job"
-            );
+            ),
+            Step::Shard(s) => info!(
+                done = run.done.len(),
+                partitions = plan.partitions.len(),
+                "shard {s}: copying its partitions of the prepared run"
+            ),
+            Step::Prepare | Step::Finish => {}
         }
     }
     if let (Some(w), Some(mark)) = (&window, &side.mark) {
@@ -904,6 +910,10 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
         source: source_name(&job),
         target: table.to_string(),
         method,
+        shard: match step {
+            Step::Shard(s) => Some(s.to_string()),
+            _ => None,
+        },
         partitions,
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),

@@ -38,6 +38,8 @@ pub struct Summary {
     pub source: String,
     pub target: String,
     pub method: String,
+    /// `I/N` when this process copied one shard's partitions (`partitions` are its own).
+    pub shard: Option<String>,
     pub partitions: Vec<PartitionReport>,
     pub elapsed: Duration,
     /// Stopped by Ctrl-C or SIGTERM.
@@ -92,9 +94,13 @@ impl Summary {
             (false, true) => "copy INTERRUPTED",
             (false, false) => "copy FAILED",
         };
+        let shard = self
+            .shard
+            .as_ref()
+            .map_or_else(String::new, |s| format!("; shard {s}"));
         let _ = writeln!(
             out,
-            "{verdict}: {} -> {} ({})",
+            "{verdict}: {} -> {} ({}{shard})",
             self.source, self.target, self.method
         );
         let written = self.with_status(|s| *s == Status::Written).len();
@@ -452,6 +458,7 @@ pub fn summary_json(
         "source": summary.map(|s| s.source.clone()),
         "target": summary.map(|s| s.target.clone()),
         "method": summary.map(|s| s.method.clone()),
+        "shard": summary.and_then(|s| s.shard.clone()),
         "partitions": {
             "total": summary.map_or(0, |s| s.partitions.len()),
             "written": count(|s| *s == Status::Written),

@@ -101,6 +101,11 @@ async fn two_shards_at_once_then_finish_copy_exactly() {
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert_exit(&a, 0);
     assert_exit(&b, 0);
+    let said = String::from_utf8_lossy(&b.stdout).into_owned();
+    assert!(
+        said.contains("(binary COPY; shard 1/2)") && said.contains("partitions 4 written of 4"),
+        "{said}"
+    );
     assert_eq!(committed(&pair).await, (0..8).collect::<Vec<_>>());
 
     // Shards do not close the run; finish does, after its verify.
