@@ -622,6 +622,12 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
         fit,
         parallelism,
     } = prepare(path, overrides).await?;
+    if opts.full_refresh && job.incremental.is_none() {
+        return Err(JobError::new(
+            "--full-refresh: the job has no [incremental] section, so there is no mark to ignore (expected --restart to copy everything again)",
+        )
+        .into());
+    }
     if step != Step::Whole && job.checkpoint_table.is_none() {
         return Err(JobError::new(
             "run.checkpoint: false, but shards, `stride prepare` and `stride finish` share the run through the checkpoint table (expected checkpoint = true)",

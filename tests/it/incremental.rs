@@ -238,6 +238,14 @@ async fn bad_incremental_jobs_exit_2_naming_the_key() {
         "{}",
         text(&out)
     );
+    let plain = job_file(&job_text(&pair, "table = \"events\"", "", ""));
+    let out = run(&plain, &["--full-refresh"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("--full-refresh: the job has no [incremental] section"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         pair.target
             .scalar_i64(
