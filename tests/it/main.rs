@@ -9,6 +9,7 @@ mod configs;
 mod copy;
 mod covid;
 mod examples;
+mod modes;
 mod props;
 mod resume;
 mod secrets;
