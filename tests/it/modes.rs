@@ -342,3 +342,197 @@ async fn readers_during_an_upsert_see_old_rows_then_whole_partitions_never_fewer
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_if_exists_refuses_a_table_with_rows_and_writes_nothing() {
+    let pair = Pair::new("eie_rows").await;
+    seed_items(&pair.source, 500).await;
+    pair.target
+        .exec("CREATE TABLE items (id bigint, code text, name text, qty integer); INSERT INTO items VALUES (1, 'c1', 'mine', 0);")
+        .await;
+    let before = pair.target.checksum("items").await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"items\"",
+        "[partition]\ncolumn = \"id\"\ncount = 2",
+        "mode = \"error-if-exists\"",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains(
+            "target.mode: is \"error-if-exists\" and target table \"items\" already holds rows"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.target.checksum("items").await, before);
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'stride_checkpoints'")
+            .await,
+        0,
+        "the checkpoint table was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_if_exists_copies_into_an_empty_or_missing_table_once() {
+    let pair = Pair::new("eie_empty").await;
+    seed_items(&pair.source, 500).await;
+    pair.target
+        .exec("CREATE TABLE empty_items (id bigint, code text, name text, qty integer)")
+        .await;
+    for table in ["empty_items", "new_items"] {
+        let job = job_file(&job_text(
+            &pair,
+            "table = \"items\"",
+            "[partition]\ncolumn = \"id\"\ncount = 2",
+            &format!("table = \"{table}\"\nmode = \"error-if-exists\""),
+        ));
+        assert_exit(&run_job(&job.path), 0);
+        assert_eq!(pair.assert_same("items", table).await, 500, "{table}");
+        // The table now holds rows: running the finished job again is refused.
+        let again = run_job(&job.path);
+        assert_exit(&again, 2);
+        assert!(
+            stderr(&again).contains("already holds rows"),
+            "{table}: {}",
+            text(&again)
+        );
+        assert_eq!(pair.target.count(table).await, 500, "{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_error_if_exists_run_resumes_into_its_own_rows() {
+    let pair = Pair::new("eie_resume").await;
+    pair.source
+        .exec("CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g;")
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"big\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 300001\ncount = 30\n[run]\nparallelism = 2",
+        "mode = \"error-if-exists\"\nmethod = \"insert\"\nbatch_size = 200",
+    ));
+    let path = job.path.to_str().unwrap();
+    let running = Running::start(&["run", path]).wait_for_line("partition written");
+    running.signal("INT");
+    let interrupted = running.finish();
+    assert_exit(&interrupted, 130);
+    let committed = pair.target.count("big").await;
+    assert!(
+        committed > 0 && committed < 300_000,
+        "{committed} rows\n{}",
+        text(&interrupted)
+    );
+    // --restart would be a new run into a table with rows: refused, nothing written.
+    let restart = stride(&["run", "--restart", path], &[]);
+    assert_exit(&restart, 2);
+    assert!(
+        stderr(&restart).contains("already holds rows"),
+        "{}",
+        text(&restart)
+    );
+    assert_eq!(pair.target.count("big").await, committed);
+    // The same command resumes: the rows in the table are its own.
+    let resumed = run_job(&job.path);
+    assert_exit(&resumed, 0);
+    assert!(
+        stdout(&resumed).contains("skipped: committed by an earlier run"),
+        "{}",
+        text(&resumed)
+    );
+    assert_eq!(pair.assert_same("big", "big").await, 300_000);
+}
+
+/// A table with a serial column and one with an identity column, on both sides.
+const SEQUENCED: &str = "
+CREATE TABLE serials (id serial PRIMARY KEY, name text);
+CREATE TABLE idents (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_set_past_the_copied_values_unless_turned_off() {
+    for (reset, method) in [(true, "copy"), (true, "insert"), (false, "copy")] {
+        let pair = Pair::new(&format!("sequences_{reset}_{method}")).await;
+        pair.source.exec(SEQUENCED).await;
+        pair.source
+            .exec(
+                "INSERT INTO serials (name) SELECT 'n' || g FROM generate_series(1, 1000) g;
+                   INSERT INTO idents (name) SELECT 'n' || g FROM generate_series(1, 1000) g;",
+            )
+            .await;
+        pair.target.exec(SEQUENCED).await;
+        for (table, mode) in [("serials", "append"), ("idents", "upsert")] {
+            let job = job_file(&job_text(
+                &pair,
+                &format!("table = \"{table}\""),
+                "[partition]\ncolumn = \"id\"\ncount = 3",
+                &format!("mode = \"{mode}\"\nmethod = \"{method}\"\nreset_sequences = {reset}"),
+            ));
+            let out = run_job(&job.path);
+            assert_exit(&out, 0);
+            assert_eq!(pair.assert_same(table, table).await, 1000);
+            if reset {
+                assert!(
+                    stderr(&out).contains(&format!(
+                        "set sequence \"public\".\"{table}_id_seq\" of \"{table}\".\"id\" to 1000"
+                    )),
+                    "{}",
+                    text(&out)
+                );
+            }
+            // The target's own next insert takes the column's default.
+            let mut conn = pair.target.conn().await;
+            let insert = sqlx::raw_sql(&format!("INSERT INTO {table} (name) VALUES ('next')"))
+                .execute(&mut conn)
+                .await;
+            match (reset, insert) {
+                (true, Ok(_)) => assert_eq!(
+                    pair.target
+                        .scalar_i64(&format!("SELECT id::int8 FROM {table} WHERE name = 'next'"))
+                        .await,
+                    1001
+                ),
+                (false, Err(e)) => assert!(
+                    e.to_string().contains("duplicate key value"),
+                    "{table}: {e}"
+                ),
+                (reset, insert) => {
+                    panic!("{table} with reset_sequences = {reset}: the insert gave {insert:?}")
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_never_move_backwards_and_an_empty_table_leaves_them_alone() {
+    let pair = Pair::new("sequences_forward").await;
+    pair.source.exec(SEQUENCED).await;
+    pair.source
+        .exec("INSERT INTO serials (name) SELECT 'n' || g FROM generate_series(1, 100) g;")
+        .await;
+    pair.target.exec(SEQUENCED).await;
+    pair.target
+        .exec("SELECT setval('serials_id_seq', 5000)")
+        .await;
+    for table in ["serials", "idents"] {
+        let job = job_file(&job_text(&pair, &format!("table = \"{table}\""), "", ""));
+        assert_exit(&run_job(&job.path), 0);
+    }
+    let state = |sequence: &str| {
+        format!("SELECT last_value::text || ' ' || is_called::text FROM {sequence}")
+    };
+    assert_eq!(
+        pair.target.scalar_string(&state("serials_id_seq")).await,
+        "5000 true",
+        "moved backwards"
+    );
+    assert_eq!(
+        pair.target.scalar_string(&state("idents_id_seq")).await,
+        "1 false",
+        "an empty table's sequence was touched"
+    );
+}
