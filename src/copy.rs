@@ -1,6 +1,8 @@
 //! The pipeline: a scheduler that runs at most `parallelism` partitions at once, and
 //! the two ways one partition travels from source to target: COPY pass-through and
-//! the row path of batched INSERTs.
+//! the row path of batched INSERTs. In upsert mode COPY fills a temporary staging
+//! table that one `INSERT ... ON CONFLICT` merges into the target, and the row
+//! path's INSERTs carry the same clause.
 //!
 //! Each partition reads in a source transaction that imports the run's exported
 //! snapshot, and writes in its own target transaction, committed only when every row
