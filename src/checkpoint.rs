@@ -44,6 +44,14 @@ pub fn fingerprint(job: &Job) -> String {
     }
     // A partial append run resumed in truncate mode would never truncate.
     text.push_str(&format!("mode={:?}\n", job.target.mode));
+    // Added only in upsert mode, so the fingerprints of other jobs stay as they
+    // were and their unfinished runs still resume.
+    if let Some(upsert) = &job.target.upsert {
+        text.push_str(&format!(
+            "upsert={:?} {:?}\n",
+            upsert.key, upsert.on_conflict
+        ));
+    }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
@@ -224,6 +232,33 @@ mod tests {
         ] {
             assert_ne!(base, fingerprint(&job(changed)), "{changed}");
         }
+        let target = |keys: &str| {
+            let text = format!(
+                "[source]\nurl='postgres://u:pw@h:5433/src'\ntable='public.t'\n[target]\nurl='postgres://h/t'\n{keys}\n"
+            );
+            fingerprint(&Job::parse(&text, |_| None).unwrap())
+        };
+        // An append job's fingerprint is what it was before the upsert keys existed.
+        assert_eq!(base, target("mode = 'append'"));
+        assert_eq!(base, target("reset_sequences = false"));
+        let modes = [
+            target("mode = 'append'"),
+            target("mode = 'truncate'"),
+            target("mode = 'error-if-exists'"),
+            target("mode = 'upsert'"),
+            target("mode = 'upsert'\non_conflict = 'skip'"),
+            target("mode = 'upsert'\nkey = ['id']"),
+            target("mode = 'upsert'\nkey = ['id', 'day']"),
+        ];
+        for (i, a) in modes.iter().enumerate() {
+            for b in &modes[i + 1..] {
+                assert_ne!(a, b, "modes {modes:?}");
+            }
+        }
+        assert_eq!(
+            target("mode = 'upsert'"),
+            target("mode = 'upsert'\non_conflict = 'update'")
+        );
         let bounds = |l: i64, u: i64| {
             fingerprint(&job(&format!(
                 "[partition]\ncolumn = 'id'\nlower_bound = {l}\nupper_bound = {u}\ncount = 4"

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint;
 use crate::cli::{Cli, Command, Format, Shard, VerifyArgs, VerifyBy};
-use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status};
+use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status, UpsertSpec};
 use crate::error::{exit, JobError};
 use crate::job::{Create, Job, Mode, Relation, Verify};
 use crate::pg::{self, Column, Server, Side, Transfer};
@@ -252,6 +252,9 @@ struct TargetFit {
     types: Vec<String>,
     /// Why the target cannot take the rows, each naming a column; empty when it can.
     problems: Vec<String>,
+    /// Upsert mode: the key rows are matched by, checked against the target's
+    /// unique indexes (a missing table is created with it as primary key).
+    upsert_key: Option<Vec<String>>,
 }
 
 async fn fit_target(
@@ -317,6 +320,7 @@ async fn fit_target(
             fits,
             types: columns.iter().map(|c| c.base_type.clone()).collect(),
             problems,
+            upsert_key: plan::upsert_key(job, columns, None)?,
         });
     };
     if !matches!(relation.kind, 'r' | 'p') {
@@ -338,11 +342,16 @@ async fn fit_target(
             transfer: target.map(|t| plan::transfer(column, t)),
         });
     }
+    let keys = match &job.target.upsert {
+        Some(_) => pg::unique_keys(&mut conn, table).await?,
+        None => pg::UniqueKeys::default(),
+    };
     Ok(TargetFit {
         exists: true,
         fits,
         types,
         problems: plan::target_problems(columns, &relation.columns),
+        upsert_key: plan::upsert_key(job, columns, Some(&keys))?,
     })
 }
 
@@ -652,6 +661,9 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
     // What an earlier run left in the checkpoint table (created by the steps that
     // start runs; the others only read it).
     let fingerprint = checkpoint::fingerprint(&job);
+    if matches!(step, Step::Whole | Step::Prepare) {
+        refuse_existing_rows(&target, &job, &fingerprint, opts.restart).await?;
+    }
     let mut earlier = None;
     let mut target_oid = None;
     if let Some(cp) = &job.checkpoint_table {
@@ -1066,10 +1078,14 @@ async fn start_run(
 ) -> Result<()> {
     let table = &job.target.table;
     if !fit.exists {
-        sqlx::raw_sql(&plan::create_table_sql(table, &side.columns))
-            .execute(target)
-            .await
-            .with_context(|| format!("creating target table {table}"))?;
+        sqlx::raw_sql(&plan::create_table_sql(
+            table,
+            &side.columns,
+            fit.upsert_key.as_deref(),
+        ))
+        .execute(target)
+        .await
+        .with_context(|| format!("creating target table {table}"))?;
         info!("created target table {table}");
     }
     let fingerprint = checkpoint::fingerprint(job);
@@ -1129,8 +1145,10 @@ async fn verify_run(
     }))
 }
 
-/// Records the run as finished: an incremental job's mark moves to its window's end.
+/// Records the run as finished (an incremental job's mark moves to its window's
+/// end), after setting the target's sequences past the copied values.
 async fn close_run(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> {
+    reset_sequences(job, target).await?;
     if let Some(cp) = &job.checkpoint_table {
         sqlx::raw_sql(&checkpoint::finish_run_sql(cp, fingerprint))
             .execute(target)
@@ -1181,6 +1199,62 @@ async fn finish_run(
         job.target.table
     ));
     Ok(exit::OK)
+}
+
+/// `mode = "error-if-exists"`: a new run refuses a target table that already
+/// holds rows, before anything is written (the checkpoint table included). A
+/// resume (an unfinished earlier run of this job into this very table, and no
+/// `--restart`) continues into the rows it wrote itself.
+async fn refuse_existing_rows(
+    target: &PgPool,
+    job: &Job,
+    fingerprint: &str,
+    restart: bool,
+) -> Result<()> {
+    if job.target.mode != Mode::ErrorIfExists {
+        return Ok(());
+    }
+    let table = &job.target.table;
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let Some(oid) = pg::table_oid(&mut conn, table).await? else {
+        return Ok(());
+    };
+    if let (Some(cp), false) = (&job.checkpoint_table, restart) {
+        if pg::table_oid(&mut conn, cp).await?.is_some() {
+            let earlier = pg::read_checkpoints(&mut conn, cp, fingerprint).await?;
+            if earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)) {
+                return Ok(());
+            }
+        }
+    }
+    if pg::has_rows(&mut conn, table).await? {
+        return Err(JobError::new(format!(
+            "target.mode: is \"error-if-exists\" and target table {table} already holds rows (expected an empty or missing table, or mode = \"append\", \"truncate\" or \"upsert\"); nothing was written"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// After a successful run (`target.reset_sequences`): sequences owned by target
+/// columns are set past the largest value there, so the target's own next
+/// insert with a default value does not collide with a copied row.
+async fn reset_sequences(job: &Job, target: &PgPool) -> Result<()> {
+    if !job.target.reset_sequences {
+        return Ok(());
+    }
+    let table = &job.target.table;
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    for (column, sequence, value) in pg::reset_sequences(&mut conn, table).await? {
+        info!("set sequence {sequence} of {table}.\"{column}\" to {value}");
+    }
+    Ok(())
 }
 
 /// Takes the target table's run lock (a session advisory lock) on a connection of
@@ -1375,14 +1449,29 @@ fn copy_spec(
         .cloned()
         .zip(fit.types.iter().cloned())
         .collect();
+    let upsert = upsert_spec(job, &plan.columns, fit.upsert_key.as_deref());
+    let (copy_in, insert) = match (&upsert, &job.target.upsert) {
+        (Some(spec), Some(mode)) => (
+            plan::copy_in_sql(&plan::stage_table(), &plan.columns, format),
+            format!(
+                "{} {}",
+                plan::insert_sql(table, &typed),
+                plan::on_conflict_sql(&spec.key, &plan.columns, mode.on_conflict)
+            ),
+        ),
+        _ => (
+            plan::copy_in_sql(table, &plan.columns, format),
+            plan::insert_sql(table, &typed),
+        ),
+    };
     CopySpec {
         source: source.clone(),
         target: target.clone(),
         snapshot,
         method: job.target.method,
         format,
-        copy_in: plan::copy_in_sql(table, &plan.columns, format),
-        insert: plan::insert_sql(table, &typed),
+        copy_in,
+        insert,
         columns: plan.columns.clone(),
         batch_size: job.target.batch_size as usize,
         progress: indicatif::ProgressBar::hidden(),
@@ -1390,7 +1479,24 @@ fn copy_spec(
         retries: job.retries,
         checkpoint: None,
         repair: None,
+        upsert,
     }
+}
+
+/// The staging and merge statements of an upsert on `key` (`None`: not upsert mode).
+fn upsert_spec(job: &Job, columns: &[String], key: Option<&[String]>) -> Option<UpsertSpec> {
+    let (key, mode) = (key?, job.target.upsert.as_ref()?);
+    let stage = plan::stage_table();
+    Some(UpsertSpec {
+        key: key.to_vec(),
+        create_stage: plan::create_stage_sql(&stage, &job.target.table, columns),
+        merge: plan::merge_sql(
+            &job.target.table,
+            &stage,
+            columns,
+            &plan::on_conflict_sql(key, columns, mode.on_conflict),
+        ),
+    })
 }
 
 /// Both sides of each partition, counted (and checksummed): the source in the

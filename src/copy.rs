@@ -1,6 +1,8 @@
 //! The pipeline: a scheduler that runs at most `parallelism` partitions at once, and
 //! the two ways one partition travels from source to target: COPY pass-through and
-//! the row path of batched INSERTs.
+//! the row path of batched INSERTs. In upsert mode COPY fills a temporary staging
+//! table that one `INSERT ... ON CONFLICT` merges into the target, and the row
+//! path's INSERTs carry the same clause.
 //!
 //! Each partition reads in a source transaction that imports the run's exported
 //! snapshot, and writes in its own target transaction, committed only when every row
@@ -62,15 +64,34 @@ pub struct CopySpec {
     /// `verify --repair`: each partition's range is deleted from this target table
     /// first, in the same transaction, so the range ends equal to the source's.
     pub repair: Option<QualifiedName>,
+    /// Upsert mode: the key rows are matched by (`insert` then already ends in
+    /// its `ON CONFLICT` clause), and with `method = "copy"` the staging table.
+    pub upsert: Option<UpsertSpec>,
+}
+
+/// How one partition is upserted.
+pub struct UpsertSpec {
+    /// The target columns rows are matched by, for messages.
+    pub key: Vec<String>,
+    /// `method = "copy"`: `copy_in` fills a temporary table made by this
+    /// statement in the partition's transaction...
+    pub create_stage: String,
+    /// ...and this statement moves its rows into the target (`INSERT ... SELECT
+    /// ... ON CONFLICT`).
+    pub merge: String,
 }
 
 impl CopySpec {
     /// How rows travel, for the summary: `binary COPY`, `text COPY` or `INSERT, N rows a batch`.
     pub fn describe_method(&self) -> String {
-        match (self.method, self.format) {
+        let how = match (self.method, self.format) {
             (Method::Copy, CopyFormat::Binary) => "binary COPY".to_string(),
             (Method::Copy, CopyFormat::Text) => "text COPY".to_string(),
             (Method::Insert, _) => format!("INSERT, {} rows a batch", self.batch_size),
+        };
+        match &self.upsert {
+            Some(upsert) => format!("{how}, upsert on ({})", upsert.key.join(", ")),
+            None => how,
         }
     }
 }
@@ -323,9 +344,12 @@ async fn copy_partition_on(
                 .await
                 .context("deleting the partition's range from the target")?;
         }
-        let counts = match spec.method {
-            Method::Copy => pass_through(spec, partition, source, target).await?,
-            Method::Insert => insert_rows(spec, partition, source, target).await?,
+        let counts = match (spec.method, &spec.upsert) {
+            (Method::Copy, None) => pass_through(spec, partition, source, target).await?,
+            (Method::Copy, Some(upsert)) => {
+                stage_and_merge(spec, upsert, partition, source, target).await?
+            }
+            (Method::Insert, _) => insert_rows(spec, partition, source, target).await?,
         };
         if let Some(cp) = &spec.checkpoint {
             let record = checkpoint::record_partition_sql(
@@ -423,6 +447,47 @@ async fn pass_through(
     Ok(Counts { rows, bytes })
 }
 
+/// Upsert with COPY: the partition's rows go into a temporary staging table,
+/// then one `INSERT ... SELECT ... ON CONFLICT` moves them into the target, all
+/// in the partition's transaction. Rows counted are the rows read from the
+/// source, whether they were inserted, updated or skipped.
+async fn stage_and_merge(
+    spec: &CopySpec,
+    upsert: &UpsertSpec,
+    partition: &PlannedPartition,
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<Counts> {
+    pg::execute(target, &upsert.create_stage)
+        .await
+        .context("creating the staging table")?;
+    let counts = pass_through(spec, partition, source, target).await?;
+    debug!(merge = %upsert.merge, "merging the staged rows");
+    pg::execute(target, &upsert.merge)
+        .await
+        .map_err(|e| upsert_error(e, &upsert.key))
+        .context("merging the staged rows into the target")?;
+    Ok(counts)
+}
+
+/// A source key repeated within one statement makes `ON CONFLICT DO UPDATE` fail
+/// (SQLSTATE 21000, "cannot affect row a second time"): say which key.
+fn upsert_error(error: sqlx::Error, key: &[String]) -> anyhow::Error {
+    let repeated = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "21000");
+    let error = anyhow::Error::new(error);
+    if repeated {
+        error.context(format!(
+            "source rows repeat a value of target.key ({}) within one partition, and an upsert can update a target row only once per statement (expected the key unique in the source rows)",
+            key.join(", ")
+        ))
+    } else {
+        error
+    }
+}
+
 /// The row path: every column fetched as its exact text form, written as one
 /// `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per `batch_size` rows.
 async fn insert_rows(
@@ -452,31 +517,41 @@ async fn insert_rows(
         }
         batch_rows += 1;
         if batch_rows == spec.batch_size {
-            counts.rows += write_batch(spec, target, &mut batch).await?;
+            counts.rows += write_batch(spec, target, &mut batch, batch_rows).await?;
             spec.progress.inc(batch_rows as u64);
             batch_rows = 0;
         }
     }
     if batch_rows > 0 {
-        counts.rows += write_batch(spec, target, &mut batch).await?;
+        counts.rows += write_batch(spec, target, &mut batch, batch_rows).await?;
         spec.progress.inc(batch_rows as u64);
     }
     Ok(counts)
 }
 
+/// Writes one batch of `rows` rows; returns the rows it counts: those inserted,
+/// or in upsert mode those read (an update or a skip is a row copied too).
 async fn write_batch(
     spec: &CopySpec,
     target: &mut PgConnection,
     batch: &mut [Vec<Option<String>>],
+    rows: usize,
 ) -> Result<u64> {
     let mut query = sqlx::query(&spec.insert);
     for column in batch.iter_mut() {
         let capacity = column.capacity();
         query = query.bind(std::mem::replace(column, Vec::with_capacity(capacity)));
     }
-    let done = query
-        .execute(target)
-        .await
-        .context("inserting a batch into the target")?;
-    Ok(done.rows_affected())
+    let done = match &spec.upsert {
+        None => query.execute(target).await.map_err(anyhow::Error::new),
+        Some(upsert) => query
+            .execute(target)
+            .await
+            .map_err(|e| upsert_error(e, &upsert.key)),
+    }
+    .context("inserting a batch into the target")?;
+    Ok(match spec.upsert {
+        None => done.rows_affected(),
+        Some(_) => rows as u64,
+    })
 }

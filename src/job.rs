@@ -183,6 +183,9 @@ struct RawTarget {
     #[serde(default)]
     method: Method,
     batch_size: Option<i64>,
+    key: Option<Vec<String>>,
+    on_conflict: Option<OnConflict>,
+    reset_sequences: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +211,44 @@ pub enum Mode {
     Append,
     /// Empty the target once, before the first partition is written.
     Truncate,
+    /// Insert new rows and update (or keep, `on_conflict = "skip"`) those whose
+    /// key is already in the target.
+    Upsert,
+    /// Refuse a target table that already holds rows when a new run starts
+    /// (Spark's default save mode); a resumed run continues into its own rows.
+    ErrorIfExists,
+}
+
+impl Mode {
+    /// The mode as the job file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Append => "append",
+            Mode::Truncate => "truncate",
+            Mode::Upsert => "upsert",
+            Mode::ErrorIfExists => "error-if-exists",
+        }
+    }
+}
+
+/// What an upsert does with a source row whose key is already in the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnConflict {
+    /// `DO UPDATE`: the target row takes the source row's values.
+    #[default]
+    Update,
+    /// `DO NOTHING`: the target row stays as it is; only new keys are inserted.
+    Skip,
+}
+
+/// How `mode = "upsert"` matches rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upsert {
+    /// `target.key` as written; `None`: the target table's primary key, read
+    /// from its catalogue once connected.
+    pub key: Option<Vec<String>>,
+    pub on_conflict: OnConflict,
 }
 
 /// Whether a missing target table is created from the source's column definitions.
@@ -277,6 +318,11 @@ pub struct Target {
     pub create: Create,
     pub method: Method,
     pub batch_size: u32,
+    /// `Some` exactly when `mode` is `Upsert`.
+    pub upsert: Option<Upsert>,
+    /// Set sequences owned by target columns past their largest value after a
+    /// successful run, so the target's own next insert does not collide.
+    pub reset_sequences: bool,
 }
 
 /// `[incremental]`: each run copies only the rows whose `column` is above the
@@ -398,10 +444,14 @@ impl Job {
                         "incremental.column: is empty (expected the name of a column that grows with every change, such as updated_at)",
                     ));
                 }
-                if target.mode == Mode::Truncate {
-                    return Err(JobError::new(
+                match target.mode {
+                    Mode::Append | Mode::Upsert => {}
+                    Mode::Truncate => return Err(JobError::new(
                         "target.mode: \"truncate\" empties the target on every run, which an incremental job would then refill with only the new rows (expected \"append\" or \"upsert\" with [incremental])",
-                    ));
+                    )),
+                    Mode::ErrorIfExists => return Err(JobError::new(
+                        "target.mode: \"error-if-exists\" refuses a target that holds rows, which an incremental job's second run always finds (expected \"append\" or \"upsert\" with [incremental])",
+                    )),
                 }
                 if checkpoint_table.is_none() {
                     return Err(JobError::new(
@@ -556,6 +606,7 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
             "target.batch_size: {batch_size} is out of range (expected a whole number from 1 to {MAX_BATCH_SIZE})"
         )));
     }
+    let upsert = validate_upsert(raw.mode, raw.key, raw.on_conflict)?;
     Ok(Target {
         url: parse_url("target.url", raw.url)?,
         table,
@@ -563,7 +614,55 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         create: raw.create,
         method: raw.method,
         batch_size: to_u32(batch_size),
+        upsert,
+        reset_sequences: raw.reset_sequences.unwrap_or(true),
     })
+}
+
+/// `target.key` and `target.on_conflict` belong to upsert mode only; the key, when
+/// given, is a non-empty list of distinct names. Whether its columns are copied
+/// and carry a unique index is checked against the catalogues.
+fn validate_upsert(
+    mode: Mode,
+    key: Option<Vec<String>>,
+    on_conflict: Option<OnConflict>,
+) -> Result<Option<Upsert>, JobError> {
+    if mode != Mode::Upsert {
+        let mode = mode.as_str();
+        if key.is_some() {
+            return Err(JobError::new(format!(
+                "target.key: set while target.mode is \"{mode}\" (expected it only with mode = \"upsert\")"
+            )));
+        }
+        if on_conflict.is_some() {
+            return Err(JobError::new(format!(
+                "target.on_conflict: set while target.mode is \"{mode}\" (expected it only with mode = \"upsert\")"
+            )));
+        }
+        return Ok(None);
+    }
+    if let Some(key) = &key {
+        if key.is_empty() {
+            return Err(JobError::new(
+                "target.key: is empty (expected at least one column name, or leave it out for the target's primary key)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in key {
+            if c.is_empty() {
+                return Err(JobError::new("target.key: contains an empty name"));
+            }
+            if !seen.insert(c) {
+                return Err(JobError::new(format!(
+                    "target.key: \"{c}\" is listed twice"
+                )));
+            }
+        }
+    }
+    Ok(Some(Upsert {
+        key,
+        on_conflict: on_conflict.unwrap_or_default(),
+    }))
 }
 
 fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
@@ -781,6 +880,36 @@ parallelism = 2
     }
 
     #[test]
+    fn upsert_takes_a_key_and_what_to_do_on_conflict() {
+        let job = parse(&format!("{MINIMAL}mode = 'upsert'\n")).unwrap();
+        assert_eq!(job.target.mode, Mode::Upsert);
+        assert_eq!(
+            job.target.upsert,
+            Some(Upsert {
+                key: None,
+                on_conflict: OnConflict::Update
+            })
+        );
+        assert!(job.target.reset_sequences);
+        let job = parse(&format!(
+            "{MINIMAL}mode = 'upsert'\nkey = ['state', 'Date']\non_conflict = 'skip'\nreset_sequences = false\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            job.target.upsert,
+            Some(Upsert {
+                key: Some(vec!["state".into(), "Date".into()]),
+                on_conflict: OnConflict::Skip
+            })
+        );
+        assert!(!job.target.reset_sequences);
+        let job = parse(&format!("{MINIMAL}mode = 'error-if-exists'\n")).unwrap();
+        assert_eq!(job.target.mode, Mode::ErrorIfExists);
+        assert_eq!(job.target.upsert, None);
+        assert_eq!(parse(MINIMAL).unwrap().target.upsert, None);
+    }
+
+    #[test]
     fn toml_integer_and_date_bounds_are_accepted() {
         let text = format!(
             "{MINIMAL}[partition]\ncolumn = \"id\"\nlower_bound = 0\nupper_bound = 2021-02-28\ncount = 3\n"
@@ -833,7 +962,43 @@ parallelism = 2
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",
-                "target.mode: unknown variant `merge`, expected `append` or `truncate`",
+                "target.mode: unknown variant `merge`, expected one of `append`, `truncate`, `upsert`, `error-if-exists`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\non_conflict='skip'\n",
+                "target.on_conflict: set while target.mode is \"append\" (expected it only with mode = \"upsert\")",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='truncate'\non_conflict='update'\n",
+                "target.on_conflict: set while target.mode is \"truncate\"",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='error-if-exists'\nkey=['id']\n",
+                "target.key: set while target.mode is \"error-if-exists\" (expected it only with mode = \"upsert\")",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='upsert'\non_conflict='replace'\n",
+                "target.on_conflict: unknown variant `replace`, expected `update` or `skip`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='upsert'\nkey=[]\n",
+                "target.key: is empty (expected at least one column name",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='upsert'\nkey=['id', '']\n",
+                "target.key: contains an empty name",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='upsert'\nkey=['a', 'b', 'a']\n",
+                "target.key: \"a\" is listed twice",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='upsert'\nkey='id'\n",
+                "target.key: invalid type: string \"id\", expected a sequence",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nreset_sequences='no'\n",
+                "target.reset_sequences: invalid type",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nbatch_size=0\n",

@@ -250,6 +250,89 @@ pub async fn describe_table(
     }))
 }
 
+/// The unique indexes of a table that `ON CONFLICT (columns)` can use as its
+/// arbiter: valid, immediate (not deferrable), without a predicate or expression.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UniqueKeys {
+    /// The primary key's columns, in index order.
+    pub primary_key: Option<Vec<String>>,
+    /// The key columns of every such index, the primary key's included.
+    pub unique: Vec<Vec<String>>,
+}
+
+/// The unique keys of an existing table (see [`UniqueKeys`]).
+pub async fn unique_keys(conn: &mut PgConnection, table: &QualifiedName) -> Result<UniqueKeys> {
+    let rows: Vec<(bool, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord) \
+         FROM pg_index i \
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts \
+         GROUP BY i.indexrelid, i.indisprimary \
+         ORDER BY NOT i.indisprimary, i.indexrelid",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading the unique indexes of {table}"))?;
+    Ok(UniqueKeys {
+        primary_key: rows.iter().find(|r| r.0).map(|r| r.1.clone()),
+        unique: rows.into_iter().map(|r| r.1).collect(),
+    })
+}
+
+/// Sets every ascending sequence owned by a column of `table` (serial columns,
+/// identity columns) past the column's largest value, never backwards. Returns
+/// what was set: column, sequence, value.
+pub async fn reset_sequences(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<Vec<(String, QualifiedName, i64)>> {
+    // deptype 'a': a sequence OWNED BY the column (serial); 'i': an identity column's.
+    let owned: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, n.nspname::text, s.relname::text \
+         FROM pg_depend d \
+         JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+         JOIN pg_namespace n ON n.oid = s.relnamespace \
+         JOIN pg_sequence q ON q.seqrelid = s.oid \
+         JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+           AND d.refobjid = to_regclass($1) AND d.deptype IN ('a', 'i') AND q.seqincrement > 0 \
+         ORDER BY a.attnum",
+    )
+    .bind(table.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(|| format!("looking up the sequences owned by columns of {table}"))?;
+    let mut set = Vec::new();
+    for (column, schema, name) in owned {
+        let sequence = QualifiedName {
+            schema: Some(schema),
+            name,
+        };
+        let value: Option<i64> =
+            sqlx::query_scalar(&crate::plan::reset_sequence_sql(table, &column, &sequence))
+                .fetch_optional(&mut *conn)
+                .await
+                .with_context(|| {
+                    format!("setting sequence {sequence} past the largest {table}.\"{column}\"")
+                })?;
+        if let Some(value) = value {
+            set.push((column, sequence, value));
+        }
+    }
+    Ok(set)
+}
+
+/// Whether a table holds at least one row.
+pub async fn has_rows(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {table})"))
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("looking for rows in {table}"))
+}
+
 /// Of `type_names`, those that do not exist in this database.
 pub async fn missing_types(conn: &mut PgConnection, type_names: &[String]) -> Result<Vec<String>> {
     let mut missing = Vec::new();

@@ -5,10 +5,10 @@
 use serde::Serialize;
 
 use crate::error::JobError;
-use crate::job::{Job, Relation, Verify};
+use crate::job::{Job, OnConflict, Relation, Verify};
 use crate::partition::{predicate, stride_ranges, KeyRange, KeyType};
-use crate::pg::{Column, Transfer};
-use crate::sql::{quote_ident, QualifiedName};
+use crate::pg::{Column, Transfer, UniqueKeys};
+use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
 /// The partition column, resolved against the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -606,17 +606,152 @@ pub fn insert_sql(table: &QualifiedName, columns: &[(String, String)]) -> String
 }
 
 /// `CREATE TABLE` for a missing target, from the source's column definitions
-/// (names, types with modifiers, NOT NULL).
-pub fn create_table_sql(table: &QualifiedName, columns: &[Column]) -> String {
-    let defs = columns
+/// (names, types with modifiers, NOT NULL), with `primary_key` (an upsert's
+/// key: `ON CONFLICT` needs a unique index on it) when given.
+pub fn create_table_sql(
+    table: &QualifiedName,
+    columns: &[Column],
+    primary_key: Option<&[String]>,
+) -> String {
+    let mut defs: Vec<String> = columns
         .iter()
         .map(|c| {
             let not_null = if c.not_null { " NOT NULL" } else { "" };
             format!("{} {}{not_null}", quote_ident(&c.name), c.type_name)
         })
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("CREATE TABLE {table} ({defs})")
+        .collect();
+    if let Some(key) = primary_key {
+        defs.push(format!("PRIMARY KEY ({})", quoted_list(key)));
+    }
+    format!("CREATE TABLE {table} ({})", defs.join(", "))
+}
+
+/// The key an upsert matches rows by: `target.key`, else the target's primary
+/// key. Its columns must be copied, and an existing target needs a unique index
+/// or constraint on exactly those columns, since `ON CONFLICT (key)` finds its
+/// arbiter that way. A target that does not exist yet has no primary key to
+/// default to: then `target.key` is required and becomes its primary key.
+/// `target` is `None` for a missing table; `Ok(None)` outside upsert mode.
+pub fn upsert_key(
+    job: &Job,
+    copied: &[Column],
+    target: Option<&UniqueKeys>,
+) -> Result<Option<Vec<String>>, JobError> {
+    let Some(upsert) = &job.target.upsert else {
+        return Ok(None);
+    };
+    let table = &job.target.table;
+    let key = match (&upsert.key, target) {
+        (Some(key), _) => key.clone(),
+        (None, Some(UniqueKeys { primary_key: Some(pk), .. })) => pk.clone(),
+        (None, Some(_)) => {
+            return Err(JobError::new(format!(
+                "target.key: not set, and {table} has no primary key to default to (expected target.key = [\"column\", ...] naming columns with a unique index in the target)"
+            )))
+        }
+        (None, None) => {
+            return Err(JobError::new(format!(
+                "target.key: not set, and {table} does not exist yet, so it has no primary key to default to (expected target.key = [\"column\", ...]; the table is then created with it as its primary key)"
+            )))
+        }
+    };
+    for name in &key {
+        if !copied.iter().any(|c| &c.name == name) {
+            return Err(JobError::new(format!(
+                "target.key: column \"{name}\" is not among the copied columns (expected some of: {})",
+                column_list(copied)
+            )));
+        }
+    }
+    if let Some(keys) = target {
+        let same_set =
+            |index: &Vec<String>| index.len() == key.len() && index.iter().all(|c| key.contains(c));
+        if !keys.unique.iter().any(same_set) {
+            let known = keys
+                .unique
+                .iter()
+                .map(|k| format!("({})", k.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let known = if known.is_empty() {
+                "it has none".to_string()
+            } else {
+                format!("it has {known}")
+            };
+            return Err(JobError::new(format!(
+                "target.key: {table} has no unique index or constraint on exactly ({}), which ON CONFLICT needs ({known}; expected target.key naming the columns of a primary key or a non-partial, non-deferrable unique index)",
+                key.join(", ")
+            )));
+        }
+    }
+    Ok(Some(key))
+}
+
+/// The `ON CONFLICT` clause of an upsert: every copied column outside the key
+/// takes the source row's value, or nothing happens (`skip`, or a key that is
+/// every copied column: there is nothing else to update).
+pub fn on_conflict_sql(key: &[String], columns: &[String], on_conflict: OnConflict) -> String {
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .collect();
+    let action = if on_conflict == OnConflict::Skip || updates.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    format!("ON CONFLICT ({}) {action}", quoted_list(key))
+}
+
+/// The temporary table an upsert's COPY fills, one per partition transaction
+/// (each partition has a connection of its own). Qualified by `pg_temp`, so no
+/// table of that name in the search path can be taken for it.
+pub fn stage_table() -> QualifiedName {
+    QualifiedName {
+        schema: Some("pg_temp".to_string()),
+        name: "stride_stage".to_string(),
+    }
+}
+
+/// The staging table: the target's copied columns with the target's types (and
+/// modifiers), no constraints or defaults, dropped when the transaction ends.
+pub fn create_stage_sql(
+    stage: &QualifiedName,
+    target: &QualifiedName,
+    columns: &[String],
+) -> String {
+    format!(
+        "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {} FROM {target} WITH NO DATA",
+        quoted_list(columns)
+    )
+}
+
+/// Moves a partition's staged rows into the target in one statement.
+/// `OVERRIDING SYSTEM VALUE` lets copied values into identity columns, as COPY does.
+pub fn merge_sql(
+    target: &QualifiedName,
+    stage: &QualifiedName,
+    columns: &[String],
+    on_conflict: &str,
+) -> String {
+    let list = quoted_list(columns);
+    format!(
+        "INSERT INTO {target} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {stage} {on_conflict}"
+    )
+}
+
+/// Sets a sequence past the largest value of the column it feeds, only ever
+/// forward: nothing happens on an empty table or when the sequence is already
+/// past (`is_called` false means `last_value` itself is still to be handed out).
+/// Returns the value set, or no row.
+pub fn reset_sequence_sql(table: &QualifiedName, column: &str, sequence: &QualifiedName) -> String {
+    format!(
+        "SELECT setval({}::regclass, c.m) FROM (SELECT max({})::int8 AS m FROM {table}) AS c, {sequence} AS s \
+         WHERE c.m > s.last_value OR (c.m = s.last_value AND NOT s.is_called)",
+        quote_literal(&sequence.to_string()),
+        quote_ident(column),
+    )
 }
 
 #[cfg(test)]
@@ -927,9 +1062,111 @@ mod tests {
         let mut c = col("d", "character varying(10)");
         c.not_null = true;
         assert_eq!(
-            create_table_sql(&t, &[col("id", "bigint"), c]),
+            create_table_sql(&t, &[col("id", "bigint"), c.clone()], None),
             "CREATE TABLE \"public\".\"Target T\" (\"id\" bigint, \"d\" character varying(10) NOT NULL)"
         );
+        assert_eq!(
+            create_table_sql(&t, &[col("id", "bigint"), c], Some(&["id".into(), "d".into()])),
+            "CREATE TABLE \"public\".\"Target T\" (\"id\" bigint, \"d\" character varying(10) NOT NULL, PRIMARY KEY (\"id\", \"d\"))"
+        );
+    }
+
+    #[test]
+    fn upsert_statements() {
+        let t = QualifiedName::parse("public.\"Target T\"").unwrap();
+        let stage = stage_table();
+        let cols: Vec<String> = ["id", "day", "a\"b"].map(String::from).to_vec();
+        let key: Vec<String> = ["id", "day"].map(String::from).to_vec();
+        assert_eq!(
+            create_stage_sql(&stage, &t, &cols),
+            "CREATE TEMPORARY TABLE \"pg_temp\".\"stride_stage\" ON COMMIT DROP AS SELECT \"id\", \"day\", \"a\"\"b\" FROM \"public\".\"Target T\" WITH NO DATA"
+        );
+        assert_eq!(
+            copy_in_sql(&stage, &cols, CopyFormat::Binary),
+            "COPY \"pg_temp\".\"stride_stage\" (\"id\", \"day\", \"a\"\"b\") FROM STDIN (FORMAT binary)"
+        );
+        let update = on_conflict_sql(&key, &cols, OnConflict::Update);
+        assert_eq!(
+            update,
+            "ON CONFLICT (\"id\", \"day\") DO UPDATE SET \"a\"\"b\" = EXCLUDED.\"a\"\"b\""
+        );
+        assert_eq!(
+            on_conflict_sql(&key, &cols, OnConflict::Skip),
+            "ON CONFLICT (\"id\", \"day\") DO NOTHING"
+        );
+        // A key that is every copied column leaves nothing to update.
+        assert_eq!(
+            on_conflict_sql(&key, &key, OnConflict::Update),
+            "ON CONFLICT (\"id\", \"day\") DO NOTHING"
+        );
+        assert_eq!(
+            on_conflict_sql(&["id".into()], &cols, OnConflict::Update),
+            "ON CONFLICT (\"id\") DO UPDATE SET \"day\" = EXCLUDED.\"day\", \"a\"\"b\" = EXCLUDED.\"a\"\"b\""
+        );
+        assert_eq!(
+            merge_sql(&t, &stage, &cols, &update),
+            "INSERT INTO \"public\".\"Target T\" (\"id\", \"day\", \"a\"\"b\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"day\", \"a\"\"b\" FROM \"pg_temp\".\"stride_stage\" ON CONFLICT (\"id\", \"day\") DO UPDATE SET \"a\"\"b\" = EXCLUDED.\"a\"\"b\""
+        );
+        let sequence = QualifiedName {
+            schema: Some("public".into()),
+            name: "Target T_id_seq".into(),
+        };
+        assert_eq!(
+            reset_sequence_sql(&t, "id", &sequence),
+            "SELECT setval('\"public\".\"Target T_id_seq\"'::regclass, c.m) FROM (SELECT max(\"id\")::int8 AS m FROM \"public\".\"Target T\") AS c, \"public\".\"Target T_id_seq\" AS s WHERE c.m > s.last_value OR (c.m = s.last_value AND NOT s.is_called)"
+        );
+    }
+
+    #[test]
+    fn upsert_key_from_the_job_or_the_primary_key() {
+        let upsert = |target: &str| {
+            Job::parse(
+                &format!("[source]\nurl='postgres://h/s'\ntable='public.covid_cases'\n[target]\nurl='postgres://h/t'\nmode='upsert'\n{target}\n"),
+                |_| None,
+            )
+            .unwrap()
+        };
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = UniqueKeys {
+            primary_key: Some(names(&["id"])),
+            unique: vec![names(&["id"]), names(&["date", "state"])],
+        };
+        let no_pk = UniqueKeys {
+            primary_key: None,
+            unique: vec![names(&["date", "state"])],
+        };
+        let none = UniqueKeys::default();
+        let source = source();
+        // (target keys, job text, Ok(key) or the start of the error)
+        type Case<'a> = (
+            Option<&'a UniqueKeys>,
+            &'a str,
+            Result<Vec<String>, &'a str>,
+        );
+        let cases: &[Case] = &[
+            (Some(&keys), "", Ok(names(&["id"]))),
+            (Some(&keys), "key = ['state', 'date']", Ok(names(&["state", "date"]))),
+            (Some(&no_pk), "key = ['state', 'date']", Ok(names(&["state", "date"]))),
+            (None, "key = ['id']", Ok(names(&["id"]))),
+            (Some(&no_pk), "", Err("target.key: not set, and \"public\".\"covid_cases\" has no primary key to default to")),
+            (Some(&none), "", Err("target.key: not set, and \"public\".\"covid_cases\" has no primary key")),
+            (None, "", Err("target.key: not set, and \"public\".\"covid_cases\" does not exist yet")),
+            (Some(&keys), "key = ['ghost']", Err("target.key: column \"ghost\" is not among the copied columns (expected some of: id, state, date, Mixed Case)")),
+            (Some(&keys), "key = ['state']", Err("target.key: \"public\".\"covid_cases\" has no unique index or constraint on exactly (state), which ON CONFLICT needs (it has (id), (date, state);")),
+            (Some(&none), "key = ['id']", Err("target.key: \"public\".\"covid_cases\" has no unique index or constraint on exactly (id), which ON CONFLICT needs (it has none;")),
+            (Some(&keys), "key = ['id', 'state']", Err("target.key: \"public\".\"covid_cases\" has no unique index or constraint on exactly (id, state)")),
+        ];
+        for (target, text, expected) in cases {
+            let got = upsert_key(&upsert(text), &source, *target);
+            match expected {
+                Ok(key) => assert_eq!(got, Ok(Some(key.clone())), "{text}"),
+                Err(start) => {
+                    let e = got.expect_err(text).to_string();
+                    assert!(e.starts_with(start), "{text}: {e}");
+                }
+            }
+        }
+        assert_eq!(upsert_key(&job(""), &source, None), Ok(None));
     }
 
     #[test]

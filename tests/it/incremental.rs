@@ -101,6 +101,28 @@ async fn each_run_copies_only_what_is_new() {
 }
 
 #[tokio::test]
+async fn with_upsert_updated_rows_replace_their_old_versions() {
+    let pair = Pair::new("incr_upsert").await;
+    seed(&pair.source, 10_000).await;
+    let job = job(&pair, "mode = \"upsert\"\nkey = [\"id\"]");
+    assert_exit(&run(&job, &[]), 0);
+    assert_eq!(pair.assert_same("events", "events").await, 10_000);
+
+    // Changes bump updated_at past the mark; new rows come after them.
+    pair.source
+        .exec(
+            "UPDATE events SET payload = 'changed', updated_at = timestamptz '2026-02-01 00:00:00+00' + id * interval '1 second'
+             WHERE id % 33 = 0",
+        )
+        .await;
+    add(&pair.source, 10_001, 10_100).await;
+    let second = run(&job, &[]);
+    assert_exit(&second, 0);
+    assert_eq!(rows_copied(&pair).await, 303 + 100, "{}", text(&second));
+    assert_eq!(pair.assert_same("events", "events").await, 10_100);
+}
+
+#[tokio::test]
 async fn a_failed_run_keeps_the_mark_and_the_next_copies_its_range_once() {
     let pair = Pair::new("incr_fail").await;
     seed(&pair.source, 10_000).await;

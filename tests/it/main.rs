@@ -10,6 +10,7 @@ mod copy;
 mod covid;
 mod examples;
 mod incremental;
+mod modes;
 mod props;
 mod resume;
 mod secrets;
