@@ -61,6 +61,8 @@ struct Expectation {
     partitions: usize,
     /// `target.mode`, or `append`.
     mode: String,
+    /// An `[incremental]` section: a rerun copies what is new (here: nothing).
+    incremental: bool,
 }
 
 fn expectation(config: &toml::Table) -> Expectation {
@@ -104,6 +106,7 @@ fn expectation(config: &toml::Table) -> Expectation {
             .and_then(|m| m.as_str())
             .unwrap_or("append")
             .to_string(),
+        incremental: config.contains_key("incremental"),
     }
 }
 
@@ -196,10 +199,19 @@ async fn every_config_plans_and_runs_as_shipped() {
             "{name}: {stdout}"
         );
         // A rerun: truncate copies afresh and upsert syncs again, both leaving the
-        // same rows; a finished append job has nothing to do; error-if-exists
+        // same rows; an incremental job finds nothing new; a finished append job
+        // has nothing to do; error-if-exists
         // refuses the table its first run filled. Either way the rows stay equal.
         let out = stride(&["run", path], &envs);
         match expect.mode.as_str() {
+            _ if expect.incremental => {
+                assert_exit(&out, 0);
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).contains("rows 0 "),
+                    "{name}: an incremental rerun with nothing new copies nothing\n{}",
+                    text(&out)
+                );
+            }
             "truncate" | "upsert" => assert_exit(&out, 0),
             "append" => {
                 assert_exit(&out, 0);
