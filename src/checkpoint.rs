@@ -32,10 +32,15 @@ pub fn fingerprint(job: &Job) -> String {
     text.push_str(&format!("columns={:?}\n", job.source.columns));
     text.push_str(&format!("where={:?}\n", job.source.where_clause));
     match &job.partition {
-        Some(p) => text.push_str(&format!(
-            "partition={:?} {:?} {}\n",
-            p.column, p.bounds, p.count
-        )),
+        Some(p) => {
+            text.push_str(&format!(
+                "partition={:?} {:?} {}\n",
+                p.column, p.bounds, p.count
+            ));
+            if p.strategy != crate::job::Strategy::Stride {
+                text.push_str(&format!("strategy={:?}\n", p.strategy));
+            }
+        }
         None => text.push_str("partition=none\n"),
     }
     text.push_str(&format!("target={}\n", job.target.table));
@@ -94,13 +99,15 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     mark_first boolean,
     mark_from bigint,
     mark_to bigint,
+    boundaries bigint[],
     PRIMARY KEY (fingerprint, partition)
 );
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS target_oid bigint;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS failed_check text;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_first boolean;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_from bigint;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_to bigint"
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_to bigint;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS boundaries bigint[]"
     )
 }
 
@@ -140,6 +147,7 @@ pub fn record_run_sql(
     bounds: Option<&Bounds>,
     partitions: usize,
     window: Option<&Window>,
+    boundaries: Option<&[i64]>,
 ) -> String {
     let number = |v: Option<i64>| v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
     let (lower, upper) = (
@@ -150,9 +158,16 @@ pub fn record_run_sql(
         Some(w) => (w.first.to_string(), number(w.since), number(w.until)),
         None => ("NULL".to_string(), "NULL".to_string(), "NULL".to_string()),
     };
+    let boundaries = boundaries.map_or_else(
+        || "NULL".to_string(),
+        |b| {
+            let list: Vec<String> = b.iter().map(i64::to_string).collect();
+            format!("'{{{}}}'::int8[]", list.join(","))
+        },
+    );
     format!(
-        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to) \
-         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {}, {first}, {from}, {to})",
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {}, {first}, {from}, {to}, {boundaries})",
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
         target_oid_sql(target_table),
@@ -282,8 +297,8 @@ mod tests {
             origin: crate::plan::BoundsOrigin::Source,
         };
         assert_eq!(
-            record_run_sql(&t, "abc", &target, Some(&b), 3, None),
-            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL)"
+            record_run_sql(&t, "abc", &target, Some(&b), 3, None, None),
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL, NULL)"
         );
         let w = Window {
             first: false,
@@ -291,8 +306,8 @@ mod tests {
             until: None,
         };
         assert!(
-            record_run_sql(&t, "abc", &target, None, 1, Some(&w)).ends_with(
-                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL)"
+            record_run_sql(&t, "abc", &target, None, 1, Some(&w), Some(&[-3, 5])).ends_with(
+                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL, '{-3,5}'::int8[])"
             )
         );
         assert_eq!(

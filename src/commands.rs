@@ -17,9 +17,10 @@ use crate::checkpoint;
 use crate::cli::{Cli, Command, Format, Shard, VerifyArgs, VerifyBy};
 use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status, UpsertSpec};
 use crate::error::{exit, JobError};
-use crate::job::{Create, Job, Mode, Relation, Verify};
+use crate::job::{Create, Job, Mode, Relation, Strategy, Verify};
+use crate::partition::weighted_cuts;
 use crate::pg::{self, Column, Server, Side, Transfer};
-use crate::plan::{self, Bounds, BoundsOrigin, Key, Plan, PlannedPartition, Window};
+use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, PlannedPartition, Window};
 use crate::report::{self, ColumnFit, Summary, Verified};
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
@@ -148,17 +149,23 @@ fn source_name(job: &Job) -> String {
 }
 
 /// The source's columns, or a job error if the table is missing or the query fails.
-async fn describe_source(conn: &mut PgConnection, job: &Job, place: &str) -> Result<Vec<Column>> {
+/// The source's columns and, for a table source, its relkind; or a job error if
+/// the table is missing or the query fails.
+async fn describe_source(
+    conn: &mut PgConnection,
+    job: &Job,
+    place: &str,
+) -> Result<(Vec<Column>, Option<char>)> {
     match &job.source.relation {
         Relation::Table(name) => match pg::describe_table(conn, name).await? {
-            Some(relation) => Ok(relation.columns),
+            Some(relation) => Ok((relation.columns, Some(relation.kind))),
             None => Err(JobError::new(format!(
                 "source.table: table {name} does not exist in the source database at {place} (expected an existing table or view)"
             ))
             .into()),
         },
         Relation::Query(query) => match pg::describe_query(conn, query).await {
-            Ok(relation) => Ok(relation.columns),
+            Ok(relation) => Ok((relation.columns, None)),
             Err(e) => Err(JobError::new(crate::error::chain(&e)).into()),
         },
     }
@@ -171,6 +178,8 @@ struct SourceSide {
     bounds: Option<Bounds>,
     /// The incremental column, if the job has one.
     mark: Option<Key>,
+    /// A table source's relkind (`r` table, `v` view, ...); `None` for a query.
+    kind: Option<char>,
 }
 
 /// Reads the source's catalogue and checks the job against it: columns, key,
@@ -180,7 +189,19 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
         .acquire()
         .await
         .context("taking a source connection (none could be opened or freed within 60 s)")?;
-    let all = describe_source(&mut conn, job, place).await?;
+    let (all, kind) = describe_source(&mut conn, job, place).await?;
+    if plan::strategy(job) == Strategy::Ctid && !matches!(kind, Some('r' | 'm')) {
+        return Err(JobError::new(format!(
+            "partition.strategy: \"ctid\" splits a table by its physical blocks, and the source is {} (expected source.table naming a table or materialized view, or another strategy)",
+            match kind {
+                None => "a query".to_string(),
+                Some('v') => "a view".to_string(),
+                Some('p') => "a partitioned table".to_string(),
+                Some(k) => format!("of relkind '{k}'"),
+            }
+        ))
+        .into());
+    }
     let columns = plan::resolve_columns(job, &all)?;
     let key = plan::resolve_key(job, &all)?;
     let mark = plan::resolve_incremental(job, &all)?;
@@ -215,33 +236,122 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
         key,
         bounds,
         mark,
+        kind,
     })
 }
 
-/// The plan: with the bounds a recorded run planned with (a resume plans exactly
-/// its partitions), else the job's, else the source's min and max of the key.
+/// The plan: with the bounds (or boundaries, or block count) a recorded run
+/// planned with, so a resume plans exactly its partitions; else from the job and
+/// the source, read in `conn`'s snapshot.
 async fn plan_partitions(
     conn: &mut PgConnection,
     job: &Job,
     side: &SourceSide,
     recorded: Option<&pg::RecordedRun>,
 ) -> Result<Plan> {
-    let bounds = match (recorded, &side.key, &side.bounds) {
-        (Some(run), _, _) => run.bounds.map(|(lower, upper)| Bounds {
+    let cut = match (plan::strategy(job), &side.key, recorded) {
+        (Strategy::Stride, ..) => Cut::Stride,
+        (Strategy::Quantile, _, Some(run)) => Cut::Quantile {
+            boundaries: run.boundaries.clone().unwrap_or_default(),
+            how: "as the run it resumes planned them".to_string(),
+        },
+        (Strategy::Quantile, Some(key), None) => quantile_cut(conn, job, side, key).await?,
+        (Strategy::Quantile, None, None) => unreachable!("the quantile strategy has a column"),
+        (Strategy::Ctid, _, Some(run)) => Cut::Ctid {
+            blocks: run.bounds.map_or(0, |b| b.1),
+        },
+        (Strategy::Ctid, _, None) => match &job.source.relation {
+            Relation::Table(table) => Cut::Ctid {
+                blocks: pg::scalar_i64(conn, &plan::blocks_sql(table))
+                    .await
+                    .context("reading the source table's size in blocks")?,
+            },
+            Relation::Query(_) => unreachable!("resolve_source refuses ctid on a query"),
+        },
+    };
+    let bounds = match (&cut, recorded, &side.key, &side.bounds) {
+        (Cut::Ctid { blocks }, ..) => Some(Bounds {
+            lower: 0,
+            upper: *blocks,
+            origin: BoundsOrigin::Source,
+        }),
+        (Cut::Quantile { .. }, ..) => None,
+        (Cut::Stride, Some(run), _, _) => run.bounds.map(|(lower, upper)| Bounds {
             lower,
             upper,
             origin: BoundsOrigin::EarlierRun,
         }),
-        (None, Some(key), None) => pg::key_bounds(conn, &plan::bounds_sql(job, key))
+        (Cut::Stride, None, Some(key), None) => pg::key_bounds(conn, &plan::bounds_sql(job, key))
             .await?
             .map(|(lower, upper)| Bounds {
                 lower,
                 upper,
                 origin: BoundsOrigin::Source,
             }),
-        (None, _, bounds) => bounds.clone(),
+        (Cut::Stride, None, _, bounds) => bounds.clone(),
     };
-    Ok(plan::build(job, &side.columns, side.key.clone(), bounds))
+    Ok(plan::build_cut(
+        job,
+        &side.columns,
+        side.key.clone(),
+        bounds,
+        cut,
+    ))
+}
+
+/// Rows a sample for quantile boundaries aims at: enough for 1% precision on
+/// each boundary, little enough to read in a blink.
+const QUANTILE_SAMPLE_ROWS: i64 = 30_000;
+/// The share of a table's rows that may have changed since ANALYZE for its
+/// statistics to be trusted with the boundaries.
+const FRESH_STATISTICS: f64 = 0.1;
+
+/// Quantile boundaries of the key: from the planner's statistics when the job
+/// reads a whole table analyzed recently enough, else from a sample.
+async fn quantile_cut(
+    conn: &mut PgConnection,
+    job: &Job,
+    side: &SourceSide,
+    key: &Key,
+) -> Result<Cut> {
+    let count = job.partition.as_ref().map_or(1, |p| p.count);
+    if let (Relation::Table(table), None) = (&job.source.relation, &job.source.where_clause) {
+        if let Some(stats) = pg::statistics(conn, &plan::statistics_sql(table, key)).await? {
+            if stats.changed <= FRESH_STATISTICS && stats.histogram.len() > 1 {
+                let (points, nulls) =
+                    plan::statistics_points(stats.null_frac, &stats.common, &stats.histogram);
+                return Ok(Cut::Quantile {
+                    boundaries: weighted_cuts(&points, nulls, count),
+                    how: format!(
+                        "from the planner's statistics ({} histogram bounds, {} common values; {:.1}% of rows changed since ANALYZE)",
+                        stats.histogram.len(),
+                        stats.common.len(),
+                        stats.changed * 100.0
+                    ),
+                });
+            }
+        }
+    }
+    let estimate = pg::estimate_rows(conn, &plan::whole_select(job, &side.columns)).await?;
+    let percent = (matches!(side.kind, Some('r' | 'm')) && estimate > 2 * QUANTILE_SAMPLE_ROWS)
+        .then(|| (100.0 * QUANTILE_SAMPLE_ROWS as f64 / estimate as f64).clamp(0.01, 100.0));
+    let values = pg::sample(conn, &plan::sample_sql(job, key, percent)).await?;
+    let nulls = values.iter().filter(|v| v.is_none()).count();
+    let mut points: Vec<(i64, f64)> = values.iter().flatten().map(|&v| (v, 1.0)).collect();
+    points.sort_by_key(|p| p.0);
+    Ok(Cut::Quantile {
+        boundaries: weighted_cuts(&points, nulls as f64, count),
+        how: match percent {
+            Some(p) => format!(
+                "from a sample of {} rows (TABLESAMPLE SYSTEM {p:.2}%)",
+                report::group(values.len() as u64)
+            ),
+            None => format!(
+                "from all {} rows (statistics missing or stale)",
+                report::group(values.len() as u64)
+            ),
+        },
+    })
 }
 
 /// How the target takes each source column; `exists` is false when it will be created.
@@ -1109,6 +1219,10 @@ async fn start_run(
             plan.bounds.as_ref(),
             plan.partitions.len(),
             window,
+            match &plan.cut {
+                Cut::Quantile { boundaries, .. } => Some(boundaries.as_slice()),
+                _ => None,
+            },
         ));
     }
     statements.push("COMMIT".to_string());
@@ -1135,7 +1249,7 @@ async fn verify_run(
         return Ok(None);
     }
     let by = effective_verify(job.verify, fit);
-    let results = verify_partitions(source, target, &plan.partitions, by).await?;
+    let results = verify_partitions(source, target, &plan.compared(), by).await?;
     say(&report::render_verify(&results, by));
     let bad = results.iter().filter(|r| !r.matches()).count();
     Ok((bad > 0).then(|| {
@@ -1373,10 +1487,10 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
     if let Some(condition) = window_condition(&side, window.as_ref()) {
         plan.restrict_target(&condition, &job.target.table);
     }
-    let results = verify_partitions(&mut coordinator, &target, &plan.partitions, by).await?;
+    let compared = plan.compared();
+    let results = verify_partitions(&mut coordinator, &target, &compared, by).await?;
     print!("{}", report::render_verify(&results, by));
-    let differing: Vec<PlannedPartition> = plan
-        .partitions
+    let differing: Vec<PlannedPartition> = compared
         .iter()
         .filter(|p| results.iter().any(|r| r.index == p.index && !r.matches()))
         .cloned()
@@ -1391,6 +1505,12 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
             args.job.display()
         );
         return Ok(exit::FAILED);
+    }
+    if !plan.partitions_comparable() {
+        return Err(JobError::new(
+            "--repair: the ctid strategy's block ranges cannot be found on the target, so no partition can be copied again alone (expected strategy \"stride\" or \"quantile\", or `stride run --restart`)",
+        )
+        .into());
     }
     let _lock = lock_target(&target, &job.target.table, false).await?;
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
@@ -1654,6 +1774,12 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
                 "upper_bound": plan.bounds.as_ref().and_then(|b| show(b.upper)),
                 "bounds_from": plan.bounds.as_ref().map(|b| b.origin),
                 "incremental": mark_line.map(|(_, doc)| doc),
+                "strategy": plan::strategy(&job),
+                "boundaries_from": match &plan.cut {
+                    Cut::Quantile { how, .. } => Some(how.clone()),
+                    _ => None,
+                },
+                "spread": Plan::spread(&estimates),
                 "requested_partitions": plan.requested_partitions,
                 "estimated_rows": estimates.iter().sum::<i64>(),
                 "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
@@ -1782,6 +1908,7 @@ mod tests {
             target_oid: Some(target_oid),
             failed_check: None,
             window: None,
+            boundaries: None,
             done: (0..done).map(|i| (i, 10, 100)).collect(),
         }
     }

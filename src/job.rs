@@ -145,7 +145,9 @@ struct RawSource {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPartition {
-    column: String,
+    #[serde(default)]
+    strategy: Strategy,
+    column: Option<String>,
     lower_bound: Option<RawBound>,
     upper_bound: Option<RawBound>,
     count: Option<i64>,
@@ -301,11 +303,26 @@ pub struct Source {
     pub where_clause: Option<String>,
 }
 
+/// How `[partition]` cuts the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Spark's equal-width ranges of the column between the bounds.
+    #[default]
+    Stride,
+    /// Ranges cut at the column's quantiles: about as many rows in each.
+    Quantile,
+    /// Ranges of the table's physical blocks (TID range scans); no column.
+    Ctid,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionSpec {
-    /// Column name exactly as in the catalogue (case-sensitive, unquoted).
-    pub column: String,
-    /// Bounds as written; parsed once the column's type is known.
+    pub strategy: Strategy,
+    /// Column name exactly as in the catalogue (case-sensitive, unquoted);
+    /// `None` with the ctid strategy, which needs none.
+    pub column: Option<String>,
+    /// Bounds as written (stride only); parsed once the column's type is known.
     pub bounds: Option<(String, String)>,
     pub count: u32,
 }
@@ -399,9 +416,8 @@ impl Job {
 
     pub fn from_raw(raw: RawJob) -> Result<Job, JobError> {
         let source = validate_source(raw.source)?;
-        let partition = raw.partition.map(validate_partition).transpose()?;
         let target = validate_target(raw.target, &source)?;
-        let parallelism = match raw.run.parallelism {
+        let mut parallelism = match raw.run.parallelism {
             None => None,
             Some(p) if (1..=i64::from(u16::MAX)).contains(&p) => Some(to_u32(p)),
             Some(p) => {
@@ -411,6 +427,17 @@ impl Job {
                 )))
             }
         };
+        let partition = raw
+            .partition
+            .map(|p| validate_partition(p, parallelism))
+            .transpose()?;
+        // Quantile and ctid partitions queue: a few connections take them in turn.
+        if let Some(p) = partition
+            .as_ref()
+            .filter(|p| p.strategy != Strategy::Stride)
+        {
+            parallelism = parallelism.or(Some(DEFAULT_QUEUED_PARALLELISM.min(p.count)));
+        }
         let retries = match raw.run.retries {
             None => DEFAULT_RETRIES,
             Some(r) if (0..=MAX_RETRIES).contains(&r) => to_u32(r),
@@ -559,13 +586,43 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
     })
 }
 
-fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
-    if raw.column.is_empty() {
-        return Err(JobError::new(
-            "partition.column: is empty (expected a column name)",
-        ));
-    }
-    let count = raw.count.unwrap_or(1);
+/// Partitions each connection gets when the job leaves `count` out with the
+/// quantile and ctid strategies: a few per connection, so a slow one does not
+/// hold the run back.
+pub const PARTITIONS_PER_CONNECTION: u32 = 4;
+/// Connections at once with those strategies when the job does not say.
+pub const DEFAULT_QUEUED_PARALLELISM: u32 = 4;
+
+fn validate_partition(
+    raw: RawPartition,
+    parallelism: Option<u32>,
+) -> Result<PartitionSpec, JobError> {
+    let column = match (raw.strategy, raw.column) {
+        (_, Some(c)) if c.is_empty() => {
+            return Err(JobError::new(
+                "partition.column: is empty (expected a column name)",
+            ))
+        }
+        (Strategy::Ctid, Some(c)) => {
+            return Err(JobError::new(format!(
+                "partition.column: \"{c}\" is set, but strategy \"ctid\" splits the table by its physical blocks (expected no column, or another strategy)"
+            )))
+        }
+        (Strategy::Ctid, None) => None,
+        (_, None) => {
+            return Err(JobError::new(
+                "partition.column: missing (expected the column to split by; only strategy = \"ctid\" needs none)",
+            ))
+        }
+        (_, Some(c)) => Some(c),
+    };
+    let default_count = match raw.strategy {
+        Strategy::Stride => 1,
+        Strategy::Quantile | Strategy::Ctid => {
+            i64::from(PARTITIONS_PER_CONNECTION * parallelism.unwrap_or(DEFAULT_QUEUED_PARALLELISM))
+        }
+    };
+    let count = raw.count.unwrap_or(default_count);
     if !(1..=MAX_PARTITIONS).contains(&count) {
         return Err(JobError::new(format!(
             "partition.count: {count} is out of range (expected a whole number from 1 to {MAX_PARTITIONS})"
@@ -573,6 +630,15 @@ fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
     }
     let bounds = match (raw.lower_bound, raw.upper_bound) {
         (None, None) => None,
+        (Some(_), _) | (_, Some(_)) if raw.strategy != Strategy::Stride => {
+            return Err(JobError::new(format!(
+                "partition.lower_bound: bounds set the stride of strategy \"stride\"; strategy \"{}\" takes its boundaries from the data (expected no bounds)",
+                match raw.strategy {
+                    Strategy::Quantile => "quantile",
+                    _ => "ctid",
+                }
+            )))
+        }
         (Some(l), Some(u)) => Some((l.into_text(), u.into_text())),
         (Some(_), None) => return Err(JobError::new(
             "partition.upper_bound: missing (lower_bound is set; expected both bounds or neither)",
@@ -582,7 +648,8 @@ fn validate_partition(raw: RawPartition) -> Result<PartitionSpec, JobError> {
         )),
     };
     Ok(PartitionSpec {
-        column: raw.column,
+        strategy: raw.strategy,
+        column,
         bounds,
         count: to_u32(count),
     })
@@ -863,7 +930,8 @@ parallelism = 2
         assert_eq!(
             job.partition,
             Some(PartitionSpec {
-                column: "date".into(),
+                strategy: Strategy::Stride,
+                column: Some("date".into()),
                 bounds: Some(("2021-02-20".into(), "2021-02-28".into())),
                 count: 4
             })
@@ -1155,5 +1223,44 @@ parallelism = 2
         assert!(shown.contains("alice:****@db.example:5433/prod"), "{shown}");
         assert!(shown.contains("sslmode=require"), "{shown}");
         assert_eq!(DbUrl::new("postgres://h/d").to_string(), "postgres://h/d");
+    }
+
+    #[test]
+    fn strategies_and_their_defaults() {
+        let parse = |partition: &str, run: &str| {
+            Job::parse(
+                &format!("[source]\nurl='postgres://h/s'\ntable='t'\n[partition]\n{partition}\n[target]\nurl='postgres://h/t'\n[run]\n{run}"),
+                |_| None,
+            )
+        };
+        let job = parse("strategy = 'ctid'", "").unwrap();
+        let p = job.partition.unwrap();
+        assert_eq!((p.strategy, p.column, p.count), (Strategy::Ctid, None, 16));
+        assert_eq!(job.parallelism, Some(4));
+        let job = parse("strategy = 'quantile'\ncolumn = 'id'", "parallelism = 3").unwrap();
+        assert_eq!(job.partition.unwrap().count, 12);
+        assert_eq!(job.parallelism, Some(3));
+        let job = parse("strategy = 'quantile'\ncolumn = 'id'\ncount = 2", "").unwrap();
+        assert_eq!(job.parallelism, Some(2));
+        // The stride strategy keeps one connection per partition by default.
+        let job = parse("column = 'id'\ncount = 6", "").unwrap();
+        assert_eq!(job.parallelism, None);
+        assert_eq!(job.partition.unwrap().strategy, Strategy::Stride);
+        for (partition, error) in [
+            (
+                "strategy = 'ctid'\ncolumn = 'id'",
+                "partition.column: \"id\" is set, but strategy \"ctid\"",
+            ),
+            ("strategy = 'quantile'", "partition.column: missing"),
+            ("count = 2", "partition.column: missing"),
+            (
+                "strategy = 'ctid'\nlower_bound = 1\nupper_bound = 2",
+                "partition.lower_bound: bounds set the stride",
+            ),
+            ("strategy = 'sideways'\ncolumn = 'id'", "partition.strategy"),
+        ] {
+            let e = parse(partition, "").unwrap_err().to_string();
+            assert!(e.contains(error), "{partition}: {e}");
+        }
     }
 }

@@ -567,6 +567,98 @@ pub fn stride_ranges(lower: i64, upper: i64, count: u32) -> Vec<KeyRange> {
     ranges
 }
 
+/// Ranges between ascending `boundaries`: `[(None, b0), (b0, b1), ...,
+/// (bk, None)]`, the first also taking NULLs; no boundaries is one range.
+///
+/// # Panics
+///
+/// If the boundaries are not strictly ascending.
+pub fn ranges_between(boundaries: &[i64]) -> Vec<KeyRange> {
+    assert!(
+        boundaries.windows(2).all(|w| w[0] < w[1]),
+        "boundaries must ascend strictly"
+    );
+    let mut ranges = Vec::with_capacity(boundaries.len() + 1);
+    let mut previous = None;
+    for &b in boundaries {
+        ranges.push(KeyRange {
+            lower: previous,
+            upper: Some(b),
+        });
+        previous = Some(b);
+    }
+    ranges.push(KeyRange {
+        lower: previous,
+        upper: None,
+    });
+    ranges
+}
+
+/// Boundaries that cut a distribution into `count` parts of about equal
+/// weight. `points` are values with their weights, sorted by value (repeats
+/// allowed); `nulls` is the weight of NULLs, which go to the first part. The
+/// `k`-th boundary falls where the weight before it comes nearest `k / count` of
+/// the whole. A value is never split: where one value alone outweighs a share,
+/// fewer parts are made.
+pub fn weighted_cuts(points: &[(i64, f64)], nulls: f64, count: u32) -> Vec<i64> {
+    let total: f64 = nulls + points.iter().map(|p| p.1.max(0.0)).sum::<f64>();
+    let mut cuts: Vec<i64> = Vec::new();
+    if count < 2 || total <= 0.0 {
+        return cuts;
+    }
+    let mut before = nulls;
+    let mut k = 1;
+    let mut i = 0;
+    while i < points.len() && k < count {
+        let value = points[i].0;
+        let mut weight = 0.0;
+        while i < points.len() && points[i].0 == value {
+            weight += points[i].1.max(0.0);
+            i += 1;
+        }
+        // The shares that end at this value or within its weight.
+        while k < count {
+            let share = total * f64::from(k) / f64::from(count);
+            if before + weight < share {
+                break;
+            }
+            // Cut before this value, or (when that is nearer) after it.
+            if before < share && share - before > before + weight - share {
+                break;
+            }
+            if before > 0.0 && cuts.last().map_or(true, |&c| value > c) {
+                cuts.push(value);
+            }
+            k += 1;
+        }
+        before += weight;
+    }
+    cuts
+}
+
+/// The predicate selecting one range of a table's physical blocks (PostgreSQL
+/// 14 and later scan it as a TID range): `ctid >= '(a,0)'::tid AND ctid <
+/// '(b,0)'::tid`, open on a side that is `None`.
+pub fn block_predicate(range: &KeyRange) -> Option<String> {
+    let tid = |block: i64| format!("'({block},0)'::tid");
+    match (range.lower, range.upper) {
+        (None, None) => None,
+        (None, Some(u)) => Some(format!("ctid < {}", tid(u))),
+        (Some(l), Some(u)) => Some(format!("(ctid >= {} AND ctid < {})", tid(l), tid(u))),
+        (Some(l), None) => Some(format!("ctid >= {}", tid(l))),
+    }
+}
+
+/// A block range for people: `blocks < 100`, `blocks [100, 200)`, `blocks >= 900`.
+pub fn describe_blocks(range: &KeyRange) -> String {
+    match (range.lower, range.upper) {
+        (None, None) => "all blocks".to_string(),
+        (None, Some(u)) => format!("blocks < {u}"),
+        (Some(l), Some(u)) => format!("blocks [{l}, {u})"),
+        (Some(l), None) => format!("blocks >= {l}"),
+    }
+}
+
 /// The WHERE predicate selecting one range of an already-quoted `column`,
 /// with typed literals so the comparison is done in the column's type:
 /// first `("c" < '10'::int4 OR "c" IS NULL)`, middle
@@ -1459,6 +1551,107 @@ mod tests {
         #[test]
         fn parse_bound_never_panics_on_near_misses(key in prop_oneof![Just(KeyType::Date), Just(KeyType::Timestamp), Just(KeyType::Timestamptz)], text in "[0-9]{1,10}-[0-9]{1,3}-[0-9]{1,3}([ T][0-9]{1,3}:[0-9]{1,3}(:[0-9]{1,3}(\\.[0-9]{0,8})?)?([+-][0-9]{1,5}|Z)?)?( BC| bc)?") {
             let _ = key.parse_bound(&text);
+        }
+    }
+
+    #[test]
+    fn ranges_between_boundaries() {
+        assert_eq!(
+            ranges_between(&[10, 20]),
+            vec![
+                KeyRange {
+                    lower: None,
+                    upper: Some(10)
+                },
+                KeyRange {
+                    lower: Some(10),
+                    upper: Some(20)
+                },
+                KeyRange {
+                    lower: Some(20),
+                    upper: None
+                },
+            ]
+        );
+        assert_eq!(
+            ranges_between(&[]),
+            vec![KeyRange {
+                lower: None,
+                upper: None
+            }]
+        );
+    }
+
+    #[test]
+    fn weighted_cuts_by_example() {
+        let unit = |values: &[i64]| values.iter().map(|&v| (v, 1.0)).collect::<Vec<_>>();
+        // Ten distinct values in two parts: five each.
+        assert_eq!(
+            weighted_cuts(&unit(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), 0.0, 2),
+            vec![6]
+        );
+        // One value holding most rows cannot be split: fewer parts.
+        assert_eq!(
+            weighted_cuts(&unit(&[1, 5, 5, 5, 5, 5, 5, 5, 5, 9]), 0.0, 4),
+            vec![5, 9]
+        );
+        // NULLs count in the first part: with half the weight NULL, the first
+        // value already starts the second half.
+        assert_eq!(weighted_cuts(&unit(&[1, 2, 3, 4]), 4.0, 2), vec![1]);
+        assert_eq!(weighted_cuts(&unit(&[1, 2, 3]), 0.0, 1), Vec::<i64>::new());
+        assert_eq!(weighted_cuts(&[], 3.0, 4), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn block_ranges() {
+        let r = |lower, upper| KeyRange { lower, upper };
+        assert_eq!(
+            block_predicate(&r(None, Some(5))).unwrap(),
+            "ctid < '(5,0)'::tid"
+        );
+        assert_eq!(
+            block_predicate(&r(Some(5), Some(9))).unwrap(),
+            "(ctid >= '(5,0)'::tid AND ctid < '(9,0)'::tid)"
+        );
+        assert_eq!(
+            block_predicate(&r(Some(9), None)).unwrap(),
+            "ctid >= '(9,0)'::tid"
+        );
+        assert_eq!(block_predicate(&r(None, None)), None);
+        assert_eq!(describe_blocks(&r(Some(5), Some(9))), "blocks [5, 9)");
+        assert_eq!(describe_blocks(&r(None, Some(5))), "blocks < 5");
+    }
+
+    proptest! {
+        /// Boundaries ascend, are values of the sample, make at most `count`
+        /// parts, and with distinct values of equal weight give parts whose sizes
+        /// differ by at most one row.
+        #[test]
+        fn weighted_cuts_split_evenly(
+            mut values in proptest::collection::vec(-1000i64..1000, 0..300),
+            count in 1u32..20,
+            distinct in any::<bool>(),
+        ) {
+            values.sort_unstable();
+            if distinct {
+                values.dedup();
+            }
+            let points: Vec<(i64, f64)> = values.iter().map(|&v| (v, 1.0)).collect();
+            let cuts = weighted_cuts(&points, 0.0, count);
+            prop_assert!(cuts.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(cuts.iter().all(|c| values.contains(c)));
+            prop_assert!(cuts.len() < count.max(1) as usize);
+            let ranges = ranges_between(&cuts);
+            let sizes: Vec<usize> = ranges
+                .iter()
+                .map(|r| values.iter().filter(|&&v| r.contains(Some(v))).count())
+                .collect();
+            prop_assert_eq!(sizes.iter().sum::<usize>(), values.len());
+            if distinct && values.len() >= count as usize {
+                prop_assert_eq!(ranges.len(), count as usize);
+                let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                prop_assert!(max - min <= 1, "{:?}", sizes);
+            }
         }
     }
 }

@@ -565,6 +565,8 @@ pub struct RecordedRun {
     pub failed_check: Option<String>,
     /// An incremental run's window.
     pub window: Option<crate::plan::Window>,
+    /// The quantile strategy's boundaries.
+    pub boundaries: Option<Vec<i64>>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -578,7 +580,7 @@ pub async fn read_checkpoints(
     let rows = sqlx::query(&format!(
         "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
                 coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid, failed_check, \
-                mark_first, mark_from, mark_to \
+                mark_first, mark_from, mark_to, boundaries \
          FROM {table} WHERE fingerprint = $1 ORDER BY partition"
     ))
     .bind(fingerprint)
@@ -606,6 +608,7 @@ pub async fn read_checkpoints(
                         since: row.get(11),
                         until: row.get(12),
                     }),
+                boundaries: row.get(13),
                 done: Vec::new(),
             });
         } else {
@@ -682,4 +685,45 @@ pub async fn try_lock_table(
     .fetch_one(conn)
     .await
     .with_context(|| format!("taking the run lock on {table}"))
+}
+
+/// One `bigint` from a query.
+pub async fn scalar_i64(conn: &mut PgConnection, sql: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(sql).fetch_one(conn).await
+}
+
+/// The planner's statistics of a column, from `plan::statistics_sql`.
+pub struct Statistics {
+    pub null_frac: f64,
+    /// Most common values (encoded; `None`: not encodable) with their frequencies.
+    pub common: Vec<(Option<i64>, f64)>,
+    pub histogram: Vec<i64>,
+    /// Rows changed since the last ANALYZE, as a share of the table's rows.
+    pub changed: f64,
+}
+
+/// A row of `plan::statistics_sql`.
+type StatisticsRow = (f64, Vec<Option<i64>>, Vec<f64>, Vec<Option<i64>>, f64);
+
+pub async fn statistics(conn: &mut PgConnection, sql: &str) -> Result<Option<Statistics>> {
+    let row: Option<StatisticsRow> = sqlx::query_as(sql)
+        .fetch_optional(conn)
+        .await
+        .context("reading the planner's statistics of the partition column")?;
+    Ok(row.map(
+        |(null_frac, values, freqs, histogram, changed)| Statistics {
+            null_frac,
+            common: values.into_iter().zip(freqs).collect(),
+            histogram: histogram.into_iter().flatten().collect(),
+            changed,
+        },
+    ))
+}
+
+/// The encoded key values of a `plan::sample_sql` query.
+pub async fn sample(conn: &mut PgConnection, sql: &str) -> Result<Vec<Option<i64>>> {
+    sqlx::query_scalar(sql)
+        .fetch_all(conn)
+        .await
+        .context("sampling the partition column for quantile boundaries")
 }

@@ -5,8 +5,11 @@
 use serde::Serialize;
 
 use crate::error::JobError;
+use crate::job::Strategy;
 use crate::job::{Job, OnConflict, Relation, Verify};
-use crate::partition::{predicate, stride_ranges, KeyRange, KeyType};
+use crate::partition::{
+    block_predicate, describe_blocks, predicate, ranges_between, stride_ranges, KeyRange, KeyType,
+};
 use crate::pg::{Column, Transfer, UniqueKeys};
 use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
@@ -146,12 +149,29 @@ pub struct PlannedPartition {
     pub target_select: String,
 }
 
+/// How the source is cut, once the figures it needs are read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "strategy")]
+pub enum Cut {
+    /// Spark's equal-width ranges between the bounds (`Plan::bounds`; none: one
+    /// partition).
+    Stride,
+    /// Ranges of the key between these ascending boundaries; `how` says where
+    /// they came from (planner statistics, a sample, an earlier run).
+    Quantile { boundaries: Vec<i64>, how: String },
+    /// Equal ranges of the table's `blocks` physical blocks.
+    Ctid { blocks: i64 },
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     /// Columns copied, in order (same names on both sides).
     pub columns: Vec<String>,
     pub key: Option<Key>,
     pub bounds: Option<Bounds>,
+    pub cut: Cut,
+    /// Every row the job reads, in one query (no partition's predicate).
+    pub whole_select: String,
     /// Partitions asked for in the job; `partitions.len()` may be smaller (a range
     /// narrower than the count, or an empty source).
     pub requested_partitions: u32,
@@ -196,7 +216,8 @@ fn column_list(columns: &[Column]) -> String {
 pub fn resolve_key(job: &Job, source: &[Column]) -> Result<Option<Key>, JobError> {
     job.partition
         .as_ref()
-        .map(|spec| key_column("partition.column", "partition", &spec.column, source))
+        .and_then(|spec| spec.column.as_ref())
+        .map(|column| key_column("partition.column", "partition", column, source))
         .transpose()
 }
 
@@ -315,8 +336,7 @@ pub fn bounds_sql(job: &Job, key: &Key) -> String {
 /// Every row the job reads, in one query: what the coverage check counts, the
 /// row estimate covers and the job's own SQL is checked with.
 pub fn whole_select(job: &Job, columns: &[Column]) -> String {
-    let mut whole = build(job, columns, None, None);
-    whole.partitions.remove(0).select
+    build(job, columns, None, None).whole_select
 }
 
 impl Plan {
@@ -341,16 +361,36 @@ impl Plan {
     }
 }
 
-/// Builds the plan. `bounds` are the job's, or the source's min/max when the job
-/// has none (`None` there: an empty source, copied as one partition).
+/// Builds the plan of the stride strategy. `bounds` are the job's, or the
+/// source's min/max when the job has none (`None` there: an empty source, copied
+/// as one partition).
 pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bounds>) -> Plan {
+    build_cut(job, columns, key, bounds, Cut::Stride)
+}
+
+/// Builds the plan of any strategy: the ranges come from `cut` (with `bounds`
+/// for the stride strategy).
+pub fn build_cut(
+    job: &Job,
+    columns: &[Column],
+    key: Option<Key>,
+    bounds: Option<Bounds>,
+    cut: Cut,
+) -> Plan {
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
-    let ranges = match (&key, &bounds) {
-        (Some(_), Some(b)) if b.lower < b.upper => stride_ranges(b.lower, b.upper, requested),
-        _ => vec![KeyRange {
+    let whole = || {
+        vec![KeyRange {
             lower: None,
             upper: None,
-        }],
+        }]
+    };
+    let ranges = match (&cut, &key, &bounds) {
+        (Cut::Stride, Some(_), Some(b)) if b.lower < b.upper => {
+            stride_ranges(b.lower, b.upper, requested)
+        }
+        (Cut::Quantile { boundaries, .. }, Some(_), _) => ranges_between(boundaries),
+        (Cut::Ctid { blocks }, _, _) if *blocks > 1 => stride_ranges(0, *blocks, requested),
+        _ => whole(),
     };
     let from = source_from(&job.source.relation);
     let select_list = columns
@@ -362,28 +402,31 @@ pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bou
         .into_iter()
         .enumerate()
         .map(|(index, range)| {
-            let (pred, describe) = match &key {
-                Some(k) => (
-                    predicate(&quote_ident(&k.column), k.key_type, &range),
-                    range.describe(k.key_type),
-                ),
-                None => (None, "all rows".to_string()),
+            // A block range has no meaning on the target: there, a partition is
+            // not told apart (verify compares the whole table instead).
+            let (pred, target_pred, describe) = match (&cut, &key) {
+                (Cut::Ctid { .. }, _) => (block_predicate(&range), None, describe_blocks(&range)),
+                (_, Some(k)) => {
+                    let pred = predicate(&quote_ident(&k.column), k.key_type, &range);
+                    (pred.clone(), pred, range.describe(k.key_type))
+                }
+                (_, None) => (None, None, "all rows".to_string()),
             };
             let select = format!(
                 "SELECT {select_list} FROM {from}{}",
-                where_clause(job.source.where_clause.as_deref(), pred.clone())
+                where_clause(job.source.where_clause.as_deref(), pred)
             );
             let target_select = format!(
                 "SELECT {select_list} FROM {}{}",
                 job.target.table,
-                where_clause(None, pred.clone())
+                where_clause(None, target_pred.clone())
             );
             PlannedPartition {
                 index,
                 range,
                 describe,
                 select,
-                target_predicate: pred,
+                target_predicate: target_pred,
                 target_select,
             }
         })
@@ -392,9 +435,176 @@ pub fn build(job: &Job, columns: &[Column], key: Option<Key>, bounds: Option<Bou
         columns: columns.iter().map(|c| c.name.clone()).collect(),
         key,
         bounds,
+        cut,
+        whole_select: format!(
+            "SELECT {select_list} FROM {from}{}",
+            where_clause(job.source.where_clause.as_deref(), None)
+        ),
         requested_partitions: requested,
         partitions,
     }
+}
+
+impl Plan {
+    /// Whether each partition's rows can be found on the target by its range
+    /// (not with block ranges): what verify per partition and repair need.
+    pub fn partitions_comparable(&self) -> bool {
+        !matches!(self.cut, Cut::Ctid { .. })
+    }
+
+    /// What verify compares: the partitions, or with block ranges the whole of
+    /// what the job reads against the whole target (within an incremental
+    /// window, which every partition's target side carries).
+    pub fn compared(&self) -> Vec<PlannedPartition> {
+        if self.partitions_comparable() {
+            return self.partitions.clone();
+        }
+        let first = &self.partitions[0];
+        vec![PlannedPartition {
+            index: 0,
+            range: KeyRange {
+                lower: None,
+                upper: None,
+            },
+            describe: "all blocks, as a whole".to_string(),
+            select: self.whole_select.clone(),
+            target_predicate: first.target_predicate.clone(),
+            target_select: first.target_select.clone(),
+        }]
+    }
+
+    /// Largest over smallest of `estimates` (each at least 1 row), the skew a
+    /// plan shows before copying; `None` for fewer than two partitions.
+    pub fn spread(estimates: &[i64]) -> Option<f64> {
+        if estimates.len() < 2 {
+            return None;
+        }
+        let max = estimates.iter().copied().max()?.max(1);
+        let min = estimates.iter().copied().min()?.max(1);
+        Some(max as f64 / min as f64)
+    }
+}
+
+/// The strategy of a job (stride when it has no `[partition]`).
+pub fn strategy(job: &Job) -> Strategy {
+    job.partition
+        .as_ref()
+        .map_or(Strategy::Stride, |p| p.strategy)
+}
+
+/// The SQL of a key value in its `i64` encoding (days or microseconds since
+/// 1970-01-01 for dates and timestamps), from an expression of the key's type.
+fn encoded(key_type: KeyType, x: &str) -> String {
+    match key_type {
+        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => format!("{x}::int8"),
+        KeyType::Date => format!("({x} - DATE '1970-01-01')::int8"),
+        KeyType::Timestamp => format!(
+            "({x}::date - DATE '1970-01-01')::int8 * 86400000000 + (extract(epoch FROM {x}::time) * 1000000)::int8"
+        ),
+        KeyType::Timestamptz => {
+            let utc = format!("({x} AT TIME ZONE 'UTC')");
+            format!(
+                "({utc}::date - DATE '1970-01-01')::int8 * 86400000000 + (extract(epoch FROM {utc}::time) * 1000000)::int8"
+            )
+        }
+    }
+}
+
+/// A condition that holds for finite values (infinite dates and timestamps
+/// cannot be encoded; they land in the first or last partition all the same).
+fn finite(key_type: KeyType, x: &str) -> String {
+    match key_type {
+        KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => format!("{x} IS NOT NULL"),
+        _ => format!("isfinite({x})"),
+    }
+}
+
+/// The planner's statistics of the key column of a table source: NULL
+/// fraction, most common values (encoded) with their frequencies, histogram
+/// bounds (encoded), and how many rows changed since the last ANALYZE relative
+/// to the table's size. One row, or none without statistics.
+pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
+    let t = key.key_type.sql_name();
+    // Infinite values become NULL, so the common values keep their frequencies' order.
+    let array = |column: &str| {
+        format!(
+            "ARRAY(SELECT CASE WHEN {} THEN {} END FROM unnest(s.{column}::text::{t}[]) WITH ORDINALITY AS u(v, i) ORDER BY i)",
+            finite(key.key_type, "v"),
+            encoded(key.key_type, "v"),
+        )
+    };
+    let schema = match &table.schema {
+        Some(schema) => quote_literal(schema),
+        None => "current_schema()".to_string(),
+    };
+    format!(
+        "SELECT s.null_frac::float8, {}, coalesce(s.most_common_freqs, '{{}}')::float8[], {},          coalesce(u.n_mod_since_analyze::float8 / greatest(c.reltuples, 1)::float8, 1)          FROM pg_stats s          JOIN pg_namespace n ON n.nspname = s.schemaname          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename          LEFT JOIN pg_stat_user_tables u ON u.relid = c.oid          WHERE s.schemaname = {schema} AND s.tablename = {} AND s.attname = {} AND NOT s.inherited",
+        array("most_common_vals"),
+        array("histogram_bounds"),
+        quote_literal(&table.name),
+        quote_literal(&key.column),
+    )
+}
+
+/// A sample of the key's values, encoded, NULLs as NULL: `TABLESAMPLE SYSTEM`
+/// of `percent` of a table's blocks, or every row when `percent` is `None` (a
+/// query, a view, or a small table).
+pub fn sample_sql(job: &Job, key: &Key, percent: Option<f64>) -> String {
+    let c = quote_ident(&key.column);
+    let sample = percent.map_or_else(String::new, |p| format!(" TABLESAMPLE SYSTEM ({p})"));
+    format!(
+        "SELECT CASE WHEN {} THEN {} END FROM {}{sample}{}",
+        finite(key.key_type, &c),
+        encoded(key.key_type, &c),
+        source_from(&job.source.relation),
+        where_clause(job.source.where_clause.as_deref(), None),
+    )
+}
+
+/// Weighted points of a column's distribution from the planner's statistics:
+/// each common value with its frequency, and the rest of the non-NULL rows
+/// spread evenly over the histogram's buckets (each bucket as eight points
+/// across its width). Returns the points sorted by value and the weight of
+/// NULLs (infinite common values count with them: they cannot be encoded).
+pub fn statistics_points(
+    null_frac: f64,
+    common: &[(Option<i64>, f64)],
+    histogram: &[i64],
+) -> (Vec<(i64, f64)>, f64) {
+    const PER_BUCKET: i32 = 8;
+    let mut nulls = null_frac.max(0.0);
+    let mut points = Vec::new();
+    let mut common_weight = 0.0;
+    for &(value, freq) in common {
+        common_weight += freq;
+        match value {
+            Some(v) => points.push((v, freq)),
+            None => nulls += freq,
+        }
+    }
+    let buckets = histogram.len().saturating_sub(1);
+    if buckets > 0 {
+        let rest = (1.0 - null_frac - common_weight).max(0.0);
+        let each = rest / buckets as f64 / f64::from(PER_BUCKET);
+        for pair in histogram.windows(2) {
+            let (lo, hi) = (i128::from(pair[0]), i128::from(pair[1]));
+            for i in 0..PER_BUCKET {
+                let v = lo + (hi - lo) * i128::from(i) / i128::from(PER_BUCKET);
+                points.push((i64::try_from(v).expect("between two i64 values"), each));
+            }
+        }
+    }
+    points.sort_by_key(|p| p.0);
+    (points, nulls)
+}
+
+/// The number of blocks of a table, for the ctid strategy (read inside the
+/// run's snapshot: rows visible there lie in blocks that existed then).
+pub fn blocks_sql(table: &QualifiedName) -> String {
+    format!(
+        "SELECT (pg_relation_size({}::regclass) / current_setting('block_size')::int8)::int8",
+        quote_literal(&table.to_string())
+    )
 }
 
 /// Type pairs whose text form the target's input function always reads as the
@@ -1294,5 +1504,82 @@ mod tests {
             delete_range_sql(&job.target.table, &plan.partitions[0]),
             "DELETE FROM \"public\".\"covid_cases\" WHERE (\"date\" < '1'::int8 OR \"date\" IS NULL) AND (\"id\" > '5'::int8 AND \"id\" <= '9'::int8)"
         );
+    }
+
+    #[test]
+    fn statistics_become_weighted_points() {
+        // 10% NULL, one common value with 40%, the other half over two buckets.
+        let (points, nulls) =
+            statistics_points(0.1, &[(Some(50), 0.4), (None, 0.05)], &[0, 80, 160]);
+        assert!((nulls - 0.15).abs() < 1e-9);
+        assert_eq!(points.len(), 1 + 16);
+        let total: f64 = points.iter().map(|p| p.1).sum::<f64>() + nulls;
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        assert!(points.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(points[0], (0, 0.45 / 2.0 / 8.0));
+    }
+
+    #[test]
+    fn strategy_queries() {
+        let key = Key {
+            column: "id".to_string(),
+            key_type: KeyType::Int8,
+        };
+        let job = job("");
+        assert_eq!(
+            sample_sql(&job, &key, Some(2.5)),
+            "SELECT CASE WHEN \"id\" IS NOT NULL THEN \"id\"::int8 END FROM \"public\".\"covid_cases\" TABLESAMPLE SYSTEM (2.5)"
+        );
+        assert_eq!(
+            blocks_sql(&QualifiedName::parse("public.t").unwrap()),
+            "SELECT (pg_relation_size('\"public\".\"t\"'::regclass) / current_setting('block_size')::int8)::int8"
+        );
+        let stats = statistics_sql(&QualifiedName::parse("t").unwrap(), &key);
+        assert!(
+            stats.contains(
+                "WHERE s.schemaname = current_schema() AND s.tablename = 't' AND s.attname = 'id'"
+            ),
+            "{stats}"
+        );
+        let date = Key {
+            column: "d".to_string(),
+            key_type: KeyType::Date,
+        };
+        assert!(sample_sql(&job, &date, None).starts_with(
+            "SELECT CASE WHEN isfinite(\"d\") THEN (\"d\" - DATE '1970-01-01')::int8 END FROM"
+        ));
+    }
+
+    #[test]
+    fn ctid_plans_block_ranges_and_compares_the_whole() {
+        let job = job("[partition]\nstrategy = 'ctid'\ncount = 3");
+        let columns = vec![col("id", "bigint")];
+        let plan = build_cut(&job, &columns, None, None, Cut::Ctid { blocks: 30 });
+        let selects: Vec<&str> = plan.partitions.iter().map(|p| p.select.as_str()).collect();
+        assert_eq!(
+            selects,
+            [
+                "SELECT \"id\" FROM \"public\".\"covid_cases\" WHERE ctid < '(10,0)'::tid",
+                "SELECT \"id\" FROM \"public\".\"covid_cases\" WHERE (ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid)",
+                "SELECT \"id\" FROM \"public\".\"covid_cases\" WHERE ctid >= '(20,0)'::tid",
+            ]
+        );
+        assert!(!plan.partitions_comparable());
+        let compared = plan.compared();
+        assert_eq!(compared.len(), 1);
+        assert_eq!(
+            compared[0].select,
+            "SELECT \"id\" FROM \"public\".\"covid_cases\""
+        );
+        assert_eq!(
+            compared[0].target_select,
+            "SELECT \"id\" FROM \"public\".\"covid_cases\""
+        );
+        // A table of one block is one partition.
+        let small = build_cut(&job, &columns, None, None, Cut::Ctid { blocks: 1 });
+        assert_eq!(small.partitions.len(), 1);
+        assert_eq!(Plan::spread(&[10, 40, 20]), Some(4.0));
+        assert_eq!(Plan::spread(&[10]), None);
+        assert_eq!(Plan::spread(&[0, 5]), Some(5.0));
     }
 }

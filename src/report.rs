@@ -227,8 +227,34 @@ pub fn human_duration(d: Duration) -> String {
 pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source {source}");
-    match (&plan.key, &plan.bounds) {
-        (Some(key), Some(bounds)) => {
+    let fewer = |why: &str| {
+        if plan.partitions.len() < plan.requested_partitions as usize {
+            format!(" (of {} asked: {why})", plan.requested_partitions)
+        } else {
+            String::new()
+        }
+    };
+    match (&plan.cut, &plan.key, &plan.bounds) {
+        (crate::plan::Cut::Quantile { how, .. }, Some(key), _) => {
+            let _ = writeln!(
+                out,
+                "partition column {} ({}), strategy quantile: boundaries at the column's quantiles {how}, {} partitions{}",
+                key.column,
+                key.key_type.sql_name(),
+                plan.partitions.len(),
+                fewer("values too few or too common to cut finer")
+            );
+        }
+        (crate::plan::Cut::Ctid { blocks }, _, _) => {
+            let _ = writeln!(
+                out,
+                "strategy ctid: {} blocks of the table in {} ranges{}",
+                group(u64::try_from(*blocks).unwrap_or(0)),
+                plan.partitions.len(),
+                fewer("the table has fewer blocks")
+            );
+        }
+        (_, Some(key), Some(bounds)) => {
             let _ = writeln!(
                 out,
                 "partition column {} ({}), bounds {} .. {} (from the {}), {} partitions{}",
@@ -242,24 +268,17 @@ pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
                     crate::plan::BoundsOrigin::EarlierRun => "earlier run being resumed",
                 },
                 plan.partitions.len(),
-                if plan.partitions.len() < plan.requested_partitions as usize {
-                    format!(
-                        " (of {} asked: the range is narrower than that)",
-                        plan.requested_partitions
-                    )
-                } else {
-                    String::new()
-                }
+                fewer("the range is narrower than that")
             );
         }
-        (Some(key), None) => {
+        (_, Some(key), None) => {
             let _ = writeln!(
                 out,
                 "partition column {}: the source has no rows, so one partition",
                 key.column
             );
         }
-        (None, _) => {
+        (_, None, _) => {
             let _ = writeln!(out, "no [partition] section: one partition");
         }
     }
@@ -279,6 +298,17 @@ pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
         "\ntotal ~{} rows (planner estimates)",
         group(total.max(0) as u64)
     );
+    if let Some(spread) = Plan::spread(estimates) {
+        let _ = writeln!(
+            out,
+            "spread {spread:.1}x (largest / smallest partition estimate){}",
+            if spread >= 4.0 && plan.cut == crate::plan::Cut::Stride {
+                ": skewed; strategy = \"quantile\" (or \"ctid\") evens it out"
+            } else {
+                ""
+            }
+        );
+    }
     out
 }
 

@@ -17,5 +17,6 @@ mod secrets;
 mod shards;
 mod slots;
 mod standby;
+mod strategies;
 mod types;
 mod unattended;

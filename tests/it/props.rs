@@ -857,7 +857,11 @@ fn check_message(message: &str, text: &str, env: &BTreeMap<String, String>) -> R
 /// What a parsed job guarantees.
 fn check_job(job: &Job) -> Result<(), String> {
     if let Some(p) = &job.partition {
-        if !(1..=100_000).contains(&p.count) || p.column.is_empty() {
+        let column_ok = match p.strategy {
+            stride::job::Strategy::Ctid => p.column.is_none(),
+            _ => p.column.as_ref().is_some_and(|c| !c.is_empty()),
+        };
+        if !(1..=100_000).contains(&p.count) || !column_ok {
             return Err(format!("partition {p:?}"));
         }
     }
