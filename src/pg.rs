@@ -577,11 +577,18 @@ pub async fn read_checkpoints(
     table: &QualifiedName,
     fingerprint: &str,
 ) -> Result<Option<RecordedRun>> {
+    // Each row read as JSON, so a table an older stride made (without the newer
+    // columns, until a run adds them) reads as well: missing columns are NULL.
     let rows = sqlx::query(&format!(
-        "SELECT partition::int8, lower_bound, upper_bound, coalesce(partitions, 0)::int8, \
-                coalesce(rows, 0), coalesce(bytes, 0), finished, recorded_at::text, target_oid, failed_check, \
-                mark_first, mark_from, mark_to, boundaries \
-         FROM {table} WHERE fingerprint = $1 ORDER BY partition"
+        "SELECT (j->>'partition')::int8, (j->>'lower_bound')::int8, (j->>'upper_bound')::int8, \
+                coalesce((j->>'partitions')::int8, 0), coalesce((j->>'rows')::int8, 0), \
+                coalesce((j->>'bytes')::int8, 0), (j->>'finished')::boolean, \
+                (j->>'recorded_at')::timestamptz::text, (j->>'target_oid')::int8, j->>'failed_check', \
+                (j->>'mark_first')::boolean, (j->>'mark_from')::int8, (j->>'mark_to')::int8, \
+                CASE WHEN jsonb_typeof(j->'boundaries') = 'array' \
+                     THEN ARRAY(SELECT jsonb_array_elements_text(j->'boundaries')::int8) END \
+         FROM (SELECT to_jsonb(c) AS j FROM {table} AS c WHERE fingerprint = $1) AS rows \
+         ORDER BY 1"
     ))
     .bind(fingerprint)
     .fetch_all(conn)

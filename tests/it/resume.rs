@@ -1081,3 +1081,44 @@ async fn without_checkpoints_a_commit_whose_answer_is_lost_is_not_written_twice(
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn a_checkpoint_table_from_an_older_stride_is_read_and_brought_up_to_date() {
+    let pair = Pair::new("resume_oldcp").await;
+    seed_big(&pair.source, 1000).await;
+    // The checkpoint table as the first version of stride made it.
+    pair.target
+        .exec(
+            "CREATE TABLE stride_checkpoints (
+                fingerprint text NOT NULL, partition integer NOT NULL, target_table text NOT NULL,
+                range text NOT NULL, lower_bound bigint, upper_bound bigint, partitions integer,
+                rows bigint, bytes bigint, finished boolean NOT NULL DEFAULT false,
+                recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (fingerprint, partition))",
+        )
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"big\"",
+        "[partition]\ncolumn = \"id\"\ncount = 4",
+        "mode = \"error-if-exists\"",
+    ));
+    // A shard reads it (and finds no prepared run), error-if-exists reads it
+    // before writing anything, and the run brings it up to date.
+    let shard = stride(&["run", "--shard", "0/2", job.path.to_str().unwrap()], &[]);
+    assert_exit(&shard, 2);
+    assert!(
+        stderr(&shard).contains("no prepared run of this job"),
+        "{}",
+        text(&shard)
+    );
+    assert_exit(&run_job(&job.path), 0);
+    assert_eq!(pair.assert_same("big", "big").await, 1000);
+    let columns = pair
+        .target
+        .scalar_i64(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'stride_checkpoints' \
+             AND column_name IN ('target_oid', 'failed_check', 'mark_first', 'mark_from', 'mark_to', 'boundaries')",
+        )
+        .await;
+    assert_eq!(columns, 6);
+}
