@@ -31,6 +31,12 @@ pub fn fingerprint(job: &Job) -> String {
     }
     text.push_str(&format!("columns={:?}\n", job.source.columns));
     text.push_str(&format!("where={:?}\n", job.source.where_clause));
+    if job.source.sample.is_some() || job.source.limit.is_some() {
+        text.push_str(&format!(
+            "slice={:?} {:?}\n",
+            job.source.sample, job.source.limit
+        ));
+    }
     match &job.partition {
         Some(p) => {
             text.push_str(&format!(

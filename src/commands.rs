@@ -190,6 +190,12 @@ async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceS
         .await
         .context("taking a source connection (none could be opened or freed within 60 s)")?;
     let (all, kind) = describe_source(&mut conn, job, place).await?;
+    if job.source.sample.is_some() && !matches!(kind, Some('r' | 'm' | 'p')) {
+        return Err(JobError::new(
+            "source.sample: TABLESAMPLE needs a table or materialized view, and source.table names a view (expected a table, or source.query with TABLESAMPLE in it)",
+        )
+        .into());
+    }
     if plan::strategy(job) == Strategy::Ctid && !matches!(kind, Some('r' | 'm')) {
         return Err(JobError::new(format!(
             "partition.strategy: \"ctid\" splits a table by its physical blocks, and the source is {} (expected source.table naming a table or materialized view, or another strategy)",
@@ -315,7 +321,10 @@ async fn quantile_cut(
     key: &Key,
 ) -> Result<Cut> {
     let count = job.partition.as_ref().map_or(1, |p| p.count);
-    if let (Relation::Table(table), None) = (&job.source.relation, &job.source.where_clause) {
+    let sliced = job.source.sample.is_some() || job.source.limit.is_some();
+    if let (Relation::Table(table), None, false) =
+        (&job.source.relation, &job.source.where_clause, sliced)
+    {
         if let Some(stats) = pg::statistics(conn, &plan::statistics_sql(table, key)).await? {
             if stats.changed <= FRESH_STATISTICS && stats.histogram.len() > 1 {
                 let (points, nulls) =
@@ -333,8 +342,9 @@ async fn quantile_cut(
         }
     }
     let estimate = pg::estimate_rows(conn, &plan::whole_select(job, &side.columns)).await?;
-    let percent = (matches!(side.kind, Some('r' | 'm')) && estimate > 2 * QUANTILE_SAMPLE_ROWS)
-        .then(|| (100.0 * QUANTILE_SAMPLE_ROWS as f64 / estimate as f64).clamp(0.01, 100.0));
+    let percent =
+        (matches!(side.kind, Some('r' | 'm')) && !sliced && estimate > 2 * QUANTILE_SAMPLE_ROWS)
+            .then(|| (100.0 * QUANTILE_SAMPLE_ROWS as f64 / estimate as f64).clamp(0.01, 100.0));
     let values = pg::sample(conn, &plan::sample_sql(job, key, percent)).await?;
     let nulls = values.iter().filter(|v| v.is_none()).count();
     let mut points: Vec<(i64, f64)> = values.iter().flatten().map(|&v| (v, 1.0)).collect();
@@ -343,7 +353,7 @@ async fn quantile_cut(
         boundaries: weighted_cuts(&points, nulls as f64, count),
         how: match percent {
             Some(p) => format!(
-                "from a sample of {} rows (TABLESAMPLE SYSTEM {p:.2}%)",
+                "from a sample of {} rows (TABLESAMPLE BERNOULLI {p:.2}%)",
                 report::group(values.len() as u64)
             ),
             None => format!(

@@ -140,6 +140,8 @@ struct RawSource {
     columns: Option<Vec<String>>,
     #[serde(rename = "where")]
     where_clause: Option<String>,
+    sample: Option<f64>,
+    limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +303,10 @@ pub struct Source {
     pub columns: Option<Vec<String>>,
     /// The user's own SQL condition, applied to every partition.
     pub where_clause: Option<String>,
+    /// The fraction of the table's rows to copy (`TABLESAMPLE BERNOULLI`), 0 < f <= 1.
+    pub sample: Option<f64>,
+    /// At most this many rows (the first by the partition column).
+    pub limit: Option<u64>,
 }
 
 /// How `[partition]` cuts the source.
@@ -431,6 +437,15 @@ impl Job {
             .partition
             .map(|p| validate_partition(p, parallelism))
             .transpose()?;
+        if partition
+            .as_ref()
+            .is_some_and(|p| p.strategy == Strategy::Ctid)
+            && (source.sample.is_some() || source.limit.is_some())
+        {
+            return Err(JobError::new(
+                "partition.strategy: \"ctid\" reads block ranges of the table, which a sample or limit of it does not have (expected strategy \"stride\" or \"quantile\" with source.sample or source.limit)",
+            ));
+        }
         // Quantile and ctid partitions queue: a few connections take them in turn.
         if let Some(p) = partition
             .as_ref()
@@ -578,11 +593,34 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
             "source.where: is empty (expected an SQL condition, or leave it out)",
         ));
     }
+    if let Some(sample) = raw.sample {
+        if !(sample > 0.0 && sample <= 1.0) {
+            return Err(JobError::new(format!(
+                "source.sample: {sample} is out of range (expected a fraction above 0 and at most 1, e.g. 0.01 for 1% of the rows)"
+            )));
+        }
+        if let Relation::Query(_) = relation {
+            return Err(JobError::new(
+                "source.sample: TABLESAMPLE needs source.table (expected a table; with a query, put TABLESAMPLE in the query itself)",
+            ));
+        }
+    }
+    let limit = match raw.limit {
+        None => None,
+        Some(n) if n >= 1 => Some(n.unsigned_abs()),
+        Some(n) => {
+            return Err(JobError::new(format!(
+                "source.limit: {n} is out of range (expected a whole number of rows, at least 1)"
+            )))
+        }
+    };
     Ok(Source {
         url: parse_url("source.url", raw.url)?,
         relation,
         columns: raw.columns,
         where_clause,
+        sample: raw.sample,
+        limit,
     })
 }
 

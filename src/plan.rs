@@ -186,6 +186,48 @@ pub fn source_from(relation: &Relation) -> String {
     }
 }
 
+/// The `FROM` item every query over the source reads, and the user's `where`
+/// left to apply to it. With `sample` or `limit` the source is a slice: a
+/// subquery that samples the table (`TABLESAMPLE BERNOULLI ... REPEATABLE (0)`,
+/// so every query of the run picks the same rows), applies `where`, and keeps the
+/// first `limit` rows in a total order (the partition column, then the row's
+/// place), so each partition's query sees the same slice.
+pub fn reading(job: &Job) -> (String, Option<&str>) {
+    let source = &job.source;
+    let user = source.where_clause.as_deref();
+    if source.sample.is_none() && source.limit.is_none() {
+        return (source_from(&source.relation), user);
+    }
+    let alias = quote_ident("source");
+    let sample = source.sample.map_or_else(String::new, |f| {
+        format!(" TABLESAMPLE BERNOULLI ({}) REPEATABLE (0)", f * 100.0)
+    });
+    let (from, tiebreak) = match &source.relation {
+        Relation::Table(name) => (
+            format!("{name} AS {alias}{sample}"),
+            "tableoid, ctid".to_string(),
+        ),
+        Relation::Query(query) => (
+            format!("{} AS {alias}", enclose(query)),
+            format!("{alias}::text"),
+        ),
+    };
+    let limit = source.limit.map_or_else(String::new, |n| {
+        let order = match job.partition.as_ref().and_then(|p| p.column.as_ref()) {
+            Some(column) => format!("{}, {tiebreak}", quote_ident(column)),
+            None => tiebreak,
+        };
+        format!(" ORDER BY {order} LIMIT {n}")
+    });
+    (
+        format!(
+            "(SELECT * FROM {from}{}{limit}) AS {alias}",
+            where_clause(user, None)
+        ),
+        None,
+    )
+}
+
 /// The columns the job copies, checked against the source's.
 pub fn resolve_columns(job: &Job, source: &[Column]) -> Result<Vec<Column>, JobError> {
     match &job.source.columns {
@@ -327,8 +369,8 @@ pub fn bounds_sql(job: &Job, key: &Key) -> String {
         "SELECT {}, {} FROM (SELECT {aggregate} FROM {}{}) AS {}(lo, hi)",
         encode.replace("{x}", "lo"),
         encode.replace("{x}", "hi"),
-        source_from(&job.source.relation),
-        where_clause(job.source.where_clause.as_deref(), None),
+        reading(job).0,
+        where_clause(reading(job).1, None),
         quote_ident("bounds"),
     )
 }
@@ -392,7 +434,7 @@ pub fn build_cut(
         (Cut::Ctid { blocks }, _, _) if *blocks > 1 => stride_ranges(0, *blocks, requested),
         _ => whole(),
     };
-    let from = source_from(&job.source.relation);
+    let (from, user) = reading(job);
     let select_list = columns
         .iter()
         .map(|c| quote_ident(&c.name))
@@ -414,7 +456,7 @@ pub fn build_cut(
             };
             let select = format!(
                 "SELECT {select_list} FROM {from}{}",
-                where_clause(job.source.where_clause.as_deref(), pred)
+                where_clause(user, pred)
             );
             let target_select = format!(
                 "SELECT {select_list} FROM {}{}",
@@ -438,7 +480,7 @@ pub fn build_cut(
         cut,
         whole_select: format!(
             "SELECT {select_list} FROM {from}{}",
-            where_clause(job.source.where_clause.as_deref(), None)
+            where_clause(user, None)
         ),
         requested_partitions: requested,
         partitions,
@@ -546,18 +588,18 @@ pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
     )
 }
 
-/// A sample of the key's values, encoded, NULLs as NULL: `TABLESAMPLE SYSTEM`
-/// of `percent` of a table's blocks, or every row when `percent` is `None` (a
-/// query, a view, or a small table).
+/// A sample of the key's values, encoded, NULLs as NULL: `TABLESAMPLE BERNOULLI`
+/// of `percent` of a table's rows (row by row: whole blocks of a clustered table would skew it), or every row when `percent` is `None` (a
+/// query, a view, a small table, or a source that is a slice already).
 pub fn sample_sql(job: &Job, key: &Key, percent: Option<f64>) -> String {
     let c = quote_ident(&key.column);
-    let sample = percent.map_or_else(String::new, |p| format!(" TABLESAMPLE SYSTEM ({p})"));
+    let sample = percent.map_or_else(String::new, |p| format!(" TABLESAMPLE BERNOULLI ({p})"));
     format!(
         "SELECT CASE WHEN {} THEN {} END FROM {}{sample}{}",
         finite(key.key_type, &c),
         encoded(key.key_type, &c),
-        source_from(&job.source.relation),
-        where_clause(job.source.where_clause.as_deref(), None),
+        reading(job).0,
+        where_clause(reading(job).1, None),
     )
 }
 
@@ -1528,7 +1570,7 @@ mod tests {
         let job = job("");
         assert_eq!(
             sample_sql(&job, &key, Some(2.5)),
-            "SELECT CASE WHEN \"id\" IS NOT NULL THEN \"id\"::int8 END FROM \"public\".\"covid_cases\" TABLESAMPLE SYSTEM (2.5)"
+            "SELECT CASE WHEN \"id\" IS NOT NULL THEN \"id\"::int8 END FROM \"public\".\"covid_cases\" TABLESAMPLE BERNOULLI (2.5)"
         );
         assert_eq!(
             blocks_sql(&QualifiedName::parse("public.t").unwrap()),

@@ -15,6 +15,7 @@ mod props;
 mod resume;
 mod secrets;
 mod shards;
+mod slices;
 mod slots;
 mod standby;
 mod strategies;
