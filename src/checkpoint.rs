@@ -6,7 +6,9 @@
 //! written in that partition's own target transaction, so a partition's rows and
 //! its record commit together or not at all. A re-run of the same job skips the
 //! partitions recorded; in truncate mode the run row is written in the same
-//! transaction as the TRUNCATE, so a resumed run never empties the target again.
+//! transaction as the TRUNCATE (in overwrite mode, as the DROP and CREATE), so a
+//! resumed run never empties the target again. In replace mode the run records
+//! the staging table it fills, which becomes the target at the swap.
 
 use crate::job::{DbUrl, Job, Relation};
 use crate::plan::{Bounds, Window};
@@ -266,6 +268,8 @@ mod tests {
             target("mode = 'append'"),
             target("mode = 'truncate'"),
             target("mode = 'error-if-exists'"),
+            target("mode = 'replace'"),
+            target("mode = 'overwrite'"),
             target("mode = 'upsert'"),
             target("mode = 'upsert'\non_conflict = 'skip'"),
             target("mode = 'upsert'\nkey = ['id']"),

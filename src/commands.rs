@@ -21,7 +21,9 @@ use crate::job::{Create, Job, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
 use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, PlannedPartition, Window};
+use crate::replace;
 use crate::report::{self, ColumnFit, Summary, Verified};
+use crate::sql::QualifiedName;
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
 /// their own (a copy that failed after writing some partitions prints its summary
@@ -397,8 +399,28 @@ async fn fit_target(
             .into());
         }
     }
-    let Some(relation) = pg::describe_table(&mut conn, table).await? else {
-        if job.target.create == Create::Never {
+    let described = pg::describe_table(&mut conn, table).await?;
+    if let Some(relation) = &described {
+        if !matches!(relation.kind, 'r' | 'p') {
+            return Err(JobError::new(format!(
+                "target.table: {table} is not a table (relkind '{}'; expected an ordinary or partitioned table)",
+                relation.kind
+            ))
+            .into());
+        }
+        if relation.kind == 'p' && job.target.mode == Mode::Replace {
+            return Err(JobError::new(format!(
+                "target.mode: \"replace\" swaps in an ordinary table, and {table} is partitioned, whose partitions the swap would lose (expected an ordinary table, or mode = \"truncate\")"
+            ))
+            .into());
+        }
+    }
+    // Overwrite drops the target and creates it from the source's columns: the
+    // rows fit that table, not the one there now.
+    let missing = described.is_none();
+    let existing = described.filter(|_| job.target.mode != Mode::Overwrite);
+    let Some(relation) = existing else {
+        if job.target.create == Create::Never && missing {
             return Err(JobError::new(format!(
                 "target.table: table {table} does not exist in the target database at {place} and target.create is \"never\" (expected an existing table, or create = \"if-missing\")"
             ))
@@ -443,13 +465,6 @@ async fn fit_target(
             upsert_key: plan::upsert_key(job, columns, None)?,
         });
     };
-    if !matches!(relation.kind, 'r' | 'p') {
-        return Err(JobError::new(format!(
-            "target.table: {table} is not a table (relkind '{}'; expected an ordinary or partitioned table)",
-            relation.kind
-        ))
-        .into());
-    }
     let mut fits = Vec::with_capacity(columns.len());
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
@@ -783,7 +798,20 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
     let fingerprint = checkpoint::fingerprint(&job);
     if matches!(step, Step::Whole | Step::Prepare) {
         refuse_existing_rows(&target, &job, &fingerprint, opts.restart).await?;
+        refuse_dependants(&target, &job, &fingerprint, opts.restart).await?;
     }
+    // The table the partitions are written into: a replace's staging table, else
+    // the target itself.
+    let into = match job.target.mode {
+        Mode::Replace => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            replace::stage_name(table, &pg::schema_of(&mut conn, table).await?)
+        }
+        _ => table.clone(),
+    };
     let mut earlier = None;
     let mut target_oid = None;
     if let Some(cp) = &job.checkpoint_table {
@@ -799,7 +827,15 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
         if pg::table_oid(&mut conn, cp).await?.is_some() {
             earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
         }
-        target_oid = pg::table_oid(&mut conn, table).await?;
+        target_oid = pg::table_oid(&mut conn, &into).await?;
+        // A finished replace renamed its staging table to the target's name: the
+        // run's table is the target now.
+        if target_oid.is_none()
+            && job.target.mode == Mode::Replace
+            && earlier.as_ref().is_some_and(|r| r.finished)
+        {
+            target_oid = pg::table_oid(&mut conn, table).await?;
+        }
     }
     let start = decide(
         step,
@@ -861,6 +897,9 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
     if let Some(condition) = window_condition(&side, window.as_ref()) {
         plan.restrict_target(&condition, table);
     }
+    if job.target.mode == Mode::Replace {
+        plan.retarget(&into);
+    }
     if let Some(run) = recorded {
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
@@ -902,6 +941,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             window.as_ref(),
             opts,
             forget,
+            &into,
         )
         .await?;
     }
@@ -909,8 +949,13 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
     match step {
         Step::Prepare => {
             say(&format!(
-                "prepared: {} partitions into {table}{}; copy them with `stride run --shard I/N {}` on each machine, then `stride finish {}`\n",
+                "prepared: {} partitions into {}{}; copy them with `stride run --shard I/N {}` on each machine, then `stride finish {}`\n",
                 plan.partitions.len(),
+                if job.target.mode == Mode::Replace {
+                    format!("{into} (swapped in for {table} by `stride finish`)")
+                } else {
+                    table.to_string()
+                },
                 match (&window, &side.mark) {
                     (Some(w), Some(mark)) => format!(" ({} of {})", w.describe(mark.key_type), mark.column),
                     _ => String::new(),
@@ -933,6 +978,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
                 &fit,
                 coordinator,
                 &target,
+                &into,
                 &say,
             )
             .await?;
@@ -971,12 +1017,12 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             .await?
         }
     };
-    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
+    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot, &into);
     spec.progress = report::progress_bar(u64::try_from(estimate).unwrap_or(0), opts.quiet);
     spec.checkpoint = job.checkpoint_table.clone().map(|table| Checkpoint {
         table,
         fingerprint: fingerprint.clone(),
-        target_table: job.target.table.clone(),
+        target_table: into.clone(),
     });
     let method = spec.describe_method();
     let spec = Arc::new(spec);
@@ -1083,7 +1129,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             }
         }
         if problems.is_empty() {
-            close_run(&job, &fingerprint, &target).await?;
+            close_run(&job, &fingerprint, &target, &into).await?;
         }
     }
     if let Some(conn) = coordinator.as_mut() {
@@ -1183,8 +1229,9 @@ fn window_condition(side: &SourceSide, window: Option<&Window>) -> Option<String
 
 /// A new run's first writes: the target table if missing, then in one
 /// transaction the earlier run forgotten, the target emptied (truncate mode, or a
-/// full refresh in append mode) and the new run recorded, so a resumed run finds
-/// the record and never empties the target again.
+/// full refresh in append mode), dropped and created again (overwrite) or a
+/// staging table made for it (replace, into `into`), and the new run recorded, so
+/// a resumed run finds the record and never empties the target again.
 #[allow(clippy::too_many_arguments)]
 async fn start_run(
     job: &Job,
@@ -1195,9 +1242,11 @@ async fn start_run(
     window: Option<&Window>,
     opts: &RunOptions,
     forget: bool,
+    into: &QualifiedName,
 ) -> Result<()> {
     let table = &job.target.table;
-    if !fit.exists {
+    let mode = job.target.mode;
+    if !fit.exists && !matches!(mode, Mode::Replace | Mode::Overwrite) {
         sqlx::raw_sql(&plan::create_table_sql(
             table,
             &side.columns,
@@ -1209,23 +1258,45 @@ async fn start_run(
         info!("created target table {table}");
     }
     let fingerprint = checkpoint::fingerprint(job);
-    let empties =
-        job.target.mode == Mode::Truncate || (opts.full_refresh && job.target.mode == Mode::Append);
+    let empties = mode == Mode::Truncate || (opts.full_refresh && mode == Mode::Append);
     let mut statements = vec!["BEGIN".to_string()];
     if let (Some(cp), true) = (&job.checkpoint_table, forget) {
         statements.push(checkpoint::forget_run_sql(cp, &fingerprint));
     }
-    if empties {
-        statements.push(format!("TRUNCATE TABLE {table}"));
+    if let (Some(cp), true) = (&job.checkpoint_table, empties || mode == Mode::Overwrite) {
+        statements.push(checkpoint::forget_other_runs_sql(cp, &fingerprint, table));
+    }
+    match mode {
+        Mode::Replace if fit.exists => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            let (setup, not_carried) = pg::stage_setup(&mut conn, table).await?;
+            if !not_carried.is_empty() {
+                warn!(
+                    "mode = \"replace\": the new {table} will not have the old one's {} (the swap carries indexes, constraints, defaults, grants, comments and the owner)",
+                    not_carried.join(", ")
+                );
+            }
+            statements.extend(replace::create_stage_sql(into, table, &setup));
+        }
+        Mode::Replace => {
+            statements.push(format!("DROP TABLE IF EXISTS {into}"));
+            statements.push(plan::create_table_sql(into, &side.columns, None));
+        }
+        Mode::Overwrite => {
+            statements.push(format!("DROP TABLE IF EXISTS {table}"));
+            statements.push(plan::create_table_sql(table, &side.columns, None));
+        }
+        _ if empties => statements.push(format!("TRUNCATE TABLE {table}")),
+        _ => {}
     }
     if let Some(cp) = &job.checkpoint_table {
-        if empties {
-            statements.push(checkpoint::forget_other_runs_sql(cp, &fingerprint, table));
-        }
         statements.push(checkpoint::record_run_sql(
             cp,
             &fingerprint,
-            table,
+            into,
             plan.bounds.as_ref(),
             plan.partitions.len(),
             window,
@@ -1240,8 +1311,15 @@ async fn start_run(
         .execute(target)
         .await
         .with_context(|| format!("starting the run on target table {table}"))?;
-    if empties {
-        info!("truncated target table {table}");
+    match mode {
+        Mode::Replace => {
+            info!("created staging table {into}; the run fills it, then swaps it in for {table}")
+        }
+        Mode::Overwrite => {
+            info!("dropped target table {table} and created it again from the source's columns")
+        }
+        _ if empties => info!("truncated target table {table}"),
+        _ => {}
     }
     Ok(())
 }
@@ -1270,8 +1348,17 @@ async fn verify_run(
 }
 
 /// Records the run as finished (an incremental job's mark moves to its window's
-/// end), after setting the target's sequences past the copied values.
-async fn close_run(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> {
+/// end), after setting the target's sequences past the copied values; a replace
+/// swaps its staging table `into` in first, in the same transaction.
+async fn close_run(
+    job: &Job,
+    fingerprint: &str,
+    target: &PgPool,
+    into: &QualifiedName,
+) -> Result<()> {
+    if job.target.mode == Mode::Replace {
+        return swap(job, fingerprint, target, into).await;
+    }
     reset_sequences(job, target).await?;
     if let Some(cp) = &job.checkpoint_table {
         sqlx::raw_sql(&checkpoint::finish_run_sql(cp, fingerprint))
@@ -1279,6 +1366,52 @@ async fn close_run(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> 
             .await
             .with_context(|| format!("recording the finished run in {cp}"))?;
     }
+    Ok(())
+}
+
+/// `mode = "replace"`: in one transaction, the target locked, the staging table
+/// given what LIKE could not copy and renamed to the target's name, the old table
+/// dropped, sequences set, the run recorded as finished (see `replace`). Views or
+/// foreign keys that depend on the target fail it, and nothing changes.
+async fn swap(job: &Job, fingerprint: &str, target: &PgPool, stage: &QualifiedName) -> Result<()> {
+    let table = &job.target.table;
+    let mut tx = target
+        .begin()
+        .await
+        .context("taking a target connection for the swap")?;
+    if pg::table_oid(&mut tx, table).await?.is_some() {
+        pg::execute(&mut tx, &replace::lock_sql(table))
+            .await
+            .with_context(|| format!("locking {table} for the swap"))?;
+        let found = pg::dependants(&mut tx, table).await?;
+        if !found.is_empty() {
+            return Err(anyhow::anyhow!(
+                "target.mode: \"replace\" cannot drop the old {table}: {} {} on it (expected none; drop them, run the same command again to swap in {stage}, then create them again)",
+                found.join(", "),
+                if found.len() == 1 { "depends" } else { "depend" }
+            ));
+        }
+    }
+    let catalog = pg::swap_catalog(&mut tx, table, stage).await?;
+    for statement in replace::swap_sql(table, stage, &catalog) {
+        pg::execute(&mut tx, &statement)
+            .await
+            .with_context(|| format!("swapping {stage} in for {table}: {statement}"))?;
+    }
+    if job.target.reset_sequences {
+        for (column, sequence, value) in pg::reset_sequences(&mut tx, table).await? {
+            info!("set sequence {sequence} of {table}.\"{column}\" to {value}");
+        }
+    }
+    if let Some(cp) = &job.checkpoint_table {
+        pg::execute(&mut tx, &checkpoint::finish_run_sql(cp, fingerprint))
+            .await
+            .with_context(|| format!("recording the finished run in {cp}"))?;
+    }
+    tx.commit()
+        .await
+        .with_context(|| format!("committing the swap of {stage} in for {table}"))?;
+    info!("swapped the new {table} in: readers see the copied rows from now on");
     Ok(())
 }
 
@@ -1293,6 +1426,7 @@ async fn finish_run(
     fit: &TargetFit,
     mut coordinator: PoolConnection<Postgres>,
     target: &PgPool,
+    into: &QualifiedName,
     say: &impl Fn(&str),
 ) -> Result<u8> {
     let missing: Vec<String> = plan
@@ -1314,7 +1448,7 @@ async fn finish_run(
         return Ok(exit::FAILED);
     }
     pg::execute(&mut coordinator, "ROLLBACK").await.ok();
-    close_run(job, fingerprint, target).await?;
+    close_run(job, fingerprint, target, into).await?;
     let rows: u64 = done.iter().map(|d| d.1).sum();
     say(&format!(
         "finished: {} partitions, {} rows in {}\n",
@@ -1346,13 +1480,8 @@ async fn refuse_existing_rows(
     let Some(oid) = pg::table_oid(&mut conn, table).await? else {
         return Ok(());
     };
-    if let (Some(cp), false) = (&job.checkpoint_table, restart) {
-        if pg::table_oid(&mut conn, cp).await?.is_some() {
-            let earlier = pg::read_checkpoints(&mut conn, cp, fingerprint).await?;
-            if earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)) {
-                return Ok(());
-            }
-        }
+    if resumes(&mut conn, job, fingerprint, restart, oid).await? {
+        return Ok(());
     }
     if pg::has_rows(&mut conn, table).await? {
         return Err(JobError::new(format!(
@@ -1361,6 +1490,69 @@ async fn refuse_existing_rows(
         .into());
     }
     Ok(())
+}
+
+/// Whether a step that starts runs will resume the recorded run of this job into
+/// the table with OID `oid`: an unfinished one, without `--restart`.
+async fn resumes(
+    conn: &mut PgConnection,
+    job: &Job,
+    fingerprint: &str,
+    restart: bool,
+    oid: i64,
+) -> Result<bool> {
+    let Some(cp) = job.checkpoint_table.as_ref().filter(|_| !restart) else {
+        return Ok(false);
+    };
+    if pg::table_oid(&mut *conn, cp).await?.is_none() {
+        return Ok(false);
+    }
+    let earlier = pg::read_checkpoints(conn, cp, fingerprint).await?;
+    Ok(earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)))
+}
+
+/// `mode = "replace"` and `"overwrite"` drop the target table (replace when it
+/// swaps the new one in, overwrite when a new run starts), and PostgreSQL binds
+/// views and foreign keys to the table itself, not its name: they would block
+/// the drop (or, with a rename, keep reading the old table). So a run whose
+/// target has them is refused before anything is written, naming them. A resumed
+/// overwrite does not drop the table again, and is not refused.
+async fn refuse_dependants(
+    target: &PgPool,
+    job: &Job,
+    fingerprint: &str,
+    restart: bool,
+) -> Result<()> {
+    let mode = job.target.mode;
+    if !matches!(mode, Mode::Replace | Mode::Overwrite) {
+        return Ok(());
+    }
+    let table = &job.target.table;
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let Some(oid) = pg::table_oid(&mut conn, table).await? else {
+        return Ok(());
+    };
+    if mode == Mode::Overwrite && resumes(&mut conn, job, fingerprint, restart, oid).await? {
+        return Ok(());
+    }
+    let found = pg::dependants(&mut conn, table).await?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let does = match mode {
+        Mode::Replace => "swaps a new table in for",
+        _ => "drops and creates again",
+    };
+    Err(JobError::new(format!(
+        "target.mode: \"{}\" {does} {table}, but {} {} on it, and PostgreSQL ties them to the table, not its name (expected none: drop them and create them again after the run, or mode = \"truncate\"); nothing was written",
+        mode.as_str(),
+        found.join(", "),
+        if found.len() == 1 { "depends" } else { "depend" }
+    ))
+    .into())
 }
 
 /// After a successful run (`target.reset_sequences`): sequences owned by target
@@ -1523,7 +1715,15 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
         .into());
     }
     let _lock = lock_target(&target, &job.target.table, false).await?;
-    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot);
+    let mut spec = copy_spec(
+        &job,
+        &plan,
+        &fit,
+        &source,
+        &target,
+        snapshot,
+        &job.target.table,
+    );
     spec.repair = Some(job.target.table.clone());
     spec.progress = report::progress_bar(0, quiet);
     let spec = Arc::new(spec);
@@ -1565,8 +1765,9 @@ fn copy_spec(
     source: &PgPool,
     target: &PgPool,
     snapshot: String,
+    into: &QualifiedName,
 ) -> CopySpec {
-    let table = &job.target.table;
+    let table = into;
     let transfers: Vec<Transfer> = fit
         .fits
         .iter()

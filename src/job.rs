@@ -221,6 +221,12 @@ pub enum Mode {
     /// Refuse a target table that already holds rows when a new run starts
     /// (Spark's default save mode); a resumed run continues into its own rows.
     ErrorIfExists,
+    /// Load a staging table, then swap it in for the target in one transaction:
+    /// readers see the old table until the new one is complete.
+    Replace,
+    /// Drop the target and create it again from the source's definition, once,
+    /// when a run starts; then fill it.
+    Overwrite,
 }
 
 impl Mode {
@@ -231,6 +237,8 @@ impl Mode {
             Mode::Truncate => "truncate",
             Mode::Upsert => "upsert",
             Mode::ErrorIfExists => "error-if-exists",
+            Mode::Replace => "replace",
+            Mode::Overwrite => "overwrite",
         }
     }
 }
@@ -494,6 +502,10 @@ impl Job {
                     Mode::ErrorIfExists => return Err(JobError::new(
                         "target.mode: \"error-if-exists\" refuses a target that holds rows, which an incremental job's second run always finds (expected \"append\" or \"upsert\" with [incremental])",
                     )),
+                    Mode::Replace | Mode::Overwrite => return Err(JobError::new(format!(
+                        "target.mode: \"{}\" gives the target only the rows of one run, which an incremental job's later runs would shrink to the new rows (expected \"append\" or \"upsert\" with [incremental])",
+                        target.mode.as_str()
+                    ))),
                 }
                 if checkpoint_table.is_none() {
                     return Err(JobError::new(
@@ -1009,6 +1021,27 @@ parallelism = 2
             })
         );
         assert!(!job.target.reset_sequences);
+        for (text, mode) in [("replace", Mode::Replace), ("overwrite", Mode::Overwrite)] {
+            let job = parse(&format!("{MINIMAL}mode = '{text}'\n")).unwrap();
+            assert_eq!(job.target.mode, mode);
+            assert_eq!(mode.as_str(), text);
+            let incremental = parse(&format!(
+                "{MINIMAL}mode = '{text}'\n[incremental]\ncolumn = 'updated_at'\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                incremental,
+                format!("target.mode: \"{text}\" gives the target only the rows of one run, which an incremental job's later runs would shrink to the new rows (expected \"append\" or \"upsert\" with [incremental])")
+            );
+            let keyed = parse(&format!("{MINIMAL}mode = '{text}'\nkey = ['id']\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                keyed.starts_with(&format!("target.key: set while target.mode is \"{text}\"")),
+                "{keyed}"
+            );
+        }
         let job = parse(&format!("{MINIMAL}mode = 'error-if-exists'\n")).unwrap();
         assert_eq!(job.target.mode, Mode::ErrorIfExists);
         assert_eq!(job.target.upsert, None);
@@ -1068,7 +1101,7 @@ parallelism = 2
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",
-                "target.mode: unknown variant `merge`, expected one of `append`, `truncate`, `upsert`, `error-if-exists`",
+                "target.mode: unknown variant `merge`, expected one of `append`, `truncate`, `upsert`, `error-if-exists`, `replace`, `overwrite`",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\non_conflict='skip'\n",

@@ -10,7 +10,8 @@
 //! - [`job`]: the TOML file, `${VAR}` interpolation and validation (pure).
 //! - [`sql`], [`partition`], [`plan`]: identifiers, typed literals, Spark-style
 //!   partition ranges and every statement a run sends (pure, unit- and
-//!   property-tested).
+//!   property-tested); [`replace`]: the staging table and swap of
+//!   `mode = "replace"` (pure).
 //! - [`pg`]: connections, the catalogue, the exported snapshot, bounds, estimates.
 //! - [`copy`]: the scheduler and the two ways a partition travels (COPY
 //!   pass-through, batched INSERTs), one target transaction per partition.
@@ -27,5 +28,6 @@ pub mod job;
 pub mod partition;
 pub mod pg;
 pub mod plan;
+pub mod replace;
 pub mod report;
 pub mod sql;

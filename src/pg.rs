@@ -734,3 +734,211 @@ pub async fn sample(conn: &mut PgConnection, sql: &str) -> Result<Vec<Option<i64
         .await
         .context("sampling the partition column for quantile boundaries")
 }
+
+/// The schema `table` is in, or for a missing table the one `CREATE TABLE` would
+/// put it in.
+pub async fn schema_of(conn: &mut PgConnection, table: &QualifiedName) -> Result<String> {
+    if let Some(schema) = &table.schema {
+        return Ok(schema.clone());
+    }
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = to_regclass($1)), current_schema()::text)",
+    )
+    .bind(table.to_string())
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("looking up the schema of {table}"))
+}
+
+/// Objects that hold on to `table` itself, by OID, and so stop a `DROP TABLE`
+/// without CASCADE: views and materialized views reading it, and foreign keys
+/// referencing it (its own included), each named for a message.
+pub async fn dependants(conn: &mut PgConnection, table: &QualifiedName) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT format('%s %s', CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END, v.oid::regclass) \
+         FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class \
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass \
+           AND d.refobjid = to_regclass($1) AND v.oid <> d.refobjid \
+         UNION \
+         SELECT format('foreign key %I of %s', c.conname, c.conrelid::regclass) FROM pg_constraint c \
+         WHERE c.contype = 'f' AND c.confrelid = to_regclass($1) \
+         ORDER BY 1",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("looking up views and foreign keys that depend on {table}"))
+}
+
+/// What a replace's staging table takes from the target when it is created (LIKE
+/// copies neither), and what it cannot carry over, for a warning: triggers and
+/// row-level security policies.
+pub async fn stage_setup(
+    conn: &mut PgConnection,
+    target: &QualifiedName,
+) -> Result<(crate::replace::StageSetup, Vec<String>)> {
+    let context = || format!("reading the definition of {target} for its staging table");
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(relowner)::text FROM pg_class \
+         WHERE oid = to_regclass($1) AND pg_get_userbyid(relowner) <> current_user",
+    )
+    .bind(target.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .with_context(context)?;
+    let foreign_keys = sqlx::query_as::<_, (String, String)>(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conrelid = to_regclass($1) AND contype = 'f' AND confrelid <> conrelid ORDER BY conname",
+    )
+    .bind(target.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(context)?
+    .into_iter()
+    .map(|(name, definition)| crate::replace::ForeignKey { name, definition })
+    .collect();
+    let not_carried: Vec<String> = sqlx::query_scalar(
+        "SELECT format('trigger %I', tgname) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
+         UNION ALL \
+         SELECT format('policy %I', polname) FROM pg_policy WHERE polrelid = to_regclass($1) \
+         ORDER BY 1",
+    )
+    .bind(target.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(context)?;
+    Ok((
+        crate::replace::StageSetup {
+            owner,
+            foreign_keys,
+        },
+        not_carried,
+    ))
+}
+
+/// Sequences owned by columns of `table`: `deptype` 'a' for serial columns, 'i'
+/// for identity columns.
+async fn owned_sequences(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    deptype: &str,
+) -> Result<Vec<crate::replace::OwnedSequence>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, n.nspname::text, s.relname::text \
+         FROM pg_depend d \
+         JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+         JOIN pg_namespace n ON n.oid = s.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+           AND d.refobjid = to_regclass($1) AND d.deptype = $2::\"char\" \
+         ORDER BY a.attnum",
+    )
+    .bind(table.to_string())
+    .bind(deptype)
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("looking up the sequences owned by columns of {table}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(column, schema, name)| crate::replace::OwnedSequence {
+            column,
+            sequence: QualifiedName {
+                schema: Some(schema),
+                name,
+            },
+        })
+        .collect())
+}
+
+/// Each index of `table` with how it is built: primary or unique, its
+/// constraint's kind, and its definition after the table's name (the same for
+/// the target's index and the one LIKE made from it).
+async fn index_keys(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT c.relname::text, \
+                concat_ws(' ', i.indisprimary, i.indisunique, coalesce(con.contype::text, '-'), \
+                  substr(pg_get_indexdef(i.indexrelid), \
+                         length(format('CREATE %sINDEX %I ON %I.%I ', CASE WHEN i.indisunique THEN 'UNIQUE ' END, \
+                                       c.relname, n.nspname, t.relname)) + 1)) \
+         FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_class t ON t.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid \
+         WHERE i.indrelid = to_regclass($1) \
+         ORDER BY c.relname",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("looking up the indexes of {table}"))
+}
+
+/// What the swap of a replace needs to know, read while it holds the target's lock.
+pub async fn swap_catalog(
+    conn: &mut PgConnection,
+    target: &QualifiedName,
+    stage: &QualifiedName,
+) -> Result<crate::replace::SwapCatalog> {
+    if table_oid(&mut *conn, target).await?.is_none() {
+        return Ok(crate::replace::SwapCatalog::default());
+    }
+    let serial = owned_sequences(&mut *conn, target, "a").await?;
+    let staged_identity = owned_sequences(&mut *conn, stage, "i").await?;
+    let identity = owned_sequences(&mut *conn, target, "i")
+        .await?
+        .into_iter()
+        .filter_map(|old| {
+            let new = staged_identity.iter().find(|s| s.column == old.column)?;
+            Some((old, new.clone()))
+        })
+        .collect();
+    let grants = sqlx::query_as::<_, (String, Option<String>, bool, Option<String>)>(
+        "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
+                a.is_grantable, NULL::text \
+         FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner \
+         UNION ALL \
+         SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee)::text END, \
+                a.is_grantable, att.attname::text \
+         FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid, aclexplode(att.attacl) a \
+         WHERE c.oid = to_regclass($1) AND NOT att.attisdropped AND a.grantee <> c.relowner \
+         ORDER BY 4 NULLS FIRST, 2 NULLS FIRST, 1",
+    )
+    .bind(target.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(|| format!("looking up the grants on {target}"))?
+    .into_iter()
+    .map(
+        |(privilege, grantee, grantable, column)| crate::replace::Grant {
+            privilege,
+            grantee,
+            grantable,
+            column,
+        },
+    )
+    .collect();
+    let comment: Option<String> =
+        sqlx::query_scalar("SELECT obj_description(to_regclass($1), 'pg_class')")
+            .bind(target.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .with_context(|| format!("looking up the comment on {target}"))?;
+    let index_renames = crate::replace::pair_indexes(
+        &index_keys(&mut *conn, target).await?,
+        &index_keys(&mut *conn, stage).await?,
+    );
+    Ok(crate::replace::SwapCatalog {
+        target_exists: true,
+        serial,
+        identity,
+        grants,
+        comment,
+        index_renames,
+    })
+}

@@ -382,6 +382,23 @@ pub fn whole_select(job: &Job, columns: &[Column]) -> String {
 }
 
 impl Plan {
+    /// Points the target side of every partition (what verify compares and
+    /// repair deletes) at `table`: a replace's staging table, which the run fills.
+    pub fn retarget(&mut self, table: &QualifiedName) {
+        let select_list = self
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for p in &mut self.partitions {
+            p.target_select = format!(
+                "SELECT {select_list} FROM {table}{}",
+                where_clause(None, p.target_predicate.clone())
+            );
+        }
+    }
+
     /// Restricts the target side of every partition (what verify compares and
     /// repair deletes) to `condition` as well: an incremental run's window, since the
     /// target also holds the rows of earlier runs.
@@ -1623,5 +1640,36 @@ mod tests {
         assert_eq!(Plan::spread(&[10, 40, 20]), Some(4.0));
         assert_eq!(Plan::spread(&[10]), None);
         assert_eq!(Plan::spread(&[0, 5]), Some(5.0));
+    }
+
+    #[test]
+    fn retarget_points_verify_at_the_staging_table() {
+        let job = job_with_partition("column = 'id'\ncount = 2");
+        let columns = vec![col("id", "bigint"), col("date", "bigint")];
+        let key = Key {
+            column: "id".to_string(),
+            key_type: KeyType::Int8,
+        };
+        let bounds = Bounds {
+            lower: 0,
+            upper: 10,
+            origin: BoundsOrigin::Job,
+        };
+        let mut plan = build(&job, &columns, Some(key), Some(bounds));
+        plan.retarget(&QualifiedName::parse("public.covid_cases_stride_stage").unwrap());
+        assert_eq!(
+            plan.partitions[0].target_select,
+            "SELECT \"id\", \"date\" FROM \"public\".\"covid_cases_stride_stage\" WHERE (\"id\" < '5'::int8 OR \"id\" IS NULL)"
+        );
+        assert_eq!(
+            plan.partitions[1].target_select,
+            "SELECT \"id\", \"date\" FROM \"public\".\"covid_cases_stride_stage\" WHERE \"id\" >= '5'::int8"
+        );
+        let mut whole = build(&job, &columns, None, None);
+        whole.retarget(&QualifiedName::parse("s.t").unwrap());
+        assert_eq!(
+            whole.partitions[0].target_select,
+            "SELECT \"id\", \"date\" FROM \"s\".\"t\""
+        );
     }
 }

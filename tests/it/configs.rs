@@ -198,7 +198,8 @@ async fn every_config_plans_and_runs_as_shipped() {
             stdout.contains(&format!("partitions {0} written of {0}", expect.partitions)),
             "{name}: {stdout}"
         );
-        // A rerun: truncate copies afresh and upsert syncs again, both leaving the
+        // A rerun: truncate copies afresh, replace loads and swaps in a new table,
+        // overwrite creates the table again and upsert syncs again, all leaving the
         // same rows; an incremental job finds nothing new; a finished append job
         // has nothing to do; error-if-exists
         // refuses the table its first run filled. Either way the rows stay equal.
@@ -212,7 +213,16 @@ async fn every_config_plans_and_runs_as_shipped() {
                     text(&out)
                 );
             }
-            "truncate" | "upsert" => assert_exit(&out, 0),
+            "truncate" | "upsert" | "overwrite" => assert_exit(&out, 0),
+            "replace" => {
+                assert_exit(&out, 0);
+                let stage = target
+                    .scalar_i64(
+                        "SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_stride\\_stage' AND relnamespace = 'public'::regnamespace",
+                    )
+                    .await;
+                assert_eq!(stage, 0, "{name}: the staging table was left behind");
+            }
             "append" => {
                 assert_exit(&out, 0);
                 assert!(

@@ -12,6 +12,7 @@ mod examples;
 mod incremental;
 mod modes;
 mod props;
+mod replace;
 mod resume;
 mod secrets;
 mod shards;
