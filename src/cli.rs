@@ -23,6 +23,7 @@ Typical use:
   stride plan job.toml      the exact SQL of each partition, writes nothing
   stride run job.toml       the copy; run it again after a failure and it resumes
   stride verify job.toml    compare source and target partition by partition
+  stride init --source URL --table NAME -o job.toml   a job file written for you
 
 Many machines (each step safe to run twice):
   stride prepare job.toml               once: create or empty the target, fix the plan
@@ -117,6 +118,11 @@ pub enum Command {
     /// job asks, and record it as finished (an incremental job's mark advances).
     /// Safe to run twice.
     Finish(JobArgs),
+    /// Write a job file for a source table from its catalogue: the partition
+    /// column (primary key or an indexed integer, date or timestamp column), the
+    /// strategy (from the table's size and the column's statistics) and a count,
+    /// each explained in a comment. No password is written.
+    Init(InitArgs),
     /// Compare each partition's rows on source and target (count or checksum),
     /// reading the source in one new snapshot; with --repair, copy the partitions
     /// that differ again.
@@ -185,6 +191,29 @@ pub struct RunArgs {
     /// Indexed Jobs).
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The source database, postgres://user@host:port/database.
+    #[arg(long, value_name = "URL")]
+    pub source: String,
+
+    /// The table to copy, optionally schema-qualified.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+
+    /// The target database (default: the job reads TARGET_URL).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+
+    /// Write the job file to PATH instead of stdout.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Replace PATH if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

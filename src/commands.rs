@@ -73,6 +73,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
         Command::Check(args) => check(&args.job, &cli.overrides).await,
         Command::Verify(args) => verify(&args, &cli.overrides, cli.quiet).await,
+        Command::Init(args) => init_command(&args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "stride", &mut std::io::stdout());
@@ -2035,6 +2036,62 @@ async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Res
         }
         _ => next_window(source, job, mark, earlier.as_ref()).await,
     }
+}
+
+/// `stride init`: introspects the source table and writes a job file for it.
+async fn init_command(args: &crate::cli::InitArgs) -> Result<u8> {
+    let source_url = crate::job::parse_url("--source", args.source.clone())?;
+    let target_url = args
+        .target
+        .clone()
+        .map(|t| crate::job::parse_url("--target", t))
+        .transpose()?;
+    let table = crate::sql::QualifiedName::parse(&args.table)
+        .map_err(|e| JobError::new(format!("--table: {e}")))?;
+    if let (Some(path), false) = (&args.output, args.force) {
+        if path.exists() {
+            return Err(JobError::new(format!(
+                "--output: {} exists (expected a new file, or --force to replace it)",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    let server = pg::connect(Side::Source, &source_url, crate::job::DEFAULT_RETRIES).await?;
+    let mut conn = server
+        .pool(1)
+        .acquire()
+        .await
+        .context("taking a source connection")?;
+    let Some(facts) = crate::init::introspect(&mut conn, &table).await? else {
+        return Err(JobError::new(format!(
+            "--table: table {table} does not exist in the source database at {} (expected an existing table or view)",
+            server.place
+        ))
+        .into());
+    };
+    let choice = crate::init::choose(&facts);
+    let text = crate::init::render(
+        &facts,
+        &choice,
+        &source_url.without_secrets(),
+        target_url
+            .as_ref()
+            .map(crate::job::DbUrl::without_secrets)
+            .as_deref(),
+    );
+    match &args.output {
+        Some(path) => {
+            write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {}: check it, then `stride plan {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(exit::OK)
 }
 
 async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {

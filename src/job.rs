@@ -29,6 +29,26 @@ impl DbUrl {
         &self.0
     }
 
+    /// The URL to write into a file: without its password, and without the query
+    /// parameters not known to be harmless.
+    pub fn without_secrets(&self) -> String {
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return String::new();
+        };
+        let _ = url.set_password(None);
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| SHOWN_URL_PARAMETERS.contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        url.to_string()
+    }
+
     /// The URL for messages: the password and any query value that is not known to
     /// be harmless are replaced by `****`.
     pub fn redacted(&self) -> String {
@@ -782,7 +802,7 @@ fn validate_upsert(
     }))
 }
 
-fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
+pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     let url = DbUrl::new(url.trim());
     match url::Url::parse(url.expose()) {
         // Without `//` everything after `postgres:` is a path: no host, and a

@@ -16,6 +16,8 @@
 //! - [`copy`]: the scheduler and the two ways a partition travels (COPY
 //!   pass-through, batched INSERTs), one target transaction per partition.
 //! - [`report`]: progress, the summary, `plan` and `check` output.
+//! - [`init`]: `stride init`'s choice of partition column, strategy and count,
+//!   and the job file it writes (pure, apart from reading the catalogue).
 //! - [`commands`]: the one place that knows the order of a command's steps.
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod copy;
 pub mod error;
+pub mod init;
 pub mod job;
 pub mod partition;
 pub mod pg;

@@ -404,19 +404,12 @@ impl Plan {
     /// target also holds the rows of earlier runs.
     pub fn restrict_target(&mut self, condition: &str, table: &QualifiedName) {
         for p in &mut self.partitions {
-            let predicate = match &p.target_predicate {
+            p.target_predicate = Some(match &p.target_predicate {
                 Some(range) => format!("{range} AND {condition}"),
                 None => condition.to_string(),
-            };
-            let select_list = self
-                .columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            p.target_select = format!("SELECT {select_list} FROM {table} WHERE {predicate}");
-            p.target_predicate = Some(predicate);
+            });
         }
+        self.retarget(table);
     }
 }
 

@@ -10,6 +10,7 @@ mod copy;
 mod covid;
 mod examples;
 mod incremental;
+mod init;
 mod modes;
 mod props;
 mod replace;
