@@ -86,11 +86,46 @@ fn server_and_database(url: &DbUrl) -> String {
     }
 }
 
-/// The checkpoint table, created on first use; the `ALTER` brings a table made by
-/// an earlier version of stride up to date.
-pub fn create_table_sql(table: &QualifiedName) -> String {
+/// Columns later versions of stride added to the checkpoint table, with their types.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("target_oid", "bigint"),
+    ("failed_check", "text"),
+    ("mark_first", "boolean"),
+    ("mark_from", "bigint"),
+    ("mark_to", "bigint"),
+    ("boundaries", "bigint[]"),
+];
+
+/// How many of the added columns the checkpoint table has: all of them, and it
+/// is up to date (`ADDED_COLUMNS.len()`); a missing table has none.
+pub fn up_to_date_sql(table: &QualifiedName) -> String {
+    let names: Vec<String> = ADDED_COLUMNS
+        .iter()
+        .map(|(n, _)| quote_literal(n))
+        .collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+        "SELECT count(*)::int8 = {} FROM pg_attribute WHERE attrelid = to_regclass({}) \
+         AND NOT attisdropped AND attname IN ({})",
+        ADDED_COLUMNS.len(),
+        quote_literal(&table.to_string()),
+        names.join(", ")
+    )
+}
+
+/// The checkpoint table, created on first use, and a table made by an earlier
+/// version of stride brought up to date, in one transaction under a lock of its
+/// own: concurrent runs into different tables (several tables of one job, or
+/// jobs started together) create it once, not one of them failing on a
+/// duplicate type.
+pub fn create_table_sql(table: &QualifiedName) -> String {
+    let added: Vec<String> = ADDED_COLUMNS
+        .iter()
+        .map(|(name, ty)| format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ty};"))
+        .collect();
+    format!(
+        "BEGIN;
+SELECT pg_advisory_xact_lock(hashtextextended({}, 0));
+CREATE TABLE IF NOT EXISTS {table} (
     fingerprint text NOT NULL,
     partition integer NOT NULL,
     target_table text NOT NULL,
@@ -110,12 +145,10 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     boundaries bigint[],
     PRIMARY KEY (fingerprint, partition)
 );
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS target_oid bigint;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS failed_check text;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_first boolean;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_from bigint;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS mark_to bigint;
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS boundaries bigint[]"
+{}
+COMMIT",
+        quote_literal(&format!("stride checkpoint table {table}")),
+        added.join("\n")
     )
 }
 

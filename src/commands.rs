@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::cli::{Cli, Command, Format, Shard, VerifyArgs, VerifyBy};
 use crate::copy::{run_partitions, Checkpoint, CopySpec, PartitionReport, Status, UpsertSpec};
 use crate::error::{exit, JobError};
-use crate::job::{Create, Job, Mode, Relation, Strategy, Verify};
+use crate::job::{Create, Job, JobSet, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
 use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, PlannedPartition, Window};
@@ -46,9 +46,10 @@ pub async fn execute(cli: Cli) -> Result<u8> {
                 quiet: cli.quiet,
                 human_to_stderr: args.summary_json.as_deref() == Some(Path::new("-")),
             };
-            let end = run(&args.job, &cli.overrides, &opts).await;
-            report_run(&args, &end)?;
-            end.map(|e| e.code)
+            let started = Instant::now();
+            let ends = run_tables(&args.job, &cli.overrides, &opts).await;
+            report_run(&args, &ends, started.elapsed())?;
+            ends.map(|ends| worst(&ends))
         }
         Command::Prepare(args) => {
             let opts = RunOptions {
@@ -58,7 +59,9 @@ pub async fn execute(cli: Cli) -> Result<u8> {
                 quiet: cli.quiet,
                 human_to_stderr: false,
             };
-            run(&args.job, &cli.overrides, &opts).await.map(|e| e.code)
+            run_tables(&args.job, &cli.overrides, &opts)
+                .await
+                .map(|ends| worst(&ends))
         }
         Command::Finish(args) => {
             let opts = RunOptions {
@@ -68,7 +71,9 @@ pub async fn execute(cli: Cli) -> Result<u8> {
                 quiet: cli.quiet,
                 human_to_stderr: false,
             };
-            run(&args.job, &cli.overrides, &opts).await.map(|e| e.code)
+            run_tables(&args.job, &cli.overrides, &opts)
+                .await
+                .map(|ends| worst(&ends))
         }
         Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
         Command::Check(args) => check(&args.job, &cli.overrides).await,
@@ -95,13 +100,43 @@ struct RunEnd {
     /// `None` when there was nothing to do.
     summary: Option<Summary>,
     fingerprint: String,
+    /// The target table.
+    table: String,
+}
+
+/// The exit code of several tables' runs: the most serious (130 interrupted,
+/// then 2, then 1, then 0).
+fn worst(ends: &[RunEnd]) -> u8 {
+    ends.iter().map(|e| e.code).max().unwrap_or(exit::OK)
 }
 
 /// Writes `--summary-json` and `--metrics-file` for a run that ended, however it
-/// ended (an error before the copy gives a summary with the error and no partitions).
-fn report_run(args: &crate::cli::RunArgs, end: &Result<RunEnd>) -> Result<()> {
-    let doc = match end {
-        Ok(end) => report::summary_json(end.summary.as_ref(), &end.fingerprint, end.code, None),
+/// ended (an error before the copy gives a summary with the error and no
+/// partitions). A job file of several tables gives one document of the totals
+/// with each table's own under `tables`.
+fn report_run(
+    args: &crate::cli::RunArgs,
+    ends: &Result<Vec<RunEnd>>,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let doc = match ends {
+        Ok(ends) if ends.len() == 1 => {
+            let end = &ends[0];
+            report::summary_json(end.summary.as_ref(), &end.fingerprint, end.code, None)
+        }
+        Ok(ends) => report::tables_json(
+            &ends
+                .iter()
+                .map(|e| {
+                    let mut doc =
+                        report::summary_json(e.summary.as_ref(), &e.fingerprint, e.code, None);
+                    doc["table"] = json!(e.table);
+                    doc
+                })
+                .collect::<Vec<_>>(),
+            worst(ends),
+            elapsed,
+        ),
         Err(e) => report::summary_json(
             None,
             "",
@@ -135,12 +170,78 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn load_job(path: &Path, overrides: &[(String, String)]) -> Result<Job> {
+/// The job file's jobs: one, or one per `[[tables]]` entry.
+fn load_jobs(path: &Path, overrides: &[(String, String)]) -> Result<JobSet> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| JobError::new(format!("{}: cannot read the job file: {e}", path.display())))?;
-    let job = Job::parse_with_overrides(&text, |name| std::env::var(name).ok(), overrides)
+    let set = JobSet::parse(&text, |name| std::env::var(name).ok(), overrides)
         .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
-    Ok(job)
+    Ok(set)
+}
+
+/// A step of a run over every table of the job file. All are checked (and
+/// connected) first, so a bad entry exits 2 before any table is written; then
+/// they run one after the other, stopping at the first that does not succeed, or
+/// all at once (`[run] tables = "concurrent"`). Several tables end with a summary
+/// of them all.
+async fn run_tables(
+    path: &Path,
+    overrides: &[(String, String)],
+    opts: &RunOptions,
+) -> Result<Vec<RunEnd>> {
+    let set = load_jobs(path, overrides)?;
+    let many = set.jobs.len() > 1;
+    let started = Instant::now();
+    let mut prepared = Vec::with_capacity(set.jobs.len());
+    for job in set.jobs {
+        prepared.push(prepare(job).await?);
+    }
+    if !many {
+        let one = prepared.pop().expect("a job set holds at least one job");
+        return Ok(vec![run(one, path, opts).await?]);
+    }
+    let named = |table: String, end: Result<RunEnd>| {
+        end.unwrap_or_else(|e| {
+            eprintln!("error: {table}: {}", crate::error::chain(&e));
+            RunEnd {
+                code: crate::error::exit_code(&e),
+                summary: None,
+                fingerprint: String::new(),
+                table,
+            }
+        })
+    };
+    let mut ends = Vec::new();
+    if set.concurrent {
+        let runs = prepared.into_iter().map(|p| {
+            let table = p.job.target.table.to_string();
+            async move { named(table, run(p, path, opts).await) }
+        });
+        ends = futures_util::future::join_all(runs).await;
+    } else {
+        for p in prepared {
+            let table = p.job.target.table.to_string();
+            let end = named(table, run(p, path, opts).await);
+            let code = end.code;
+            ends.push(end);
+            if code != exit::OK {
+                break;
+            }
+        }
+    }
+    if matches!(opts.step, Step::Whole | Step::Shard(_)) {
+        let rows: Vec<(String, Option<&Summary>, u8)> = ends
+            .iter()
+            .map(|e| (e.table.clone(), e.summary.as_ref(), e.code))
+            .collect();
+        let text = report::render_tables(&rows, started.elapsed());
+        if opts.human_to_stderr {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
+    Ok(ends)
 }
 
 /// What the source is, for messages: the table's name, or "query".
@@ -571,8 +672,7 @@ struct Prepared {
 
 /// Everything `run` and `verify` do before their first write: parse the job,
 /// connect within the connection budget, resolve the source, fit the target.
-async fn prepare(path: &Path, overrides: &[(String, String)]) -> Result<Prepared> {
-    let job = load_job(path, overrides)?;
+async fn prepare(job: Job) -> Result<Prepared> {
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let wanted = job.parallelism.unwrap_or(requested).max(1);
     let source_server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
@@ -749,7 +849,7 @@ fn decide(
 }
 
 /// `stride run`, `stride prepare` and `stride finish`: one run's steps.
-async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> Result<RunEnd> {
+async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEnd> {
     let say = |text: &str| {
         if opts.human_to_stderr {
             eprint!("{text}");
@@ -766,7 +866,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
         side,
         fit,
         parallelism,
-    } = prepare(path, overrides).await?;
+    } = prepared;
     if opts.full_refresh && job.incremental.is_none() {
         return Err(JobError::new(
             "--full-refresh: the job has no [incremental] section, so there is no mark to ignore (expected --restart to copy everything again)",
@@ -821,9 +921,16 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             .await
             .context("taking a target connection")?;
         if matches!(step, Step::Whole | Step::Prepare) {
-            pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
+            // Most runs find it there and up to date: no DDL, whose locks would
+            // queue behind the partitions of concurrent runs.
+            let current: bool = pg::scalar_bool(&mut conn, &checkpoint::up_to_date_sql(cp))
                 .await
-                .with_context(|| format!("creating checkpoint table {cp}"))?;
+                .with_context(|| format!("looking up checkpoint table {cp}"))?;
+            if !current {
+                pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
+                    .await
+                    .with_context(|| format!("creating checkpoint table {cp}"))?;
+            }
         }
         if pg::table_oid(&mut conn, cp).await?.is_some() {
             earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
@@ -853,6 +960,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
                 code: exit::OK,
                 summary: None,
                 fingerprint,
+                table: table.to_string(),
             });
         }
         Start::Refuse {
@@ -968,6 +1076,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
                 code: exit::OK,
                 summary: None,
                 fingerprint,
+                table: table.to_string(),
             });
         }
         Step::Finish => {
@@ -987,6 +1096,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
                 code,
                 summary: None,
                 fingerprint,
+                table: table.to_string(),
             });
         }
         Step::Whole | Step::Shard(_) => {}
@@ -1145,6 +1255,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             code: exit::FAILED,
             summary: Some(summary),
             fingerprint,
+            table: table.to_string(),
         });
     }
     let resume = job
@@ -1162,6 +1273,7 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             code: exit::INTERRUPTED,
             summary: Some(summary),
             fingerprint,
+            table: table.to_string(),
         });
     }
     if let Some(failed) = summary
@@ -1179,12 +1291,14 @@ async fn run(path: &Path, overrides: &[(String, String)], opts: &RunOptions) -> 
             code: exit::FAILED,
             summary: Some(summary),
             fingerprint,
+            table: table.to_string(),
         });
     }
     Ok(RunEnd {
         code: exit::OK,
         summary: Some(summary),
         fingerprint,
+        table: table.to_string(),
     })
 }
 
@@ -1636,6 +1750,19 @@ fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
 /// with the partitions of the job's recorded run when there is one; `--repair`
 /// copies the differing partitions again and compares them once more.
 async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) -> Result<u8> {
+    let set = load_jobs(&args.job, overrides)?;
+    let many = set.jobs.len() > 1;
+    let mut code = exit::OK;
+    for job in set.jobs {
+        if many {
+            println!("== table {}", job.target.table);
+        }
+        code = code.max(verify_job(job, args, quiet).await?);
+    }
+    Ok(code)
+}
+
+async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     let Prepared {
         job,
         source,
@@ -1643,7 +1770,7 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
         side,
         fit,
         parallelism,
-    } = prepare(&args.job, overrides).await?;
+    } = prepare(job).await?;
     if !fit.exists {
         return Err(JobError::new(format!(
             "target.table: {} does not exist in the target database (nothing to verify; run the copy first)",
@@ -1929,7 +2056,33 @@ async fn shutdown_signal() {
 }
 
 async fn plan_command(path: &Path, overrides: &[(String, String)], format: Format) -> Result<u8> {
-    let job = load_job(path, overrides)?;
+    let set = load_jobs(path, overrides)?;
+    let many = set.jobs.len() > 1;
+    let mut docs = Vec::new();
+    for job in set.jobs {
+        if many && format == Format::Text {
+            println!("== table {}\n", job.target.table);
+        }
+        if let Some(doc) = plan_job(job, format).await? {
+            docs.push(doc);
+        }
+    }
+    if format == Format::Json {
+        let doc = if many {
+            serde_json::Value::Array(docs)
+        } else {
+            docs.pop().expect("one job, one plan")
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON values always serialize")
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// One table's plan: printed as text, or returned as JSON.
+async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>> {
     let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let source = server.pool(1);
     let side = resolve_source(&source, &job, &server.place).await?;
@@ -1979,6 +2132,7 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
             let show = |v: i64| key_type.map(|k| k.display(v));
             let doc = json!({
                 "source": source_name(&job),
+                "target": job.target.table.to_string(),
                 "columns": plan.columns,
                 "partition_column": plan.key.as_ref().map(|k| &k.column),
                 "key_type": key_type,
@@ -2003,13 +2157,10 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
                     "estimated_rows": e,
                 })).collect::<Vec<_>>(),
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("JSON values always serialize")
-            );
+            return Ok(Some(doc));
         }
     }
-    Ok(exit::OK)
+    Ok(None)
 }
 
 /// The window the next run of an incremental job copies: the recorded run's, if
@@ -2095,7 +2246,18 @@ async fn init_command(args: &crate::cli::InitArgs) -> Result<u8> {
 }
 
 async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
-    let job = load_job(path, overrides)?;
+    let set = load_jobs(path, overrides)?;
+    let many = set.jobs.len() > 1;
+    for job in set.jobs {
+        if many {
+            println!("== table {}", job.target.table);
+        }
+        check_job(job).await?;
+    }
+    Ok(exit::OK)
+}
+
+async fn check_job(job: Job) -> Result<()> {
     let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
@@ -2121,7 +2283,7 @@ async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
         return Err(error.into());
     }
     println!("ok: the target can take every column; nothing was written");
-    Ok(exit::OK)
+    Ok(())
 }
 
 #[cfg(test)]

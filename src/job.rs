@@ -548,6 +548,145 @@ impl Job {
     }
 }
 
+/// The jobs of one job file: one, or one per `[[tables]]` entry.
+#[derive(Clone, Debug)]
+pub struct JobSet {
+    pub jobs: Vec<Job>,
+    /// `[run] tables = "concurrent"`: the tables copy at once, sharing
+    /// `run.parallelism`; otherwise one after the other, in the order given.
+    pub concurrent: bool,
+}
+
+/// Keys a `[[tables]]` entry may set, and where they go.
+const TABLE_SOURCE_KEYS: &[&str] = &["table", "query", "columns", "where", "sample", "limit"];
+const TABLE_SECTIONS: &[&str] = &["partition", "incremental", "target"];
+
+impl JobSet {
+    /// Reads a job file that may hold `[[tables]]`: each entry is a job of its
+    /// own, made of the file's `[source]`, `[partition]`, `[incremental]`,
+    /// `[target]` and `[run]` with the entry's keys filled in (`table`, `query`,
+    /// `columns`, `where`, `sample`, `limit` go to `[source]`; its `partition` and
+    /// `incremental` replace the file's; its `target` keys override the file's
+    /// one by one). Errors name the entry: `tables[1]: partition.count: ...`.
+    pub fn parse(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+    ) -> Result<JobSet, JobError> {
+        let expanded = interpolate(text, &env)?;
+        let has_tables = toml::from_str::<toml::Table>(&expanded)
+            .map(|t| t.contains_key("tables"))
+            .unwrap_or(false);
+        if !has_tables {
+            return Ok(JobSet {
+                jobs: vec![Job::parse_with_overrides(text, env, overrides)?],
+                concurrent: false,
+            });
+        }
+        let mut doc: toml::Table = toml::from_str(&expanded).expect("parsed just above");
+        for (key, value) in overrides {
+            apply_override(&mut doc, key, value)?;
+        }
+        let Some(toml::Value::Array(entries)) = doc.remove("tables") else {
+            return Err(JobError::new(
+                "tables: is not a list of tables (expected [[tables]] sections)",
+            ));
+        };
+        if entries.is_empty() {
+            return Err(JobError::new(
+                "tables: is empty (expected at least one [[tables]] entry)",
+            ));
+        }
+        let concurrent = match doc
+            .get_mut("run")
+            .and_then(toml::Value::as_table_mut)
+            .and_then(|run| run.remove("tables"))
+        {
+            None => false,
+            Some(toml::Value::String(order)) if order == "in-order" => false,
+            Some(toml::Value::String(order)) if order == "concurrent" => true,
+            Some(other) => {
+                return Err(JobError::new(format!(
+                    "run.tables: {other} is not an order (expected \"in-order\" or \"concurrent\")"
+                )))
+            }
+        };
+        if let Some(source) = doc.get("source").and_then(toml::Value::as_table) {
+            for key in ["table", "query"] {
+                if source.contains_key(key) {
+                    return Err(JobError::new(format!(
+                        "source.{key}: set along with [[tables]] (expected each table in its own [[tables]] entry)"
+                    )));
+                }
+            }
+        }
+        let mut jobs: Vec<Job> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let toml::Value::Table(entry) = entry else {
+                return Err(JobError::new(format!("tables[{i}]: is not a table")));
+            };
+            let mut one = doc.clone();
+            for (key, value) in entry {
+                let section =
+                    |one: &mut toml::Table, name: &str| -> Result<toml::Table, JobError> {
+                        match one.remove(name) {
+                            None => Ok(toml::Table::new()),
+                            Some(toml::Value::Table(t)) => Ok(t),
+                            Some(_) => Err(JobError::new(format!("{name}: is not a section"))),
+                        }
+                    };
+                if TABLE_SOURCE_KEYS.contains(&key.as_str()) {
+                    let mut source = section(&mut one, "source")?;
+                    source.insert(key, value);
+                    one.insert("source".to_string(), toml::Value::Table(source));
+                } else if key == "target" {
+                    let mut target = section(&mut one, "target")?;
+                    let toml::Value::Table(keys) = value else {
+                        return Err(JobError::new(format!("tables[{i}].target: is not a table")));
+                    };
+                    target.extend(keys);
+                    one.insert("target".to_string(), toml::Value::Table(target));
+                } else if TABLE_SECTIONS.contains(&key.as_str()) {
+                    one.insert(key, value);
+                } else {
+                    return Err(JobError::new(format!(
+                        "tables[{i}].{key}: unknown key (expected one of: {}, {})",
+                        TABLE_SOURCE_KEYS.join(", "),
+                        TABLE_SECTIONS.join(", ")
+                    )));
+                }
+            }
+            let raw: RawJob =
+                serde_path_to_error::deserialize(toml::Value::Table(one)).map_err(|e| {
+                    JobError::new(format!(
+                        "tables[{i}]: {}: {}",
+                        e.path(),
+                        e.inner().message().trim()
+                    ))
+                })?;
+            let job = Job::from_raw(raw).map_err(|e| JobError::new(format!("tables[{i}]: {e}")))?;
+            if let Some(j) = jobs.iter().position(|other| {
+                other.target.table == job.target.table && other.target.url == job.target.url
+            }) {
+                return Err(JobError::new(format!(
+                    "tables[{i}].target.table: {} is also the target of tables[{j}] (expected one entry per target table)",
+                    job.target.table
+                )));
+            }
+            jobs.push(job);
+        }
+        if concurrent {
+            // One budget: the connections of `run.parallelism` (default 4), shared.
+            let total = jobs[0].parallelism.unwrap_or(DEFAULT_QUEUED_PARALLELISM);
+            let each = (total / u32::try_from(jobs.len()).unwrap_or(u32::MAX)).max(1);
+            for job in &mut jobs {
+                job.parallelism = Some(each);
+            }
+        }
+        Ok(JobSet { jobs, concurrent })
+    }
+}
+
 /// Sets `section.key` (or `section.key.sub`...) in the parsed file. The value is
 /// read as a TOML value when it is one (`8`, `true`, `2021-03-01`, `["a"]`) and as
 /// a string otherwise.

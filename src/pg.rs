@@ -694,6 +694,11 @@ pub async fn try_lock_table(
     .with_context(|| format!("taking the run lock on {table}"))
 }
 
+/// One `boolean` from a query.
+pub async fn scalar_bool(conn: &mut PgConnection, sql: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar(sql).fetch_one(conn).await
+}
+
 /// One `bigint` from a query.
 pub async fn scalar_i64(conn: &mut PgConnection, sql: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar(sql).fetch_one(conn).await

@@ -453,6 +453,95 @@ pub fn render_verify(results: &[Verified], verify: crate::job::Verify) -> String
     out
 }
 
+/// The summary of a job file's tables, after each table's own: one line each.
+pub fn render_tables(tables: &[(String, Option<&Summary>, u8)], elapsed: Duration) -> String {
+    let mut out = String::new();
+    let ok = tables
+        .iter()
+        .filter(|t| t.2 == crate::error::exit::OK)
+        .count();
+    let rows: u64 = tables.iter().filter_map(|t| t.1).map(Summary::rows).sum();
+    let bytes: u64 = tables.iter().filter_map(|t| t.1).map(Summary::bytes).sum();
+    let _ = writeln!(
+        out,
+        "\ntables {ok} of {} done   rows {}   bytes {}   elapsed {}",
+        tables.len(),
+        group(rows),
+        human_bytes(bytes),
+        human_duration(elapsed)
+    );
+    let width = tables.iter().map(|t| t.0.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>12}  {:>12}  status",
+        "table", "partitions", "rows"
+    );
+    for (table, summary, code) in tables {
+        let (partitions, rows) = match summary {
+            Some(s) => (
+                format!("{} of {}", s.committed().len(), s.partitions.len()),
+                group(s.rows()),
+            ),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let status = match (*code, summary) {
+            (crate::error::exit::OK, Some(_)) => "copied",
+            (crate::error::exit::OK, None) => "nothing to do",
+            (crate::error::exit::INTERRUPTED, _) => "interrupted",
+            (crate::error::exit::BAD_JOB, _) => "invalid",
+            _ => "FAILED",
+        };
+        let _ = writeln!(
+            out,
+            "{table:<width$}  {partitions:>12}  {rows:>12}  {status}"
+        );
+    }
+    out
+}
+
+/// `--summary-json` of several tables: the totals, with each table's document
+/// (`summary_json` plus `table`) under `tables`.
+pub fn tables_json(
+    tables: &[serde_json::Value],
+    exit_code: u8,
+    elapsed: Duration,
+) -> serde_json::Value {
+    use crate::error::exit;
+    let sum = |field: &str| -> u64 { tables.iter().filter_map(|t| t[field].as_u64()).sum() };
+    let partitions = |field: &str| -> u64 {
+        tables
+            .iter()
+            .filter_map(|t| t["partitions"][field].as_u64())
+            .sum()
+    };
+    let status = match exit_code {
+        exit::OK if tables.iter().all(|t| t["status"] == "nothing_to_do") => "nothing_to_do",
+        exit::OK => "succeeded",
+        exit::BAD_JOB => "invalid_job",
+        exit::INTERRUPTED => "interrupted",
+        _ => "failed",
+    };
+    serde_json::json!({
+        "schema_version": 1,
+        "status": status,
+        "exit_code": exit_code,
+        "partitions": {
+            "total": partitions("total"),
+            "written": partitions("written"),
+            "skipped": partitions("skipped"),
+            "failed": partitions("failed"),
+            "rolled_back": partitions("rolled_back"),
+            "not_started": partitions("not_started"),
+        },
+        "rows": sum("rows"),
+        "bytes": sum("bytes"),
+        "seconds": elapsed.as_secs_f64(),
+        "retries": sum("retries"),
+        "error": tables.iter().find_map(|t| t["error"].as_str()),
+        "tables": tables,
+    })
+}
+
 /// The run's summary for machines (`--summary-json`). The schema is stable and
 /// documented in the README; `schema_version` changes if a field changes meaning.
 pub fn summary_json(

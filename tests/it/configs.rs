@@ -110,6 +110,37 @@ fn expectation(config: &toml::Table) -> Expectation {
     }
 }
 
+/// One expectation per table: a config's `[[tables]]` entries, each made of the
+/// file's sections with the entry's keys filled in, as stride reads them.
+fn expectations(config: &toml::Table) -> Vec<Expectation> {
+    let Some(entries) = config.get("tables").and_then(|t| t.as_array()) else {
+        return vec![expectation(config)];
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let mut one = config.clone();
+            one.remove("tables");
+            for (key, value) in entry.as_table().unwrap() {
+                match key.as_str() {
+                    "partition" | "incremental" => {
+                        one.insert(key.clone(), value.clone());
+                    }
+                    "target" => {
+                        let target = one["target"].as_table_mut().unwrap();
+                        target.extend(value.as_table().unwrap().clone());
+                    }
+                    _ => {
+                        let source = one["source"].as_table_mut().unwrap();
+                        source.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            expectation(&one)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_config_plans_and_runs_as_shipped() {
     let files = config_files();
@@ -129,7 +160,7 @@ async fn every_config_plans_and_runs_as_shipped() {
             "{name}: source.url and target.url should come from ${{SOURCE_URL}} and ${{TARGET_URL}}"
         );
         let config: toml::Table = contents.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expect = expectation(&config);
+        let expects = expectations(&config);
         let target = TestDb::new("configs_dst").await;
         let envs = [
             ("SOURCE_URL", source.url.as_str()),
@@ -145,8 +176,9 @@ async fn every_config_plans_and_runs_as_shipped() {
             .lines()
             .filter(|l| l.trim_start().starts_with("SELECT "))
             .count();
+        let partitions_total: usize = expects.iter().map(|e| e.partitions).sum();
         assert_eq!(
-            selects, expect.partitions,
+            selects, partitions_total,
             "{name}: plan shows {selects} partition queries\n{stdout}"
         );
         let out = stride(&["plan", "--format", "json", path], &envs);
@@ -157,22 +189,30 @@ async fn every_config_plans_and_runs_as_shipped() {
                 text(&out)
             )
         });
-        let partitions = plan["partitions"].as_array().expect("partitions");
-        assert_eq!(partitions.len(), expect.partitions, "{name}: {plan}");
-        let mut planned_rows = 0;
-        for p in partitions {
-            let sql = p["sql"].as_str().expect("sql");
-            assert!(
-                stdout.contains(sql),
-                "{name}: text and JSON plans differ on {sql}"
+        // Several tables plan as a list of documents, one per table.
+        let docs = match &plan {
+            serde_json::Value::Array(docs) => docs.clone(),
+            doc => vec![doc.clone()],
+        };
+        assert_eq!(docs.len(), expects.len(), "{name}: {plan}");
+        for (doc, expect) in docs.iter().zip(&expects) {
+            let partitions = doc["partitions"].as_array().expect("partitions");
+            assert_eq!(partitions.len(), expect.partitions, "{name}: {doc}");
+            let mut planned_rows = 0;
+            for p in partitions {
+                let sql = p["sql"].as_str().expect("sql");
+                assert!(
+                    stdout.contains(sql),
+                    "{name}: text and JSON plans differ on {sql}"
+                );
+                planned_rows += source.count(&format!("({sql}) AS p")).await;
+            }
+            let source_rows = source.count(&format!("{} AS s", expect.source_rows)).await;
+            assert_eq!(
+                planned_rows, source_rows,
+                "{name}: the partitions' queries read {planned_rows} rows of {source_rows}"
             );
-            planned_rows += source.count(&format!("({sql}) AS p")).await;
         }
-        let source_rows = source.count(&format!("{} AS s", expect.source_rows)).await;
-        assert_eq!(
-            planned_rows, source_rows,
-            "{name}: the partitions' queries read {planned_rows} rows of {source_rows}"
-        );
         assert_eq!(
             target
                 .scalar_i64(
@@ -186,59 +226,65 @@ async fn every_config_plans_and_runs_as_shipped() {
         // run: the target holds exactly the source's rows, and again after a rerun.
         let out = stride(&["run", path], &envs);
         assert_exit(&out, 0);
-        let expected = source.checksum(&expect.source_rows).await;
-        assert_eq!(expected.0, source_rows);
-        assert_eq!(
-            target.checksum(&expect.target_rows).await,
-            expected,
-            "{name}: target differs from source"
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains(&format!("partitions {0} written of {0}", expect.partitions)),
-            "{name}: {stdout}"
-        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut expected = Vec::new();
+        for expect in &expects {
+            let rows = source.checksum(&expect.source_rows).await;
+            assert_eq!(
+                target.checksum(&expect.target_rows).await,
+                rows,
+                "{name}: target {} differs from source",
+                expect.target_rows
+            );
+            assert!(
+                stdout.contains(&format!("partitions {0} written of {0}", expect.partitions)),
+                "{name}: {stdout}"
+            );
+            expected.push(rows);
+        }
         // A rerun: truncate copies afresh, replace loads and swaps in a new table,
         // overwrite creates the table again and upsert syncs again, all leaving the
         // same rows; an incremental job finds nothing new; a finished append job
-        // has nothing to do; error-if-exists
-        // refuses the table its first run filled. Either way the rows stay equal.
+        // has nothing to do; error-if-exists refuses the table its first run
+        // filled. Either way the rows stay equal.
         let out = stride(&["run", path], &envs);
-        match expect.mode.as_str() {
-            _ if expect.incremental => {
-                assert_exit(&out, 0);
-                assert!(
-                    String::from_utf8_lossy(&out.stdout).contains("rows 0 "),
-                    "{name}: an incremental rerun with nothing new copies nothing\n{}",
-                    text(&out)
-                );
+        for (expect, rows) in expects.iter().zip(&expected) {
+            match expect.mode.as_str() {
+                _ if expect.incremental => {
+                    assert_exit(&out, 0);
+                    assert!(
+                        String::from_utf8_lossy(&out.stdout).contains("rows 0 "),
+                        "{name}: an incremental rerun with nothing new copies nothing\n{}",
+                        text(&out)
+                    );
+                }
+                "truncate" | "upsert" | "overwrite" => assert_exit(&out, 0),
+                "replace" => {
+                    assert_exit(&out, 0);
+                    let stage = target
+                        .scalar_i64(
+                            "SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_stride\\_stage' AND relnamespace = 'public'::regnamespace",
+                        )
+                        .await;
+                    assert_eq!(stage, 0, "{name}: the staging table was left behind");
+                }
+                "append" => {
+                    assert_exit(&out, 0);
+                    assert!(
+                        String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
+                        "{name}: {}",
+                        text(&out)
+                    );
+                }
+                "error-if-exists" => assert_exit(&out, 2),
+                other => panic!("{name}: no rerun expectation for mode {other:?}"),
             }
-            "truncate" | "upsert" | "overwrite" => assert_exit(&out, 0),
-            "replace" => {
-                assert_exit(&out, 0);
-                let stage = target
-                    .scalar_i64(
-                        "SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_stride\\_stage' AND relnamespace = 'public'::regnamespace",
-                    )
-                    .await;
-                assert_eq!(stage, 0, "{name}: the staging table was left behind");
-            }
-            "append" => {
-                assert_exit(&out, 0);
-                assert!(
-                    String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
-                    "{name}: {}",
-                    text(&out)
-                );
-            }
-            "error-if-exists" => assert_exit(&out, 2),
-            other => panic!("{name}: no rerun expectation for mode {other:?}"),
+            assert_eq!(
+                &target.checksum(&expect.target_rows).await,
+                rows,
+                "{name}: rerun in {} mode",
+                expect.mode
+            );
         }
-        assert_eq!(
-            target.checksum(&expect.target_rows).await,
-            expected,
-            "{name}: rerun in {} mode",
-            expect.mode
-        );
     }
 }

@@ -21,5 +21,6 @@ mod slices;
 mod slots;
 mod standby;
 mod strategies;
+mod tables;
 mod types;
 mod unattended;
