@@ -550,21 +550,8 @@ pub fn stride_ranges(lower: i64, upper: i64, count: u32) -> Vec<KeyRange> {
         let b = i128::from(lower) + i * step + i.min(extra);
         i64::try_from(b).expect("an inner boundary lies between two i64 values")
     };
-    let mut ranges = Vec::new();
-    let mut previous = None;
-    for i in 1..n {
-        let b = boundary(i);
-        ranges.push(KeyRange {
-            lower: previous,
-            upper: Some(b),
-        });
-        previous = Some(b);
-    }
-    ranges.push(KeyRange {
-        lower: previous,
-        upper: None,
-    });
-    ranges
+    let boundaries: Vec<i64> = (1..n).map(boundary).collect();
+    ranges_between(&boundaries)
 }
 
 /// Ranges between ascending `boundaries`: `[(None, b0), (b0, b1), ...,

@@ -411,6 +411,44 @@ impl Plan {
         }
         self.retarget(table);
     }
+
+    /// Whether each partition's rows can be found on the target by its range
+    /// (not with block ranges): what verify per partition and repair need.
+    pub fn partitions_comparable(&self) -> bool {
+        !matches!(self.cut, Cut::Ctid { .. })
+    }
+
+    /// What verify compares: the partitions, or with block ranges the whole of
+    /// what the job reads against the whole target (within an incremental
+    /// window, which every partition's target side carries).
+    pub fn compared(&self) -> Vec<PlannedPartition> {
+        if self.partitions_comparable() {
+            return self.partitions.clone();
+        }
+        let first = &self.partitions[0];
+        vec![PlannedPartition {
+            index: 0,
+            range: KeyRange {
+                lower: None,
+                upper: None,
+            },
+            describe: "all blocks, as a whole".to_string(),
+            select: self.whole_select.clone(),
+            target_predicate: first.target_predicate.clone(),
+            target_select: first.target_select.clone(),
+        }]
+    }
+
+    /// Largest over smallest of `estimates` (each at least 1 row), the skew a
+    /// plan shows before copying; `None` for fewer than two partitions.
+    pub fn spread(estimates: &[i64]) -> Option<f64> {
+        if estimates.len() < 2 {
+            return None;
+        }
+        let max = estimates.iter().copied().max()?.max(1);
+        let min = estimates.iter().copied().min()?.max(1);
+        Some(max as f64 / min as f64)
+    }
 }
 
 /// Builds the plan of the stride strategy. `bounds` are the job's, or the
@@ -494,46 +532,6 @@ pub fn build_cut(
         ),
         requested_partitions: requested,
         partitions,
-    }
-}
-
-impl Plan {
-    /// Whether each partition's rows can be found on the target by its range
-    /// (not with block ranges): what verify per partition and repair need.
-    pub fn partitions_comparable(&self) -> bool {
-        !matches!(self.cut, Cut::Ctid { .. })
-    }
-
-    /// What verify compares: the partitions, or with block ranges the whole of
-    /// what the job reads against the whole target (within an incremental
-    /// window, which every partition's target side carries).
-    pub fn compared(&self) -> Vec<PlannedPartition> {
-        if self.partitions_comparable() {
-            return self.partitions.clone();
-        }
-        let first = &self.partitions[0];
-        vec![PlannedPartition {
-            index: 0,
-            range: KeyRange {
-                lower: None,
-                upper: None,
-            },
-            describe: "all blocks, as a whole".to_string(),
-            select: self.whole_select.clone(),
-            target_predicate: first.target_predicate.clone(),
-            target_select: first.target_select.clone(),
-        }]
-    }
-
-    /// Largest over smallest of `estimates` (each at least 1 row), the skew a
-    /// plan shows before copying; `None` for fewer than two partitions.
-    pub fn spread(estimates: &[i64]) -> Option<f64> {
-        if estimates.len() < 2 {
-            return None;
-        }
-        let max = estimates.iter().copied().max()?.max(1);
-        let min = estimates.iter().copied().min()?.max(1);
-        Some(max as f64 / min as f64)
     }
 }
 
