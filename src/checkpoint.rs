@@ -94,6 +94,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("mark_from", "bigint"),
     ("mark_to", "bigint"),
     ("boundaries", "bigint[]"),
+    ("deferred_indexes", "text[]"),
 ];
 
 /// How many of the added columns the checkpoint table has: all of them, and it
@@ -143,6 +144,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     mark_from bigint,
     mark_to bigint,
     boundaries bigint[],
+    deferred_indexes text[],
     PRIMARY KEY (fingerprint, partition)
 );
 {}
@@ -177,40 +179,63 @@ pub fn target_oid_sql(target_table: &QualifiedName) -> String {
     )
 }
 
-/// The run row: the bounds the run planned with, so a resumed run plans the same
-/// partitions even when its bounds come from the source's min and max, and an
-/// incremental run's window (whose upper end becomes the high-water mark once the
-/// run finishes).
+/// What the run row records beyond its identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunRecord<'a> {
+    /// The bounds the run planned with, so a resumed run plans the same
+    /// partitions even when its bounds come from the source's min and max.
+    pub bounds: Option<&'a Bounds>,
+    pub partitions: usize,
+    /// An incremental run's window (its upper end becomes the high-water mark
+    /// once the run finishes).
+    pub window: Option<&'a Window>,
+    /// The quantile strategy's boundaries.
+    pub boundaries: Option<&'a [i64]>,
+    /// `CREATE INDEX` statements of the secondary indexes dropped for the copy
+    /// (`target.defer_indexes`), built again when the run closes.
+    pub deferred_indexes: &'a [String],
+}
+
+/// The run row.
 pub fn record_run_sql(
     table: &QualifiedName,
     fingerprint: &str,
     target_table: &QualifiedName,
-    bounds: Option<&Bounds>,
-    partitions: usize,
-    window: Option<&Window>,
-    boundaries: Option<&[i64]>,
+    record: &RunRecord,
 ) -> String {
     let number = |v: Option<i64>| v.map_or_else(|| "NULL".to_string(), |v| v.to_string());
+    let bounds = record.bounds;
     let (lower, upper) = (
         number(bounds.map(|b| b.lower)),
         number(bounds.map(|b| b.upper)),
     );
-    let (first, from, to) = match window {
+    let (first, from, to) = match record.window {
         Some(w) => (w.first.to_string(), number(w.since), number(w.until)),
         None => ("NULL".to_string(), "NULL".to_string(), "NULL".to_string()),
     };
-    let boundaries = boundaries.map_or_else(
+    let boundaries = record.boundaries.map_or_else(
         || "NULL".to_string(),
         |b| {
             let list: Vec<String> = b.iter().map(i64::to_string).collect();
             format!("'{{{}}}'::int8[]", list.join(","))
         },
     );
+    let deferred = if record.deferred_indexes.is_empty() {
+        "NULL".to_string()
+    } else {
+        let list: Vec<String> = record
+            .deferred_indexes
+            .iter()
+            .map(|d| quote_literal(d))
+            .collect();
+        format!("ARRAY[{}]::text[]", list.join(", "))
+    };
     format!(
-        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries) \
-         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {partitions}, {}, {first}, {from}, {to}, {boundaries})",
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {}, {}, {first}, {from}, {to}, {boundaries}, {deferred})",
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
+        record.partitions,
         target_oid_sql(target_table),
     )
 }
@@ -340,8 +365,17 @@ mod tests {
             origin: crate::plan::BoundsOrigin::Source,
         };
         assert_eq!(
-            record_run_sql(&t, "abc", &target, Some(&b), 3, None, None),
-            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL, NULL)"
+            record_run_sql(
+                &t,
+                "abc",
+                &target,
+                &RunRecord {
+                    bounds: Some(&b),
+                    partitions: 3,
+                    ..RunRecord::default()
+                }
+            ),
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL, NULL, NULL)"
         );
         let w = Window {
             first: false,
@@ -349,8 +383,20 @@ mod tests {
             until: None,
         };
         assert!(
-            record_run_sql(&t, "abc", &target, None, 1, Some(&w), Some(&[-3, 5])).ends_with(
-                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL, '{-3,5}'::int8[])"
+            record_run_sql(
+                &t,
+                "abc",
+                &target,
+                &RunRecord {
+                    partitions: 1,
+                    window: Some(&w),
+                    boundaries: Some(&[-3, 5]),
+                    deferred_indexes: &["CREATE INDEX i ON t (a's)".to_string()],
+                    ..RunRecord::default()
+                }
+            )
+            .ends_with(
+                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL, '{-3,5}'::int8[], ARRAY['CREATE INDEX i ON t (a''s)']::text[])"
             )
         );
         assert_eq!(

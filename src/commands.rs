@@ -179,6 +179,18 @@ fn load_jobs(path: &Path, overrides: &[(String, String)]) -> Result<JobSet> {
     Ok(set)
 }
 
+/// An error of a job file's `[[tables]]` entry `i`, named as such (a job error
+/// stays one: exit 2).
+fn in_entry(many: bool, i: usize, e: anyhow::Error) -> anyhow::Error {
+    if !many {
+        return e;
+    }
+    match e.downcast::<JobError>() {
+        Ok(job) => JobError::new(format!("tables[{i}]: {job}")).into(),
+        Err(e) => e.context(format!("tables[{i}]")),
+    }
+}
+
 /// A step of a run over every table of the job file. All are checked (and
 /// connected) first, so a bad entry exits 2 before any table is written; then
 /// they run one after the other, stopping at the first that does not succeed, or
@@ -193,8 +205,13 @@ async fn run_tables(
     let many = set.jobs.len() > 1;
     let started = Instant::now();
     let mut prepared = Vec::with_capacity(set.jobs.len());
-    for job in set.jobs {
-        prepared.push(prepare(job).await?);
+    for (i, job) in set.jobs.into_iter().enumerate() {
+        let checked = async {
+            let p = prepare(job).await?;
+            check_before_writing(&p.job, &p.target, opts).await?;
+            anyhow::Ok(p)
+        };
+        prepared.push(checked.await.map_err(|e| in_entry(many, i, e))?);
     }
     if !many {
         let one = prepared.pop().expect("a job set holds at least one job");
@@ -769,6 +786,31 @@ enum Start {
     Refuse { usage: bool, message: String },
 }
 
+/// Whether an unfinished run's committed partitions may be kept when the rest
+/// is copied from a newer snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resumable {
+    /// Yes: each partition is a range of values, the same in any snapshot.
+    Yes,
+    /// No (block ranges: an updated row moves to another block), but starting
+    /// over is exact: the mode empties the target, or upserts.
+    StartOver,
+    /// No, and starting over would add the committed partitions' rows again.
+    No,
+}
+
+impl Resumable {
+    fn of(job: &Job) -> Resumable {
+        match (plan::strategy(job), job.target.mode) {
+            (Strategy::Stride | Strategy::Quantile, _) => Resumable::Yes,
+            (_, Mode::Truncate | Mode::Replace | Mode::Overwrite | Mode::Upsert) => {
+                Resumable::StartOver
+            }
+            (_, Mode::Append | Mode::ErrorIfExists) => Resumable::No,
+        }
+    }
+}
+
 /// Decides how a step starts, from the run recorded for this job (`earlier`) and
 /// the target table's OID now. `finished_is_final`: a finished run is not repeated
 /// without `--restart` (append mode, not incremental).
@@ -779,6 +821,7 @@ fn decide(
     restart: bool,
     full_refresh: bool,
     finished_is_final: bool,
+    resumable: Resumable,
 ) -> Start {
     let starts_runs = matches!(step, Step::Whole | Step::Prepare);
     let Some(run) = earlier else {
@@ -839,11 +882,21 @@ fn decide(
             )),
         };
     }
-    match step {
-        Step::Prepare => Start::Nothing(format!(
+    match (step, resumable) {
+        (Step::Prepare, _) => Start::Nothing(format!(
             "already prepared: {} of {partitions} are copied; run the shards, then `stride finish` (or prepare --restart to start over)",
             run.done.len()
         )),
+        (Step::Whole, Resumable::StartOver) if !run.done.is_empty() => {
+            Start::New { forget: true }
+        }
+        (Step::Whole, Resumable::No) if !run.done.is_empty() => Start::Refuse {
+            usage: false,
+            message: format!(
+                "the unfinished earlier run of this job committed {} of {partitions} by block range (strategy \"ctid\") in another snapshot, and the rest cannot be copied from a new one without copying updated rows twice or missing them: remove its rows from the target and run with --restart (or use mode \"truncate\", which starts over by itself)",
+                run.done.len()
+            ),
+        },
         _ => Start::Resume,
     }
 }
@@ -867,18 +920,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         fit,
         parallelism,
     } = prepared;
-    if opts.full_refresh && job.incremental.is_none() {
-        return Err(JobError::new(
-            "--full-refresh: the job has no [incremental] section, so there is no mark to ignore (expected --restart to copy everything again)",
-        )
-        .into());
-    }
-    if step != Step::Whole && job.checkpoint_table.is_none() {
-        return Err(JobError::new(
-            "run.checkpoint: false, but shards, `stride prepare` and `stride finish` share the run through the checkpoint table (expected checkpoint = true)",
-        )
-        .into());
-    }
+    check_before_writing(&job, &target, opts).await?;
 
     // The coordinator's transaction pins the snapshot for the whole run; bounds read
     // from the source and the row estimate come from that same snapshot.
@@ -898,6 +940,8 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // start runs; the others only read it).
     let fingerprint = checkpoint::fingerprint(&job);
     if matches!(step, Step::Whole | Step::Prepare) {
+        // Again under the lock: a run may have ended (or a view been created)
+        // since the checks before writing.
         refuse_existing_rows(&target, &job, &fingerprint, opts.restart).await?;
         refuse_dependants(&target, &job, &fingerprint, opts.restart).await?;
     }
@@ -952,6 +996,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         opts.restart,
         opts.full_refresh,
         job.target.mode == Mode::Append && job.incremental.is_none(),
+        Resumable::of(&job),
     );
     let (fresh, forget) = match start {
         Start::Nothing(message) => {
@@ -971,7 +1016,13 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         Start::Resume => (false, false),
         Start::New { forget } => {
             if let (true, Some(run)) = (forget, &earlier) {
-                if run.target_oid != target_oid {
+                if !run.finished && !opts.restart && Resumable::of(&job) == Resumable::StartOver {
+                    info!(
+                        "the unfinished earlier run copied block ranges in another snapshot: starting over ({} of {} partitions again)",
+                        run.done.len(),
+                        run.partitions
+                    );
+                } else if run.target_oid != target_oid {
                     info!("the earlier run of this job wrote into a table that is gone: starting afresh");
                 } else if opts.restart
                     && job.target.mode == Mode::Append
@@ -1049,7 +1100,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             &plan,
             window.as_ref(),
             opts,
-            forget,
+            earlier.as_ref().filter(|_| forget),
             &into,
         )
         .await?;
@@ -1234,6 +1285,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         }
     }
     if step == Step::Whole && summary.succeeded() && problems.is_empty() {
+        restore_indexes(&job, &fingerprint, &target).await?;
         if let Some(conn) = coordinator.as_mut() {
             if let Some(problem) = verify_run(&job, &plan, &fit, conn, &target, &say).await? {
                 problems.push(problem);
@@ -1308,6 +1360,36 @@ enum Coverage {
     NotCounted(PoolConnection<Postgres>),
 }
 
+/// What a step refuses before it writes anything: checked for every table of a
+/// job file before any table is written (and by each run again).
+async fn check_before_writing(job: &Job, target: &PgPool, opts: &RunOptions) -> Result<()> {
+    if opts.full_refresh && job.incremental.is_none() {
+        return Err(JobError::new(
+            "--full-refresh: the job has no [incremental] section, so there is no mark to ignore (expected --restart to copy everything again)",
+        )
+        .into());
+    }
+    if opts.step != Step::Whole && job.checkpoint_table.is_none() {
+        return Err(JobError::new(
+            "run.checkpoint: false, but shards, `stride prepare` and `stride finish` share the run through the checkpoint table (expected checkpoint = true)",
+        )
+        .into());
+    }
+    if matches!(opts.step, Step::Shard(_) | Step::Prepare) && plan::strategy(job) == Strategy::Ctid
+    {
+        return Err(JobError::new(
+            "partition.strategy: \"ctid\" block ranges are exact only within one snapshot, and each shard reads its own (an updated row moves to another block) (expected strategy \"stride\" or \"quantile\" for shards)",
+        )
+        .into());
+    }
+    if matches!(opts.step, Step::Whole | Step::Prepare) {
+        let fingerprint = checkpoint::fingerprint(job);
+        refuse_existing_rows(target, job, &fingerprint, opts.restart).await?;
+        refuse_dependants(target, job, &fingerprint, opts.restart).await?;
+    }
+    Ok(())
+}
+
 /// The window of a new incremental run: after the recorded run `after` (if it
 /// is to be followed), up to the mark column's largest value in the coordinator's
 /// snapshot.
@@ -1356,9 +1438,10 @@ async fn start_run(
     plan: &Plan,
     window: Option<&Window>,
     opts: &RunOptions,
-    forget: bool,
+    earlier: Option<&pg::RecordedRun>,
     into: &QualifiedName,
 ) -> Result<()> {
+    let forget = earlier.is_some();
     let table = &job.target.table;
     let mode = job.target.mode;
     if !fit.exists && !matches!(mode, Mode::Replace | Mode::Overwrite) {
@@ -1407,17 +1490,38 @@ async fn start_run(
         _ if empties => statements.push(format!("TRUNCATE TABLE {table}")),
         _ => {}
     }
+    // Deferred indexes: dropped with the TRUNCATE, their definitions recorded in
+    // the run row in the same transaction (with those an earlier, unfinished run
+    // dropped), so whatever happens next, closing the run builds them again.
+    let mut deferred: Vec<String> = earlier
+        .map(|r| r.deferred_indexes.clone())
+        .unwrap_or_default();
+    if job.target.defer_indexes && fit.exists {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        for (name, definition) in pg::secondary_indexes(&mut conn, table).await? {
+            statements.push(format!("DROP INDEX {name}"));
+            if !deferred.contains(&definition) {
+                deferred.push(definition);
+            }
+        }
+    }
     if let Some(cp) = &job.checkpoint_table {
         statements.push(checkpoint::record_run_sql(
             cp,
             &fingerprint,
             into,
-            plan.bounds.as_ref(),
-            plan.partitions.len(),
-            window,
-            match &plan.cut {
-                Cut::Quantile { boundaries, .. } => Some(boundaries.as_slice()),
-                _ => None,
+            &checkpoint::RunRecord {
+                bounds: plan.bounds.as_ref(),
+                partitions: plan.partitions.len(),
+                window,
+                boundaries: match &plan.cut {
+                    Cut::Quantile { boundaries, .. } => Some(boundaries.as_slice()),
+                    _ => None,
+                },
+                deferred_indexes: &deferred,
             },
         ));
     }
@@ -1436,6 +1540,50 @@ async fn start_run(
         _ if empties => info!("truncated target table {table}"),
         _ => {}
     }
+    Ok(())
+}
+
+/// Builds the secondary indexes the run dropped (`target.defer_indexes`) again,
+/// once every partition is in, as many at once as the run copies partitions (the
+/// target pool holds one connection more, for the lock). Each statement is `CREATE
+/// INDEX IF NOT EXISTS`, so a restore that was interrupted goes on where it
+/// stopped.
+async fn restore_indexes(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> {
+    let parallelism = target.options().get_max_connections().saturating_sub(1) as usize;
+    let Some(cp) = &job.checkpoint_table else {
+        return Ok(());
+    };
+    let deferred = {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        pg::deferred_indexes(&mut conn, cp, fingerprint).await?
+    };
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let builds = futures_util::stream::iter(deferred.iter().map(|definition| async move {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        pg::execute(&mut conn, definition)
+            .await
+            .with_context(|| format!("building a deferred index again: {definition}"))
+    }));
+    let results: Vec<Result<()>> = futures_util::StreamExt::collect(
+        futures_util::StreamExt::buffer_unordered(builds, parallelism.max(1)),
+    )
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    info!(
+        "built {} deferred indexes of {} again in {}",
+        deferred.len(),
+        job.target.table,
+        report::human_duration(started.elapsed())
+    );
     Ok(())
 }
 
@@ -1558,6 +1706,7 @@ async fn finish_run(
             missing.join(", ")
         ));
     }
+    restore_indexes(job, fingerprint, target).await?;
     if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say).await? {
         eprintln!("error: {problem}");
         return Ok(exit::FAILED);
@@ -1753,11 +1902,12 @@ async fn verify(args: &VerifyArgs, overrides: &[(String, String)], quiet: bool) 
     let set = load_jobs(&args.job, overrides)?;
     let many = set.jobs.len() > 1;
     let mut code = exit::OK;
-    for job in set.jobs {
+    for (i, job) in set.jobs.into_iter().enumerate() {
         if many {
             println!("== table {}", job.target.table);
         }
-        code = code.max(verify_job(job, args, quiet).await?);
+        let verified = verify_job(job, args, quiet).await;
+        code = code.max(verified.map_err(|e| in_entry(many, i, e))?);
     }
     Ok(code)
 }
@@ -1787,6 +1937,12 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         (None, verify) => verify,
     };
     let by = effective_verify(by, &fit);
+    // A repair takes the run's lock before it compares: a run ending in between
+    // would otherwise have its partitions replaced from an older snapshot.
+    let _lock = match args.repair {
+        true => Some(lock_target(&target, &job.target.table, false).await?),
+        false => None,
+    };
     let mut coordinator = source
         .acquire()
         .await
@@ -2059,11 +2215,14 @@ async fn plan_command(path: &Path, overrides: &[(String, String)], format: Forma
     let set = load_jobs(path, overrides)?;
     let many = set.jobs.len() > 1;
     let mut docs = Vec::new();
-    for job in set.jobs {
+    for (i, job) in set.jobs.into_iter().enumerate() {
         if many && format == Format::Text {
             println!("== table {}\n", job.target.table);
         }
-        if let Some(doc) = plan_job(job, format).await? {
+        if let Some(doc) = plan_job(job, format)
+            .await
+            .map_err(|e| in_entry(many, i, e))?
+        {
             docs.push(doc);
         }
     }
@@ -2248,11 +2407,11 @@ async fn init_command(args: &crate::cli::InitArgs) -> Result<u8> {
 async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
     let set = load_jobs(path, overrides)?;
     let many = set.jobs.len() > 1;
-    for job in set.jobs {
+    for (i, job) in set.jobs.into_iter().enumerate() {
         if many {
             println!("== table {}", job.target.table);
         }
-        check_job(job).await?;
+        check_job(job).await.map_err(|e| in_entry(many, i, e))?;
     }
     Ok(exit::OK)
 }
@@ -2325,7 +2484,7 @@ mod tests {
         }
     }
 
-    use super::{decide, Start, Step};
+    use super::{decide, Resumable, Start, Step};
     use crate::cli::Shard;
     use crate::pg::RecordedRun;
 
@@ -2339,6 +2498,7 @@ mod tests {
             failed_check: None,
             window: None,
             boundaries: None,
+            deferred_indexes: Vec::new(),
             done: (0..done).map(|i| (i, 10, 100)).collect(),
         }
     }
@@ -2352,13 +2512,32 @@ mod tests {
         let open = recorded(false, 7, 1);
         let closed = recorded(true, 7, 4);
         // No run recorded: whole runs and prepare start one, shards and finish refuse.
-        assert_eq!(decide(Step::Whole, none, Some(7), false, false, true), new);
         assert_eq!(
-            decide(Step::Prepare, none, Some(7), false, false, true),
+            decide(
+                Step::Whole,
+                none,
+                Some(7),
+                false,
+                false,
+                true,
+                Resumable::Yes
+            ),
+            new
+        );
+        assert_eq!(
+            decide(
+                Step::Prepare,
+                none,
+                Some(7),
+                false,
+                false,
+                true,
+                Resumable::Yes
+            ),
             new
         );
         for step in [shard, Step::Finish] {
-            match decide(step, none, Some(7), false, false, true) {
+            match decide(step, none, Some(7), false, false, true, Resumable::Yes) {
                 Start::Refuse {
                     usage: true,
                     message,
@@ -2371,26 +2550,66 @@ mod tests {
         // An unfinished run: resumed, except by prepare, which leaves it be.
         for step in [Step::Whole, shard, Step::Finish] {
             assert_eq!(
-                decide(step, Some(&open), Some(7), false, false, true),
+                decide(
+                    step,
+                    Some(&open),
+                    Some(7),
+                    false,
+                    false,
+                    true,
+                    Resumable::Yes
+                ),
                 Start::Resume
             );
         }
-        match decide(Step::Prepare, Some(&open), Some(7), false, false, true) {
+        match decide(
+            Step::Prepare,
+            Some(&open),
+            Some(7),
+            false,
+            false,
+            true,
+            Resumable::Yes,
+        ) {
             Start::Nothing(m) => {
                 assert!(m.starts_with("already prepared: 1 of 4 partitions"), "{m}")
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            decide(Step::Prepare, Some(&open), Some(7), true, false, true),
+            decide(
+                Step::Prepare,
+                Some(&open),
+                Some(7),
+                true,
+                false,
+                true,
+                Resumable::Yes
+            ),
             again
         );
         assert_eq!(
-            decide(Step::Whole, Some(&open), Some(7), false, true, false),
+            decide(
+                Step::Whole,
+                Some(&open),
+                Some(7),
+                false,
+                true,
+                false,
+                Resumable::Yes
+            ),
             again
         );
         // A finished run: final in append mode, followed by a new one otherwise.
-        match decide(Step::Whole, Some(&closed), Some(7), false, false, true) {
+        match decide(
+            Step::Whole,
+            Some(&closed),
+            Some(7),
+            false,
+            false,
+            true,
+            Resumable::Yes,
+        ) {
             Start::Nothing(m) => assert!(
                 m.contains("already finished") && m.contains("40 rows"),
                 "{m}"
@@ -2398,30 +2617,101 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            decide(Step::Whole, Some(&closed), Some(7), false, false, false),
+            decide(
+                Step::Whole,
+                Some(&closed),
+                Some(7),
+                false,
+                false,
+                false,
+                Resumable::Yes
+            ),
             again
         );
         assert_eq!(
-            decide(Step::Prepare, Some(&closed), Some(7), false, false, false),
+            decide(
+                Step::Prepare,
+                Some(&closed),
+                Some(7),
+                false,
+                false,
+                false,
+                Resumable::Yes
+            ),
             again
         );
         for step in [shard, Step::Finish] {
             assert!(matches!(
-                decide(step, Some(&closed), Some(7), false, false, false),
+                decide(
+                    step,
+                    Some(&closed),
+                    Some(7),
+                    false,
+                    false,
+                    false,
+                    Resumable::Yes
+                ),
                 Start::Nothing(_)
             ));
         }
         // The table was dropped since: a new run, or a refusal for shards and finish.
         assert_eq!(
-            decide(Step::Whole, Some(&open), Some(8), false, false, true),
+            decide(
+                Step::Whole,
+                Some(&open),
+                Some(8),
+                false,
+                false,
+                true,
+                Resumable::Yes
+            ),
             again
         );
         for step in [shard, Step::Finish] {
             assert!(matches!(
-                decide(step, Some(&open), None, false, false, true),
+                decide(step, Some(&open), None, false, false, true, Resumable::Yes),
                 Start::Refuse { usage: false, .. }
             ));
         }
+        // Block ranges are not resumed from a newer snapshot: started over where
+        // that is exact, refused where it would add rows twice.
+        assert_eq!(
+            decide(
+                Step::Whole,
+                Some(&open),
+                Some(7),
+                false,
+                false,
+                false,
+                Resumable::StartOver
+            ),
+            again
+        );
+        assert!(matches!(
+            decide(
+                Step::Whole,
+                Some(&open),
+                Some(7),
+                false,
+                false,
+                true,
+                Resumable::No
+            ),
+            Start::Refuse { usage: false, .. }
+        ));
+        let untouched = recorded(false, 7, 0);
+        assert_eq!(
+            decide(
+                Step::Whole,
+                Some(&untouched),
+                Some(7),
+                false,
+                false,
+                true,
+                Resumable::No
+            ),
+            Start::Resume
+        );
         // A run that failed its check is not resumed by anyone.
         let failed = RecordedRun {
             failed_check: Some("coverage".to_string()),
@@ -2429,7 +2719,15 @@ mod tests {
         };
         for step in [Step::Whole, shard, Step::Finish] {
             assert!(matches!(
-                decide(step, Some(&failed), Some(7), false, false, true),
+                decide(
+                    step,
+                    Some(&failed),
+                    Some(7),
+                    false,
+                    false,
+                    true,
+                    Resumable::Yes
+                ),
                 Start::Refuse { usage: false, .. }
             ));
         }

@@ -210,6 +210,7 @@ struct RawTarget {
     key: Option<Vec<String>>,
     on_conflict: Option<OnConflict>,
     reset_sequences: Option<bool>,
+    defer_indexes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -374,6 +375,9 @@ pub struct Target {
     /// Set sequences owned by target columns past their largest value after a
     /// successful run, so the target's own next insert does not collide.
     pub reset_sequences: bool,
+    /// Drop the target's secondary indexes when the run empties it and build them
+    /// again once every partition is in (truncate mode).
+    pub defer_indexes: bool,
 }
 
 /// `[incremental]`: each run copies only the rows whose `column` is above the
@@ -656,6 +660,10 @@ impl JobSet {
                     )));
                 }
             }
+            // `--set` wins over the entry's own keys too (run.tables was read above).
+            for (key, value) in overrides.iter().filter(|(k, _)| k != "run.tables") {
+                apply_override(&mut one, key, value)?;
+            }
             let raw: RawJob =
                 serde_path_to_error::deserialize(toml::Value::Table(one)).map_err(|e| {
                     JobError::new(format!(
@@ -883,6 +891,13 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         )));
     }
     let upsert = validate_upsert(raw.mode, raw.key, raw.on_conflict)?;
+    let defer_indexes = raw.defer_indexes.unwrap_or(false);
+    if defer_indexes && raw.mode != Mode::Truncate {
+        return Err(JobError::new(format!(
+            "target.defer_indexes: needs a target that starts empty, and mode is \"{}\" (expected mode = \"truncate\")",
+            raw.mode.as_str()
+        )));
+    }
     Ok(Target {
         url: parse_url("target.url", raw.url)?,
         table,
@@ -892,6 +907,7 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         batch_size: to_u32(batch_size),
         upsert,
         reset_sequences: raw.reset_sequences.unwrap_or(true),
+        defer_indexes,
     })
 }
 

@@ -567,6 +567,8 @@ pub struct RecordedRun {
     pub window: Option<crate::plan::Window>,
     /// The quantile strategy's boundaries.
     pub boundaries: Option<Vec<i64>>,
+    /// Secondary indexes dropped for the copy, to build again (`CREATE INDEX ...`).
+    pub deferred_indexes: Vec<String>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -586,7 +588,10 @@ pub async fn read_checkpoints(
                 (j->>'recorded_at')::timestamptz::text, (j->>'target_oid')::int8, j->>'failed_check', \
                 (j->>'mark_first')::boolean, (j->>'mark_from')::int8, (j->>'mark_to')::int8, \
                 CASE WHEN jsonb_typeof(j->'boundaries') = 'array' \
-                     THEN ARRAY(SELECT jsonb_array_elements_text(j->'boundaries')::int8) END \
+                     THEN ARRAY(SELECT jsonb_array_elements_text(j->'boundaries')::int8) END, \
+                CASE WHEN jsonb_typeof(j->'deferred_indexes') = 'array' \
+                     THEN ARRAY(SELECT jsonb_array_elements_text(j->'deferred_indexes')) \
+                     ELSE '{{}}'::text[] END \
          FROM (SELECT to_jsonb(c) AS j FROM {table} AS c WHERE fingerprint = $1) AS rows \
          ORDER BY 1"
     ))
@@ -616,6 +621,7 @@ pub async fn read_checkpoints(
                         until: row.get(12),
                     }),
                 boundaries: row.get(13),
+                deferred_indexes: row.get(14),
                 done: Vec::new(),
             });
         } else {
@@ -946,4 +952,46 @@ pub async fn swap_catalog(
         comment,
         index_renames,
     })
+}
+
+/// The secondary indexes of `table` that a copy may drop and build again: valid,
+/// not unique (a unique index keeps rejecting duplicates during the copy) and
+/// backing no constraint. Their definitions, as `CREATE INDEX IF NOT EXISTS`
+/// statements, and their schema-qualified names.
+pub async fn secondary_indexes(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND NOT i.indisunique \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
+         ORDER BY c.relname",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading the secondary indexes of {table}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, def)| {
+            (
+                name,
+                def.replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1),
+            )
+        })
+        .collect())
+}
+
+/// The indexes a run deferred, as its run row records them (none if it has no row).
+pub async fn deferred_indexes(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    fingerprint: &str,
+) -> Result<Vec<String>> {
+    Ok(read_checkpoints(conn, table, fingerprint)
+        .await?
+        .map(|run| run.deferred_indexes)
+        .unwrap_or_default())
 }

@@ -198,18 +198,20 @@ pub fn reading(job: &Job) -> (String, Option<&str>) {
     if source.sample.is_none() && source.limit.is_none() {
         return (source_from(&source.relation), user);
     }
-    let alias = quote_ident("source");
+    // An alias no column of the user's query is likely to share, so the whole-row
+    // tiebreak below means the row.
+    let alias = quote_ident("stride_slice");
     let sample = source.sample.map_or_else(String::new, |f| {
         format!(" TABLESAMPLE BERNOULLI ({}) REPEATABLE (0)", f * 100.0)
     });
     let (from, tiebreak) = match &source.relation {
         Relation::Table(name) => (
             format!("{name} AS {alias}{sample}"),
-            "tableoid, ctid".to_string(),
+            format!("{alias}.tableoid, {alias}.ctid"),
         ),
         Relation::Query(query) => (
             format!("{} AS {alias}", enclose(query)),
-            format!("{alias}::text"),
+            format!("ROW({alias}.*)::text"),
         ),
     };
     let limit = source.limit.map_or_else(String::new, |n| {
@@ -601,7 +603,11 @@ pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
 /// query, a view, a small table, or a source that is a slice already).
 pub fn sample_sql(job: &Job, key: &Key, percent: Option<f64>) -> String {
     let c = quote_ident(&key.column);
-    let sample = percent.map_or_else(String::new, |p| format!(" TABLESAMPLE BERNOULLI ({p})"));
+    // REPEATABLE: the same rows each time, so `plan` shows the boundaries a run
+    // over the same data will use.
+    let sample = percent.map_or_else(String::new, |p| {
+        format!(" TABLESAMPLE BERNOULLI ({p}) REPEATABLE (0)")
+    });
     format!(
         "SELECT CASE WHEN {} THEN {} END FROM {}{sample}{}",
         finite(key.key_type, &c),
@@ -1578,7 +1584,7 @@ mod tests {
         let job = job("");
         assert_eq!(
             sample_sql(&job, &key, Some(2.5)),
-            "SELECT CASE WHEN \"id\" IS NOT NULL THEN \"id\"::int8 END FROM \"public\".\"covid_cases\" TABLESAMPLE BERNOULLI (2.5)"
+            "SELECT CASE WHEN \"id\" IS NOT NULL THEN \"id\"::int8 END FROM \"public\".\"covid_cases\" TABLESAMPLE BERNOULLI (2.5) REPEATABLE (0)"
         );
         assert_eq!(
             blocks_sql(&QualifiedName::parse("public.t").unwrap()),

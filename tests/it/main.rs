@@ -10,6 +10,7 @@ mod copy;
 mod covid;
 mod examples;
 mod incremental;
+mod indexes;
 mod init;
 mod modes;
 mod props;

@@ -195,3 +195,62 @@ async fn strategies_refuse_what_they_cannot_do_before_writing() {
         0
     );
 }
+
+#[tokio::test]
+async fn ctid_runs_are_never_pieced_together_from_two_snapshots() {
+    let pair = Pair::new("strategies_ctid_snap").await;
+    seed(&pair.source).await;
+    // Shards read a snapshot each: refused before anything is written.
+    let shards = job(&pair, "strategy = \"ctid\"\ncount = 8");
+    let out = stride(&["prepare", shards.path.to_str().unwrap()], &[]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("\"ctid\" block ranges are exact only within one snapshot"),
+        "{}",
+        text(&out)
+    );
+
+    // An interrupted truncate run starts over rather than resuming: an updated
+    // row has moved to another block in between.
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"skew\"",
+        "[partition]\nstrategy = \"ctid\"\ncount = 8\n[run]\nparallelism = 1",
+        "mode = \"truncate\"\nmethod = \"insert\"\nbatch_size = 100",
+    ));
+    let path = job.path.to_str().unwrap();
+    let running = Running::start(&["run", path]).wait_for_line("partition written");
+    running.signal("INT");
+    assert_exit(&running.finish(), 130);
+    pair.source
+        .exec("UPDATE skew SET pad = 'moved' WHERE id < 500")
+        .await;
+    let again = stride(&["run", path], &[]);
+    assert_exit(&again, 0);
+    assert!(text(&again).contains("starting over"), "{}", text(&again));
+    assert_eq!(pair.assert_same("skew", "skew").await, 200_005);
+
+    // In append mode starting over would add rows twice: refused, rows untouched.
+    pair.target
+        .exec("DROP TABLE skew; DROP TABLE stride_checkpoints")
+        .await;
+    let append = job_file(&job_text(
+        &pair,
+        "table = \"skew\"",
+        "[partition]\nstrategy = \"ctid\"\ncount = 8\n[run]\nparallelism = 1",
+        "method = \"insert\"\nbatch_size = 100",
+    ));
+    let path = append.path.to_str().unwrap();
+    let running = Running::start(&["run", path]).wait_for_line("partition written");
+    running.signal("INT");
+    assert_exit(&running.finish(), 130);
+    let before = pair.target.count("skew").await;
+    let refused = stride(&["run", path], &[]);
+    assert_exit(&refused, 1);
+    assert!(
+        text(&refused).contains("by block range"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(pair.target.count("skew").await, before);
+}

@@ -191,3 +191,58 @@ async fn bad_tables_sections_exit_2_naming_the_entry() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn every_table_is_checked_before_any_is_written_and_set_reaches_every_entry() {
+    let pair = Pair::new("tables_checks").await;
+    seed(&pair.source).await;
+    // The second table's target has a view on it, which overwrite refuses: found
+    // before the first table is copied.
+    pair.target
+        .exec("CREATE TABLE customers (id int, name text); CREATE VIEW customer_names AS SELECT name FROM customers;")
+        .await;
+    let job = job_file(&format!(
+        "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\nmode = \"truncate\"\n\
+         [[tables]]\ntable = \"orders\"\n\
+         [[tables]]\ntable = \"customers\"\n[tables.target]\nmode = \"overwrite\"\n",
+        pair.source.url, pair.target.url
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("tables[1]: target.mode"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pair.target
+            .scalar_i64(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('orders', 'stride_checkpoints')"
+            )
+            .await,
+        0,
+        "the first table was not written"
+    );
+
+    // --set overrides an entry's own partition section too.
+    let job = job_file(&format!(
+        "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n\
+         [[tables]]\ntable = \"orders\"\n[tables.partition]\ncolumn = \"id\"\ncount = 2\n",
+        pair.source.url, pair.target.url
+    ));
+    let plan = stride(
+        &[
+            "plan",
+            "--set",
+            "partition.count=5",
+            job.path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_exit(&plan, 0);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("5 partitions"),
+        "{}",
+        text(&plan)
+    );
+}
