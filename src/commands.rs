@@ -1998,7 +1998,6 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         )
         .into());
     }
-    let _lock = lock_target(&target, &job.target.table, false).await?;
     let mut spec = copy_spec(
         &job,
         &plan,
