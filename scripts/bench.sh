@@ -18,6 +18,8 @@
 #   stride copy, 4 partitions
 #   stride copy, 8 partitions
 #   stride insert, 1 and 4 partitions, batch_size 1000 and 10000
+#   stride insert, 8 partitions, batch_size 10000 (for the memory target)
+#   stride plan of the 8-partition copy job (timed, not copied)
 # stride runs with the defaults a user gets (checkpoints on, parallelism = the
 # partition count), `mode = "truncate"`, partitioned on id with bounds read from
 # the source. After every run the target's row count must be ROWS, or the script
@@ -305,9 +307,10 @@ configs=(
     "insert1b10000|insert|1|10000|pipe1|stride insert, 1 partition, batch 10000"
     "insert4b1000|insert|4|1000|pipe1|stride insert, 4 partitions, batch 1000"
     "insert4b10000|insert|4|10000|pipe1|stride insert, 4 partitions, batch 10000"
+    "insert8b10000|insert|8|10000|pipe1|stride insert, 8 partitions, batch 10000"
 )
 # The order of the table: pipes, copy, insert.
-table_order=(pipe1 pipe2 pipe4 copy1 copy2 copy4 copy8 insert1b1000 insert1b10000 insert4b1000 insert4b10000)
+table_order=(pipe1 pipe2 pipe4 copy1 copy2 copy4 copy8 insert1b1000 insert1b10000 insert4b1000 insert4b10000 insert8b10000)
 declare -A label ref kind parts
 for c in "${configs[@]}"; do
     IFS='|' read -r name k p b r l <<<"$c"
@@ -343,6 +346,7 @@ copy_bytes=$(psql -X -q -v ON_ERROR_STOP=1 -d "$BENCH_SOURCE_URL" \
 # ---------------------------------------------------------------- rounds
 
 declare -A times mems
+declare -a plan_ms
 load_start=$(cut -d ' ' -f 1-3 /proc/loadavg 2>/dev/null || echo unknown)
 bench_start=$(now)
 for ((round = 1; round <= rounds; round++)); do
@@ -360,6 +364,13 @@ for ((round = 1; round <= rounds; round++)); do
         mems[$name,$round]=$mem
         log "round $round/$rounds  ${label[$name]}: $elapsed s"
     done
+    # `stride plan` of the 8-partition job: connecting, reading the catalogue and
+    # the key bounds, printing the split; nothing is copied.
+    start=$(now)
+    "$stride_bin" plan "$tmp/jobs/copy8.toml" >"$tmp/logs/r$round.plan.log" 2>&1 ||
+        die "stride plan failed: $(tail -n 5 "$tmp/logs/r$round.plan.log")"
+    plan_ms[$round]=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+    log "round $round/$rounds  stride plan, 8 partitions: ${plan_ms[$round]} ms"
 done
 log "rounds done in $(awk -v a="$bench_start" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }') s"
 
@@ -422,3 +433,24 @@ for ((round = 1; round <= rounds; round++)); do
 done
 echo
 printf 'stride copy, 8 partitions vs stride copy, 2 partitions (same round, median): %.2f\n' "$(median "${ratios[@]}")"
+echo
+for name in copy8 insert8b10000; do
+    peak=0
+    for ((round = 1; round <= rounds; round++)); do
+        m=${mems[$name,$round]}
+        if [ "$m" = - ]; then
+            peak=-
+        elif [ "$peak" != - ] && ((m > peak)); then
+            peak=$m
+        fi
+    done
+    if [ "$peak" = - ]; then
+        echo "${label[$name]}: peak client memory not measured"
+    else
+        printf '%s: peak client memory %.1f MiB (target: at most 32 MiB)\n' "${label[$name]}" \
+            "$(awk -v k="$peak" 'BEGIN { print k / 1024 }')"
+    fi
+    echo
+done
+printf 'stride plan, 8 partitions (whole process): median %s ms, runs %s ms (target: under 100 ms)\n' \
+    "$(median "${plan_ms[@]}")" "${plan_ms[*]}"

@@ -21,11 +21,15 @@ use anyhow::{Context, Result};
 use bytes::BytesMut;
 use futures_util::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, Row};
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
+use sqlx::{Arguments, PgConnection, PgPool, Postgres, Row, ValueRef};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::instrument::WithSubscriber;
+use tracing::{debug, info, warn, Dispatch, Instrument};
 
 use crate::checkpoint;
 use crate::error::{CommitRolledBack, CommitUnanswered, Interrupted, OutcomeUnknown};
@@ -135,6 +139,13 @@ pub struct PartitionReport {
 struct Counts {
     rows: u64,
     bytes: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+    }
 }
 
 /// Runs the given partitions, at most `parallelism` at once. Returns one report
@@ -395,6 +406,12 @@ async fn copy_partition_on(
 
 /// Streams `COPY (SELECT ...) TO STDOUT` into `COPY ... FROM STDIN` as bytes,
 /// undecoded. Memory is bounded by one send buffer, whatever the partition's size.
+///
+/// sqlx's row and COPY streams enter the span that was current when they were
+/// made on every poll, that is once a row: with the partition's span that was a
+/// quarter of the client's instructions in a copy (callgrind). So the source
+/// streams are made with no subscriber, hence no current span. Events inside them
+/// still carry the partition's span: the task has it entered.
 async fn pass_through(
     spec: &CopySpec,
     partition: &PlannedPartition,
@@ -405,6 +422,7 @@ async fn pass_through(
     debug!(source = %copy_out, target = %spec.copy_in, "streaming");
     let mut rows_out = source
         .copy_out_raw(&copy_out)
+        .with_subscriber(Dispatch::none())
         .await
         .context("starting COPY TO STDOUT on the source")?;
     let mut sink = target
@@ -489,7 +507,13 @@ fn upsert_error(error: sqlx::Error, key: &[String]) -> anyhow::Error {
 }
 
 /// The row path: every column fetched as its exact text form, written as one
-/// `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per `batch_size` rows.
+/// `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per batch. A batch ends at
+/// `batch_size` rows, or earlier once its values reach `BATCH_BYTES_MAX`.
+///
+/// Values are never decoded: the bytes of each source value go straight into its
+/// column's array, already in the wire format of a `text[]` parameter. (The target
+/// checks the encoding of every text value it receives, as it does for any
+/// client.)
 async fn insert_rows(
     spec: &CopySpec,
     partition: &PlannedPartition,
@@ -498,50 +522,159 @@ async fn insert_rows(
 ) -> Result<Counts> {
     let select = rows_select_sql(&partition.select, &spec.columns);
     debug!(source = %select, target = %spec.insert, "inserting batches");
-    let mut rows_in = sqlx::query(&select).fetch(&mut *source);
-    let mut batch: Vec<Vec<Option<String>>> =
-        vec![Vec::with_capacity(spec.batch_size); spec.columns.len()];
+    // The stream is made on the call and its inner stream on the first poll: both
+    // without a span (see `pass_through`).
+    let mut rows_in = tracing::dispatcher::with_default(&Dispatch::none(), || {
+        sqlx::query(&select).fetch(&mut *source)
+    });
+    let mut batch = Batch::new(spec.columns.len());
     let mut counts = Counts::default();
-    let mut batch_rows = 0usize;
-    while let Some(row) = rows_in
-        .try_next()
-        .await
-        .context("reading rows from the source")?
-    {
-        for (i, column) in batch.iter_mut().enumerate() {
-            let value: Option<String> = row
-                .try_get(i)
+    let mut next = rows_in.try_next().with_subscriber(Dispatch::none()).await;
+    while let Some(row) = next.context("reading rows from the source")? {
+        for (i, column) in batch.columns.iter_mut().enumerate() {
+            let value = row
+                .try_get_raw(i)
                 .with_context(|| format!("reading column \"{}\"", spec.columns[i]))?;
-            counts.bytes += value.as_ref().map_or(0, |v| v.len() as u64);
-            column.push(value);
+            let bytes = match value.is_null() {
+                true => None,
+                false => Some(
+                    value
+                        .as_bytes()
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .with_context(|| format!("reading column \"{}\"", spec.columns[i]))?,
+                ),
+            };
+            batch.bytes += column.push(bytes);
         }
-        batch_rows += 1;
-        if batch_rows == spec.batch_size {
-            counts.rows += write_batch(spec, target, &mut batch, batch_rows).await?;
-            spec.progress.inc(batch_rows as u64);
-            batch_rows = 0;
+        batch.rows += 1;
+        if batch.rows == spec.batch_size || batch.bytes >= BATCH_BYTES_MAX {
+            counts += write_batch(spec, target, &mut batch).await?;
         }
+        next = rows_in.try_next().await;
     }
-    if batch_rows > 0 {
-        counts.rows += write_batch(spec, target, &mut batch, batch_rows).await?;
-        spec.progress.inc(batch_rows as u64);
+    if batch.rows > 0 {
+        counts += write_batch(spec, target, &mut batch).await?;
     }
     Ok(counts)
 }
 
-/// Writes one batch of `rows` rows; returns the rows it counts: those inserted,
-/// or in upsert mode those read (an update or a skip is a row copied too).
+/// A batch's values reach at most about this many bytes before it is sent, however
+/// many rows `batch_size` allows: the client holds a batch about twice while sending
+/// it (sqlx's bind parameters, then its socket buffer), once per partition, so wide
+/// rows must not multiply memory by `batch_size`.
+const BATCH_BYTES_MAX: usize = 512 << 10;
+
+/// The rows of one batch, column by column.
+struct Batch {
+    columns: Vec<TextArray>,
+    rows: usize,
+    /// Bytes of the values (with their length words), to end the batch at
+    /// `BATCH_BYTES_MAX`.
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(columns: usize) -> Self {
+        Batch {
+            columns: (0..columns).map(|_| TextArray::default()).collect(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// One column of a batch as the elements of a binary `text[]`: each value as a
+/// 4-byte big-endian length (-1 for NULL) and its bytes.
+#[derive(Default)]
+struct TextArray {
+    elements: Vec<u8>,
+    len: usize,
+    has_null: bool,
+}
+
+/// `text`, the type of every element.
+const TEXT_OID: u32 = 25;
+
+impl TextArray {
+    /// Appends a value; returns the bytes it took.
+    fn push(&mut self, value: Option<&[u8]>) -> usize {
+        self.len += 1;
+        match value {
+            None => {
+                self.has_null = true;
+                self.elements.extend_from_slice(&(-1i32).to_be_bytes());
+                4
+            }
+            Some(v) => {
+                // A single value is at most 1 GB in PostgreSQL.
+                let n = i32::try_from(v.len()).expect("a text value is under 2 GiB");
+                self.elements.extend_from_slice(&n.to_be_bytes());
+                self.elements.extend_from_slice(v);
+                4 + v.len()
+            }
+        }
+    }
+
+    /// Takes the elements out, leaving an empty array with room for as many bytes
+    /// again (memory not yet written is not resident).
+    fn take(&mut self) -> TextArray {
+        let capacity = self.elements.len();
+        std::mem::replace(
+            self,
+            TextArray {
+                elements: Vec::with_capacity(capacity),
+                len: 0,
+                has_null: false,
+            },
+        )
+    }
+}
+
+impl sqlx::Type<Postgres> for TextArray {
+    fn type_info() -> PgTypeInfo {
+        <Vec<String> as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for TextArray {
+    /// The binary form of a one-dimensional array (PostgreSQL's `array_recv`).
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        let len = i32::try_from(self.len)?;
+        buf.reserve(20 + self.elements.len());
+        buf.extend_from_slice(&1i32.to_be_bytes()); // dimensions
+        buf.extend_from_slice(&i32::from(self.has_null).to_be_bytes());
+        buf.extend_from_slice(&TEXT_OID.to_be_bytes());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+        buf.extend_from_slice(&self.elements);
+        Ok(IsNull::No)
+    }
+
+    fn size_hint(&self) -> usize {
+        20 + self.elements.len()
+    }
+}
+
+/// Sends the batch as one INSERT and empties it.
 async fn write_batch(
     spec: &CopySpec,
     target: &mut PgConnection,
-    batch: &mut [Vec<Option<String>>],
-    rows: usize,
-) -> Result<u64> {
-    let mut query = sqlx::query(&spec.insert);
-    for column in batch.iter_mut() {
-        let capacity = column.capacity();
-        query = query.bind(std::mem::replace(column, Vec::with_capacity(capacity)));
+    batch: &mut Batch,
+) -> Result<Counts> {
+    let mut arguments = PgArguments::default();
+    arguments.reserve(batch.columns.len(), batch.bytes + 24 * batch.columns.len());
+    let value_bytes = batch.bytes - 4 * batch.rows * batch.columns.len();
+    for column in &mut batch.columns {
+        // Moved in, so each column is freed as soon as it is encoded.
+        arguments
+            .add(column.take())
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("encoding a batch")?;
     }
+    let rows = batch.rows;
+    batch.rows = 0;
+    batch.bytes = 0;
+    let query = sqlx::query_with(&spec.insert, arguments);
     let done = match &spec.upsert {
         None => query.execute(target).await.map_err(anyhow::Error::new),
         Some(upsert) => query
@@ -550,8 +683,65 @@ async fn write_batch(
             .map_err(|e| upsert_error(e, &upsert.key)),
     }
     .context("inserting a batch into the target")?;
-    Ok(match spec.upsert {
-        None => done.rows_affected(),
-        Some(_) => rows as u64,
+    spec.progress.inc(rows as u64);
+    // Rows copied: those inserted, or in upsert mode those read (an update or a
+    // skip is a row copied too).
+    Ok(Counts {
+        rows: match spec.upsert {
+            None => done.rows_affected(),
+            Some(_) => rows as u64,
+        },
+        bytes: value_bytes as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Encode;
+
+    fn encoded<'q, T: Encode<'q, Postgres>>(value: T) -> Vec<u8> {
+        let mut buf = PgArgumentBuffer::default();
+        assert!(matches!(value.encode_by_ref(&mut buf), Ok(IsNull::No)));
+        buf.to_vec()
+    }
+
+    #[test]
+    fn a_text_array_is_encoded_as_sqlx_encodes_a_text_vec() {
+        let cases: [&[Option<&str>]; 4] = [
+            &[],
+            &[Some("")],
+            &[Some("a"), Some("ü ≠ 1"), Some("")],
+            &[None, Some("x"), None],
+        ];
+        for values in cases {
+            let mut array = TextArray::default();
+            let bytes: usize = values
+                .iter()
+                .map(|v| array.push(v.map(str::as_bytes)))
+                .sum();
+            assert_eq!(
+                bytes,
+                values
+                    .iter()
+                    .map(|v| 4 + v.map_or(0, str::len))
+                    .sum::<usize>()
+            );
+            let mut ours = encoded(array.take());
+            let theirs = encoded(
+                values
+                    .iter()
+                    .map(|v| v.map(String::from))
+                    .collect::<Vec<_>>(),
+            );
+            // sqlx leaves the has-NULLs flag at 0 (the server does not rely on it);
+            // ours sets it.
+            let has_null = values.iter().any(Option::is_none);
+            assert_eq!(ours[4..8], i32::from(has_null).to_be_bytes(), "{values:?}");
+            ours[4..8].copy_from_slice(&0i32.to_be_bytes());
+            assert_eq!(ours, theirs, "{values:?}");
+            assert_eq!(array.len, 0, "take leaves an empty array");
+            assert!(array.elements.is_empty());
+        }
+    }
 }

@@ -6,7 +6,7 @@
 use crate::common::*;
 
 /// The table's first column, as scripts/bench.sh labels its configurations.
-const CONFIGURATIONS: [&str; 11] = [
+const CONFIGURATIONS: [&str; 12] = [
     "psql pipe x1",
     "psql pipes x2",
     "psql pipes x4",
@@ -18,6 +18,7 @@ const CONFIGURATIONS: [&str; 11] = [
     "stride insert, 1 partition, batch 10000",
     "stride insert, 4 partitions, batch 1000",
     "stride insert, 4 partitions, batch 10000",
+    "stride insert, 8 partitions, batch 10000",
 ];
 
 #[test]
@@ -74,6 +75,13 @@ fn bench_script_measures_every_configuration_on_a_small_table() {
         stdout.contains("stride copy, 8 partitions vs stride copy, 2 partitions"),
         "{stdout}"
     );
+    for line in [
+        "stride copy, 8 partitions: peak client memory ",
+        "stride insert, 8 partitions, batch 10000: peak client memory ",
+        "stride plan, 8 partitions (whole process): median ",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
+    }
     eprintln!(
         "scripts/bench.sh 20000 took {:.1} s",
         started.elapsed().as_secs_f64()

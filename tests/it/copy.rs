@@ -42,6 +42,34 @@ async fn nulls_and_out_of_bounds_values_are_copied_once_with_both_methods() {
     }
 }
 
+/// Rows wide enough that a batch of `batch_size` rows would pass the row path's
+/// byte bound: the batch is sent in several statements, every row exactly once,
+/// NULLs and empty strings kept apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_sends_wide_rows_in_byte_bounded_batches() {
+    let pair = Pair::new("wide_insert").await;
+    pair.source
+        .exec(
+            "CREATE TABLE public.wide (id bigint PRIMARY KEY, body text, tail text);
+             INSERT INTO public.wide
+               SELECT g, CASE WHEN g % 5 = 0 THEN NULL ELSE repeat(md5(g::text), 64) END,
+                      CASE WHEN g % 7 = 0 THEN '' WHEN g % 11 = 0 THEN NULL ELSE 'ü ' || g END
+               FROM generate_series(1, 3000) g;",
+        )
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.wide\"",
+        "",
+        "table = \"public.wide\"\nmethod = \"insert\"\nbatch_size = 10000",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    assert_eq!(pair.assert_same("public.wide", "public.wide").await, 3000);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rows 3,000"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_bounds_on_dates_timestamps_and_bigint_extremes() {
     let pair = Pair::new("auto").await;
