@@ -20,6 +20,9 @@
 #   stride insert, 1 and 4 partitions, batch_size 1000 and 10000
 #   stride insert, 8 partitions, batch_size 10000 (for the memory target)
 #   stride plan of the 8-partition copy job (timed, not copied)
+#   psql pipe x1 into an indexed copy of the table (primary key and two
+#   secondary indexes), and stride copy, 4 partitions, into it with
+#   `defer_indexes = true` (indexes dropped, then built again after the copy)
 # stride runs with the defaults a user gets (checkpoints on, parallelism = the
 # partition count), `mode = "truncate"`, partitioned on id with bounds read from
 # the source. After every run the target's row count must be ROWS, or the script
@@ -36,6 +39,7 @@
 #   stride copy, 8 partitions    vs  psql pipes x2   (8 partitions on 2 cores vs 2)
 #   stride insert                vs  psql pipe x1
 #   psql pipes x2, x4            vs  psql pipe x1
+#   stride copy, indexed target  vs  psql pipe x1, indexed target
 # Progress goes to stderr.
 #
 # Env:
@@ -122,6 +126,7 @@ BENCH_SOURCE_URL=$(url_with_db "$base" "$src_db")
 BENCH_TARGET_URL=$(url_with_db "$base" "$dst_db")
 export BENCH_SOURCE_URL BENCH_TARGET_URL # read by the job files as ${...}
 table=public.covid_cases
+indexed_table=public.covid_cases_indexed
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/stride-bench.XXXXXX")
 mkdir -p "$tmp/jobs" "$tmp/logs" "$tmp/mem"
@@ -197,9 +202,14 @@ range_predicate() {
 }
 
 can_checkpoint=1
+# The target table of configuration $1: the indexed one for names ending in idx.
+target_of() {
+    if [[ $1 == *idx ]]; then echo "$indexed_table"; else echo "$table"; fi
+}
+
 # An empty target, its dirty pages on disk: every run starts from the same state.
 reset_target() {
-    sql "$BENCH_TARGET_URL" -c "TRUNCATE $table"
+    sql "$BENCH_TARGET_URL" -c "TRUNCATE $table, $indexed_table"
     if ((can_checkpoint)); then
         if ! sql "$BENCH_TARGET_URL" -c CHECKPOINT 2>"$tmp/logs/checkpoint.err"; then
             can_checkpoint=0
@@ -209,15 +219,15 @@ reset_target() {
 }
 
 check_rows() {
-    local what=$1 got
-    got=$(sql "$BENCH_TARGET_URL" -Atc "SELECT count(*) FROM $table")
+    local what=$1 into=$2 got
+    got=$(sql "$BENCH_TARGET_URL" -Atc "SELECT count(*) FROM $into")
     [ "$got" = "$rows" ] || die "WRONG ROW COUNT after $what: the target holds $got rows, not $rows"
 }
 
 # Sets $elapsed (seconds) and $mem (KiB or -) for one run of configuration $1 in
 # round $2.
 run_pipes() {
-    local n=$1 tag=$2 i select start pids=() failed=0 pid
+    local n=$1 tag=$2 into=$3 i select start pids=() failed=0 pid
     start=$(now)
     for ((i = 0; i < n; i++)); do
         if ((n == 1)); then
@@ -230,7 +240,7 @@ run_pipes() {
             timed "$tag.$i.out" psql -X -q -v ON_ERROR_STOP=1 -d "$BENCH_SOURCE_URL" \
                 -c "COPY $select TO STDOUT (FORMAT binary)" |
                 timed "$tag.$i.in" psql -X -q -v ON_ERROR_STOP=1 -d "$BENCH_TARGET_URL" \
-                    -c "COPY $table FROM STDIN (FORMAT binary)"
+                    -c "COPY $into FROM STDIN (FORMAT binary)"
         ) >"$tmp/logs/$tag.$i.log" 2>&1 &
         pids+=("$!")
     done
@@ -257,7 +267,9 @@ run_stride() {
     mem=$(mem_kib "$tag")
 }
 
-# A job file: $1 name, $2 method, $3 partitions, $4 batch size (insert only).
+# A job file: $1 name, $2 method, $3 partitions, $4 batch size (insert only);
+# into the indexed table, with its secondary indexes deferred, for names ending
+# in idx.
 write_job() {
     local file="$tmp/jobs/$1.toml"
     # The URLs stay ${VARIABLES}, filled in by stride from the environment.
@@ -267,7 +279,10 @@ write_job() {
         if (($3 > 1)); then
             printf '[partition]\ncolumn = "id"\ncount = %s\n\n' "$3"
         fi
-        printf '[target]\nurl = "${BENCH_TARGET_URL}"\ntable = "%s"\n' "$table"
+        printf '[target]\nurl = "${BENCH_TARGET_URL}"\ntable = "%s"\n' "$(target_of "$1")"
+        if [[ $1 == *idx ]]; then
+            printf 'defer_indexes = true\n'
+        fi
         printf 'mode = "truncate"\ncreate = "never"\nmethod = "%s"\n' "$2"
         if [ "$2" = insert ]; then
             printf 'batch_size = %s\n' "$4"
@@ -308,9 +323,11 @@ configs=(
     "insert4b1000|insert|4|1000|pipe1|stride insert, 4 partitions, batch 1000"
     "insert4b10000|insert|4|10000|pipe1|stride insert, 4 partitions, batch 10000"
     "insert8b10000|insert|8|10000|pipe1|stride insert, 8 partitions, batch 10000"
+    "pipeidx|pipe|1|-|pipeidx|psql pipe x1, indexed target"
+    "copy4idx|copy|4|-|pipeidx|stride copy, 4 partitions, indexed target, defer_indexes"
 )
 # The order of the table: pipes, copy, insert.
-table_order=(pipe1 pipe2 pipe4 copy1 copy2 copy4 copy8 insert1b1000 insert1b10000 insert4b1000 insert4b10000 insert8b10000)
+table_order=(pipe1 pipe2 pipe4 copy1 copy2 copy4 copy8 insert1b1000 insert1b10000 insert4b1000 insert4b10000 insert8b10000 pipeidx copy4idx)
 declare -A label ref kind parts
 for c in "${configs[@]}"; do
     IFS='|' read -r name k p b r l <<<"$c"
@@ -334,7 +351,10 @@ sql "$BENCH_SOURCE_URL" -f scripts/bench/table.sql
 sql "$BENCH_SOURCE_URL" -v rows="$rows" -f scripts/bench/seed.sql
 sql "$BENCH_SOURCE_URL" -c "ALTER TABLE $table ADD PRIMARY KEY (id)" -c "VACUUM (FREEZE, ANALYZE) $table"
 sql "$BENCH_TARGET_URL" -f scripts/bench/table.sql
-sql "$BENCH_TARGET_URL" -c "ALTER TABLE $table ADD PRIMARY KEY (id)"
+sql "$BENCH_TARGET_URL" -c "ALTER TABLE $table ADD PRIMARY KEY (id)" \
+    -c "CREATE TABLE $indexed_table (LIKE $table INCLUDING ALL)" \
+    -c "CREATE INDEX ON $indexed_table (state, district)" \
+    -c "CREATE INDEX ON $indexed_table (date, confirmed)"
 log "seeded in $(awk -v a="$seed_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') s"
 [ "$(sql "$BENCH_SOURCE_URL" -Atc "SELECT count(*) FROM $table")" = "$rows" ] ||
     die "the seed did not make $rows rows"
@@ -355,11 +375,11 @@ for ((round = 1; round <= rounds; round++)); do
         tag="r$round.$name"
         reset_target
         if [ "${kind[$name]}" = pipe ]; then
-            run_pipes "${parts[$name]}" "$tag"
+            run_pipes "${parts[$name]}" "$tag" "$(target_of "$name")"
         else
             run_stride "$tmp/jobs/$name.toml" "$tag"
         fi
-        check_rows "${label[$name]} (round $round)"
+        check_rows "${label[$name]} (round $round)" "$(target_of "$name")"
         times[$name,$round]=$elapsed
         mems[$name,$round]=$mem
         log "round $round/$rounds  ${label[$name]}: $elapsed s"
@@ -433,6 +453,12 @@ for ((round = 1; round <= rounds; round++)); do
 done
 echo
 printf 'stride copy, 8 partitions vs stride copy, 2 partitions (same round, median): %.2f\n' "$(median "${ratios[@]}")"
+ratios=()
+for ((round = 1; round <= rounds; round++)); do
+    ratios+=("$(awk -v a="${times[pipeidx,$round]}" -v b="${times[copy4idx,$round]}" 'BEGIN { printf "%.4f", a / b }')")
+done
+echo
+printf 'indexed target: stride copy with defer_indexes is %.2fx faster than the psql pipe (same round, median; target: at least 1.3x)\n' "$(median "${ratios[@]}")"
 echo
 for name in copy8 insert8b10000; do
     peak=0
