@@ -1205,9 +1205,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // same snapshot. It is counted while the partitions copy, on the coordinator's
     // otherwise idle connection, when this process copies every partition in this
     // snapshot (not for a shard, nor a resume whose skipped partitions read an
-    // earlier one).
+    // earlier one). A single partition reading every row is the whole source's
+    // query itself: counting it again would only scan the table twice.
     let whole_select = plan::whole_select(&scoped, &side.columns);
-    let coverage = if step == Step::Whole && done.is_empty() {
+    let split = plan.partitions.iter().any(|p| p.select != whole_select);
+    let coverage = if step == Step::Whole && done.is_empty() && split {
         Coverage::Counting(tokio::spawn(async move {
             let count = pg::count_rows(&mut coordinator, &whole_select).await;
             (coordinator, count)
