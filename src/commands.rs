@@ -976,9 +976,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                     .with_context(|| format!("creating checkpoint table {cp}"))?;
             }
         }
-        if pg::table_oid(&mut conn, cp).await?.is_some() {
-            earlier = pg::read_checkpoints(&mut conn, cp, &fingerprint).await?;
-        }
+        earlier = pg::recorded_run(&mut conn, cp, &fingerprint).await?;
         target_oid = pg::table_oid(&mut conn, &into).await?;
         // A finished replace renamed its staging table to the target's name: the
         // run's table is the target now.
@@ -1770,10 +1768,7 @@ async fn resumes(
     let Some(cp) = job.checkpoint_table.as_ref().filter(|_| !restart) else {
         return Ok(false);
     };
-    if pg::table_oid(&mut *conn, cp).await?.is_none() {
-        return Ok(false);
-    }
-    let earlier = pg::read_checkpoints(conn, cp, fingerprint).await?;
+    let earlier = pg::recorded_run(conn, cp, fingerprint).await?;
     Ok(earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)))
 }
 
@@ -1956,11 +1951,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
                 .acquire()
                 .await
                 .context("taking a target connection")?;
-            if pg::table_oid(&mut conn, cp).await?.is_some() {
-                pg::read_checkpoints(&mut conn, cp, &checkpoint::fingerprint(&job)).await?
-            } else {
-                None
-            }
+            pg::recorded_run(&mut conn, cp, &checkpoint::fingerprint(&job)).await?
         }
         None => None,
     };
@@ -2333,12 +2324,10 @@ async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Res
         .acquire()
         .await
         .context("taking a target connection")?;
-    let mut earlier = None;
-    if let Some(cp) = &job.checkpoint_table {
-        if pg::table_oid(&mut conn, cp).await?.is_some() {
-            earlier = pg::read_checkpoints(&mut conn, cp, &checkpoint::fingerprint(job)).await?;
-        }
-    }
+    let earlier = match &job.checkpoint_table {
+        Some(cp) => pg::recorded_run(&mut conn, cp, &checkpoint::fingerprint(job)).await?,
+        None => None,
+    };
     let target_oid = pg::table_oid(&mut conn, &job.target.table).await?;
     let earlier = earlier.filter(|r| r.target_oid == target_oid);
     match &earlier {

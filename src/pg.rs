@@ -573,6 +573,19 @@ pub struct RecordedRun {
     pub done: Vec<(usize, u64, u64)>,
 }
 
+/// The run `fingerprint` as the checkpoint table records it; `None` also when
+/// there is no checkpoint table yet (the steps that only read it do not create it).
+pub async fn recorded_run(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    fingerprint: &str,
+) -> Result<Option<RecordedRun>> {
+    if table_oid(conn, table).await?.is_none() {
+        return Ok(None);
+    }
+    read_checkpoints(conn, table, fingerprint).await
+}
+
 /// The run `fingerprint` as the checkpoint table records it, if it does.
 pub async fn read_checkpoints(
     conn: &mut PgConnection,
