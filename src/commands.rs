@@ -691,7 +691,7 @@ struct Prepared {
 /// connect within the connection budget, resolve the source, fit the target.
 async fn prepare(job: Job) -> Result<Prepared> {
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
-    let wanted = job.parallelism.unwrap_or(requested).max(1);
+    let wanted = job.partitions_at_once(requested);
     let source_server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target_server = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let shared = same_server(&job, &source_server, &target_server);
@@ -2272,11 +2272,12 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
     for p in &plan.partitions {
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
+    let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
     match format {
         Format::Text => print!(
             "{}{}",
             mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
-            report::render_plan(&plan, &estimates, &source_name(&job))
+            report::render_plan(&plan, &estimates, &source_name(&job), at_once)
         ),
         Format::Json => {
             let key_type = plan.key.as_ref().map(|k| k.key_type);
@@ -2298,6 +2299,7 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
                 },
                 "spread": Plan::spread(&estimates),
                 "requested_partitions": plan.requested_partitions,
+                "partitions_at_once": at_once,
                 "estimated_rows": estimates.iter().sum::<i64>(),
                 "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
                     "index": p.index,

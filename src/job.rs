@@ -395,7 +395,7 @@ pub struct Job {
     pub partition: Option<PartitionSpec>,
     pub target: Target,
     pub incremental: Option<Incremental>,
-    /// Connections at once per side; `None` means one per partition.
+    /// `run.parallelism` as written; see [`Job::partitions_at_once`].
     pub parallelism: Option<u32>,
     /// Where done partitions are recorded on the target; `None`: no checkpoints
     /// (`checkpoint = false`), so no resume either.
@@ -417,6 +417,16 @@ pub const MAX_PARTITIONS: i64 = 100_000;
 pub const MAX_BATCH_SIZE: i64 = 1_000_000;
 
 impl Job {
+    /// Partitions copied at once, one connection each on each side, out of
+    /// `partitions`: `run.parallelism`, else [`DEFAULT_PARALLELISM`] or fewer.
+    #[must_use]
+    pub fn partitions_at_once(&self, partitions: u32) -> u32 {
+        self.parallelism
+            .unwrap_or(DEFAULT_PARALLELISM)
+            .min(partitions)
+            .max(1)
+    }
+
     /// Reads a job from the text of a job file: interpolates the environment, parses, validates.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Job, JobError> {
         Job::parse_with_overrides(text, env, &[])
@@ -455,7 +465,7 @@ impl Job {
     pub fn from_raw(raw: RawJob) -> Result<Job, JobError> {
         let source = validate_source(raw.source)?;
         let target = validate_target(raw.target, &source)?;
-        let mut parallelism = match raw.run.parallelism {
+        let parallelism = match raw.run.parallelism {
             None => None,
             Some(p) if (1..=i64::from(u16::MAX)).contains(&p) => Some(to_u32(p)),
             Some(p) => {
@@ -477,13 +487,6 @@ impl Job {
             return Err(JobError::new(
                 "partition.strategy: \"ctid\" reads block ranges of the table, which a sample or limit of it does not have (expected strategy \"stride\" or \"quantile\" with source.sample or source.limit)",
             ));
-        }
-        // Quantile and ctid partitions queue: a few connections take them in turn.
-        if let Some(p) = partition
-            .as_ref()
-            .filter(|p| p.strategy != Strategy::Stride)
-        {
-            parallelism = parallelism.or(Some(DEFAULT_QUEUED_PARALLELISM.min(p.count)));
         }
         let retries = match raw.run.retries {
             None => DEFAULT_RETRIES,
@@ -685,7 +688,7 @@ impl JobSet {
         }
         if concurrent {
             // One budget: the connections of `run.parallelism` (default 4), shared.
-            let total = jobs[0].parallelism.unwrap_or(DEFAULT_QUEUED_PARALLELISM);
+            let total = jobs[0].parallelism.unwrap_or(DEFAULT_PARALLELISM);
             let each = (total / u32::try_from(jobs.len()).unwrap_or(u32::MAX)).max(1);
             for job in &mut jobs {
                 job.parallelism = Some(each);
@@ -807,8 +810,11 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
 /// quantile and ctid strategies: a few per connection, so a slow one does not
 /// hold the run back.
 pub const PARTITIONS_PER_CONNECTION: u32 = 4;
-/// Connections at once with those strategies when the job does not say.
-pub const DEFAULT_QUEUED_PARALLELISM: u32 = 4;
+/// Partitions at once (connections on each side) when the job does not say: more
+/// partitions queue. More writers into one table mostly wait on each other (for
+/// the table's extension lock and WAL): on 2 cores, 8 at once took about 10%
+/// longer than 2 or 4 (docs/PERFORMANCE.md). pgcopydb and Sqoop default to 4 too.
+pub const DEFAULT_PARALLELISM: u32 = 4;
 
 fn validate_partition(
     raw: RawPartition,
@@ -836,7 +842,7 @@ fn validate_partition(
     let default_count = match raw.strategy {
         Strategy::Stride => 1,
         Strategy::Quantile | Strategy::Ctid => {
-            i64::from(PARTITIONS_PER_CONNECTION * parallelism.unwrap_or(DEFAULT_QUEUED_PARALLELISM))
+            i64::from(PARTITIONS_PER_CONNECTION * parallelism.unwrap_or(DEFAULT_PARALLELISM))
         }
     };
     let count = raw.count.unwrap_or(default_count);
@@ -1479,19 +1485,26 @@ parallelism = 2
                 |_| None,
             )
         };
+        let at_once = |job: &Job| job.partitions_at_once(job.partition.as_ref().unwrap().count);
         let job = parse("strategy = 'ctid'", "").unwrap();
+        assert_eq!(at_once(&job), 4);
         let p = job.partition.unwrap();
         assert_eq!((p.strategy, p.column, p.count), (Strategy::Ctid, None, 16));
-        assert_eq!(job.parallelism, Some(4));
         let job = parse("strategy = 'quantile'\ncolumn = 'id'", "parallelism = 3").unwrap();
-        assert_eq!(job.partition.unwrap().count, 12);
-        assert_eq!(job.parallelism, Some(3));
+        assert_eq!(
+            (job.partition.as_ref().unwrap().count, at_once(&job)),
+            (12, 3)
+        );
         let job = parse("strategy = 'quantile'\ncolumn = 'id'\ncount = 2", "").unwrap();
-        assert_eq!(job.parallelism, Some(2));
-        // The stride strategy keeps one connection per partition by default.
+        assert_eq!(at_once(&job), 2);
+        // Every strategy runs at most 4 partitions at once unless told otherwise.
         let job = parse("column = 'id'\ncount = 6", "").unwrap();
-        assert_eq!(job.parallelism, None);
+        assert_eq!((job.parallelism, at_once(&job)), (None, 4));
         assert_eq!(job.partition.unwrap().strategy, Strategy::Stride);
+        let job = parse("column = 'id'\ncount = 6", "parallelism = 6").unwrap();
+        assert_eq!(at_once(&job), 6);
+        let job = parse("column = 'id'\ncount = 2", "parallelism = 6").unwrap();
+        assert_eq!(at_once(&job), 2);
         for (partition, error) in [
             (
                 "strategy = 'ctid'\ncolumn = 'id'",

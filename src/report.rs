@@ -224,7 +224,7 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// `stride plan` for people.
-pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
+pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str, at_once: u32) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "source {source}");
     let fewer = |why: &str| {
@@ -307,6 +307,12 @@ pub fn render_plan(plan: &Plan, estimates: &[i64], source: &str) -> String {
             } else {
                 ""
             }
+        );
+    }
+    if (at_once as usize) < plan.partitions.len() {
+        let _ = writeln!(
+            out,
+            "{at_once} partitions at once (run.parallelism), the others queue"
         );
     }
     out

@@ -248,6 +248,21 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
         "{stdout}"
     );
     assert!(stdout.contains("WHERE \"k\" >= '900'::int4"), "{stdout}");
+    assert!(
+        stdout.ends_with("\n4 partitions at once (run.parallelism), the others queue\n"),
+        "{stdout}"
+    );
+    let all_at_once = stride(
+        &[
+            "plan",
+            job.path.to_str().unwrap(),
+            "--set",
+            "run.parallelism=10",
+        ],
+        &[],
+    );
+    assert_exit(&all_at_once, 0);
+    assert!(!String::from_utf8_lossy(&all_at_once.stdout).contains("at once"));
 
     let out = stride(
         &["plan", "--format", "json", job.path.to_str().unwrap()],
@@ -255,6 +270,7 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
     );
     assert_exit(&out, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["partitions_at_once"], 4);
     let partitions = doc["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 10);
     assert_eq!(partitions[3]["lower"], "300");
@@ -271,6 +287,60 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
             .await,
         0
     );
+}
+
+/// Unless `run.parallelism` says otherwise, at most 4 partitions copy at once;
+/// the others queue. Each partition's row with `id % 1000 = 1` waits 0.5 s in a
+/// target trigger, then counts the COPY sessions on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_four_partitions_copy_at_once_unless_parallelism_says_more() {
+    let pair = Pair::new("at_once").await;
+    pair.source
+        .exec(
+            "CREATE TABLE public.items (id int PRIMARY KEY, note text);
+             INSERT INTO public.items SELECT g, 'n' || g FROM generate_series(1, 8000) g;",
+        )
+        .await;
+    pair.target
+        .exec(
+            "CREATE TABLE public.items (id int PRIMARY KEY, note text);
+             CREATE TABLE public.seen (copies int);
+             CREATE FUNCTION count_copies() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id % 1000 = 1 THEN
+                 PERFORM pg_sleep(0.5);
+                 INSERT INTO public.seen SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND state = 'active'
+                    AND query LIKE 'COPY %FROM STDIN%';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER count_copies BEFORE INSERT ON public.items
+               FOR EACH ROW EXECUTE FUNCTION count_copies();",
+        )
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.items\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 8001\ncount = 8",
+        "mode = \"truncate\"",
+    ));
+    for (set, most) in [(None, 4), (Some("run.parallelism=8"), 8)] {
+        pair.target.exec("TRUNCATE public.seen").await;
+        let mut args = vec!["run", job.path.to_str().unwrap()];
+        args.extend(set.iter().flat_map(|s| ["--set", s]));
+        let out = stride(&args, &[]);
+        assert_exit(&out, 0);
+        assert_eq!(pair.target.count("public.items").await, 8000);
+        assert_eq!(pair.target.count("public.seen").await, 8);
+        assert_eq!(
+            pair.target
+                .scalar_i64("SELECT max(copies)::int8 FROM public.seen")
+                .await,
+            most,
+            "{set:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
