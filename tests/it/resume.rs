@@ -356,6 +356,7 @@ async fn losing_the_coordinator_fails_the_run_and_a_rerun_resumes() {
             &mut admin,
             &pair.source,
             "query LIKE 'SELECT count(*)::int8 FROM (%) AS \"all_rows\"'
+             OR query LIKE 'SET LOCAL max_parallel_workers_per_gather %'
              OR (state = 'idle in transaction' AND (query LIKE 'EXPLAIN %' OR query LIKE '%pg_export_snapshot()%'))",
         )
         .await,
