@@ -97,7 +97,9 @@ pub enum Command {
     /// Print each partition's exact source SQL and estimated rows; writes nothing.
     Plan(PlanArgs),
     /// Validate the job, connect to both sides and report whether the target's
-    /// columns and types fit the source's; writes nothing.
+    /// columns and types fit the source's, and whatever else a run would refuse
+    /// before writing (rows in an error-if-exists target, views or foreign keys on
+    /// a replace or overwrite target); writes nothing.
     Check(JobArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout,
     /// e.g. stride completions bash > /etc/bash_completion.d/stride

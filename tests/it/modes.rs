@@ -357,15 +357,18 @@ async fn error_if_exists_refuses_a_table_with_rows_and_writes_nothing() {
         "[partition]\ncolumn = \"id\"\ncount = 2",
         "mode = \"error-if-exists\"",
     ));
-    let out = run_job(&job.path);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains(
-            "target.mode: is \"error-if-exists\" and target table \"items\" already holds rows"
-        ),
-        "{}",
-        text(&out)
-    );
+    // `check` refuses it as `run` does.
+    for command in ["run", "check"] {
+        let out = stride(&[command, job.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(
+                "target.mode: is \"error-if-exists\" and target table \"items\" already holds rows"
+            ),
+            "{command}: {}",
+            text(&out)
+        );
+    }
     assert_eq!(pair.target.checksum("items").await, before);
     assert_eq!(
         pair.target

@@ -510,8 +510,15 @@ async fn views_and_foreign_keys_on_the_target_are_refused_before_writing() {
             assert_eq!(pair.target.checksum("big").await, old, "{mode}: {create}");
             assert!(!exists(&pair.target, "big_stride_stage").await);
             assert!(!exists(&pair.target, "stride_checkpoints").await);
-            // check and plan still work: they write nothing and drop nothing.
-            assert_exit(&step(&["check"], &job), 0);
+            // check refuses the same, plan still works: they write nothing.
+            let checked = step(&["check"], &job);
+            assert_exit(&checked, 2);
+            assert!(
+                stderr(&checked).contains(&format!("target.mode: \"{mode}\" "))
+                    && stderr(&checked).contains(named),
+                "{}",
+                text(&checked)
+            );
             assert_exit(&step(&["plan"], &job), 0);
             pair.target.exec(drop).await;
         }

@@ -1,0 +1,326 @@
+//! The order of the steps of each command. Everything before the first write
+//! (parsing, introspection, planning, the type check, the connection budget) comes
+//! first, so a bad job exits 2 with the target untouched.
+
+mod prepare;
+mod preview;
+mod run;
+mod verify;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::cli::{Cli, Command, Shard};
+use crate::copy::{run_partitions, CopySpec, PartitionReport};
+use crate::error::{exit, JobError};
+use crate::job::{Job, JobSet, Relation};
+use crate::pg::{self, Side};
+use crate::plan::PlannedPartition;
+use crate::report::{self, Summary};
+
+use preview::{check, plan_command};
+use run::{run_tables, RunOptions, Step};
+use verify::verify;
+
+/// Runs the command; returns the exit code for outcomes that are not errors of
+/// their own (a copy that failed after writing some partitions prints its summary
+/// and returns 1).
+pub async fn execute(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Run(args) => {
+            let shard = Shard::resolve(args.shard, |name| std::env::var(name).ok())
+                .map_err(JobError::new)?;
+            if shard.is_some() && (args.restart || args.full_refresh) {
+                return Err(JobError::new(
+                    "--shard: a shard cannot start the run over (expected `stride prepare --restart` or `--full-refresh` instead)",
+                )
+                .into());
+            }
+            let opts = RunOptions {
+                step: shard.map_or(Step::Whole, Step::Shard),
+                restart: args.restart,
+                full_refresh: args.full_refresh,
+                quiet: cli.quiet,
+                human_to_stderr: args.summary_json.as_deref() == Some(Path::new("-")),
+            };
+            let started = Instant::now();
+            let ends = run_tables(&args.job, &cli.overrides, &opts).await;
+            report_run(&args, &ends, started.elapsed())?;
+            ends.map(|ends| worst(&ends))
+        }
+        Command::Prepare(args) => {
+            let opts = RunOptions {
+                step: Step::Prepare,
+                restart: args.restart,
+                full_refresh: args.full_refresh,
+                quiet: cli.quiet,
+                human_to_stderr: false,
+            };
+            run_tables(&args.job, &cli.overrides, &opts)
+                .await
+                .map(|ends| worst(&ends))
+        }
+        Command::Finish(args) => {
+            let opts = RunOptions {
+                step: Step::Finish,
+                restart: false,
+                full_refresh: false,
+                quiet: cli.quiet,
+                human_to_stderr: false,
+            };
+            run_tables(&args.job, &cli.overrides, &opts)
+                .await
+                .map(|ends| worst(&ends))
+        }
+        Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
+        Command::Check(args) => check(&args.job, &cli.overrides).await,
+        Command::Verify(args) => verify(&args, &cli.overrides, cli.quiet).await,
+        Command::Init(args) => init_command(&args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "stride", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// How a run ended, for `--summary-json` and `--metrics-file`.
+struct RunEnd {
+    code: u8,
+    /// `None` when there was nothing to do.
+    summary: Option<Summary>,
+    fingerprint: String,
+    /// The target table.
+    table: String,
+}
+
+/// The exit code of several tables' runs: the most serious (130 interrupted,
+/// then 2, then 1, then 0).
+fn worst(ends: &[RunEnd]) -> u8 {
+    ends.iter().map(|e| e.code).max().unwrap_or(exit::OK)
+}
+
+/// Writes `--summary-json` and `--metrics-file` for a run that ended, however it
+/// ended (an error before the copy gives a summary with the error and no
+/// partitions). A job file of several tables gives one document of the totals
+/// with each table's own under `tables`.
+fn report_run(
+    args: &crate::cli::RunArgs,
+    ends: &Result<Vec<RunEnd>>,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let doc = match ends {
+        Ok(ends) if ends.len() == 1 => {
+            let end = &ends[0];
+            report::summary_json(end.summary.as_ref(), &end.fingerprint, end.code, None)
+        }
+        Ok(ends) => report::tables_json(
+            &ends
+                .iter()
+                .map(|e| {
+                    let mut doc =
+                        report::summary_json(e.summary.as_ref(), &e.fingerprint, e.code, None);
+                    doc["table"] = json!(e.table);
+                    doc
+                })
+                .collect::<Vec<_>>(),
+            worst(ends),
+            elapsed,
+        ),
+        Err(e) => report::summary_json(
+            None,
+            "",
+            crate::error::exit_code(e),
+            Some(&crate::error::chain(e)),
+        ),
+    };
+    if let Some(path) = &args.summary_json {
+        let text = serde_json::to_string_pretty(&doc).expect("JSON values always serialize");
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            write_atomically(path, &text)
+                .with_context(|| format!("writing --summary-json {}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.metrics_file {
+        let previous = std::fs::read_to_string(path).unwrap_or_default();
+        let text = report::metrics_text(&doc, &args.job.display().to_string(), &previous);
+        write_atomically(path, &text)
+            .with_context(|| format!("writing --metrics-file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a file whole or not at all: a temporary file beside it, renamed over it.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The job file's jobs: one, or one per `[[tables]]` entry.
+fn load_jobs(path: &Path, overrides: &[(String, String)]) -> Result<JobSet> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| JobError::new(format!("{}: cannot read the job file: {e}", path.display())))?;
+    let set = JobSet::parse(&text, |name| std::env::var(name).ok(), overrides)
+        .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
+    Ok(set)
+}
+
+/// An error of a job file's `[[tables]]` entry `i`, named as such (a job error
+/// stays one: exit 2).
+fn in_entry(many: bool, i: usize, e: anyhow::Error) -> anyhow::Error {
+    if !many {
+        return e;
+    }
+    match e.downcast::<JobError>() {
+        Ok(job) => JobError::new(format!("tables[{i}]: {job}")).into(),
+        Err(e) => e.context(format!("tables[{i}]")),
+    }
+}
+
+/// What the source is, for messages: the table's name, or "query".
+fn source_name(job: &Job) -> String {
+    match &job.source.relation {
+        Relation::Table(name) => name.to_string(),
+        Relation::Query(_) => "(query)".to_string(),
+    }
+}
+
+/// The command line that resumes this run: the same one, without `--restart`.
+fn resume_command() -> String {
+    std::env::args()
+        .filter(|a| a != "--restart")
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Copies `partitions` at most `parallelism` at once, with Ctrl-C and SIGTERM
+/// cancelling the copy, and the progress bar cleared at the end.
+async fn copy_partitions(
+    spec: &Arc<CopySpec>,
+    partitions: Vec<PlannedPartition>,
+    parallelism: usize,
+) -> (Vec<PartitionReport>, Option<crate::error::Interrupted>) {
+    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
+    let concurrency = parallelism.min(partitions.len()).max(1);
+    let ended = run_partitions(Arc::clone(spec), partitions, concurrency).await;
+    signals.abort();
+    spec.progress.finish_and_clear();
+    ended
+}
+
+/// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,
+/// the summary is printed); a second one exits at once.
+async fn cancel_on_signals(cancel: CancellationToken) {
+    shutdown_signal().await;
+    warn!(
+        "interrupted: rolling back the partitions in flight (press Ctrl-C again to exit at once)"
+    );
+    cancel.cancel();
+    shutdown_signal().await;
+    eprintln!("interrupted twice: exiting now; the server rolls back what was not committed");
+    std::process::exit(i32::from(exit::INTERRUPTED));
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// `stride init`: introspects the source table and writes a job file for it.
+async fn init_command(args: &crate::cli::InitArgs) -> Result<u8> {
+    let source_url = crate::job::parse_url("--source", args.source.clone())?;
+    let target_url = args
+        .target
+        .clone()
+        .map(|t| crate::job::parse_url("--target", t))
+        .transpose()?;
+    let table = crate::sql::QualifiedName::parse(&args.table)
+        .map_err(|e| JobError::new(format!("--table: {e}")))?;
+    if let (Some(path), false) = (&args.output, args.force) {
+        if path.exists() {
+            return Err(JobError::new(format!(
+                "--output: {} exists (expected a new file, or --force to replace it)",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    let server = pg::connect(Side::Source, &source_url, crate::job::DEFAULT_RETRIES).await?;
+    let mut conn = server
+        .pool(1)
+        .acquire()
+        .await
+        .context("taking a source connection")?;
+    let Some(facts) = crate::init::introspect(&mut conn, &table).await? else {
+        return Err(JobError::new(format!(
+            "--table: table {table} does not exist in the source database at {} (expected an existing table or view)",
+            server.place
+        ))
+        .into());
+    };
+    let choice = crate::init::choose(&facts);
+    let text = crate::init::render(
+        &facts,
+        &choice,
+        &source_url.without_secrets(),
+        target_url
+            .as_ref()
+            .map(crate::job::DbUrl::without_secrets)
+            .as_deref(),
+    );
+    match &args.output {
+        Some(path) => {
+            write_atomically(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {}: check it, then `stride plan {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(exit::OK)
+}

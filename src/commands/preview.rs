@@ -1,0 +1,208 @@
+//! `stride plan` and `stride check`: what a run would do, from the
+//! catalogues and the planner's estimates; nothing is written.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use crate::checkpoint;
+use crate::cli::Format;
+use crate::error::exit;
+use crate::job::Job;
+use crate::pg::{self, Side};
+use crate::plan::{self, Cut, Key, Plan, Window};
+use crate::report::{self};
+
+use super::prepare::{fit_target, misfits, plan_partitions, resolve_source, same_server, scope};
+use super::run::{next_window, refuse_dependants, refuse_existing_rows};
+use super::{in_entry, load_jobs, source_name};
+
+pub(super) async fn plan_command(
+    path: &Path,
+    overrides: &[(String, String)],
+    format: Format,
+) -> Result<u8> {
+    let set = load_jobs(path, overrides)?;
+    let many = set.jobs.len() > 1;
+    let mut docs = Vec::new();
+    for (i, job) in set.jobs.into_iter().enumerate() {
+        if many && format == Format::Text {
+            println!("== table {}\n", job.target.table);
+        }
+        if let Some(doc) = plan_job(job, format)
+            .await
+            .map_err(|e| in_entry(many, i, e))?
+        {
+            docs.push(doc);
+        }
+    }
+    if format == Format::Json {
+        let doc = if many {
+            serde_json::Value::Array(docs)
+        } else {
+            docs.pop().expect("one job, one plan")
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON values always serialize")
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// One table's plan: printed as text, or returned as JSON.
+async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>> {
+    let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
+    let source = server.pool(1);
+    let side = resolve_source(&source, &job, &server.place).await?;
+    let mut conn = source
+        .acquire()
+        .await
+        .context("taking a source connection (none could be opened or freed within 60 s)")?;
+    let window = match &side.mark {
+        Some(mark) => Some(planned_window(&job, &mut conn, mark).await?),
+        None => None,
+    };
+    let plan =
+        plan_partitions(&mut conn, &scope(&job, &side, window.as_ref()), &side, None).await?;
+    let mark_line = window.zip(side.mark.as_ref()).map(|(w, mark)| {
+        let shown = |v: Option<i64>| v.map(|v| mark.key_type.display(v));
+        (
+            format!(
+                "incremental on {}: the mark is {}; the next run copies {}\n",
+                mark.column,
+                match (w.first, w.since) {
+                    (true, _) => "not set yet".to_string(),
+                    (false, since) => shown(since).unwrap_or_else(|| "(none)".to_string()),
+                },
+                w.describe(mark.key_type)
+            ),
+            json!({
+                "column": mark.column,
+                "first_run": w.first,
+                "mark": shown(w.since),
+                "copies_up_to": shown(w.until),
+                "window": w.describe(mark.key_type),
+            }),
+        )
+    });
+    let mut estimates = Vec::with_capacity(plan.partitions.len());
+    for p in &plan.partitions {
+        estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
+    }
+    let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
+    match format {
+        Format::Text => print!(
+            "{}{}",
+            mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
+            report::render_plan(&plan, &estimates, &source_name(&job), at_once)
+        ),
+        Format::Json => {
+            let key_type = plan.key.as_ref().map(|k| k.key_type);
+            let show = |v: i64| key_type.map(|k| k.display(v));
+            let doc = json!({
+                "source": source_name(&job),
+                "target": job.target.table.to_string(),
+                "columns": plan.columns,
+                "partition_column": plan.key.as_ref().map(|k| &k.column),
+                "key_type": key_type,
+                "lower_bound": plan.bounds.as_ref().and_then(|b| show(b.lower)),
+                "upper_bound": plan.bounds.as_ref().and_then(|b| show(b.upper)),
+                "bounds_from": plan.bounds.as_ref().map(|b| b.origin),
+                "incremental": mark_line.map(|(_, doc)| doc),
+                "strategy": plan::strategy(&job),
+                "boundaries_from": match &plan.cut {
+                    Cut::Quantile { how, .. } => Some(how.clone()),
+                    _ => None,
+                },
+                "spread": Plan::spread(&estimates),
+                "requested_partitions": plan.requested_partitions,
+                "partitions_at_once": at_once,
+                "estimated_rows": estimates.iter().sum::<i64>(),
+                "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
+                    "index": p.index,
+                    "range": p.describe,
+                    "lower": p.range.lower.and_then(show),
+                    "upper": p.range.upper.and_then(show),
+                    "sql": p.select,
+                    "estimated_rows": e,
+                })).collect::<Vec<_>>(),
+            });
+            return Ok(Some(doc));
+        }
+    }
+    Ok(None)
+}
+
+/// The window the next run of an incremental job copies: the recorded run's, if
+/// it is unfinished (the next run resumes it), else the one after it. Reads the
+/// checkpoint table on the target; writes nothing.
+async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Result<Window> {
+    let server = pg::connect(Side::Target, &job.target.url, job.retries).await?;
+    let mut conn = server
+        .pool(1)
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let earlier = match &job.checkpoint_table {
+        Some(cp) => pg::recorded_run(&mut conn, cp, &checkpoint::fingerprint(job)).await?,
+        None => None,
+    };
+    let target_oid = pg::table_oid(&mut conn, &job.target.table).await?;
+    let earlier = earlier.filter(|r| r.target_oid == target_oid);
+    match &earlier {
+        Some(run) if !run.finished && run.window.is_some() => {
+            Ok(run.window.expect("checked just above"))
+        }
+        _ => next_window(source, job, mark, earlier.as_ref()).await,
+    }
+}
+
+pub(super) async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
+    let set = load_jobs(path, overrides)?;
+    let many = set.jobs.len() > 1;
+    for (i, job) in set.jobs.into_iter().enumerate() {
+        if many {
+            println!("== table {}", job.target.table);
+        }
+        check_job(job).await.map_err(|e| in_entry(many, i, e))?;
+    }
+    Ok(exit::OK)
+}
+
+async fn check_job(job: Job) -> Result<()> {
+    let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
+    let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
+    let same_database = same_server(&job, &source, &target) && source.database == target.database;
+    let side = resolve_source(&source.pool(1), &job, &source.place).await?;
+    let fit = fit_target(
+        &target.pool(1),
+        &job,
+        &side.columns,
+        same_database,
+        &target.place,
+    )
+    .await?;
+    print!(
+        "{}",
+        report::render_check(
+            &source_name(&job),
+            &job.target.table.to_string(),
+            fit.exists,
+            &fit.fits
+        )
+    );
+    if let Some(error) = misfits(&job, &fit) {
+        return Err(error.into());
+    }
+    // What a run would refuse before writing (a resume of this job's unfinished
+    // run is not refused).
+    let fingerprint = checkpoint::fingerprint(&job);
+    let pool = target.pool(1);
+    refuse_existing_rows(&pool, &job, &fingerprint, false).await?;
+    refuse_dependants(&pool, &job, &fingerprint, false).await?;
+    println!("ok: the target can take every column; nothing was written");
+    Ok(())
+}
