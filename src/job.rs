@@ -812,8 +812,9 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
 pub const PARTITIONS_PER_CONNECTION: u32 = 4;
 /// Partitions at once (connections on each side) when the job does not say: more
 /// partitions queue. More writers into one table mostly wait on each other (for
-/// the table's extension lock and WAL): on 2 cores, 8 at once took about 10%
-/// longer than 2 or 4 (docs/PERFORMANCE.md). pgcopydb and Sqoop default to 4 too.
+/// the table's extension lock and WAL): on 2 cores, 8 at once took 1.10 to 1.12x
+/// the time of 2, and 8 partitions 4 at once 1.07x (docs/PERFORMANCE.md).
+/// pgcopydb and Sqoop default to 4 too.
 pub const DEFAULT_PARALLELISM: u32 = 4;
 
 fn validate_partition(
