@@ -395,7 +395,8 @@ pub struct Job {
     pub partition: Option<PartitionSpec>,
     pub target: Target,
     pub incremental: Option<Incremental>,
-    /// `run.parallelism` as written; see [`Job::partitions_at_once`].
+    /// `run.parallelism` (with `tables = "concurrent"`, this table's share of it);
+    /// see [`Job::partitions_at_once`].
     pub parallelism: Option<u32>,
     /// Where done partitions are recorded on the target; `None`: no checkpoints
     /// (`checkpoint = false`), so no resume either.

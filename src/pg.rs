@@ -477,9 +477,16 @@ pub enum Transfer {
 /// A REPEATABLE READ transaction whose snapshot every partition imports, so that all
 /// partitions read the same moment of the source. Hold it until every partition has
 /// started: an exported snapshot lives only as long as its transaction.
+///
+/// The coordinator then idles in that transaction while partitions queue for a
+/// connection, and the partitions that start later import its snapshot: a
+/// server's `idle_in_transaction_session_timeout` would end it, and every later
+/// partition with it. So the transaction turns the timeout off for itself.
 pub async fn export_snapshot(conn: &mut PgConnection) -> Result<String> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
+    sqlx::raw_sql(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0",
+    )
+    .execute(&mut *conn)
         .await
         .context("opening the source's snapshot transaction")?;
     sqlx::query_scalar("SELECT pg_export_snapshot()")
@@ -489,9 +496,14 @@ pub async fn export_snapshot(conn: &mut PgConnection) -> Result<String> {
 }
 
 /// Starts a transaction that reads the snapshot `snapshot` exported by the coordinator.
+///
+/// Once the source has sent its rows, the transaction idles until the target has
+/// taken them (seconds, with a slow target), so it too turns off the server's
+/// `idle_in_transaction_session_timeout` for itself: ending it would fail a
+/// partition whose rows were all read.
 pub async fn import_snapshot(conn: &mut PgConnection, snapshot: &str) -> Result<()> {
     let sql = format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL idle_in_transaction_session_timeout = 0",
         quote_literal(snapshot)
     );
     execute(conn, &sql)
@@ -680,12 +692,12 @@ pub async fn count_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
     .fetch_one(&mut *conn)
     .await
     .context("counting the source's rows")?;
-    execute(
+    // Only verify uses the connection after the count; if this fails, so does it.
+    let _ = execute(
         conn,
         "SET LOCAL max_parallel_workers_per_gather TO DEFAULT; SET LOCAL jit TO DEFAULT",
     )
-    .await
-    .context("restoring the settings after the count")?;
+    .await;
     Ok(count)
 }
 
@@ -712,11 +724,21 @@ pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool
 /// session's current schema), so it holds before the table exists.
 /// `shared`: the lock shards of one job take together, which keeps out whole
 /// runs, `prepare` and `finish` (they take it exclusively).
+///
+/// The lock's session idles for the whole run, so it turns off the server's
+/// `idle_session_timeout` (PostgreSQL 14 and later) for itself, which would end
+/// it and silently release the lock.
 pub async fn try_lock_table(
     conn: &mut PgConnection,
     table: &QualifiedName,
     shared: bool,
 ) -> Result<bool> {
+    execute(
+        conn,
+        "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'",
+    )
+    .await
+    .with_context(|| format!("taking the run lock on {table}"))?;
     let function = if shared {
         "pg_try_advisory_lock_shared"
     } else {

@@ -358,7 +358,7 @@ pub(super) async fn fit_target(
 }
 
 /// A job error listing every problem with the target, if any.
-pub(super) fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
+fn misfits(job: &Job, fit: &TargetFit) -> Option<JobError> {
     (!fit.problems.is_empty()).then(|| {
         JobError::new(format!(
             "target.table: {} cannot take the source's rows: {}",
@@ -435,6 +435,42 @@ pub(super) struct Prepared {
     pub(super) parallelism: usize,
 }
 
+/// What the source and target, as found, make impossible (exit 2): a column the
+/// target cannot take, a checkpoint schema that does not exist, a verify that
+/// cannot compare partitions. `run`, `verify` and `check` refuse the same.
+pub(super) async fn refuse_unfit(
+    job: &Job,
+    side: &SourceSide,
+    fit: &TargetFit,
+    target: &PgPool,
+) -> Result<()> {
+    if let Some(error) = misfits(job, fit) {
+        return Err(error.into());
+    }
+    if let Some(schema) = job
+        .checkpoint_table
+        .as_ref()
+        .and_then(|cp| cp.schema.as_ref())
+    {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        if !pg::schema_exists(&mut conn, schema).await? {
+            return Err(JobError::new(format!(
+                "run.checkpoint_table: schema \"{schema}\" does not exist in the target database (expected an existing schema)"
+            ))
+            .into());
+        }
+    }
+    if job.verify != Verify::None {
+        if let Some(error) = unverifiable(side) {
+            return Err(error.into());
+        }
+    }
+    Ok(())
+}
+
 /// Everything `run` and `verify` do before their first write: parse the job,
 /// connect within the connection budget, resolve the source, fit the target.
 pub(super) async fn prepare(job: Job) -> Result<Prepared> {
@@ -464,30 +500,7 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
         &target_server.place,
     )
     .await?;
-    if let Some(error) = misfits(&job, &fit) {
-        return Err(error.into());
-    }
-    if let Some(schema) = job
-        .checkpoint_table
-        .as_ref()
-        .and_then(|cp| cp.schema.as_ref())
-    {
-        let mut conn = target
-            .acquire()
-            .await
-            .context("taking a target connection")?;
-        if !pg::schema_exists(&mut conn, schema).await? {
-            return Err(JobError::new(format!(
-                "run.checkpoint_table: schema \"{schema}\" does not exist in the target database (expected an existing schema)"
-            ))
-            .into());
-        }
-    }
-    if job.verify != Verify::None {
-        if let Some(error) = unverifiable(&side) {
-            return Err(error.into());
-        }
-    }
+    refuse_unfit(&job, &side, &fit, &target).await?;
     Ok(Prepared {
         job,
         source,

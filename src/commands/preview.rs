@@ -15,7 +15,9 @@ use crate::pg::{self, Side};
 use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
-use super::prepare::{fit_target, misfits, plan_partitions, resolve_source, same_server, scope};
+use super::prepare::{
+    fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
+};
 use super::run::{next_window, refuse_dependants, refuse_existing_rows};
 use super::{in_entry, load_jobs, source_name};
 
@@ -194,13 +196,11 @@ async fn check_job(job: Job) -> Result<()> {
             &fit.fits
         )
     );
-    if let Some(error) = misfits(&job, &fit) {
-        return Err(error.into());
-    }
     // What a run would refuse before writing (a resume of this job's unfinished
     // run is not refused).
-    let fingerprint = checkpoint::fingerprint(&job);
     let pool = target.pool(1);
+    refuse_unfit(&job, &side, &fit, &pool).await?;
+    let fingerprint = checkpoint::fingerprint(&job);
     refuse_existing_rows(&pool, &job, &fingerprint, false).await?;
     refuse_dependants(&pool, &job, &fingerprint, false).await?;
     println!("ok: the target can take every column; nothing was written");

@@ -294,6 +294,11 @@ fn catalogue_cases(pair: &Pair) -> Vec<Case> {
             job_text(pair, TABLE, "", "mode = \"truncate\"\ntable = \"public.narrow\""),
             &["target.table", "narrow", "amount"],
         ),
+        case(
+            "checkpoint table in a missing schema",
+            job_text(pair, TABLE, "[run]\ncheckpoint_table = \"nosuch.cp\"", TRUNCATE),
+            &["run.checkpoint_table", "schema \"nosuch\" does not exist"],
+        ),
     ]
 }
 

@@ -343,6 +343,61 @@ async fn at_most_four_partitions_copy_at_once_unless_parallelism_says_more() {
     }
 }
 
+/// Servers that end idle sessions: the coordinator idles in its snapshot
+/// transaction while partitions queue (`idle_in_transaction_session_timeout` on
+/// the source would end it, and the later partitions could not import the
+/// snapshot), and the run lock's session idles for the whole run
+/// (`idle_session_timeout` on the target would end it and release the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlasts_the_servers_idle_timeouts() {
+    let pair = Pair::new("idle").await;
+    pair.source
+        .exec(&format!(
+            "CREATE TABLE public.items (id int PRIMARY KEY, note text);
+             INSERT INTO public.items SELECT g, 'n' || g FROM generate_series(1, 640) g;
+             ALTER DATABASE \"{}\" SET idle_in_transaction_session_timeout = '300ms';",
+            pair.source.name
+        ))
+        .await;
+    // 16 partitions of 40 rows, 4 at once, 10 ms a row: about 1.6 s in all.
+    pair.target
+        .exec(&format!(
+            "CREATE TABLE public.items (id int PRIMARY KEY, note text);
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END$$;
+             CREATE TRIGGER slow BEFORE INSERT ON public.items
+               FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER DATABASE \"{}\" SET idle_session_timeout = '300ms';",
+            pair.target.name
+        ))
+        .await;
+    let job = job_file(&job_text(
+        &pair,
+        "table = \"public.items\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 641\ncount = 16",
+        "mode = \"truncate\"",
+    ));
+    let running = Running::start(&["run", job.path.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let locks = pair
+        .target
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+              WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{}'",
+            pair.target.name
+        ))
+        .await;
+    let out = running.finish();
+    assert_exit(&out, 0);
+    assert_eq!(
+        locks,
+        1,
+        "the run lock was not held after 1 s: {}",
+        text(&out)
+    );
+    assert_eq!(pair.assert_same("public.items", "public.items").await, 640);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_partition_reads_one_snapshot_while_the_source_changes() {
     let pair = Pair::new("snapshot").await;
@@ -618,14 +673,17 @@ async fn verify_needs_the_partition_column_among_the_copied_ones() {
         "[partition]\ncolumn = \"id\"\ncount = 4\n[run]\nverify = \"count\"",
         "",
     ));
-    let out = run_job(&job.path);
-    assert_exit(&out, 2);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("run.verify: the partition column \"id\" is not among the copied columns"),
-        "{}",
-        text(&out)
-    );
+    for command in ["run", "check"] {
+        let out = stride(&[command, job.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 2);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(
+                "run.verify: the partition column \"id\" is not among the copied columns"
+            ),
+            "{command}: {}",
+            text(&out)
+        );
+    }
     assert_eq!(
         pair.target
             .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'")
