@@ -26,9 +26,9 @@
 #   `defer_indexes = true` (indexes dropped, then built again after the copy)
 # stride runs with the defaults a user gets (checkpoints on, run.parallelism 4:
 # at most 4 partitions at once), `mode = "truncate"`, partitioned on id with
-# bounds read from the source; the configurations marked "at once" set
-# run.parallelism to their partition count. After every run the target's row count must be ROWS, or the script
-# stops with exit 1.
+# bounds read from the source; the configurations marked "all at once" set
+# run.parallelism to their partition count. After every run the target's row
+# count must be ROWS, or the script stops with exit 1.
 #
 # Prints on stdout, as markdown: the machine, the data, and one table row per
 # configuration with the median wall time (the whole process: connecting,
