@@ -18,7 +18,7 @@ use crate::report::{self};
 use super::prepare::{
     fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
 };
-use super::run::{next_window, refuse_dependants, refuse_existing_rows};
+use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
 
 pub(super) async fn plan_command(
@@ -201,8 +201,7 @@ async fn check_job(job: Job) -> Result<()> {
     let pool = target.pool(1);
     refuse_unfit(&job, &side, &fit, &pool).await?;
     let fingerprint = checkpoint::fingerprint(&job);
-    refuse_existing_rows(&pool, &job, &fingerprint, false).await?;
-    refuse_dependants(&pool, &job, &fingerprint, false).await?;
+    refuse_what_the_target_holds(&pool, &job, &fingerprint, false).await?;
     println!("ok: the target can take every column; nothing was written");
     Ok(())
 }

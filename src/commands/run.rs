@@ -292,8 +292,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     if matches!(step, Step::Whole | Step::Prepare) {
         // Again under the lock: a run may have ended (or a view been created)
         // since the checks before writing.
-        refuse_existing_rows(&target, &job, &fingerprint, opts.restart).await?;
-        refuse_dependants(&target, &job, &fingerprint, opts.restart).await?;
+        refuse_what_the_target_holds(&target, &job, &fingerprint, opts.restart).await?;
     }
     // The table the partitions are written into: a replace's staging table, else
     // the target itself.
@@ -734,8 +733,7 @@ async fn check_before_writing(job: &Job, target: &PgPool, opts: &RunOptions) -> 
     }
     if matches!(opts.step, Step::Whole | Step::Prepare) {
         let fingerprint = checkpoint::fingerprint(job);
-        refuse_existing_rows(target, job, &fingerprint, opts.restart).await?;
-        refuse_dependants(target, job, &fingerprint, opts.restart).await?;
+        refuse_what_the_target_holds(target, job, &fingerprint, opts.restart).await?;
     }
     Ok(())
 }
@@ -1058,69 +1056,27 @@ async fn finish_run(
     Ok(exit::OK)
 }
 
-/// `mode = "error-if-exists"`: a new run refuses a target table that already
-/// holds rows, before anything is written (the checkpoint table included). A
-/// resume (an unfinished earlier run of this job into this very table, and no
-/// `--restart`) continues into the rows it wrote itself.
-pub(super) async fn refuse_existing_rows(
-    target: &PgPool,
-    job: &Job,
-    fingerprint: &str,
-    restart: bool,
-) -> Result<()> {
-    if job.target.mode != Mode::ErrorIfExists {
-        return Ok(());
-    }
-    let table = &job.target.table;
-    let mut conn = target
-        .acquire()
-        .await
-        .context("taking a target connection")?;
-    let Some(oid) = pg::table_oid(&mut conn, table).await? else {
-        return Ok(());
-    };
-    if resumes(&mut conn, job, fingerprint, restart, oid).await? {
-        return Ok(());
-    }
-    if pg::has_rows(&mut conn, table).await? {
-        return Err(JobError::new(format!(
-            "target.mode: is \"error-if-exists\" and target table {table} already holds rows (expected an empty or missing table, or mode = \"append\", \"truncate\" or \"upsert\"); nothing was written"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-/// Whether a step that starts runs will resume the recorded run of this job into
-/// the table with OID `oid`: an unfinished one, without `--restart`.
-async fn resumes(
-    conn: &mut PgConnection,
-    job: &Job,
-    fingerprint: &str,
-    restart: bool,
-    oid: i64,
-) -> Result<bool> {
-    let Some(cp) = job.checkpoint_table.as_ref().filter(|_| !restart) else {
-        return Ok(false);
-    };
-    let earlier = pg::recorded_run(conn, cp, fingerprint).await?;
-    Ok(earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)))
-}
-
-/// `mode = "replace"` and `"overwrite"` drop the target table (replace when it
-/// swaps the new one in, overwrite when a new run starts), and PostgreSQL binds
-/// views and foreign keys to the table itself, not its name: they would block
-/// the drop (or, with a rename, keep reading the old table). So a run whose
-/// target has them is refused before anything is written, naming them. A resumed
-/// overwrite does not drop the table again, and is not refused.
-pub(super) async fn refuse_dependants(
+/// What the target table holds that a new run must not write over, refused
+/// before anything is written (the checkpoint table included):
+/// - `mode = "error-if-exists"`: rows;
+/// - `mode = "replace"` and `"overwrite"`: views and foreign keys on it. Both
+///   modes drop the table (replace when it swaps the new one in, overwrite when a
+///   new run starts), and PostgreSQL binds views and foreign keys to the table
+///   itself, not its name: they would block the drop (or, with a rename, keep
+///   reading the old table).
+///
+/// A resume (an unfinished earlier run of this job into this very table, and no
+/// `--restart`) continues into what it wrote itself, so error-if-exists and
+/// overwrite do not refuse it; replace swaps at the end whatever the run, so it
+/// refuses a resume too.
+pub(super) async fn refuse_what_the_target_holds(
     target: &PgPool,
     job: &Job,
     fingerprint: &str,
     restart: bool,
 ) -> Result<()> {
     let mode = job.target.mode;
-    if !matches!(mode, Mode::Replace | Mode::Overwrite) {
+    if !matches!(mode, Mode::ErrorIfExists | Mode::Replace | Mode::Overwrite) {
         return Ok(());
     }
     let table = &job.target.table;
@@ -1131,7 +1087,16 @@ pub(super) async fn refuse_dependants(
     let Some(oid) = pg::table_oid(&mut conn, table).await? else {
         return Ok(());
     };
-    if mode == Mode::Overwrite && resumes(&mut conn, job, fingerprint, restart, oid).await? {
+    if mode != Mode::Replace && resumes(&mut conn, job, fingerprint, restart, oid).await? {
+        return Ok(());
+    }
+    if mode == Mode::ErrorIfExists {
+        if pg::has_rows(&mut conn, table).await? {
+            return Err(JobError::new(format!(
+                "target.mode: is \"error-if-exists\" and target table {table} already holds rows (expected an empty or missing table, or mode = \"append\", \"truncate\" or \"upsert\"); nothing was written"
+            ))
+            .into());
+        }
         return Ok(());
     }
     let found = pg::dependants(&mut conn, table).await?;
@@ -1149,6 +1114,22 @@ pub(super) async fn refuse_dependants(
         if found.len() == 1 { "depends" } else { "depend" }
     ))
     .into())
+}
+
+/// Whether a step that starts runs will resume the recorded run of this job into
+/// the table with OID `oid`: an unfinished one, without `--restart`.
+async fn resumes(
+    conn: &mut PgConnection,
+    job: &Job,
+    fingerprint: &str,
+    restart: bool,
+    oid: i64,
+) -> Result<bool> {
+    let Some(cp) = job.checkpoint_table.as_ref().filter(|_| !restart) else {
+        return Ok(false);
+    };
+    let earlier = pg::recorded_run(conn, cp, fingerprint).await?;
+    Ok(earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)))
 }
 
 /// After a successful run (`target.reset_sequences`): sequences owned by target

@@ -331,7 +331,7 @@ async fn at_most_four_partitions_copy_at_once_unless_parallelism_says_more() {
         args.extend(set.iter().flat_map(|s| ["--set", s]));
         let out = stride(&args, &[]);
         assert_exit(&out, 0);
-        assert_eq!(pair.target.count("public.items").await, 8000);
+        assert_eq!(pair.assert_same("public.items", "public.items").await, 8000);
         assert_eq!(pair.target.count("public.seen").await, 8);
         assert_eq!(
             pair.target
