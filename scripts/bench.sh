@@ -429,61 +429,59 @@ echo "- client: $(psql --version); $version"
 echo "- data: $table, $(grouped "$rows") rows, pg_total_relation_size $(mb "$total_bytes") MB (heap, TOAST and primary key), binary COPY stream $(mb "$copy_bytes") MB"
 echo "- MB/s: binary COPY stream bytes (10^6 a MB) over the median time; memory: peak resident set size (/usr/bin/time -v), the largest of the rounds, summed over the processes of the pipes"
 echo
+# Median over the rounds of configuration $1's time over configuration $2's.
+median_ratio() {
+    local round ratios=()
+    for ((round = 1; round <= rounds; round++)); do
+        ratios+=("$(awk -v a="${times[$1,$round]}" -v b="${times[$2,$round]}" 'BEGIN { printf "%.4f", a / b }')")
+    done
+    median "${ratios[@]}"
+}
+
+# Configuration $1's peak client memory over the rounds in MiB (one decimal), or
+# n/a when it was not measured.
+peak_mib() {
+    local round m peak=0
+    for ((round = 1; round <= rounds; round++)); do
+        m=${mems[$1,$round]}
+        [ "$m" = - ] && {
+            echo n/a
+            return
+        }
+        ((m > peak)) && peak=$m
+    done
+    awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+
 echo "| configuration | median s | runs s | rows/s | MB/s | peak client MiB | ratio | reference (same round) |"
 echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"
 for name in "${table_order[@]}"; do
-    run_times=() ratios=() peak=0
+    run_times=()
     for ((round = 1; round <= rounds; round++)); do
-        t=${times[$name,$round]}
-        run_times+=("$t")
-        ratios+=("$(awk -v a="$t" -v b="${times[${ref[$name]},$round]}" 'BEGIN { printf "%.4f", a / b }')")
-        m=${mems[$name,$round]}
-        if [ "$m" = - ]; then
-            peak=-
-        elif [ "$peak" != - ] && ((m > peak)); then
-            peak=$m
-        fi
+        run_times+=("${times[$name,$round]}")
     done
     med=$(median "${run_times[@]}")
-    ratio=$(median "${ratios[@]}")
-    if [ "$peak" = - ]; then peak_mib=n/a; else peak_mib=$(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }'); fi
     printf '| %s | %.2f | %s | %s | %.1f | %s | %.2f | %s |\n' \
         "${label[$name]}" "$med" "$(printf '%.2f ' "${run_times[@]}" | sed 's/ $//')" \
         "$(grouped "$(awk -v r="$rows" -v t="$med" 'BEGIN { print r / t }')")" \
         "$(awk -v b="$copy_bytes" -v t="$med" 'BEGIN { print b / 1e6 / t }')" \
-        "$peak_mib" "$ratio" \
+        "$(peak_mib "$name")" "$(median_ratio "$name" "${ref[$name]}")" \
         "$([ "${ref[$name]}" = "$name" ] && echo itself || echo "${label[${ref[$name]}]}")"
 done
 echo
 for name in copy8 copy8p8; do
-    ratios=()
-    for ((round = 1; round <= rounds; round++)); do
-        ratios+=("$(awk -v a="${times[$name,$round]}" -v b="${times[copy2,$round]}" 'BEGIN { printf "%.4f", a / b }')")
-    done
     printf '%s vs stride copy, 2 partitions (same round, median): %.2f (target: at most 1.10)\n\n' \
-        "${label[$name]}" "$(median "${ratios[@]}")"
+        "${label[$name]}" "$(median_ratio "$name" copy2)"
 done
-ratios=()
-for ((round = 1; round <= rounds; round++)); do
-    ratios+=("$(awk -v a="${times[pipeidx,$round]}" -v b="${times[copy4idx,$round]}" 'BEGIN { printf "%.4f", a / b }')")
-done
-printf 'indexed target: stride copy with defer_indexes is %.2fx faster than the psql pipe (same round, median; target: at least 1.3x)\n' "$(median "${ratios[@]}")"
+printf 'indexed target: stride copy with defer_indexes is %.2fx faster than the psql pipe (same round, median; target: at least 1.3x)\n' \
+    "$(median_ratio pipeidx copy4idx)"
 echo
 for name in copy8p8 insert8b10000p8; do
-    peak=0
-    for ((round = 1; round <= rounds; round++)); do
-        m=${mems[$name,$round]}
-        if [ "$m" = - ]; then
-            peak=-
-        elif [ "$peak" != - ] && ((m > peak)); then
-            peak=$m
-        fi
-    done
-    if [ "$peak" = - ]; then
+    peak=$(peak_mib "$name")
+    if [ "$peak" = n/a ]; then
         echo "${label[$name]}: peak client memory not measured"
     else
-        printf '%s: peak client memory %.1f MiB (target: at most 32 MiB)\n' "${label[$name]}" \
-            "$(awk -v k="$peak" 'BEGIN { print k / 1024 }')"
+        printf '%s: peak client memory %s MiB (target: at most 32 MiB)\n' "${label[$name]}" "$peak"
     fi
     echo
 done
