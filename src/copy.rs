@@ -25,6 +25,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
+use sqlx::AssertSqlSafe;
 use sqlx::{Arguments, PgConnection, PgPool, Postgres, Row, ValueRef};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -309,10 +310,10 @@ async fn settle_unanswered_commit(spec: &CopySpec, partition: &PlannedPartition)
         .acquire()
         .await
         .context("taking a target connection to look up the partition's checkpoint")?;
-    let recorded: Option<(i64, i64)> = sqlx::query_as(&format!(
+    let recorded: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT rows, bytes FROM {} WHERE fingerprint = $1 AND partition = $2",
         cp.table
-    ))
+    )))
     .bind(&cp.fingerprint)
     .bind(i64::try_from(partition.index).expect("partition indexes are small"))
     .fetch_optional(&mut *conn)
@@ -525,7 +526,7 @@ async fn insert_rows(
     // The stream is made on the call and its inner stream on the first poll: both
     // without a span (see `pass_through`).
     let mut rows_in = tracing::dispatcher::with_default(&Dispatch::none(), || {
-        sqlx::query(&select).fetch(&mut *source)
+        sqlx::query(AssertSqlSafe(select.as_str())).fetch(&mut *source)
     });
     let mut batch = Batch::new(spec.columns.len());
     let mut counts = Counts::default();
@@ -674,7 +675,7 @@ async fn write_batch(
     let rows = batch.rows;
     batch.rows = 0;
     batch.bytes = 0;
-    let query = sqlx::query_with(&spec.insert, arguments);
+    let query = sqlx::query_with(AssertSqlSafe(spec.insert.as_str()), arguments);
     let done = match &spec.upsert {
         None => query.execute(target).await.map_err(anyhow::Error::new),
         Some(upsert) => query

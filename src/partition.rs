@@ -504,7 +504,7 @@ impl KeyRange {
     pub fn contains(&self, value: Option<i64>) -> bool {
         match value {
             None => self.lower.is_none(),
-            Some(v) => self.lower.map_or(true, |l| v >= l) && self.upper.map_or(true, |u| v < u),
+            Some(v) => self.lower.is_none_or(|l| v >= l) && self.upper.is_none_or(|u| v < u),
         }
     }
 
@@ -613,7 +613,7 @@ pub fn weighted_cuts(points: &[(i64, f64)], nulls: f64, count: u32) -> Vec<i64> 
             if before < share && share - before > before + weight - share {
                 break;
             }
-            if before > 0.0 && cuts.last().map_or(true, |&c| value > c) {
+            if before > 0.0 && cuts.last().is_none_or(|&c| value > c) {
                 cuts.push(value);
             }
             k += 1;

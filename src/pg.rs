@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::AssertSqlSafe;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::error::JobError;
@@ -35,7 +36,9 @@ const FIRST_NORMAL_OID: i64 = 16384;
 /// does too, but its future cannot be proven `Send` inside a spawned task:
 /// rust-lang/rust#102211.)
 pub async fn execute(conn: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
-    sqlx::Executor::execute(conn, sql).await.map(|_| ())
+    sqlx::Executor::execute(conn, AssertSqlSafe(sql))
+        .await
+        .map(|_| ())
 }
 
 /// Which side of the copy a connection is on, for messages.
@@ -311,13 +314,14 @@ pub async fn reset_sequences(
             schema: Some(schema),
             name,
         };
-        let value: Option<i64> =
-            sqlx::query_scalar(&crate::plan::reset_sequence_sql(table, &column, &sequence))
-                .fetch_optional(&mut *conn)
-                .await
-                .with_context(|| {
-                    format!("setting sequence {sequence} past the largest {table}.\"{column}\"")
-                })?;
+        let value: Option<i64> = sqlx::query_scalar(AssertSqlSafe(
+            crate::plan::reset_sequence_sql(table, &column, &sequence),
+        ))
+        .fetch_optional(&mut *conn)
+        .await
+        .with_context(|| {
+            format!("setting sequence {sequence} past the largest {table}.\"{column}\"")
+        })?;
         if let Some(value) = value {
             set.push((column, sequence, value));
         }
@@ -327,10 +331,12 @@ pub async fn reset_sequences(
 
 /// Whether a table holds at least one row.
 pub async fn has_rows(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
-    sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {table})"))
-        .fetch_one(conn)
-        .await
-        .with_context(|| format!("looking for rows in {table}"))
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {table})"
+    )))
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("looking for rows in {table}"))
 }
 
 /// Of `type_names`, those that do not exist in this database.
@@ -380,9 +386,9 @@ pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Rela
     let result = async {
         // The extended protocol takes one statement only: a `;` in the query
         // cannot smuggle a second one in. The newline ends a trailing `--` comment.
-        sqlx::query(&format!(
+        sqlx::query(AssertSqlSafe(format!(
             "CREATE TEMPORARY VIEW stride_query_probe AS {query}\n"
-        ))
+        )))
         .execute(&mut *conn)
         .await
         .context("source.query: the query does not run")?;
@@ -403,9 +409,11 @@ pub async fn describe_query(conn: &mut PgConnection, query: &str) -> Result<Rela
 /// the row description of the prepared statement instead, so their types carry no
 /// modifiers (a table created from them has `numeric`, not `numeric(12,4)`).
 async fn describe_query_on_standby(conn: &mut PgConnection, query: &str) -> Result<Relation> {
-    use sqlx::{Column as _, Executor as _, TypeInfo as _};
+    use sqlx::{Column as _, Executor as _, Statement as _, TypeInfo as _};
     let described = (&mut *conn)
-        .describe(&format!("{query}\n"))
+        .prepare(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(format!(
+            "{query}\n"
+        ))))
         .await
         .context("source.query: the query does not run")?;
     let mut columns = Vec::with_capacity(described.columns().len());
@@ -514,7 +522,7 @@ pub async fn import_snapshot(conn: &mut PgConnection, snapshot: &str) -> Result<
 /// Smallest and largest key, encoded as `partition::KeyType` values, over the rows
 /// the job reads; `None` when there are none. `sql` comes from `plan::bounds_sql`.
 pub async fn key_bounds(conn: &mut PgConnection, sql: &str) -> Result<Option<(i64, i64)>> {
-    let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(sql)
+    let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(AssertSqlSafe(sql))
         .fetch_one(conn)
         .await
         .context("reading the partition column's min() and max() from the source")?;
@@ -524,7 +532,7 @@ pub async fn key_bounds(conn: &mut PgConnection, sql: &str) -> Result<Option<(i6
 /// Plans `select` without running it: proves the user's SQL parses and names
 /// what exists. The driver's error is returned as is, for the caller to sort.
 pub async fn explain(conn: &mut PgConnection, select: &str) -> sqlx::Result<()> {
-    sqlx::query(&format!("EXPLAIN {select}"))
+    sqlx::query(AssertSqlSafe(format!("EXPLAIN {select}")))
         .execute(conn)
         .await
         .map(|_| ())
@@ -532,10 +540,11 @@ pub async fn explain(conn: &mut PgConnection, select: &str) -> sqlx::Result<()> 
 
 /// The planner's row estimate for a query.
 pub async fn estimate_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
-    let json: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {select}"))
-        .fetch_one(conn)
-        .await
-        .context("estimating a partition's rows with EXPLAIN")?;
+    let json: serde_json::Value =
+        sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {select}")))
+            .fetch_one(conn)
+            .await
+            .context("estimating a partition's rows with EXPLAIN")?;
     Ok(json[0]["Plan"]["Plan Rows"]
         .as_f64()
         .map_or(0, |r| r.round() as i64))
@@ -606,7 +615,7 @@ pub async fn read_checkpoints(
 ) -> Result<Option<RecordedRun>> {
     // Each row read as JSON, so a table an older stride made (without the newer
     // columns, until a run adds them) reads as well: missing columns are NULL.
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT (j->>'partition')::int8, (j->>'lower_bound')::int8, (j->>'upper_bound')::int8, \
                 coalesce((j->>'partitions')::int8, 0), coalesce((j->>'rows')::int8, 0), \
                 coalesce((j->>'bytes')::int8, 0), (j->>'finished')::boolean, \
@@ -619,7 +628,7 @@ pub async fn read_checkpoints(
                      ELSE '{{}}'::text[] END \
          FROM (SELECT to_jsonb(c) AS j FROM {table} AS c WHERE fingerprint = $1) AS rows \
          ORDER BY 1"
-    ))
+    )))
     .bind(fingerprint)
     .fetch_all(conn)
     .await
@@ -665,7 +674,7 @@ pub async fn read_checkpoints(
 
 /// Row count and checksum from a `plan::verify_sql` statement.
 pub async fn verify(conn: &mut PgConnection, sql: &str) -> Result<(i64, String)> {
-    sqlx::query_as(sql)
+    sqlx::query_as(AssertSqlSafe(sql))
         .fetch_one(conn)
         .await
         .context("counting and checksumming a partition")
@@ -685,10 +694,10 @@ pub async fn count_rows(conn: &mut PgConnection, select: &str) -> Result<i64> {
     )
     .await
     .context("setting up the count")?;
-    let count = sqlx::query_scalar(&format!(
+    let count = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT count(*)::int8 FROM ({select}) AS {}",
         crate::sql::quote_ident("all_rows")
-    ))
+    )))
     .fetch_one(&mut *conn)
     .await
     .context("counting the source's rows")?;
@@ -744,9 +753,9 @@ pub async fn try_lock_table(
     } else {
         "pg_try_advisory_lock"
     };
-    sqlx::query_scalar(&format!(
+    sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT {function}(hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0))",
-    ))
+    )))
     .bind(table.schema.as_deref())
     .bind(&table.name)
     .fetch_one(conn)
@@ -756,12 +765,12 @@ pub async fn try_lock_table(
 
 /// One `boolean` from a query.
 pub async fn scalar_bool(conn: &mut PgConnection, sql: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar(sql).fetch_one(conn).await
+    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(conn).await
 }
 
 /// One `bigint` from a query.
 pub async fn scalar_i64(conn: &mut PgConnection, sql: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(sql).fetch_one(conn).await
+    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(conn).await
 }
 
 /// The planner's statistics of a column, from `plan::statistics_sql`.
@@ -778,7 +787,7 @@ pub struct Statistics {
 type StatisticsRow = (f64, Vec<Option<i64>>, Vec<f64>, Vec<Option<i64>>, f64);
 
 pub async fn statistics(conn: &mut PgConnection, sql: &str) -> Result<Option<Statistics>> {
-    let row: Option<StatisticsRow> = sqlx::query_as(sql)
+    let row: Option<StatisticsRow> = sqlx::query_as(AssertSqlSafe(sql))
         .fetch_optional(conn)
         .await
         .context("reading the planner's statistics of the partition column")?;
@@ -794,7 +803,7 @@ pub async fn statistics(conn: &mut PgConnection, sql: &str) -> Result<Option<Sta
 
 /// The encoded key values of a `plan::sample_sql` query.
 pub async fn sample(conn: &mut PgConnection, sql: &str) -> Result<Vec<Option<i64>>> {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(AssertSqlSafe(sql))
         .fetch_all(conn)
         .await
         .context("sampling the partition column for quantile boundaries")

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
+use sqlx::AssertSqlSafe;
 use sqlx::{PgConnection, PgPool, Postgres};
 use tracing::{debug, info, warn};
 
@@ -625,10 +626,14 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 report::group(source_rows)
             );
             if let Some(cp) = &job.checkpoint_table {
-                sqlx::raw_sql(&checkpoint::fail_check_sql(cp, &fingerprint, &problem))
-                    .execute(&target)
-                    .await
-                    .with_context(|| format!("recording the failed check in {cp}"))?;
+                sqlx::raw_sql(AssertSqlSafe(checkpoint::fail_check_sql(
+                    cp,
+                    &fingerprint,
+                    &problem,
+                )))
+                .execute(&target)
+                .await
+                .with_context(|| format!("recording the failed check in {cp}"))?;
             }
             problems.push(problem);
         }
@@ -778,11 +783,11 @@ async fn start_run(
     let table = &job.target.table;
     let mode = job.target.mode;
     if !fit.exists && !matches!(mode, Mode::Replace | Mode::Overwrite) {
-        sqlx::raw_sql(&plan::create_table_sql(
+        sqlx::raw_sql(AssertSqlSafe(plan::create_table_sql(
             table,
             &side.columns,
             fit.upsert_key.as_deref(),
-        ))
+        )))
         .execute(target)
         .await
         .with_context(|| format!("creating target table {table}"))?;
@@ -859,7 +864,7 @@ async fn start_run(
         ));
     }
     statements.push("COMMIT".to_string());
-    sqlx::raw_sql(&statements.join(";\n"))
+    sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
         .execute(target)
         .await
         .with_context(|| format!("starting the run on target table {table}"))?;
@@ -957,7 +962,7 @@ async fn close_run(
     }
     reset_sequences(job, target).await?;
     if let Some(cp) = &job.checkpoint_table {
-        sqlx::raw_sql(&checkpoint::finish_run_sql(cp, fingerprint))
+        sqlx::raw_sql(AssertSqlSafe(checkpoint::finish_run_sql(cp, fingerprint)))
             .execute(target)
             .await
             .with_context(|| format!("recording the finished run in {cp}"))?;

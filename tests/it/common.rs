@@ -36,11 +36,13 @@ impl TestDb {
         let mut admin = PgConnection::connect(&server_url())
             .await
             .expect("the test server answers at STRIDE_TEST_PG_URL (run scripts/test.sh)");
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -55,7 +57,7 @@ impl TestDb {
     /// Runs SQL (several statements allowed).
     pub async fn exec(&self, sql: &str) {
         let mut conn = self.conn().await;
-        sqlx::raw_sql(sql)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("running {sql}: {e}"));
@@ -63,12 +65,18 @@ impl TestDb {
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let mut conn = self.conn().await;
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 
     pub async fn scalar_string(&self, sql: &str) -> String {
         let mut conn = self.conn().await;
-        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// Row count and checksum of a table or parenthesised query: see [`checksum`].
@@ -93,10 +101,11 @@ impl Drop for TestDb {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
-                    let _ =
-                        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
             });
         })
@@ -106,7 +115,7 @@ impl Drop for TestDb {
 
 /// Runs SQL (several statements allowed) on a connection.
 pub async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sql)
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(conn)
         .await
         .unwrap_or_else(|e| panic!("running {sql}: {e}"));
@@ -122,9 +131,9 @@ pub async fn try_checksum(
     sqlx::raw_sql("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
         .execute(&mut *conn)
         .await?;
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {from} AS t"
-    ))
+    )))
     .fetch_one(conn)
     .await
 }

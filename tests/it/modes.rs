@@ -488,9 +488,11 @@ async fn sequences_are_set_past_the_copied_values_unless_turned_off() {
             }
             // The target's own next insert takes the column's default.
             let mut conn = pair.target.conn().await;
-            let insert = sqlx::raw_sql(&format!("INSERT INTO {table} (name) VALUES ('next')"))
-                .execute(&mut conn)
-                .await;
+            let insert = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {table} (name) VALUES ('next')"
+            )))
+            .execute(&mut conn)
+            .await;
             match (reset, insert) {
                 (true, Ok(_)) => assert_eq!(
                     pair.target

@@ -214,13 +214,13 @@ async fn wait_for_no_stride_sessions(db: &TestDb) {
 /// `pg_stat_activity`), if there is one; returns whether one was terminated.
 /// Parallel workers of a session are left alone: they share its query text.
 async fn terminate_one(admin: &mut PgConnection, db: &TestDb, condition: &str) -> bool {
-    sqlx::query_scalar(&format!(
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM (
            SELECT pid FROM pg_stat_activity
            WHERE datname = $1 AND application_name = 'stride' AND backend_type = 'client backend'
              AND ({condition})
            LIMIT 1) AS victim"
-    ))
+    )))
     .bind(&db.name)
     .fetch_one(admin)
     .await

@@ -145,10 +145,10 @@ async fn column_digests(db: &TestDb) -> Vec<(String, String)> {
     .unwrap();
     let mut digests = Vec::new();
     for column in columns {
-        let digest: String = sqlx::query_scalar(&format!(
+        let digest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT md5(string_agg(coalesce(quote_literal(\"{column}\"::text), 'NULL'), ',' ORDER BY id NULLS FIRST))
              FROM public.all_types"
-        ))
+        )))
         .fetch_one(&mut conn)
         .await
         .unwrap();
