@@ -78,31 +78,15 @@ impl DbUrl {
     }
 }
 
-/// URL parameters the driver understands (sqlx 0.8's parser, which ignores others
-/// with a warning that prints their value).
-const URL_PARAMETERS: &[&str] = &[
-    "sslmode",
-    "ssl-mode",
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "application_name",
-    "options",
-];
-
 /// URL parameters whose values may appear in messages.
 const SHOWN_URL_PARAMETERS: &[&str] = &[
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "target_session_attrs",
+    "fallback_application_name",
     "sslmode",
     "ssl-mode",
     "sslrootcert",
@@ -976,14 +960,28 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
         Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
             // An unknown parameter may be a secret the driver would log with its
             // value; name the key only.
+            if let Some(refused) = u
+                .query_pairs()
+                .find_map(|(k, _)| crate::libpq::refusal(&k).map(|why| (k.into_owned(), why)))
+            {
+                return Err(JobError::new(format!(
+                    "{key}: parameter \"{}\" is not supported by stride ({})",
+                    refused.0, refused.1
+                )));
+            }
             match u
                 .query_pairs()
                 .map(|(k, _)| k)
-                .find(|k| !URL_PARAMETERS.contains(&k.as_ref()) && !k.starts_with("options["))
+                .find(|k| !crate::libpq::is_known(k))
             {
                 Some(unknown) => Err(JobError::new(format!(
                     "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
-                    URL_PARAMETERS.join(", ")
+                    crate::libpq::DRIVER_PARAMETERS
+                        .iter()
+                        .chain(crate::libpq::STRIDE_PARAMETERS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))),
                 None => Ok(url),
             }
@@ -1356,7 +1354,11 @@ parallelism = 2
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d?sslpassword=hunter2'\n",
-                "target.url: unknown parameter \"sslpassword\" (expected one of: sslmode",
+                "target.url: parameter \"sslpassword\" is not supported by stride (encrypted client keys are not supported",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d?secret_token=hunter2'\n",
+                "target.url: unknown parameter \"secret_token\" (expected one of: host,",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='a.b.c'\n[target]\nurl='postgres://h/d'\n",

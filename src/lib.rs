@@ -12,6 +12,8 @@
 //!   partition ranges and every statement a run sends (pure, unit- and
 //!   property-tested); [`replace`]: the staging table and swap of
 //!   `mode = "replace"` (pure).
+//! - [`libpq`]: libpq's connection parameters, resolved as libpq does (pure);
+//!   [`tls`]: the trust store, system roots and what a failed handshake means.
 //! - [`pg`]: connections, the catalogue, the exported snapshot, bounds, estimates.
 //! - [`copy`]: the scheduler and the two ways a partition travels (COPY
 //!   pass-through, batched INSERTs), one target transaction per partition.
@@ -28,9 +30,11 @@ pub mod copy;
 pub mod error;
 pub mod init;
 pub mod job;
+pub mod libpq;
 pub mod partition;
 pub mod pg;
 pub mod plan;
 pub mod replace;
 pub mod report;
 pub mod sql;
+pub mod tls;

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::AssertSqlSafe;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::error::JobError;
 use crate::job::DbUrl;
+use crate::libpq;
 use crate::sql::{quote_literal, QualifiedName};
 
 /// Session settings (startup `-c` options, so no spaces in values) that make the text forms of values identical on both sides, so
@@ -59,7 +60,10 @@ impl std::fmt::Display for Side {
 
 /// A server we can talk to, and what a first connection learnt about it.
 pub struct Server {
+    /// The options of the attempt that connected (after libpq's fallbacks), so
+    /// that every later connection goes the same way.
     options: PgConnectOptions,
+    connect_timeout: Option<Duration>,
     /// Connection slots free for new sessions once the probe connection is closed.
     pub free_slots: i64,
     /// `system_identifier` and postmaster start time: equal for two URLs that name
@@ -69,46 +73,71 @@ pub struct Server {
     pub database: String,
     /// `host:port/database`, for messages.
     pub place: String,
+    /// How the session is protected, as the server reports it (`pg_stat_ssl`).
+    pub encryption: Encryption,
+}
+
+/// Whether a session is encrypted, read from the server, and how stride checked
+/// the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Encryption {
+    /// `TLSv1.3`, ...; `None`: plain text.
+    pub tls: Option<String>,
+    pub cipher: Option<String>,
+    /// `sslmode` as resolved (URL, `PGSSLMODE`, or the default `prefer`).
+    pub sslmode: &'static str,
+    /// `none`, `chain` (verify-ca) or `full` (chain and host name).
+    pub verified: &'static str,
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls {
+            None => write!(f, "none, plain text (sslmode={})", self.sslmode),
+            Some(version) => {
+                write!(f, "{version}")?;
+                if let Some(cipher) = &self.cipher {
+                    write!(f, " {cipher}")?;
+                }
+                let verified = match self.verified {
+                    "full" => "certificate and host name verified",
+                    "chain" => "certificate chain verified, host name not checked",
+                    _ => "server certificate not verified",
+                };
+                write!(f, ", {verified} (sslmode={})", self.sslmode)
+            }
+        }
+    }
 }
 
 /// Opens one connection, retrying transient failures (refused or reset
-/// connections, a server starting up or shutting down) with backoff. A server
-/// with no free slot is a job error at once: parallelism cannot fix it.
+/// connections, a server starting up or shutting down, a connect that timed out)
+/// with backoff. A server with no free slot is a job error at once: parallelism
+/// cannot fix it. A failed TLS handshake is not retried: it fails the same way
+/// every time.
 async fn open_with_retries(
     side: Side,
     options: &PgConnectOptions,
+    connect_timeout: Option<Duration>,
     place: &str,
     retries: u32,
-) -> Result<PgConnection> {
+) -> std::result::Result<PgConnection, (sqlx::Error, u32)> {
     let mut attempt = 0;
     loop {
-        let error = match PgConnection::connect_with(options).await {
+        let error = match open(options, connect_timeout).await {
             Ok(conn) => return Ok(conn),
             Err(e) => e,
         };
         let code = error
             .as_database_error()
             .and_then(|e| e.code().map(|c| c.into_owned()));
-        if code.as_deref() == Some(TOO_MANY_CONNECTIONS) {
-            return Err(JobError::new(format!(
-                "run.parallelism: no free connection slots on the {side} database at {place} ({}; expected at least one free slot per side)",
-                error.as_database_error().map_or_else(String::new, |e| e.message().to_string())
-            ))
-            .into());
-        }
-        let transient = matches!(error, sqlx::Error::Io(_))
+        let transient = (matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+            && tls_failure(&error).is_none())
             || code
                 .as_deref()
                 .is_some_and(crate::error::transient_sqlstate);
-        if !transient || attempt == retries {
-            let attempts = if attempt == 0 {
-                String::new()
-            } else {
-                format!(" (after {} attempts)", attempt + 1)
-            };
-            return Err(anyhow::Error::new(error).context(format!(
-                "connecting to the {side} database at {place}{attempts}"
-            )));
+        if !transient || attempt == retries || code.as_deref() == Some(TOO_MANY_CONNECTIONS) {
+            return Err((error, attempt));
         }
         attempt += 1;
         let wait = crate::copy::backoff(attempt);
@@ -117,6 +146,20 @@ async fn open_with_retries(
             wait.as_millis()
         );
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One connection, given up after `connect_timeout` (reported as sqlx's pool
+/// timeout, which is transient).
+async fn open(
+    options: &PgConnectOptions,
+    connect_timeout: Option<Duration>,
+) -> sqlx::Result<PgConnection> {
+    match connect_timeout {
+        None => PgConnection::connect_with(options).await,
+        Some(limit) => tokio::time::timeout(limit, PgConnection::connect_with(options))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut)),
     }
 }
 
@@ -132,34 +175,131 @@ impl Server {
         PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(60))
+            .acquire_timeout(
+                self.connect_timeout
+                    .map_or(Duration::from_secs(60), |t| t.max(Duration::from_secs(60))),
+            )
             .connect_lazy_with(self.options.clone())
     }
 }
 
 /// Connects once to `url` (failing at once with a clear message) and reads the
-/// free connection slots and the server's identity on that connection. PG*
-/// environment variables and `~/.pgpass` fill in what the URL leaves out.
+/// free connection slots, the server's identity and the session's encryption on
+/// that connection. libpq's parameters are resolved as libpq does
+/// ([`crate::libpq`]): the URL, then `PG*` variables, then `~/.postgresql`;
+/// `~/.pgpass` fills in a missing password.
 pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
+    let key = format!("{side}.url");
+    let parsed = url::Url::parse(url.expose())
+        .map_err(|e| JobError::new(format!("{key}: not a valid URL: {e}")))?;
+    let query: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let env = libpq::Environment::process();
+    let params = libpq::resolve(&key, &query, &env)?;
+    // sqlx gets only the parameters it reads the way libpq does; stride applies
+    // the others, and an unknown one never reaches sqlx's warning (which would
+    // print its value).
+    let mut driver_url = parsed.clone();
+    let driver_pairs: Vec<&(String, String)> = query
+        .iter()
+        .filter(|(k, _)| {
+            libpq::DRIVER_PARAMETERS.contains(&k.as_str()) || k.starts_with("options[")
+        })
+        .collect();
+    if driver_pairs.is_empty() {
+        driver_url.set_query(None);
+    } else {
+        driver_url
+            .query_pairs_mut()
+            .clear()
+            .extend_pairs(driver_pairs);
+    }
     // The driver's message names the bad part of the URL, never the password.
-    let options = PgConnectOptions::from_str(url.expose()).map_err(|e| {
+    let options = PgConnectOptions::from_str(driver_url.as_str()).map_err(|e| {
         JobError::new(format!(
-            "{side}.url: {e} (expected postgres://user@host:port/database)"
+            "{key}: {e} (expected postgres://user@host:port/database)"
         ))
     })?;
-    let place = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("(default database)")
-    );
-    let options = options
-        .application_name("stride")
-        .options(SESSION_OPTIONS)
+    let place = match options.get_socket() {
+        Some(dir) => format!(
+            "{}/.s.PGSQL.{}/{}",
+            dir.display(),
+            options.get_port(),
+            options.get_database().unwrap_or("(default database)")
+        ),
+        None => format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("(default database)")
+        ),
+    };
+    let mut session_options: Vec<(&str, String)> = SESSION_OPTIONS
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    if params.keepalives.enabled {
+        // The server's end of the connection probes stride (PostgreSQL's
+        // tcp_keepalives_*); stride's end is watched by run.stall_timeout.
+        let k = params.keepalives;
+        session_options.push(("tcp_keepalives_idle", k.idle.as_secs().to_string()));
+        session_options.push(("tcp_keepalives_interval", k.interval.as_secs().to_string()));
+        session_options.push(("tcp_keepalives_count", k.count.to_string()));
+    }
+    let mut options = options
+        .application_name(&libpq::application_name(&query, env.var))
+        .options(session_options)
         .disable_statement_logging();
-    // A pool retries a refused connection until its acquire timeout; a wrong host
-    // or database should fail at once, so the first connection is a plain one.
-    let mut probe = open_with_retries(side, &options, &place, retries).await?;
+    match &params.root_cert {
+        Some(libpq::RootCert::File(path)) => options = options.ssl_root_cert(path),
+        Some(libpq::RootCert::System) => {
+            options = options.ssl_root_cert_from_pem(crate::tls::system_roots_pem())
+        }
+        None => {}
+    }
+    if let Some((cert, key_file)) = &params.client_cert {
+        options = options.ssl_client_cert(cert).ssl_client_key(key_file);
+    }
+
+    // libpq's attempts for the mode (allow and prefer fall back), each with
+    // retries of transient failures.
+    let attempts = params.attempts();
+    let mut connected = None;
+    for (i, attempt) in attempts.iter().enumerate() {
+        let options = options.clone().ssl_mode(match attempt {
+            libpq::Attempt::Plain => PgSslMode::Disable,
+            libpq::Attempt::TlsIfOffered => PgSslMode::Prefer,
+            libpq::Attempt::Tls => PgSslMode::Require,
+            libpq::Attempt::TlsVerifyCa => PgSslMode::VerifyCa,
+            libpq::Attempt::TlsVerifyFull => PgSslMode::VerifyFull,
+        });
+        match open_with_retries(side, &options, params.connect_timeout, &place, retries).await {
+            Ok(conn) => {
+                connected = Some((options, conn, *attempt));
+                break;
+            }
+            // The server turned this attempt down (or its TLS failed): libpq tries
+            // the mode's other way.
+            Err((error, _))
+                if i + 1 < attempts.len()
+                    && (error.as_database_error().is_some() || tls_failure(&error).is_some()) =>
+            {
+                tracing::debug!(
+                    "{side} database at {place}: {attempt:?} failed ({error}), trying {:?} (sslmode={})",
+                    attempts[i + 1],
+                    params.ssl_mode.name()
+                );
+            }
+            Err((error, retried)) => {
+                return Err(connect_error(side, &place, &params, error, retried))
+            }
+        }
+    }
+    let (options, mut probe, attempt) =
+        connected.expect("the last attempt either connects or returns its error");
+
     let (free_slots, database) = free_connection_slots(&mut probe)
         .await
         .with_context(|| format!("counting free connection slots on the {side} database"))?;
@@ -169,15 +309,120 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     .fetch_one(&mut probe)
     .await
     .ok();
+    let (tls, cipher): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+    )
+    .fetch_optional(&mut probe)
+    .await
+    .with_context(|| format!("reading the {side} session's encryption (pg_stat_ssl)"))?
+    .unwrap_or_default();
+    let encryption = Encryption {
+        tls,
+        cipher,
+        sslmode: params.ssl_mode.name(),
+        verified: match attempt {
+            libpq::Attempt::TlsVerifyFull => "full",
+            libpq::Attempt::TlsVerifyCa => "chain",
+            _ => "none",
+        },
+    };
+    if params.session_attrs != libpq::SessionAttrs::Any {
+        let (read_only, in_recovery): (bool, bool) = sqlx::query_as(
+            "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()",
+        )
+        .fetch_one(&mut probe)
+        .await
+        .with_context(|| format!("checking target_session_attrs on the {side} database"))?;
+        if !params.session_attrs.accepts(read_only, in_recovery) {
+            return Err(JobError::new(format!(
+                "{key}: target_session_attrs={} but the server at {place} is {} ({})",
+                params.session_attrs.name(),
+                if read_only { "read-only" } else { "read-write" },
+                if in_recovery {
+                    "a standby"
+                } else {
+                    "a primary"
+                },
+            ))
+            .into());
+        }
+    }
     probe.close().await.ok();
-    tracing::debug!(free_slots, "{side} database at {place} answers");
+    tracing::debug!(free_slots, %encryption, "{side} database at {place} answers");
     Ok(Server {
         options,
+        connect_timeout: params.connect_timeout,
         free_slots: free_slots + 1,
         identity,
         database,
         place,
+        encryption,
     })
+}
+
+/// The error of a connection that could not be made: which side, where, with
+/// which sslmode, what failed and, where stride can tell, what to do.
+fn connect_error(
+    side: Side,
+    place: &str,
+    params: &libpq::Params,
+    error: sqlx::Error,
+    retried: u32,
+) -> anyhow::Error {
+    let attempts = if retried == 0 {
+        String::new()
+    } else {
+        format!(" (after {} attempts)", retried + 1)
+    };
+    let mode = params.ssl_mode.name();
+    let context = format!("connecting to the {side} database at {place}{attempts}");
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code().map(|c| c.into_owned()));
+    if code.as_deref() == Some(TOO_MANY_CONNECTIONS) {
+        return JobError::new(format!(
+            "run.parallelism: no free connection slots on the {side} database at {place} ({}; expected at least one free slot per side)",
+            error.as_database_error().map_or_else(String::new, |e| e.message().to_string())
+        ))
+        .into();
+    }
+    if matches!(error, sqlx::Error::PoolTimedOut) {
+        let limit = params.connect_timeout.map_or(0, |t| t.as_secs());
+        return anyhow::anyhow!(
+            "no answer within {limit} s (connect_timeout; set connect_timeout=SECONDS in the URL or PGCONNECT_TIMEOUT for a slower network)"
+        )
+        .context(context);
+    }
+    if let Some(tls) = tls_failure(&error) {
+        return anyhow::anyhow!(
+            "{}",
+            crate::tls::explain(tls, mode, params.root_cert.as_ref())
+        )
+        .context(format!("{context} (sslmode={mode})"));
+    }
+    if let Some(db) = error.as_database_error() {
+        let message = db.message();
+        if message.contains("no encryption") && params.ssl_mode != libpq::SslMode::VerifyFull {
+            return anyhow::Error::new(error).context(format!(
+                "{context} (sslmode={mode}; the server accepts only encrypted connections from here: set sslmode=require, or verify-full with sslrootcert)"
+            ));
+        }
+    }
+    if matches!(&error, sqlx::Error::Tls(m) if m.to_string().contains("does not support TLS")) {
+        return anyhow::Error::new(error).context(format!(
+            "{context} (sslmode={mode}: the server offers no TLS; ask for TLS on the server, or use sslmode=prefer to allow plain text)"
+        ));
+    }
+    anyhow::Error::new(error).context(format!("{context} (sslmode={mode})"))
+}
+
+/// The rustls error under a failed connection, if a TLS handshake failed.
+pub fn tls_failure(error: &sqlx::Error) -> Option<&rustls::Error> {
+    match error {
+        sqlx::Error::Tls(e) => e.downcast_ref::<rustls::Error>(),
+        sqlx::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
 }
 
 /// One column as the catalogue describes it.

@@ -32,6 +32,27 @@ pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// How the sessions of each side are protected, read from the servers.
+#[derive(Clone, Debug)]
+pub struct Encryption {
+    pub source: crate::pg::Encryption,
+    pub target: crate::pg::Encryption,
+}
+
+impl Encryption {
+    /// `encryption: source ...; target ...`, one line.
+    pub fn render(&self) -> String {
+        format!(
+            "encryption: source {}; target {}\n",
+            self.source, self.target
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "source": self.source, "target": self.target })
+    }
+}
+
 /// The whole run, for the final summary.
 #[derive(Debug)]
 pub struct Summary {
@@ -44,6 +65,7 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Stopped by Ctrl-C or SIGTERM.
     pub interrupted: bool,
+    pub encryption: Encryption,
 }
 
 impl Summary {
@@ -103,6 +125,7 @@ impl Summary {
             "{verdict}: {} -> {} ({}{shard})",
             self.source, self.target, self.method
         );
+        out.push_str(&self.encryption.render());
         let written = self.with_status(|s| *s == Status::Written).len();
         let skipped = self.with_status(|s| *s == Status::Skipped).len();
         let retries: u32 = self.partitions.iter().map(|p| p.retries).sum();
@@ -328,8 +351,15 @@ pub struct ColumnFit {
     pub transfer: Option<Transfer>,
 }
 
-pub fn render_check(source: &str, target: &str, target_exists: bool, fits: &[ColumnFit]) -> String {
+pub fn render_check(
+    source: &str,
+    target: &str,
+    target_exists: bool,
+    fits: &[ColumnFit],
+    encryption: &Encryption,
+) -> String {
     let mut out = String::new();
+    out.push_str(&encryption.render());
     let _ = writeln!(out, "source {source}");
     let _ = writeln!(
         out,
@@ -584,6 +614,7 @@ pub fn summary_json(
         "target": summary.map(|s| s.target.clone()),
         "method": summary.map(|s| s.method.clone()),
         "shard": summary.and_then(|s| s.shard.clone()),
+        "encryption": summary.map(|s| s.encryption.json()),
         "partitions": {
             "total": summary.map_or(0, |s| s.partitions.len()),
             "written": count(|s| *s == Status::Written),

@@ -433,6 +433,8 @@ pub(super) struct Prepared {
     pub(super) fit: TargetFit,
     /// Partitions at once, within the servers' free connection slots.
     pub(super) parallelism: usize,
+    /// How each side's sessions are protected, for the summary.
+    pub(super) encryption: report::Encryption,
 }
 
 /// What the source and target, as found, make impossible (exit 2): a column the
@@ -508,6 +510,10 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
         side,
         fit,
         parallelism,
+        encryption: report::Encryption {
+            source: source_server.encryption.clone(),
+            target: target_server.encryption.clone(),
+        },
     })
 }
 

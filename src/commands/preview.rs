@@ -97,7 +97,8 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
     let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
     match format {
         Format::Text => print!(
-            "{}{}",
+            "source encryption: {}\n{}{}",
+            server.encryption,
             mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
             report::render_plan(&plan, &estimates, &source_name(&job), at_once)
         ),
@@ -106,6 +107,7 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
             let show = |v: i64| key_type.map(|k| k.display(v));
             let doc = json!({
                 "source": source_name(&job),
+                "source_encryption": server.encryption,
                 "target": job.target.table.to_string(),
                 "columns": plan.columns,
                 "partition_column": plan.key.as_ref().map(|k| &k.column),
@@ -193,7 +195,11 @@ async fn check_job(job: Job) -> Result<()> {
             &source_name(&job),
             &job.target.table.to_string(),
             fit.exists,
-            &fit.fits
+            &fit.fits,
+            &report::Encryption {
+                source: source.encryption.clone(),
+                target: target.encryption.clone(),
+            },
         )
     );
     // What a run would refuse before writing (a resume of this job's unfinished

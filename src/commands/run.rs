@@ -270,6 +270,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         side,
         fit,
         parallelism,
+        encryption,
     } = prepared;
     check_before_writing(&job, &target, opts).await?;
 
@@ -613,6 +614,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         partitions,
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),
+        encryption: encryption.clone(),
     };
     // The summary first: whatever fails below, it says what was committed.
     say(&summary.render());

@@ -51,6 +51,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         side,
         fit,
         parallelism,
+        ..
     } = prepare(job).await?;
     if !fit.exists {
         return Err(JobError::new(format!(
