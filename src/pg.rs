@@ -402,10 +402,16 @@ fn connect_error(
     }
     if let Some(db) = error.as_database_error() {
         let message = db.message();
-        if message.contains("no encryption") && params.ssl_mode != libpq::SslMode::VerifyFull {
-            return anyhow::Error::new(error).context(format!(
-                "{context} (sslmode={mode}; the server accepts only encrypted connections from here: set sslmode=require, or verify-full with sslrootcert)"
-            ));
+        let hint = if message.contains("no encryption") {
+            Some("the server accepts only encrypted connections from here: set sslmode=require, or verify-full with sslrootcert")
+        } else if message.contains("requires a valid client certificate") {
+            Some("the server logs this user in by certificate: set sslcert and sslkey, or put them in ~/.postgresql/postgresql.crt and postgresql.key")
+        } else {
+            None
+        };
+        if let Some(hint) = hint {
+            return anyhow::Error::new(error)
+                .context(format!("{context} (sslmode={mode}; {hint})"));
         }
     }
     if matches!(&error, sqlx::Error::Tls(m) if m.to_string().contains("does not support TLS")) {

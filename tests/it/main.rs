@@ -23,5 +23,6 @@ mod slots;
 mod standby;
 mod strategies;
 mod tables;
+mod tls;
 mod types;
 mod unattended;
