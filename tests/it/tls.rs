@@ -275,11 +275,12 @@ async fn every_sslmode_that_should_reach_a_tls_only_server_copies_through_it() {
     let ca = ca.to_str().unwrap();
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir(home.path().join(".postgresql")).unwrap();
-    std::fs::copy(&ca, home.path().join(".postgresql/root.crt")).unwrap();
+    std::fs::copy(ca, home.path().join(".postgresql/root.crt")).unwrap();
     let home = home.path().to_str().unwrap();
 
     // (source URL, environment, what the summary says of the source)
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             server.url("127.0.0.1", "postgres", ""),
             vec![],
