@@ -13,7 +13,8 @@
 //!   property-tested); [`replace`]: the staging table and swap of
 //!   `mode = "replace"` (pure).
 //! - [`libpq`]: libpq's connection parameters, resolved as libpq does (pure);
-//!   [`tls`]: the trust store, system roots and what a failed handshake means.
+//!   [`tls`]: the trust store, system roots and what a failed handshake means;
+//!   [`keepalive`]: TCP keepalives on stride's end of sqlx's sockets.
 //! - [`pg`]: connections, the catalogue, the exported snapshot, bounds, estimates.
 //! - [`copy`]: the scheduler and the two ways a partition travels (COPY
 //!   pass-through, batched INSERTs), one target transaction per partition.
@@ -30,6 +31,7 @@ pub mod copy;
 pub mod error;
 pub mod init;
 pub mod job;
+pub mod keepalive;
 pub mod libpq;
 pub mod partition;
 pub mod pg;

@@ -64,6 +64,8 @@ pub struct Server {
     /// that every later connection goes the same way.
     options: PgConnectOptions,
     connect_timeout: Option<Duration>,
+    /// stride's end of each new TCP connection gets these keepalives.
+    keepalives: Option<ClientKeepalives>,
     /// Connection slots free for new sessions once the probe connection is closed.
     pub free_slots: i64,
     /// `system_identifier` and postmaster start time: equal for two URLs that name
@@ -88,11 +90,14 @@ pub struct Encryption {
     pub sslmode: &'static str,
     /// `none`, `chain` (verify-ca) or `full` (chain and host name).
     pub verified: &'static str,
+    /// Over a Unix socket (never encrypted, as with libpq).
+    pub unix_socket: bool,
 }
 
 impl std::fmt::Display for Encryption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls {
+            None if self.unix_socket => f.write_str("none, Unix socket"),
             None => write!(f, "none, plain text (sslmode={})", self.sslmode),
             Some(version) => {
                 write!(f, "{version}")?;
@@ -106,6 +111,25 @@ impl std::fmt::Display for Encryption {
                 };
                 write!(f, ", {verified} (sslmode={})", self.sslmode)
             }
+        }
+    }
+}
+
+/// The server's addresses and the keepalives for stride's end of connections to
+/// it (see [`crate::keepalive`]).
+#[derive(Clone)]
+struct ClientKeepalives {
+    peers: std::sync::Arc<Vec<std::net::SocketAddr>>,
+    settings: libpq::Keepalives,
+}
+
+impl ClientKeepalives {
+    /// Sets them on the connections opened since the last call. A failure leaves
+    /// the server's end probing and run.stall_timeout watching: worth a debug line.
+    fn apply(&self) {
+        match crate::keepalive::enable(&self.peers, &self.settings) {
+            Ok(n) => tracing::trace!("TCP keepalives set on {n} new connection(s)"),
+            Err(e) => tracing::debug!("TCP keepalives not set on stride's end: {e}"),
         }
     }
 }
@@ -131,8 +155,7 @@ async fn open_with_retries(
         let code = error
             .as_database_error()
             .and_then(|e| e.code().map(|c| c.into_owned()));
-        let transient = (matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
-            && tls_failure(&error).is_none())
+        let transient = (matches!(error, sqlx::Error::Io(_)) && tls_failure(&error).is_none())
             || code
                 .as_deref()
                 .is_some_and(crate::error::transient_sqlstate);
@@ -149,8 +172,8 @@ async fn open_with_retries(
     }
 }
 
-/// One connection, given up after `connect_timeout` (reported as sqlx's pool
-/// timeout, which is transient).
+/// One connection, given up after `connect_timeout` (an I/O error of kind
+/// `TimedOut`, which is transient).
 async fn open(
     options: &PgConnectOptions,
     connect_timeout: Option<Duration>,
@@ -159,7 +182,12 @@ async fn open(
         None => PgConnection::connect_with(options).await,
         Some(limit) => tokio::time::timeout(limit, PgConnection::connect_with(options))
             .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut)),
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s (connect_timeout)", limit.as_secs()),
+                )))
+            }),
     }
 }
 
@@ -172,7 +200,14 @@ impl Server {
     /// being handed back, and on a server without free slots that new connection
     /// is refused and retried until the acquire timeout.
     pub fn pool(&self, max_connections: u32) -> PgPool {
+        let keepalives = self.keepalives.clone();
         PgPoolOptions::new()
+            .after_connect(move |_, _| {
+                if let Some(k) = &keepalives {
+                    k.apply();
+                }
+                Box::pin(async { Ok(()) })
+            })
             .max_connections(max_connections)
             .min_connections(0)
             .acquire_timeout(
@@ -241,8 +276,9 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
         .map(|(k, v)| (*k, v.to_string()))
         .collect();
     if params.keepalives.enabled {
-        // The server's end of the connection probes stride (PostgreSQL's
-        // tcp_keepalives_*); stride's end is watched by run.stall_timeout.
+        // Both ends probe: the server's (PostgreSQL's tcp_keepalives_*, so it
+        // ends the session of a vanished stride and frees its locks) and
+        // stride's (set on its sockets, see `keepalive`).
         let k = params.keepalives;
         session_options.push(("tcp_keepalives_idle", k.idle.as_secs().to_string()));
         session_options.push(("tcp_keepalives_interval", k.interval.as_secs().to_string()));
@@ -265,7 +301,11 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
 
     // libpq's attempts for the mode (allow and prefer fall back), each with
     // retries of transient failures.
-    let attempts = params.attempts();
+    // libpq never speaks TLS over a Unix socket, whatever sslmode says.
+    let attempts = match options.get_socket() {
+        Some(_) => vec![libpq::Attempt::Plain],
+        None => params.attempts(),
+    };
     let mut connected = None;
     for (i, attempt) in attempts.iter().enumerate() {
         let options = options.clone().ssl_mode(match attempt {
@@ -299,6 +339,23 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     }
     let (options, mut probe, attempt) =
         connected.expect("the last attempt either connects or returns its error");
+    let keepalives = match options.get_socket() {
+        Some(_) => None,
+        None if !params.keepalives.enabled => None,
+        None => {
+            let peers = tokio::net::lookup_host((options.get_host(), options.get_port()))
+                .await
+                .map(|a| a.collect())
+                .unwrap_or_default();
+            Some(ClientKeepalives {
+                peers: std::sync::Arc::new(peers),
+                settings: params.keepalives,
+            })
+        }
+    };
+    if let Some(k) = &keepalives {
+        k.apply();
+    }
 
     let (free_slots, database) = free_connection_slots(&mut probe)
         .await
@@ -325,6 +382,7 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
             libpq::Attempt::TlsVerifyCa => "chain",
             _ => "none",
         },
+        unix_socket: options.get_socket().is_some(),
     };
     if params.session_attrs != libpq::SessionAttrs::Any {
         let (read_only, in_recovery): (bool, bool) = sqlx::query_as(
@@ -352,6 +410,7 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     Ok(Server {
         options,
         connect_timeout: params.connect_timeout,
+        keepalives,
         free_slots: free_slots + 1,
         identity,
         database,
@@ -386,7 +445,7 @@ fn connect_error(
         ))
         .into();
     }
-    if matches!(error, sqlx::Error::PoolTimedOut) {
+    if matches!(&error, sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut) {
         let limit = params.connect_timeout.map_or(0, |t| t.as_secs());
         return anyhow::anyhow!(
             "no answer within {limit} s (connect_timeout; set connect_timeout=SECONDS in the URL or PGCONNECT_TIMEOUT for a slower network)"

@@ -282,6 +282,10 @@ impl Running {
         assert!(status.success(), "kill -{signal}");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }

@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod common;
 mod configs;
+mod connecting;
 mod copy;
 mod covid;
 mod examples;
