@@ -733,6 +733,11 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
                     "source.query: is empty (expected a SELECT statement)",
                 ));
             }
+            crate::sql::check_enclosable(&query).map_err(|why| {
+                JobError::new(format!(
+                    "source.query: {why} (expected one SELECT statement, which stride reads as a subquery)"
+                ))
+            })?;
             Relation::Query(query)
         }
     };
@@ -759,6 +764,13 @@ fn validate_source(raw: RawSource) -> Result<Source, JobError> {
         return Err(JobError::new(
             "source.where: is empty (expected an SQL condition, or leave it out)",
         ));
+    }
+    if let Some(w) = &where_clause {
+        crate::sql::check_enclosable(w).map_err(|why| {
+            JobError::new(format!(
+                "source.where: {why} (expected one boolean expression, which stride puts in parentheses)"
+            ))
+        })?;
     }
     if let Some(sample) = raw.sample {
         if !(sample > 0.0 && sample <= 1.0) {

@@ -23,6 +23,111 @@ pub fn quote_ident(ident: &str) -> String {
     out
 }
 
+/// Checks that user-written SQL (`where`, `query`) stays inside the parentheses
+/// stride puts around it: every parenthesis it closes it opened, it leaves none
+/// open, and it has no `;` outside literals, quoted names and comments. Without
+/// this a `where` of `id < 100) or (id > 2900` would change how partitions split
+/// the rows. Literals (`'...'`, `E'...'`, `$tag$...$tag$`), quoted names and
+/// comments (`--`, nested `/* */`) are skipped as PostgreSQL's lexer skips them.
+/// Returns what is wrong, for an error naming the key.
+pub fn check_enclosable(sql: &str) -> Result<(), String> {
+    let b = sql.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                // An E'' string takes backslash escapes.
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident_byte(b[i - 2]));
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("a string literal ('...') is not closed".into()),
+                        Some(b'\\') if escapes => i += 2,
+                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        Some(b'\'') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("a quoted name (\"...\") is not closed".into()),
+                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut nested = 1;
+                i += 2;
+                while nested > 0 {
+                    match (b.get(i), b.get(i + 1)) {
+                        (None, _) => return Err("a comment (/* ... */) is not closed".into()),
+                        (Some(b'/'), Some(b'*')) => {
+                            nested += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            nested -= 1;
+                            i += 2;
+                        }
+                        _ => i += 1,
+                    }
+                }
+                continue;
+            }
+            b'$' if i == 0 || !is_ident_byte(b[i - 1]) => {
+                // $tag$ ... $tag$ (a `$1` parameter or a `$` inside a name is not one).
+                let end = i + 1 + b[i + 1..].iter().take_while(|c| is_ident_byte(**c)).count();
+                let digit = b.get(i + 1).is_some_and(u8::is_ascii_digit);
+                if b.get(end) == Some(&b'$') && !digit {
+                    let tag = &sql[i..=end];
+                    let Some(close) = sql[end + 1..].find(tag) else {
+                        return Err(format!(
+                            "a dollar-quoted string ({tag}...{tag}) is not closed"
+                        ));
+                    };
+                    i = end + 1 + close + tag.len();
+                    continue;
+                }
+            }
+            b'(' => depth += 1,
+            b')' if depth == 0 => {
+                return Err(format!(
+                    "it closes a parenthesis it did not open (at byte {i}: {:?})",
+                    &sql[i..sql.len().min(i + 20)]
+                ))
+            }
+            b')' => depth -= 1,
+            b';' => {
+                return Err(format!(
+                    "it has a `;` (at byte {i}): one expression, not several statements"
+                ))
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if depth > 0 {
+        return Err(format!("{depth} parenthesis(es) left open"));
+    }
+    Ok(())
+}
+
+fn is_ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+}
+
 /// Quotes a string literal for PostgreSQL: wrapped in single quotes, with
 /// embedded single quotes doubled.
 ///
@@ -157,6 +262,47 @@ impl fmt::Display for QualifiedName {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn user_sql_cannot_escape_its_parentheses() {
+        use super::check_enclosable as check;
+        for ok in [
+            "id < 100",
+            "a = 1 OR b = 2 -- either ) (",
+            "name = ')' AND x = '('' )'",
+            "name = E'\\')' AND (y)",
+            "x = $$ ) $$ AND y = $t$ ( $t$",
+            "\"odd)name\" = 1",
+            "/* ) /* nested ( */ still comment ) */ a = 1",
+            "f(a, (b)) > 0",
+            "SELECT * FROM t -- all of it",
+            "price = $1",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            (
+                "id < 100) or (id > 2900",
+                "closes a parenthesis it did not open (at byte 8",
+            ),
+            ("(a = 1", "1 parenthesis(es) left open"),
+            ("a = 1; DROP TABLE t", "has a `;`"),
+            ("a = 'x", "string literal"),
+            ("\"x = 1", "quoted name"),
+            ("/* x", "comment"),
+            (
+                "x = $q$ abc",
+                "dollar-quoted string ($q$...$q$) is not closed",
+            ),
+            (
+                "SELECT 1) AS source, (SELECT 2",
+                "closes a parenthesis it did not open",
+            ),
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

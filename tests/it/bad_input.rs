@@ -65,6 +65,41 @@ fn partitioned(pair: &Pair, partition: &str) -> String {
 fn file_cases(pair: &Pair) -> Vec<Case> {
     let good = job_text(pair, TABLE, "", TRUNCATE);
     vec![
+        // A `where` that closes the parentheses stride puts around it would make
+        // every partition read the same rows.
+        case(
+            "a where that escapes its parentheses",
+            job_text(
+                pair,
+                "table = \"public.src\"\nwhere = 'id < 100) or (id > 2900'",
+                "[partition]\ncolumn = \"id\"\ncount = 3",
+                TRUNCATE,
+            ),
+            &[
+                "source.where: it closes a parenthesis it did not open",
+                "one boolean expression",
+            ],
+        ),
+        case(
+            "a where with a second statement",
+            job_text(
+                pair,
+                "table = \"public.src\"\nwhere = 'true; DELETE FROM src'",
+                "",
+                TRUNCATE,
+            ),
+            &["source.where: it has a `;`"],
+        ),
+        case(
+            "a query that escapes its parentheses",
+            job_text(
+                pair,
+                "query = 'SELECT * FROM src) AS a, (SELECT * FROM src'",
+                "",
+                "mode = \"truncate\"\ntable = \"public.dst\"",
+            ),
+            &["source.query: it closes a parenthesis it did not open"],
+        ),
         case(
             "unknown top-level key",
             format!("retries = 3\n{good}"),
