@@ -254,7 +254,12 @@ fn decide(
 
 /// `stride run`, `stride prepare` and `stride finish`: one run's steps.
 async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEnd> {
+    // `-q`: errors only. A run that did not succeed still prints its summary (to
+    // stderr), since it says what was and was not written.
     let say = |text: &str| {
+        if opts.quiet {
+            return;
+        }
         if opts.human_to_stderr {
             eprint!("{text}");
         } else {
@@ -617,7 +622,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         encryption: encryption.clone(),
     };
     // The summary first: whatever fails below, it says what was committed.
-    say(&summary.render());
+    if opts.quiet && !summary.succeeded() {
+        eprint!("{}", summary.render());
+    } else {
+        say(&summary.render());
+    }
     let mut problems = Vec::new();
     if let (Some(count), true) = (counted, summary.succeeded()) {
         let source_rows = u64::try_from(count?).unwrap_or(0);

@@ -103,7 +103,10 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     }
     let compared = plan.compared();
     let results = verify_partitions(&mut coordinator, &target, &compared, by).await?;
-    print!("{}", report::render_verify(&results, by));
+    // `-q`: errors only, and a difference is one.
+    if !quiet || !results.iter().all(Verified::matches) {
+        print!("{}", report::render_verify(&results, by));
+    }
     let differing: Vec<PlannedPartition> = compared
         .iter()
         .filter(|p| results.iter().any(|r| r.index == p.index && !r.matches()))
@@ -141,6 +144,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     let (repaired, interrupted) = copy_partitions(&spec, differing.clone(), parallelism).await;
     for r in &repaired {
         match &r.status {
+            Status::Written if quiet => {}
             Status::Written => println!(
                 "repaired partition {} ({}): {} rows copied again",
                 r.index,
@@ -158,7 +162,9 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
     let again = verify_partitions(&mut coordinator, &target, &differing, by).await?;
-    print!("{}", report::render_verify(&again, by));
+    if !quiet || !again.iter().all(Verified::matches) {
+        print!("{}", report::render_verify(&again, by));
+    }
     pg::execute(&mut coordinator, "ROLLBACK").await.ok();
     Ok(if again.iter().all(Verified::matches) {
         exit::OK

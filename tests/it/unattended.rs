@@ -242,3 +242,40 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "{page}"
     );
 }
+
+/// `-q` is errors only: a run that succeeds prints nothing at all; one that fails
+/// prints its error and the summary of what was and was not written (stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_prints_nothing_on_success_and_the_error_with_its_summary_on_failure() {
+    let pair = seeded("quiet").await;
+    let file = job_file(&job_text(
+        &pair,
+        "table = \"t\"",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 1001\ncount = 4",
+        "mode = \"truncate\"\n[run]\nverify = \"count\"",
+    ));
+    for args in [
+        vec!["-q", "run", file.path.to_str().unwrap()],
+        vec!["-q", "verify", file.path.to_str().unwrap()],
+    ] {
+        let out = stride(&args, &[]);
+        assert_exit(&out, 0);
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    pair.assert_same("t", "t").await;
+
+    // A target column the source's values do not fit: partition 3 fails.
+    pair.target
+        .exec("TRUNCATE t; ALTER TABLE t ADD CONSTRAINT small CHECK (id < 800)")
+        .await;
+    let out = stride(&["-q", "run", file.path.to_str().unwrap()], &[]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    assert!(stderr.contains("copy FAILED"), "{}", text(&out));
+    assert!(stderr.contains("small"), "{}", text(&out));
+}
