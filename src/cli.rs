@@ -182,6 +182,12 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "shard")]
     pub restart: bool,
 
+    /// With --restart of an append job whose earlier run already added rows: add
+    /// them again anyway (after you deleted them from the target, or when you
+    /// want them twice). Without it such a restart is refused (exit 2).
+    #[arg(long, requires = "restart")]
+    pub append_again: bool,
+
     /// Incremental jobs: ignore the high-water mark once and copy every row (in
     /// append mode the target is emptied first).
     #[arg(long, conflicts_with = "shard")]
@@ -226,6 +232,11 @@ pub struct PrepareArgs {
     /// Forget this job's unfinished run and set up a new one.
     #[arg(long)]
     pub restart: bool,
+
+    /// With --restart of an append job whose earlier run already added rows: add
+    /// them again anyway (see `stride run --help`).
+    #[arg(long, requires = "restart")]
+    pub append_again: bool,
 
     /// Incremental jobs: ignore the high-water mark once (in append mode the
     /// target is emptied).

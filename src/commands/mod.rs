@@ -45,6 +45,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             let opts = RunOptions {
                 step: shard.map_or(Step::Whole, Step::Shard),
                 restart: args.restart,
+                append_again: args.append_again,
                 full_refresh: args.full_refresh,
                 quiet: cli.quiet,
                 human_to_stderr: args.summary_json.as_deref() == Some(Path::new("-")),
@@ -58,6 +59,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             let opts = RunOptions {
                 step: Step::Prepare,
                 restart: args.restart,
+                append_again: args.append_again,
                 full_refresh: args.full_refresh,
                 quiet: cli.quiet,
                 human_to_stderr: false,
@@ -70,6 +72,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             let opts = RunOptions {
                 step: Step::Finish,
                 restart: false,
+                append_again: false,
                 full_refresh: false,
                 quiet: cli.quiet,
                 human_to_stderr: false,
@@ -204,10 +207,39 @@ fn source_name(job: &Job) -> String {
 
 /// The command line that resumes this run: the same one, without `--restart`.
 fn resume_command() -> String {
-    std::env::args()
-        .filter(|a| a != "--restart")
+    shell_words(std::env::args().filter(|a| a != "--restart"))
+}
+
+/// The command that copies again the partitions a verify found different, to be
+/// run as printed: this program, the `--set` overrides it was given (they are
+/// part of the job), the comparison that found them, and the job file.
+pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
+    let mut args = std::env::args();
+    let mut words: Vec<String> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        if arg == "--set" {
+            words.push(arg);
+            words.extend(args.next());
+        } else if arg.starts_with("--set=") {
+            words.push(arg);
+        }
+    }
+    let by = match by {
+        crate::job::Verify::Count => "count",
+        _ => "checksum",
+    };
+    words.extend(["verify", "--repair", "--by", by].map(String::from));
+    words.push(job.display().to_string());
+    shell_words(words.into_iter())
+}
+
+/// Words joined into a command line a POSIX shell reads back as the same words.
+fn shell_words(words: impl Iterator<Item = String>) -> String {
+    words
         .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+            if a.is_empty()
+                || a.contains(|c: char| c.is_whitespace() || "'\"$`\\;&|<>()*?[]#~".contains(c))
+            {
                 format!("'{}'", a.replace('\'', "'\\''"))
             } else {
                 a

@@ -117,6 +117,8 @@ pub(super) enum Step {
 pub(super) struct RunOptions {
     pub(super) step: Step,
     pub(super) restart: bool,
+    /// `--append-again`: a restart of an append job may add its rows a second time.
+    pub(super) append_again: bool,
     pub(super) full_refresh: bool,
     pub(super) quiet: bool,
     /// The summary for people goes to stderr, because stdout carries `--summary-json -`.
@@ -217,7 +219,7 @@ fn decide(
             Step::Whole | Step::Prepare if finished_is_final => {
                 let rows: u64 = run.done.iter().map(|d| d.1).sum();
                 Start::Nothing(format!(
-                    "nothing to do: this job already finished at {} ({partitions}, {} rows); run with --restart to copy it again",
+                    "nothing to do: this job already finished at {} ({partitions}, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)",
                     run.recorded_at,
                     report::group(rows)
                 ))
@@ -244,12 +246,50 @@ fn decide(
         (Step::Whole, Resumable::No) if !run.done.is_empty() => Start::Refuse {
             usage: false,
             message: format!(
-                "the unfinished earlier run of this job committed {} of {partitions} by block range (strategy \"ctid\") in another snapshot, and the rest cannot be copied from a new one without copying updated rows twice or missing them: remove its rows from the target and run with --restart (or use mode \"truncate\", which starts over by itself)",
+                "the unfinished earlier run of this job committed {} of {partitions} by block range (strategy \"ctid\") in another snapshot, and the rest cannot be copied from a new one without copying updated rows twice or missing them: remove its rows from the target and run with --restart --append-again (or use mode \"truncate\", which starts over by itself)",
                 run.done.len()
             ),
         },
         _ => Start::Resume,
     }
+}
+
+/// `--restart` of an append job whose earlier run committed rows would add every
+/// one of them a second time: refused (exit 2) with the ways out, unless the
+/// user chose it with `--append-again`.
+fn appending_twice(
+    job: &Job,
+    step: Step,
+    earlier: Option<&pg::RecordedRun>,
+    opts: &RunOptions,
+    path: &Path,
+) -> Option<Start> {
+    let run = earlier?;
+    let rows: u64 = run.done.iter().map(|d| d.1).sum();
+    if job.target.mode != Mode::Append
+        || !opts.restart
+        || opts.append_again
+        || run.done.is_empty()
+        || !matches!(step, Step::Whole | Step::Prepare)
+    {
+        return None;
+    }
+    let command = if step == Step::Prepare {
+        "prepare"
+    } else {
+        "run"
+    };
+    let path = super::shell_words(std::iter::once(path.display().to_string()));
+    Some(Start::Refuse {
+        usage: true,
+        message: format!(
+            "--restart: the earlier run of this append job already added {} rows ({} of {} partitions) to {}, and copying again would add each of them a second time. To replace them: `stride --set target.mode=truncate {command} {path}`; to add them again after deleting them yourself (or to have them twice): `stride {command} --restart --append-again {path}`",
+            report::group(rows),
+            run.done.len(),
+            run.partitions,
+            job.target.table
+        ),
+    })
 }
 
 /// `stride run`, `stride prepare` and `stride finish`: one run's steps.
@@ -352,6 +392,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         job.target.mode == Mode::Append && job.incremental.is_none(),
         Resumable::of(&job),
     );
+    let start = appending_twice(&job, step, earlier.as_ref(), opts, path).unwrap_or(start);
     let (fresh, forget) = match start {
         Start::Nothing(message) => {
             say(&format!("{message}\n"));
@@ -495,6 +536,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 &target,
                 &into,
                 &say,
+                path,
             )
             .await?;
             return Ok(RunEnd {
@@ -652,7 +694,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     if step == Step::Whole && summary.succeeded() && problems.is_empty() {
         restore_indexes(&job, &fingerprint, &target).await?;
         if let Some(conn) = coordinator.as_mut() {
-            if let Some(problem) = verify_run(&job, &plan, &fit, conn, &target, &say).await? {
+            if let Some(problem) = verify_run(&job, &plan, &fit, conn, &target, &say, path).await? {
                 problems.push(problem);
             }
         }
@@ -944,6 +986,7 @@ async fn verify_run(
     source: &mut PgConnection,
     target: &PgPool,
     say: &impl Fn(&str),
+    path: &Path,
 ) -> Result<Option<String>> {
     if job.verify == Verify::None {
         return Ok(None);
@@ -954,7 +997,8 @@ async fn verify_run(
     let bad = results.iter().filter(|r| !r.matches()).count();
     Ok((bad > 0).then(|| {
         format!(
-            "verify: {bad} partitions differ between source and target; `stride verify --repair` copies them again"
+            "verify: {bad} partitions differ between source and target; `{}` copies them again",
+            super::repair_command(path, by)
         )
     }))
 }
@@ -1040,6 +1084,7 @@ async fn finish_run(
     target: &PgPool,
     into: &QualifiedName,
     say: &impl Fn(&str),
+    path: &Path,
 ) -> Result<u8> {
     let missing: Vec<String> = plan
         .partitions
@@ -1056,7 +1101,7 @@ async fn finish_run(
         ));
     }
     restore_indexes(job, fingerprint, target).await?;
-    if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say).await? {
+    if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say, path).await? {
         eprintln!("error: {problem}");
         return Ok(exit::FAILED);
     }

@@ -117,9 +117,9 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     }
     if !args.repair {
         eprintln!(
-            "error: {} partitions differ; `stride verify --repair {}` copies them again",
+            "error: {} partitions differ; `{}` copies them again",
             differing.len(),
-            args.job.display()
+            super::repair_command(&args.job, by)
         );
         return Ok(exit::FAILED);
     }

@@ -129,8 +129,20 @@ async fn truncate_empties_once_and_append_adds() {
         text(&again)
     );
     assert_eq!(pair.target.count("public.events").await, 5007);
-    // ...only on purpose.
+    // ...nor by a bare --restart (exit 2, nothing written)...
     let restart = stride(&["run", "--restart", append.path.to_str().unwrap()], &[]);
+    assert_exit(&restart, 2);
+    assert_eq!(pair.target.count("public.events").await, 5007);
+    // ...only on purpose.
+    let restart = stride(
+        &[
+            "run",
+            "--restart",
+            "--append-again",
+            append.path.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_exit(&restart, 0);
     assert_eq!(pair.target.count("public.events").await, 5006 * 2 + 1);
 

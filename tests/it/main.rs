@@ -10,6 +10,7 @@ mod connecting;
 mod copy;
 mod covid;
 mod examples;
+mod hints;
 mod incremental;
 mod indexes;
 mod init;

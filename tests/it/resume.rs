@@ -758,7 +758,10 @@ async fn restart_copies_a_finished_append_job_again() {
     );
     assert_eq!(pair.target.count("big").await, 60_000);
 
-    let restarted = run(&job, true);
+    // Only when chosen: a bare --restart is refused (issue 12).
+    assert_exit(&run(&job, true), 2);
+    let path = job.path.to_str().unwrap();
+    let restarted = stride(&["run", "--restart", "--append-again", path], &[]);
     assert_exit(&restarted, 0);
     let summary = stdout(&restarted);
     assert!(
@@ -828,7 +831,16 @@ async fn restart_starts_an_interrupted_job_over() {
     assert_exit(&out, 130);
     let earlier = assert_committed_exactly(&pair, &text(&out)).await;
     assert!(!earlier.is_empty());
-    let restarted = run(&append, true);
+    // Refused unless chosen: it would add the committed rows a second time.
+    let refused = run(&append, true);
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).contains("--append-again"),
+        "{}",
+        text(&refused)
+    );
+    let path = append.path.to_str().unwrap();
+    let restarted = stride(&["run", "--restart", "--append-again", path], &[]);
     assert_exit(&restarted, 0);
     assert!(
         !stdout(&restarted).contains("skipped"),
