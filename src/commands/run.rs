@@ -717,10 +717,20 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             table: table.to_string(),
         });
     }
-    let resume = job
-        .checkpoint_table
-        .as_ref()
-        .map(|_| format!("resume with: {}", resume_command()));
+    // What to run next, as it will work: a ctid run in append or error-if-exists
+    // mode that committed partitions cannot be resumed (its blocks belong to this
+    // snapshot), so the same command would be refused.
+    let committed = summary.committed().len();
+    let resume = job.checkpoint_table.as_ref().map(|_| {
+        if Resumable::of(&job) == Resumable::No && committed > 0 {
+            let path = super::shell_words(std::iter::once(path.display().to_string()));
+            format!(
+                "this ctid run cannot be resumed from a new snapshot (its {committed} committed partitions are block ranges of this one): delete its rows from {table} and run `stride run --restart --append-again {path}`, or copy with `stride --set target.mode=truncate run {path}`"
+            )
+        } else {
+            format!("resume with: {}", resume_command())
+        }
+    });
     if interrupted.is_some() {
         eprintln!(
             "interrupted: the partitions in flight were rolled back; the summary lists those committed"

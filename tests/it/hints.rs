@@ -145,3 +145,37 @@ async fn a_restart_that_would_append_rows_twice_is_refused_with_commands_that_wo
     assert_exit(&out_again, 0);
     assert_eq!(pair.assert_same("t", "t").await, 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_ctid_append_run_prints_what_works_instead_of_a_refused_resume() {
+    let pair = Pair::new("hint_ctid").await;
+    pair.source
+        .exec("CREATE TABLE t (id int, v text); INSERT INTO t SELECT g, repeat('v', 200) FROM generate_series(1, 20000) g;")
+        .await;
+    // Slow writes, so that Ctrl-C comes while partitions are still to go.
+    pair.target
+        .exec(
+            "CREATE TABLE t (id int, v text);
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await;
+    let file = job_file(&job_text(
+        &pair,
+        "table = \"t\"",
+        "[partition]\nstrategy = \"ctid\"\ncount = 8\n[run]\nparallelism = 2",
+        "mode = \"append\"",
+    ));
+    let job = file.path.to_str().unwrap();
+    let running = Running::start(&["run", job]).wait_for_line("partition written");
+    running.signal("INT");
+    let out = running.finish();
+    assert_exit(&out, 130);
+    assert!(!text(&out).contains("resume with:"), "{}", text(&out));
+    let command = printed_command(&text(&out), "stride --set target.mode=truncate run");
+    pair.target.exec("DROP TRIGGER slow ON t").await;
+    let out = sh(&command.replacen("stride", env!("CARGO_BIN_EXE_stride"), 1));
+    assert_exit(&out, 0);
+    assert_eq!(pair.assert_same("t", "t").await, 20000);
+}
