@@ -639,6 +639,16 @@ pub async fn reset_sequences(
     Ok(set)
 }
 
+/// Whether row-level security applies to this session's role on `table` (COPY
+/// FROM refuses such a table; INSERT goes through its policies).
+pub async fn row_security_active(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar("SELECT row_security_active($1::regclass)")
+        .bind(table.to_string())
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("looking up row-level security on {table}"))
+}
+
 /// Whether a table holds at least one row.
 pub async fn has_rows(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
     sqlx::query_scalar(AssertSqlSafe(format!(

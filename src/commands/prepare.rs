@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::copy::{CopySpec, UpsertSpec};
 use crate::error::JobError;
-use crate::job::{Create, Job, Mode, Relation, Strategy, Verify};
+use crate::job::{Create, Job, Method, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
 use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, Window};
@@ -343,6 +343,17 @@ pub(super) async fn fit_target(
             target_type: target.map(|t| t.type_name.clone()),
             transfer: target.map(|t| plan::transfer(column, t)),
         });
+    }
+    // COPY FROM refuses a table whose row-level security applies to the role
+    // (an upsert copies into a staging table and INSERTs from it: not affected).
+    if job.target.method == Method::Copy
+        && job.target.upsert.is_none()
+        && pg::row_security_active(&mut conn, table).await?
+    {
+        return Err(JobError::new(format!(
+            "target.method: \"copy\" cannot write into {table}: row-level security applies to this role there, and COPY FROM does not go through its policies (expected method = \"insert\", or a role that bypasses row-level security)"
+        ))
+        .into());
     }
     let keys = match &job.target.upsert {
         Some(_) => pg::unique_keys(&mut conn, table).await?,

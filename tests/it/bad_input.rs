@@ -730,3 +730,53 @@ fn command_line_errors_exit_2() {
         assert!(stderr.contains(expected), "stride {args:?}: {}", text(&out));
     }
 }
+
+/// A target whose row-level security applies to the role: COPY FROM cannot write
+/// into it, so `check` and `run` refuse method = "copy" before writing (exit 2)
+/// and say to use method = "insert", which then copies through the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_row_level_security_is_caught_before_writing() {
+    let pair = Pair::new("rls").await;
+    let role = format!("stride_rls_{}", std::process::id());
+    pair.source
+        .exec("CREATE TABLE t (id int PRIMARY KEY, owner text); INSERT INTO t SELECT g, 'app' FROM generate_series(1, 500) g;")
+        .await;
+    pair.target
+        .exec(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+             GRANT ALL ON SCHEMA public TO {role};
+             CREATE TABLE t (id int PRIMARY KEY, owner text);
+             GRANT ALL ON t TO {role};
+             ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY apps ON t TO {role} USING (owner = 'app') WITH CHECK (owner = 'app');"
+        ))
+        .await;
+    let mut target_url = url::Url::parse(&pair.target.url).unwrap();
+    target_url.set_username(&role).unwrap();
+    let job = |method: &str| {
+        job_file(&format!(
+            "[source]\nurl = \"{}\"\ntable = \"t\"\n[target]\nurl = \"{target_url}\"\ntable = \"t\"\nmethod = \"{method}\"\n[run]\ncheckpoint = false\n",
+            pair.source.url
+        ))
+    };
+    let copy = job("copy");
+    for command in ["check", "run"] {
+        let out = stride(&[command, copy.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 2);
+        assert!(
+            text(&out).contains("target.method: \"copy\" cannot write into \"t\": row-level security applies to this role there")
+                && text(&out).contains("expected method = \"insert\""),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(pair.target.count("t").await, 0, "nothing was written");
+    let insert = job("insert");
+    assert_exit(&stride(&["run", insert.path.to_str().unwrap()], &[]), 0);
+    assert_eq!(pair.assert_same("t", "t").await, 500);
+    pair.target
+        .exec(&format!(
+            "DROP TABLE t; REVOKE ALL ON SCHEMA public FROM {role}; DROP ROLE {role}"
+        ))
+        .await;
+}
