@@ -508,6 +508,9 @@ pub struct Column {
     pub generated: bool,
     /// Has a default or is an identity column: can be left out of an INSERT or COPY.
     pub has_default: bool,
+    /// For a domain, the type it is ultimately over (`integer` for a domain over a
+    /// domain over integer), without modifier: what decides a partition key.
+    pub domain_over: Option<String>,
 }
 
 impl Column {
@@ -533,7 +536,14 @@ SELECT a.attname::text AS name,
        t.typcategory::text AS category,
        a.attgenerated <> '' AS generated,
        (a.atthasdef OR a.attidentity <> '') AS has_default,
-       a.attnotnull AS not_null
+       a.attnotnull AS not_null,
+       CASE WHEN t.typtype = 'd' THEN (
+           WITH RECURSIVE d(oid, base, typtype) AS (
+               SELECT t.oid, t.typbasetype, t.typtype
+               UNION ALL
+               SELECT b.oid, b.typbasetype, b.typtype FROM d JOIN pg_type b ON b.oid = d.base
+               WHERE d.typtype = 'd')
+           SELECT format_type(oid, NULL) FROM d WHERE typtype <> 'd') END AS domain_over
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum";
@@ -767,6 +777,7 @@ async fn describe_query_on_standby(conn: &mut PgConnection, query: &str) -> Resu
             not_null: false,
             generated: false,
             has_default: false,
+            domain_over: None,
         });
     }
     Ok(Relation { columns, kind: 'v' })
@@ -786,6 +797,7 @@ async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> 
             generated: r.get("generated"),
             has_default: r.get("has_default"),
             not_null: r.get("not_null"),
+            domain_over: r.get("domain_over"),
         })
         .collect())
 }

@@ -288,7 +288,9 @@ fn key_column(field: &str, what: &str, name: &str, source: &[Column]) -> Result<
             column_list(source)
         ))
     })?;
-    let key_type = KeyType::from_pg(&column.type_name).ok_or_else(|| {
+    // A domain partitions as the type it is over.
+    let key_type = KeyType::from_pg(column.domain_over.as_deref().unwrap_or(&column.type_name))
+        .ok_or_else(|| {
         JobError::new(format!(
             "{field}: column \"{}\" is of type {}, which cannot {what} (expected smallint, integer, bigint, date, timestamp or timestamptz)",
             column.name, column.type_name
@@ -1035,6 +1037,7 @@ mod tests {
             not_null: false,
             generated: false,
             has_default: false,
+            domain_over: None,
         }
     }
 

@@ -1084,6 +1084,7 @@ fn column(name: &str, type_name: &str) -> Column {
         not_null: false,
         generated: false,
         has_default: false,
+        domain_over: None,
     }
 }
 

@@ -729,3 +729,45 @@ async fn an_enum_column_copies_when_the_target_has_the_type() {
         pair.target.exec("DROP TABLE public.items").await;
     }
 }
+
+/// A domain over a key type partitions as that type: bounds from min/max, NULLs
+/// and every value in exactly one partition, with both strategies that use a column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_over_a_key_type_is_a_partition_column() {
+    let pair = Pair::new("domain_key").await;
+    let domains = "CREATE DOMAIN order_id AS bigint CHECK (VALUE > 0);
+                   CREATE DOMAIN big_order AS order_id;
+                   CREATE DOMAIN order_day AS date;";
+    pair.source
+        .exec(&format!(
+            "{domains}
+             CREATE TABLE orders (id big_order, day order_day, note text);
+             INSERT INTO orders SELECT g, DATE '2024-01-01' + g % 300, 'n' || g FROM generate_series(1, 5000) g;
+             INSERT INTO orders VALUES (NULL, NULL, 'no key');"
+        ))
+        .await;
+    pair.target.exec(domains).await;
+    for (column, strategy) in [("id", "stride"), ("day", "stride"), ("id", "quantile")] {
+        let file = job_file(&job_text(
+            &pair,
+            "table = \"orders\"",
+            &format!("[partition]\nstrategy = \"{strategy}\"\ncolumn = \"{column}\"\ncount = 4"),
+            "mode = \"truncate\"",
+        ));
+        let out = stride(&["plan", file.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 0);
+        if (column, strategy) == ("id", "stride") {
+            assert!(
+                text(&out).contains("\"id\" >= '1251'::int8 AND \"id\" < '2501'::int8"),
+                "{}",
+                text(&out)
+            );
+        }
+        assert_exit(&run_job(&file.path), 0);
+        assert_eq!(
+            pair.assert_same("orders", "orders").await,
+            5001,
+            "{column} {strategy}"
+        );
+    }
+}
