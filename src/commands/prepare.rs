@@ -79,6 +79,23 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
     let columns = plan::resolve_columns(job, &all)?;
     let key = plan::resolve_key(job, &all)?;
     let mark = plan::resolve_incremental(job, &all)?;
+    if let (Some(mark), Mode::Append, Relation::Table(table)) =
+        (&mark, job.target.mode, &job.source.relation)
+    {
+        // An updated row moves its mark past the last run's: in append mode the
+        // next run adds it again, next to its old version.
+        let keys = pg::unique_keys(&mut conn, table).await?;
+        if !keys
+            .unique
+            .iter()
+            .any(|k| k == std::slice::from_ref(&mark.column))
+        {
+            warn!(
+                "incremental.column \"{}\" is not a unique key of {table}: in append mode a row whose {} changes after a run is added again by the next one, next to its earlier copy (for rows that get updated use mode = \"upsert\" with the table's key; append suits a column that only new rows move, such as an identity id)",
+                mark.column, mark.column
+            );
+        }
+    }
     let bounds = match &key {
         Some(key) => plan::parse_bounds(job, key)?,
         None => None,

@@ -278,3 +278,67 @@ async fn bad_incremental_jobs_exit_2_naming_the_key() {
         "nothing written"
     );
 }
+
+/// An append job whose incremental column is not a key adds an updated row again:
+/// `check` and `run` warn. The shipped nightly CronJob (examples/k8s) upserts by
+/// key instead: after 200 source rows are updated, its next run leaves the target
+/// exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updated_rows_are_not_added_twice_by_the_shipped_nightly_job() {
+    let pair = Pair::new("nightly_example").await;
+    pair.source
+        .exec(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, total numeric);
+             INSERT INTO orders SELECT g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g
+             FROM generate_series(1, 20000) g;",
+        )
+        .await;
+    // The warning, for append on updated_at, and none on the key.
+    for (column, warns) in [("updated_at", true), ("id", false)] {
+        let file = job_file(&job_text(
+            &pair,
+            "table = \"orders\"",
+            &format!("[incremental]\ncolumn = \"{column}\""),
+            "mode = \"append\"",
+        ));
+        let out = stride(&["check", file.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 0);
+        assert_eq!(
+            text(&out).contains(&format!(
+                "incremental.column \"{column}\" is not a unique key"
+            )),
+            warns,
+            "{}",
+            text(&out)
+        );
+    }
+
+    // The ConfigMap's job, as shipped.
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/k8s/nightly-cronjob.yaml"
+    ))
+    .unwrap();
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| !l.contains("nightly.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("[incremental]"), "{toml}");
+    let file = job_file(&toml.replace("public.orders", "orders"));
+    let envs = [
+        ("SOURCE_URL", pair.source.url.as_str()),
+        ("TARGET_URL", pair.target.url.as_str()),
+    ];
+    let nightly = || stride(&["run", file.path.to_str().unwrap()], &envs);
+    assert_exit(&nightly(), 0);
+    assert_eq!(pair.assert_same("orders", "orders").await, 20000);
+    pair.source
+        .exec("UPDATE orders SET total = total + 1, updated_at = timestamptz '2026-06-01 00:00:00+00' + id * interval '1 second' WHERE id % 100 = 0")
+        .await;
+    let out = nightly();
+    assert_exit(&out, 0);
+    assert_eq!(pair.assert_same("orders", "orders").await, 20000);
+}
