@@ -27,7 +27,7 @@ die() { log "error: $*"; exit 1; }
 
 answers() {
     command -v psql >/dev/null &&
-        psql -h "$host" -p "$port" -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1
+        PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-5} psql -h "$host" -p "$port" -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1
 }
 
 if answers; then
@@ -37,6 +37,15 @@ if answers; then
 fi
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Something listens on the port but does not let `postgres` in without a
+# password (or is not PostgreSQL): our cluster could not start there.
+if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    die "a server listens on $host:$port but user postgres cannot connect to it without a password (or it is not PostgreSQL).
+Start the throwaway cluster on a free port instead, e.g.:
+  PGPORT=5440 scripts/pg-local.sh   (or: PGPORT=5440 scripts/quickstart.sh, PGPORT=5440 scripts/test.sh)
+or use that server: SOURCE_URL=... TARGET_URL=... scripts/quickstart.sh, STRIDE_TEST_PG_URL=... scripts/test.sh"
+fi
 
 # Newest server binaries. (/usr/local/bin/{initdb,pg_ctl} may exist as symlinks
 # into one of these; we go to the versioned directory directly.)
