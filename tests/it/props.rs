@@ -1250,7 +1250,7 @@ impl Predicate {
     fn eval(&self, value: Option<i64>) -> bool {
         match value {
             None => self.null,
-            Some(v) => self.lower.map_or(true, |l| v >= l) && self.upper.map_or(true, |u| v < u),
+            Some(v) => self.lower.is_none_or(|l| v >= l) && self.upper.is_none_or(|u| v < u),
         }
     }
 }
@@ -1446,7 +1446,7 @@ fn check_plan(
 /// still planned, with ranges narrower than the count (and the partition module's
 /// own tests split `i64::MIN..i64::MAX` into 65,537).
 fn checkable(bounds: Option<&Bounds>, count: u32) -> bool {
-    bounds.map_or(true, |b| {
+    bounds.is_none_or(|b| {
         let width = i128::from(b.upper) - i128::from(b.lower);
         width.min(i128::from(count)) <= 2_000
     })

@@ -242,7 +242,7 @@ async fn run_terminating(
     let mut last_kill: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while kills < wanted && !running.exited() && Instant::now() < deadline {
-        let spaced = last_kill.map_or(true, |t| t.elapsed() >= Duration::from_millis(150));
+        let spaced = last_kill.is_none_or(|t| t.elapsed() >= Duration::from_millis(150));
         if spaced && terminate_one(&mut admin, db, condition).await {
             kills += 1;
             last_kill = Some(Instant::now());
