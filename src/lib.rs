@@ -33,4 +33,5 @@ pub mod pg;
 pub mod plan;
 pub mod replace;
 pub mod report;
+pub mod session;
 pub mod sql;
