@@ -351,9 +351,19 @@ async fn copy_partition_with(
     .await?;
     let result =
         copy_partition_on(spec, partition, watch, sessions, &mut source, &mut target).await;
-    if result.is_err() {
-        close(source).await;
-        close(target).await;
+    match &result {
+        Ok(_) => {}
+        // No goodbye on a connection that stalled: it would stall too. Dropped
+        // detached from the pool, the socket closes at once (the server may not
+        // notice: `end_sessions_left` ends its session).
+        Err(e) if e.is::<Stalled>() => {
+            drop(source.detach());
+            drop(target.detach());
+        }
+        Err(_) => {
+            close(source).await;
+            close(target).await;
+        }
     }
     result
 }
@@ -381,30 +391,36 @@ async fn after_cancel(cancel: &CancellationToken) {
 }
 
 /// Ends the sessions a stalled partition left on the servers, on new connections,
-/// best effort: a server that does not answer within `CLOSE_TIMEOUT` plus the
-/// stall timeout keeps them until its own timeouts end them.
+/// both sides at once and best effort: a server that does not let stride end
+/// them within `CLOSE_TIMEOUT` keeps them until its own timeouts do.
 async fn end_sessions_left(spec: &CopySpec, sessions: &Sessions) {
-    for (side, pool, session) in [
-        (Side::Source, &spec.source, &sessions.source),
-        (Side::Target, &spec.target, &sessions.target),
-    ] {
-        let Some(session) = session else { continue };
-        let ended = async {
-            let mut conn = pool.acquire().await?;
-            session::end(&mut conn, session, END_SESSION_TIMEOUT).await
-        };
-        match tokio::time::timeout(spec.stall_timeout.min(END_SESSION_TIMEOUT), ended).await {
-            Ok(Ok(())) => debug!(pid = session.pid, "ended the stalled {side} session"),
-            Ok(Err(e)) => debug!(
-                pid = session.pid,
-                "could not end the stalled {side} session: {e:#}"
-            ),
-            Err(_) => debug!(
-                pid = session.pid,
-                "could not end the stalled {side} session in time"
-            ),
+    let end = |side: Side, pool: &PgPool, session: Option<session::Session>| {
+        let pool = pool.clone();
+        async move {
+            let Some(session) = session else { return };
+            let ended = async {
+                let mut conn = pool.acquire().await?;
+                session::end(&mut conn, &session, END_SESSION_TIMEOUT).await
+            };
+            match tokio::time::timeout(CLOSE_TIMEOUT, ended).await {
+                Ok(Ok(())) => debug!(pid = session.pid, "ended the stalled {side} session"),
+                Ok(Err(e)) => {
+                    debug!(
+                        pid = session.pid,
+                        "could not end the stalled {side} session: {e:#}"
+                    )
+                }
+                Err(_) => debug!(
+                    pid = session.pid,
+                    "could not end the stalled {side} session in time"
+                ),
+            }
         }
-    }
+    };
+    tokio::join!(
+        end(Side::Source, &spec.source, sessions.source.clone()),
+        end(Side::Target, &spec.target, sessions.target.clone()),
+    );
 }
 
 /// After a COMMIT whose answer was lost: the partition's checkpoint row commits

@@ -650,8 +650,13 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         }
     }
     if let Some(conn) = coordinator.as_mut() {
-        // The snapshot is no longer needed once every partition has ended.
-        pg::execute(conn, "ROLLBACK").await.ok();
+        // The snapshot is no longer needed once every partition has ended. Bounded:
+        // the source may have stopped answering (a frozen network), and nothing
+        // depends on this.
+        let rollback = pg::execute(conn, "ROLLBACK");
+        tokio::time::timeout(std::time::Duration::from_secs(2), rollback)
+            .await
+            .ok();
     }
     if !problems.is_empty() {
         for problem in &problems {
