@@ -41,6 +41,9 @@ struct State {
     /// Fires once a connection has forwarded more than this many bytes in this
     /// direction (one shot).
     after_bytes: Option<(Direction, u64, Action)>,
+    /// Fires on the first client message holding these bytes (a query's text),
+    /// before it is forwarded (one shot).
+    on_message: Option<(Vec<u8>, Action)>,
     /// Fires right after a client's `COMMIT` is forwarded, this many more times.
     after_commit: Option<(Action, u32)>,
     /// Triggers fired so far.
@@ -158,6 +161,12 @@ impl Proxy {
     /// are forwarded to the server (before its answer can come back).
     pub fn after_commit(&self, action: Action, times: u32) {
         self.shared.state.lock().unwrap().after_commit = Some((action, times));
+    }
+
+    /// Arms a one-shot trigger: the first client message (a query) that holds
+    /// `text` gets `action` before it is forwarded.
+    pub fn on_message(&self, text: &str, action: Action) {
+        self.shared.state.lock().unwrap().on_message = Some((text.as_bytes().to_vec(), action));
     }
 
     /// How many times a trigger fired.
@@ -294,6 +303,16 @@ fn relay_messages(shared: &Shared, id: usize, client: TcpStream, mut to: TcpStre
             started = true;
         }
         let commit = message.first() == Some(&b'Q') && body == b"COMMIT\0";
+        {
+            let mut state = shared.state.lock().unwrap();
+            let holds = |text: &[u8]| body.windows(text.len()).any(|w| w == text);
+            if let Some((text, action)) = state.on_message.clone() {
+                if started && holds(&text) {
+                    state.on_message = None;
+                    apply(shared, &mut state, id, action);
+                }
+            }
+        }
         message.extend_from_slice(&body);
         if !pass(
             shared,

@@ -340,3 +340,68 @@ async fn a_commit_frozen_right_after_it_was_sent_is_settled_after_the_stall_time
     assert_exact(&pair, &out, SMALL_ROWS, "").await;
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// SIGTERM after the copy, while verify waits on a frozen source: the process
+/// exits 130 within seconds, with the summary (every partition written) and the
+/// resume command; the resumed run skips every partition and does the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_verify_on_a_frozen_source_exits_and_the_resume_finishes() {
+    let pair = seeded("sigterm_verify", ROWS).await;
+    let proxy = Proxy::start();
+    // The first verify query freezes the network before it reaches the source.
+    proxy.on_message("hashtextextended", Action::FreezeEverything);
+    let job = job(
+        &proxy.url(&pair.source.url),
+        &pair.target.url,
+        ROWS,
+        "parallelism = 2\nverify = \"checksum\"\nstall_timeout = \"10m\"",
+    );
+    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.fired(), 1, "verify never reached the source");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.exited(), "stride ended while frozen");
+    running.signal("TERM");
+    let signalled = Instant::now();
+    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = signalled.elapsed();
+    let out = running.finish();
+    assert_exit(&out, 130);
+    assert!(
+        took < Duration::from_secs(8),
+        "exited {took:?} after SIGTERM\n{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("partitions 4 written of 4"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("interrupted after the copy"),
+        "{}",
+        text(&out)
+    );
+    assert!(stderr(&out).contains("resume with: "), "{}", text(&out));
+    // The resume (same URLs, so the same run), the network back: nothing is
+    // copied again, and verify runs.
+    proxy.thaw();
+    let (out, _) = run_timed(&job).await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("4 skipped: committed by an earlier run"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("4 of 4 partitions match"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.assert_same("t", "t").await, ROWS);
+}
