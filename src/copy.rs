@@ -353,10 +353,11 @@ async fn copy_partition_with(
         copy_partition_on(spec, partition, watch, sessions, &mut source, &mut target).await;
     match &result {
         Ok(_) => {}
-        // No goodbye on a connection that stalled: it would stall too. Dropped
-        // detached from the pool, the socket closes at once (the server may not
-        // notice: `end_sessions_left` ends its session).
-        Err(e) if e.is::<Stalled>() => {
+        // No goodbye on a connection that stalled, or whose COMMIT got no answer:
+        // it would wait too. Dropped detached from the pool, the socket closes at
+        // once (the server may not notice: `end_sessions_left` or the settlement
+        // ends its session).
+        Err(e) if e.is::<Stalled>() || e.is::<CommitUnanswered>() => {
             drop(source.detach());
             drop(target.detach());
         }

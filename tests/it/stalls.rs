@@ -405,3 +405,57 @@ async fn sigterm_during_verify_on_a_frozen_source_exits_and_the_resume_finishes(
     );
     assert_eq!(pair.assert_same("t", "t").await, ROWS);
 }
+
+/// SIGTERM while a COMMIT waits for its answer on a network that froze right
+/// after it was sent: the COMMIT is awaited 3 s, its settlement 3 s more (it
+/// cannot reach the target), then the process exits 130 saying the partition's
+/// outcome is not known yet. The resumed run finds it committed and skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_frozen_commit_exits_and_the_resume_settles_it() {
+    let pair = seeded("sigterm_commit", SMALL_ROWS).await;
+    let proxy = Proxy::start();
+    proxy.after_commit(Action::FreezeEverything, 1);
+    let job = job(
+        &pair.source.url,
+        &proxy.url(&pair.target.url),
+        SMALL_ROWS,
+        "parallelism = 1\nstall_timeout = \"10m\"",
+    );
+    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.fired(), 1, "no COMMIT went through the proxy");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!running.exited(), "stride ended while frozen");
+    running.signal("TERM");
+    let signalled = Instant::now();
+    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = signalled.elapsed();
+    let out = running.finish();
+    assert_exit(&out, 130);
+    assert!(
+        took < Duration::from_secs(9),
+        "exited {took:?} after SIGTERM\n{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("whether the partition was committed is not known yet"),
+        "{}",
+        text(&out)
+    );
+    assert!(stderr(&out).contains("resume with: "), "{}", text(&out));
+    proxy.thaw();
+    let (out, _) = run_timed(&job).await;
+    assert_exit(&out, 0);
+    // Partition 0's COMMIT reached the server before the freeze: it is skipped.
+    assert!(
+        stdout(&out).contains("partitions 3 written of 4 (1 skipped: committed by an earlier run)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.assert_same("t", "t").await, SMALL_ROWS);
+}
