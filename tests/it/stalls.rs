@@ -137,8 +137,8 @@ async fn a_frozen_target_is_retried_and_the_copy_is_exact() {
 }
 
 /// Stall timeout 2 s, one retry: two attempts. Each one ends within the timeout
-/// and a quarter (the watchdog's tick), plus at most 2 s to end the stalled
-/// sessions (bounded, the target answers no new connection either) and the
+/// and a quarter (the watchdog's tick), plus at most 2 s to give up on ending
+/// the stalled sessions (the target answers no new connection either) and the
 /// backoff between them (under 1 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_frozen_for_good_fails_the_run_within_the_stall_timeout_per_attempt() {
@@ -172,10 +172,12 @@ async fn a_target_frozen_for_good_fails_the_run_within_the_stall_timeout_per_att
         "{}",
         text(&out)
     );
-    // Two attempts of 2.5 s at most, 2 s of cleanup each, 1 s of backoff, and
-    // about 2 s to start the process and plan the run.
+    // Two attempts of 2.5 s at most, 2 s of cleanup after the first (the second
+    // stalls before it has sessions), under 1 s of backoff, and about 2 s to
+    // start the process and plan the run: about 10 s; the rest is slack for a
+    // busy machine.
     assert!(
-        took < Duration::from_secs(14),
+        took < Duration::from_secs(16),
         "took {took:?}\n{}",
         text(&out)
     );
