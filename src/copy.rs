@@ -13,7 +13,9 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,15 +35,31 @@ use tracing::instrument::WithSubscriber;
 use tracing::{debug, info, warn, Dispatch, Instrument};
 
 use crate::checkpoint;
-use crate::error::{CommitRolledBack, CommitUnanswered, Interrupted, OutcomeUnknown};
+use crate::error::{
+    CommitRolledBack, CommitUnanswered, Interrupted, OutcomeUnknown, Stalled, Unsettled,
+};
 use crate::job::Method;
-use crate::pg;
+use crate::pg::{self, Side};
 use crate::plan::{copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition};
+use crate::session;
 use crate::sql::QualifiedName;
 
 /// Source chunks are gathered to about this size before each send: sqlx flushes the
 /// socket on every `send`, and one send per row is about half as fast.
 const SEND_BUFFER_BYTES: usize = 1 << 20;
+
+/// Bound on closing a connection that failed: a polite goodbye on a frozen
+/// connection would wait forever.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After Ctrl-C or SIGTERM, how long a COMMIT already sent, and then the lookup of
+/// its outcome, are still awaited: long enough for a server that answers, short
+/// enough that a frozen one does not hold the process.
+const INTERRUPTED_WAIT: Duration = Duration::from_secs(3);
+
+/// How long ending an old session (and seeing it gone) may take; the server
+/// ends a session it was asked to within milliseconds unless it is stuck.
+const END_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every partition of a run shares.
 pub struct CopySpec {
@@ -64,6 +82,9 @@ pub struct CopySpec {
     pub cancel: CancellationToken,
     /// Attempts after a partition's first, on transient failures.
     pub retries: u32,
+    /// `run.stall_timeout`: a partition whose awaited side moves no data for this
+    /// long fails, transiently.
+    pub stall_timeout: Duration,
     /// Where committed partitions are recorded; `None` without checkpoints.
     pub checkpoint: Option<Checkpoint>,
     /// `verify --repair`: each partition's range is deleted from this target table
@@ -231,7 +252,12 @@ pub async fn run_partitions(
                 report.rows = counts.rows;
                 report.bytes = counts.bytes;
             }
-            Err(e) if e.is::<Interrupted>() => {
+            // After Ctrl-C or SIGTERM a transient failure is not retried, and
+            // its target transaction did not commit: rolled back, as if interrupted.
+            Err(e)
+                if e.is::<Interrupted>()
+                    || (spec.cancel.is_cancelled() && crate::error::is_transient(&e)) =>
+            {
                 info!(partition = index, "partition rolled back: interrupted");
                 report.status = Status::RolledBack;
             }
@@ -269,31 +295,133 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Copies one partition in its own target transaction. On failure both
-/// connections are closed rather than returned to the pool.
+/// connections are closed rather than returned to the pool; after a stall, the
+/// server sessions left behind are ended too, so the retry finds no lock of the
+/// old transaction in its way and the servers get their slots back.
 async fn copy_partition(spec: &CopySpec, partition: &PlannedPartition) -> Result<Counts> {
-    let mut source = spec
-        .source
-        .acquire()
-        .await
-        .context("taking a source connection (none could be opened or freed within 60 s)")?;
-    let mut target = spec
-        .target
-        .acquire()
-        .await
-        .context("taking a target connection (none could be opened or freed within 60 s)")?;
-    let mut result = copy_partition_on(spec, partition, &mut source, &mut target).await;
-    if result.is_err() {
-        close(source).await;
-        close(target).await;
-    }
-    if let Err(e) = &result {
-        if e.is::<CommitUnanswered>() {
-            result = settle_unanswered_commit(spec, partition)
-                .await
-                .map_err(|settled| settled.context(format!("{e:#}")));
+    let watch = Watch::default();
+    let mut sessions = Sessions::default();
+    let result = copy_partition_with(spec, partition, &watch, &mut sessions).await;
+    let result = match result {
+        Err(e) if e.is::<CommitUnanswered>() => {
+            let settled = settle_unanswered_commit(spec, partition, sessions.target.as_ref());
+            let settled = tokio::select! {
+                settled = settled => settled,
+                () = after_cancel(&spec.cancel) => Err(anyhow::anyhow!(
+                    "interrupted before the outcome could be looked up"
+                ).context(Unsettled)),
+            };
+            settled.map_err(|settled| settled.context(format!("{e:#}")))
+        }
+        Err(e) => {
+            if e.is::<Stalled>() {
+                end_sessions_left(spec, &sessions).await;
+            }
+            Err(e)
+        }
+        ok => ok,
+    };
+    result.with_context(|| format!("partition {} ({})", partition.index, partition.describe))
+}
+
+/// The server sessions of a partition's connections, once known.
+#[derive(Default)]
+struct Sessions {
+    source: Option<session::Session>,
+    target: Option<session::Session>,
+}
+
+async fn copy_partition_with(
+    spec: &CopySpec,
+    partition: &PlannedPartition,
+    watch: &Watch,
+    sessions: &mut Sessions,
+) -> Result<Counts> {
+    let (mut source, mut target) = guard(spec, watch, async {
+        let source = watch
+            .on(Side::Source, spec.source.acquire())
+            .await
+            .context("taking a source connection (none could be opened or freed within 60 s)")?;
+        let target = watch
+            .on(Side::Target, spec.target.acquire())
+            .await
+            .context("taking a target connection (none could be opened or freed within 60 s)")?;
+        anyhow::Ok((source, target))
+    })
+    .await?;
+    let result =
+        copy_partition_on(spec, partition, watch, sessions, &mut source, &mut target).await;
+    match &result {
+        Ok(_) => {}
+        // No goodbye on a connection that stalled, or whose COMMIT got no answer:
+        // it would wait too. Dropped detached from the pool, the socket closes at
+        // once (the server may not notice: `end_sessions_left` or the settlement
+        // ends its session).
+        Err(e) if e.is::<Stalled>() || e.is::<CommitUnanswered>() => {
+            drop(source.detach());
+            drop(target.detach());
+        }
+        Err(_) => {
+            close(source).await;
+            close(target).await;
         }
     }
-    result.with_context(|| format!("partition {} ({})", partition.index, partition.describe))
+    result
+}
+
+/// Runs `work` against the run's cancellation and the stall watchdog: Ctrl-C or
+/// SIGTERM drops it wherever it is (an interruption), and so does a side that
+/// moved no data for `run.stall_timeout` (a transient failure).
+async fn guard<T>(
+    spec: &CopySpec,
+    watch: &Watch,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        () = spec.cancel.cancelled() => Err(Interrupted.into()),
+        stalled = watch.stalled(spec.stall_timeout) => Err(stalled.into()),
+        done = work => done,
+    }
+}
+
+/// Resolves `INTERRUPTED_WAIT` after the run is cancelled (never, if it is not).
+async fn after_cancel(cancel: &CancellationToken) {
+    cancel.cancelled().await;
+    tokio::time::sleep(INTERRUPTED_WAIT).await;
+}
+
+/// Ends the sessions a stalled partition left on the servers, on new connections,
+/// both sides at once and best effort: a server that does not let stride end
+/// them within `CLOSE_TIMEOUT` keeps them until its own timeouts do.
+async fn end_sessions_left(spec: &CopySpec, sessions: &Sessions) {
+    let end = |side: Side, pool: &PgPool, session: Option<session::Session>| {
+        let pool = pool.clone();
+        async move {
+            let Some(session) = session else { return };
+            let ended = async {
+                let mut conn = pool.acquire().await?;
+                session::end(&mut conn, &session, END_SESSION_TIMEOUT).await
+            };
+            match tokio::time::timeout(CLOSE_TIMEOUT, ended).await {
+                Ok(Ok(())) => debug!(pid = session.pid, "ended the stalled {side} session"),
+                Ok(Err(e)) => {
+                    debug!(
+                        pid = session.pid,
+                        "could not end the stalled {side} session: {e:#}"
+                    )
+                }
+                Err(_) => debug!(
+                    pid = session.pid,
+                    "could not end the stalled {side} session in time"
+                ),
+            }
+        }
+    };
+    tokio::join!(
+        end(Side::Source, &spec.source, sessions.source.clone()),
+        end(Side::Target, &spec.target, sessions.target.clone()),
+    );
 }
 
 /// After a COMMIT whose answer was lost: the partition's checkpoint row commits
@@ -301,25 +429,46 @@ async fn copy_partition(spec: &CopySpec, partition: &PlannedPartition) -> Result
 /// Not found: nothing was committed and a retry is safe (a transient error).
 /// Without checkpoints there is no telling, and retrying could write the rows
 /// twice: the outcome-unknown error is permanent.
-async fn settle_unanswered_commit(spec: &CopySpec, partition: &PlannedPartition) -> Result<Counts> {
+///
+/// The lookup waits until the old transaction is resolved on the server: until
+/// then its row is invisible whether or not its COMMIT is under way, and a
+/// lookup could call a committed partition rolled back (the retry would then fail
+/// on the checkpoint's primary key). So the old session is ended first, on a new
+/// connection, and the lookup comes once it is gone from `pg_stat_activity`. A
+/// backend ends only between commands, never inside a COMMIT (it holds
+/// interrupts off there): once it is gone, its transaction either committed or
+/// never will.
+async fn settle_unanswered_commit(
+    spec: &CopySpec,
+    partition: &PlannedPartition,
+    old: Option<&session::Session>,
+) -> Result<Counts> {
     let Some(cp) = &spec.checkpoint else {
         return Err(anyhow::Error::new(OutcomeUnknown));
     };
-    let mut conn = spec
-        .target
-        .acquire()
+    let settled = async {
+        let mut conn = tokio::time::timeout(spec.stall_timeout, spec.target.acquire())
+            .await
+            .map_err(|_| anyhow::anyhow!("no target connection within run.stall_timeout"))?
+            .context("taking a target connection to look up the partition's checkpoint")?;
+        if let Some(old) = old {
+            session::end(&mut conn, old, END_SESSION_TIMEOUT)
+                .await
+                .context("waiting for the session of the unanswered COMMIT to end")?;
+        }
+        let recorded: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT rows, bytes FROM {} WHERE fingerprint = $1 AND partition = $2",
+            cp.table
+        )))
+        .bind(&cp.fingerprint)
+        .bind(i64::try_from(partition.index).expect("partition indexes are small"))
+        .fetch_optional(&mut *conn)
         .await
-        .context("taking a target connection to look up the partition's checkpoint")?;
-    let recorded: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT rows, bytes FROM {} WHERE fingerprint = $1 AND partition = $2",
-        cp.table
-    )))
-    .bind(&cp.fingerprint)
-    .bind(i64::try_from(partition.index).expect("partition indexes are small"))
-    .fetch_optional(&mut *conn)
-    .await
-    .context("looking up the partition's checkpoint after an unanswered COMMIT")?;
-    match recorded {
+        .context("looking up the partition's checkpoint after an unanswered COMMIT")?;
+        anyhow::Ok(recorded)
+    };
+    // However the lookup fails, the outcome stays unknown: not retried.
+    match settled.await.context(Unsettled)? {
         Some((rows, bytes)) => {
             info!(
                 partition = partition.index,
@@ -336,32 +485,100 @@ async fn settle_unanswered_commit(spec: &CopySpec, partition: &PlannedPartition)
 
 async fn close(conn: PoolConnection<Postgres>) {
     // The connection is being thrown away because it failed: a failure to say
-    // goodbye politely changes nothing.
-    let _ = conn.close().await;
+    // goodbye politely changes nothing, and on a frozen connection the goodbye
+    // would never end (dropping the future drops the socket).
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+}
+
+/// The stall watchdog's view of one partition: which side it waits on, and a
+/// count of the waits that ended (each one a message, a row or a statement's
+/// answer): a count that stays still while a wait is pending means no data moved.
+#[derive(Default)]
+struct Watch {
+    /// `Side` as 1 (source) or 2 (target); 0 before the first wait.
+    waiting: AtomicU8,
+    moved: AtomicU64,
+}
+
+impl Watch {
+    /// Awaits `work` as a wait on `side`. Per row this costs a few plain moves:
+    /// the partition's task is the only writer (the watchdog only reads, in the
+    /// same task), so relaxed loads and stores suffice, no atomic read-modify-write.
+    async fn on<F: Future>(&self, side: Side, work: F) -> F::Output {
+        let code = match side {
+            Side::Source => 1,
+            Side::Target => 2,
+        };
+        self.waiting.store(code, Ordering::Relaxed);
+        let done = work.await;
+        let moved = self.moved.load(Ordering::Relaxed);
+        self.moved.store(moved.wrapping_add(1), Ordering::Relaxed);
+        done
+    }
+
+    /// Resolves once the side being waited on has moved nothing for `timeout`,
+    /// measured in ticks of a quarter of it (at most a second), so it is found
+    /// within `timeout` and a quarter.
+    async fn stalled(&self, timeout: Duration) -> Stalled {
+        let tick = (timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        let mut still_since = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.moved.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                still_since = Instant::now();
+                continue;
+            }
+            let waited = still_since.elapsed();
+            if waited >= timeout {
+                let side = match self.waiting.load(Ordering::Relaxed) {
+                    1 => Side::Source,
+                    _ => Side::Target,
+                };
+                return Stalled {
+                    side,
+                    waited: timeout,
+                };
+            }
+        }
+    }
 }
 
 async fn copy_partition_on(
     spec: &CopySpec,
     partition: &PlannedPartition,
+    watch: &Watch,
+    sessions: &mut Sessions,
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
     let transfer = async {
-        pg::import_snapshot(source, &spec.snapshot).await?;
-        pg::execute(target, "BEGIN")
+        sessions.source = Some(watch.on(Side::Source, session::of(source)).await?);
+        watch
+            .on(Side::Source, pg::import_snapshot(source, &spec.snapshot))
+            .await?;
+        sessions.target = Some(watch.on(Side::Target, session::of(target)).await?);
+        watch
+            .on(Side::Target, pg::execute(target, "BEGIN"))
             .await
             .context("opening the target transaction")?;
         if let Some(table) = &spec.repair {
-            pg::execute(target, &crate::plan::delete_range_sql(table, partition))
+            watch
+                .on(
+                    Side::Target,
+                    pg::execute(target, &crate::plan::delete_range_sql(table, partition)),
+                )
                 .await
                 .context("deleting the partition's range from the target")?;
         }
         let counts = match (spec.method, &spec.upsert) {
-            (Method::Copy, None) => pass_through(spec, partition, source, target).await?,
+            (Method::Copy, None) => pass_through(spec, partition, watch, source, target).await?,
             (Method::Copy, Some(upsert)) => {
-                stage_and_merge(spec, upsert, partition, source, target).await?
+                stage_and_merge(spec, upsert, partition, watch, source, target).await?
             }
-            (Method::Insert, _) => insert_rows(spec, partition, source, target).await?,
+            (Method::Insert, _) => insert_rows(spec, partition, watch, source, target).await?,
         };
         if let Some(cp) = &spec.checkpoint {
             let record = checkpoint::record_partition_sql(
@@ -373,28 +590,39 @@ async fn copy_partition_on(
                 counts.rows,
                 counts.bytes,
             );
-            pg::execute(target, &record)
+            watch
+                .on(Side::Target, pg::execute(target, &record))
                 .await
                 .context("recording the partition in the checkpoint table")?;
         }
         // The source transaction only read; ending it before the target commits
         // means no error can come after the partition's rows are committed.
-        pg::execute(source, "COMMIT")
+        watch
+            .on(Side::Source, pg::execute(source, "COMMIT"))
             .await
             .context("ending the source transaction")?;
         anyhow::Ok(counts)
     };
-    // An interruption drops the transfer wherever it is; the caller then closes
-    // both connections, which rolls the target transaction back.
-    let counts = tokio::select! {
+    // An interruption or a stall drops the transfer wherever it is; the caller
+    // then closes both connections, which rolls the target transaction back.
+    let counts = guard(spec, watch, transfer).await?;
+    // Once sent, the COMMIT is awaited, so the report says what the server did. If
+    // the connection breaks before the answer, stalls for `run.stall_timeout`, or
+    // the run is interrupted and no answer comes within `INTERRUPTED_WAIT`, the
+    // server may have committed or not: the caller finds out from the checkpoint
+    // table.
+    let commit = watch.on(Side::Target, pg::execute(target, "COMMIT"));
+    let committed = tokio::select! {
         biased;
-        () = spec.cancel.cancelled() => return Err(Interrupted.into()),
-        counts = transfer => counts?,
+        committed = commit => committed,
+        stalled = watch.stalled(spec.stall_timeout) => {
+            return Err(anyhow::Error::new(stalled).context(CommitUnanswered));
+        }
+        () = after_cancel(&spec.cancel) => {
+            return Err(anyhow::Error::new(Interrupted).context(CommitUnanswered));
+        }
     };
-    // Once sent, the COMMIT is awaited whatever happens, so the report says what
-    // the server did. If the connection breaks before the answer, the server may
-    // have committed or not: the caller finds out from the checkpoint table.
-    match pg::execute(target, "COMMIT").await {
+    match committed {
         Ok(()) => {}
         // The server answered with an error: it rolled back, and the error says why.
         Err(e @ sqlx::Error::Database(_)) => {
@@ -416,18 +644,23 @@ async fn copy_partition_on(
 async fn pass_through(
     spec: &CopySpec,
     partition: &PlannedPartition,
+    watch: &Watch,
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
     let copy_out = copy_out_sql(&partition.select, spec.format);
     debug!(source = %copy_out, target = %spec.copy_in, "streaming");
-    let mut rows_out = source
-        .copy_out_raw(&copy_out)
-        .with_subscriber(Dispatch::none())
+    let mut rows_out = watch
+        .on(
+            Side::Source,
+            source
+                .copy_out_raw(&copy_out)
+                .with_subscriber(Dispatch::none()),
+        )
         .await
         .context("starting COPY TO STDOUT on the source")?;
-    let mut sink = target
-        .copy_in_raw(&spec.copy_in)
+    let mut sink = watch
+        .on(Side::Target, target.copy_in_raw(&spec.copy_in))
         .await
         .context("starting COPY FROM STDIN on the target")?;
     let mut buffer = BytesMut::with_capacity(SEND_BUFFER_BYTES + (64 << 10));
@@ -437,13 +670,14 @@ async fn pass_through(
     // the progress bar; the exact count comes from the target at the end.
     let mut messages_unreported = 0u64;
     let mut reported = 0u64;
-    while let Some(chunk) = rows_out.next().await {
+    while let Some(chunk) = watch.on(Side::Source, rows_out.next()).await {
         let chunk = chunk.context("reading rows from the source")?;
         bytes += chunk.len() as u64;
         messages_unreported += 1;
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= SEND_BUFFER_BYTES {
-            sink.send(buffer.split().freeze())
+            watch
+                .on(Side::Target, sink.send(buffer.split().freeze()))
                 .await
                 .context("sending rows to the target")?;
             spec.progress.inc(messages_unreported);
@@ -453,13 +687,14 @@ async fn pass_through(
     }
     drop(rows_out);
     if !buffer.is_empty() {
-        sink.send(buffer.freeze())
+        watch
+            .on(Side::Target, sink.send(buffer.freeze()))
             .await
             .context("sending rows to the target")?;
     }
     // Data errors (bad bytes, types, constraints) surface here, not at `send`.
-    let rows = sink
-        .finish()
+    let rows = watch
+        .on(Side::Target, sink.finish())
         .await
         .context("finishing COPY on the target")?;
     spec.progress.inc(rows.saturating_sub(reported));
@@ -474,15 +709,18 @@ async fn stage_and_merge(
     spec: &CopySpec,
     upsert: &UpsertSpec,
     partition: &PlannedPartition,
+    watch: &Watch,
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
-    pg::execute(target, &upsert.create_stage)
+    watch
+        .on(Side::Target, pg::execute(target, &upsert.create_stage))
         .await
         .context("creating the staging table")?;
-    let counts = pass_through(spec, partition, source, target).await?;
+    let counts = pass_through(spec, partition, watch, source, target).await?;
     debug!(merge = %upsert.merge, "merging the staged rows");
-    pg::execute(target, &upsert.merge)
+    watch
+        .on(Side::Target, pg::execute(target, &upsert.merge))
         .await
         .map_err(|e| upsert_error(e, &upsert.key))
         .context("merging the staged rows into the target")?;
@@ -518,6 +756,7 @@ fn upsert_error(error: sqlx::Error, key: &[String]) -> anyhow::Error {
 async fn insert_rows(
     spec: &CopySpec,
     partition: &PlannedPartition,
+    watch: &Watch,
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
@@ -530,7 +769,12 @@ async fn insert_rows(
     });
     let mut batch = Batch::new(spec.columns.len());
     let mut counts = Counts::default();
-    let mut next = rows_in.try_next().with_subscriber(Dispatch::none()).await;
+    let mut next = watch
+        .on(
+            Side::Source,
+            rows_in.try_next().with_subscriber(Dispatch::none()),
+        )
+        .await;
     while let Some(row) = next.context("reading rows from the source")? {
         for (i, column) in batch.columns.iter_mut().enumerate() {
             let value = row
@@ -549,12 +793,16 @@ async fn insert_rows(
         }
         batch.rows += 1;
         if batch.rows == spec.batch_size || batch.bytes >= BATCH_BYTES_MAX {
-            counts += write_batch(spec, target, &mut batch).await?;
+            counts += watch
+                .on(Side::Target, write_batch(spec, target, &mut batch))
+                .await?;
         }
-        next = rows_in.try_next().await;
+        next = watch.on(Side::Source, rows_in.try_next()).await;
     }
     if batch.rows > 0 {
-        counts += write_batch(spec, target, &mut batch).await?;
+        counts += watch
+            .on(Side::Target, write_batch(spec, target, &mut batch))
+            .await?;
     }
     Ok(counts)
 }

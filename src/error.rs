@@ -74,6 +74,50 @@ impl fmt::Display for OutcomeUnknown {
 
 impl std::error::Error for OutcomeUnknown {}
 
+/// A partition's source or target moved no data for `run.stall_timeout` (a frozen
+/// network, a server that stopped answering): transient, so the partition is
+/// retried on new connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Stalled {
+    pub side: crate::pg::Side,
+    pub waited: std::time::Duration,
+}
+
+impl fmt::Display for Stalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.waited.as_millis();
+        let waited = if ms.is_multiple_of(1000) {
+            format!("{} s", ms / 1000)
+        } else {
+            format!("{ms} ms")
+        };
+        write!(
+            f,
+            "the {} moved no data for {waited} (run.stall_timeout)",
+            self.side
+        )
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// After an unanswered COMMIT, the partition's outcome could not be settled (the
+/// target did not let stride look, or the run was interrupted first). Never
+/// retried, since a retry could write the partition twice; a resumed run reads
+/// the checkpoint table and skips it if it was committed.
+#[derive(Debug, Clone, Copy)]
+pub struct Unsettled;
+
+impl fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "whether the partition was committed is not known yet; running the same command again resumes the run, which skips the partition if its checkpoint is recorded",
+        )
+    }
+}
+
+impl std::error::Error for Unsettled {}
+
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -112,10 +156,11 @@ pub fn transient_sqlstate(code: &str) -> bool {
 /// opened, or a transient SQLSTATE. Everything else (type errors, constraint
 /// violations, permission denied, bad SQL) fails at once.
 pub fn is_transient(err: &anyhow::Error) -> bool {
-    if err.is::<OutcomeUnknown>() {
+    // `is` finds a kind among the contexts and the root alike.
+    if err.is::<OutcomeUnknown>() || err.is::<Unsettled>() {
         return false;
     }
-    if err.is::<CommitRolledBack>() {
+    if err.is::<CommitRolledBack>() || err.is::<Stalled>() {
         return true;
     }
     err.chain().any(|cause| {
@@ -166,6 +211,21 @@ mod tests {
         assert!(is_transient(
             &anyhow::Error::new(reset).context("partition 3")
         ));
+        let stalled = Stalled {
+            side: crate::pg::Side::Target,
+            waited: std::time::Duration::from_secs(30),
+        };
+        let stalled = anyhow::Error::new(stalled).context("partition 3 ([100, 200))");
+        assert!(is_transient(&stalled));
+        assert_eq!(
+            chain(&stalled),
+            "partition 3 ([100, 200)): the target moved no data for 30 s (run.stall_timeout)"
+        );
+        let unsettled = anyhow::Error::new(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+        .context(Unsettled);
+        assert!(!is_transient(&unsettled));
         let decode = sqlx::Error::ColumnNotFound("x".into());
         assert!(!is_transient(&anyhow::Error::new(decode)));
         assert!(!is_transient(&anyhow::Error::new(JobError::new("x"))));

@@ -204,6 +204,7 @@ struct RawRun {
     checkpoint: Option<bool>,
     checkpoint_table: Option<String>,
     retries: Option<i64>,
+    stall_timeout: Option<String>,
     #[serde(default)]
     verify: Verify,
 }
@@ -387,12 +388,21 @@ pub struct Job {
     pub checkpoint_table: Option<QualifiedName>,
     /// Further attempts of a partition (or a connection) after a transient failure.
     pub retries: u32,
+    /// `run.stall_timeout`: a partition whose source or target moves no data for
+    /// this long fails (transiently), so a frozen network never stalls a run.
+    pub stall_timeout: std::time::Duration,
     pub verify: Verify,
 }
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
 pub const DEFAULT_RETRIES: u32 = 3;
 pub const MAX_RETRIES: i64 = 100;
+/// `run.stall_timeout` when the job does not set one. Minutes, not seconds: a
+/// server legitimately sends nothing while it scans up to a late partition's first
+/// row (a sequential scan of tens of GB at 100-200 MB/s), or while it merges a big
+/// upsert partition or checks a COPY's last rows; a frozen network is still found
+/// within minutes, where TCP alone can take a quarter of an hour or forever.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// The checkpoint table's name when the job does not set one; it lives in the
 /// target table's schema.
 pub const DEFAULT_CHECKPOINT_TABLE: &str = "stride_checkpoints";
@@ -482,6 +492,16 @@ impl Job {
                 )))
             }
         };
+        let stall_timeout = match raw.run.stall_timeout {
+            None => DEFAULT_STALL_TIMEOUT,
+            Some(text) => parse_duration(&text)
+                .filter(|d| *d >= std::time::Duration::from_millis(100))
+                .ok_or_else(|| {
+                    JobError::new(format!(
+                        "run.stall_timeout: {text:?} is not a duration of at least 100ms (expected a whole number and a unit: \"500ms\", \"30s\", \"5m\", \"1h\")"
+                    ))
+                })?,
+        };
         let checkpoint_table = match (raw.run.checkpoint, raw.run.checkpoint_table) {
             (Some(false), Some(_)) => {
                 return Err(JobError::new(
@@ -535,6 +555,7 @@ impl Job {
             parallelism,
             checkpoint_table,
             retries,
+            stall_timeout,
             verify: raw.run.verify,
         })
     }
@@ -704,6 +725,23 @@ fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(),
     }
     node.insert(last.to_string(), parsed);
     Ok(())
+}
+
+/// A duration as the job file writes it: a whole number and a unit, `ms`, `s`,
+/// `m` or `h` (`"500ms"`, `"30s"`, `"5m"`, `"1h"`). `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim_start() {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => None,
+    }?;
+    Some(std::time::Duration::from_millis(millis))
 }
 
 fn to_u32(v: i64) -> u32 {
@@ -1127,6 +1165,37 @@ url = "postgres://u@h/dst"
     }
 
     #[test]
+    fn durations_are_a_whole_number_and_a_unit() {
+        use std::time::Duration;
+        let good = [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            (" 2 s ", Duration::from_secs(2)),
+            ("0s", Duration::ZERO),
+        ];
+        for (text, expected) in good {
+            assert_eq!(parse_duration(text), Some(expected), "{text:?}");
+        }
+        for text in [
+            "",
+            "s",
+            "30",
+            "1.5s",
+            "-1s",
+            "30 sec",
+            "5min",
+            "1d",
+            "m5",
+            "99999999999999999999s",
+            "18446744073709551615h",
+        ] {
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
     fn minimal_job_takes_defaults() {
         let job = parse(MINIMAL).unwrap();
         assert_eq!(job.target.table.to_string(), "\"public\".\"covid_cases\"");
@@ -1137,6 +1206,7 @@ url = "postgres://u@h/dst"
         assert!(job.partition.is_none());
         assert!(job.parallelism.is_none());
         assert_eq!(job.retries, DEFAULT_RETRIES);
+        assert_eq!(job.stall_timeout, DEFAULT_STALL_TIMEOUT);
         assert_eq!(
             job.checkpoint_table.unwrap().to_string(),
             "\"public\".\"stride_checkpoints\""
@@ -1343,6 +1413,18 @@ parallelism = 2
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nretries=-1\n",
                 "run.retries: -1 is out of range",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nstall_timeout='5 minutes'\n",
+                "run.stall_timeout: \"5 minutes\" is not a duration of at least 100ms (expected a whole number and a unit",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nstall_timeout='0s'\n",
+                "run.stall_timeout: \"0s\" is not a duration of at least 100ms",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\nstall_timeout=30\n",
+                "run.stall_timeout: invalid type",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n[run]\ncheckpoint=false\ncheckpoint_table='x'\n",

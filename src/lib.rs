@@ -17,7 +17,10 @@
 //!   [`keepalive`]: TCP keepalives on stride's end of sqlx's sockets.
 //! - [`pg`]: connections, the catalogue, the exported snapshot, bounds, estimates.
 //! - [`copy`]: the scheduler and the two ways a partition travels (COPY
-//!   pass-through, batched INSERTs), one target transaction per partition.
+//!   pass-through, batched INSERTs), one target transaction per partition, with
+//!   a watchdog that fails a partition whose connection stops moving data
+//!   (`run.stall_timeout`); [`session`]: the server session behind a connection,
+//!   and ending it (after a stall, or to settle an unanswered COMMIT).
 //! - [`report`]: progress, the summary, `plan` and `check` output.
 //! - [`init`]: `stride init`'s choice of partition column, strategy and count,
 //!   and the job file it writes (pure, apart from reading the catalogue).
@@ -38,5 +41,6 @@ pub mod pg;
 pub mod plan;
 pub mod replace;
 pub mod report;
+pub mod session;
 pub mod sql;
 pub mod tls;

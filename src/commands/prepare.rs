@@ -650,6 +650,7 @@ pub(super) fn copy_spec(
         progress: indicatif::ProgressBar::hidden(),
         cancel: CancellationToken::new(),
         retries: job.retries,
+        stall_timeout: job.stall_timeout,
         checkpoint: None,
         repair: None,
         upsert,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::AssertSqlSafe;
 use sqlx::{PgConnection, PgPool, Postgres};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checkpoint;
@@ -617,10 +618,31 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // A run that failed or was interrupted abandons the count with its connection
     // (the server ends the transaction when the socket closes).
     let all_written = ran.iter().all(|r| r.status == Status::Written);
+    // From here on Ctrl-C or SIGTERM stops the checks and the closing steps where
+    // they are (each is one transaction, or idempotent): the partitions are
+    // committed and recorded, and a resumed run does the rest.
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            super::shutdown_signal().await;
+            warn!("interrupted after the copy: stopping the checks and closing steps");
+            stop.cancel();
+        }
+    });
+    let _listener = AbortOnDrop(listener);
     let (mut coordinator, counted) = match coverage {
-        Coverage::Counting(task) if all_written => {
-            let (coordinator, count) = task.await.context("the coverage count task")?;
-            (Some(coordinator), Some(count))
+        Coverage::Counting(mut task) if all_written => {
+            tokio::select! {
+                joined = &mut task => {
+                    let (coordinator, count) = joined.context("the coverage count task")?;
+                    (Some(coordinator), Some(count))
+                }
+                () = stop.cancelled() => {
+                    task.abort();
+                    (None, None)
+                }
+            }
         }
         Coverage::Counting(task) => {
             task.abort();
@@ -691,20 +713,54 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             problems.push(problem);
         }
     }
-    if step == Step::Whole && summary.succeeded() && problems.is_empty() {
-        restore_indexes(&job, &fingerprint, &target).await?;
-        if let Some(conn) = coordinator.as_mut() {
-            if let Some(problem) = verify_run(&job, &plan, &fit, conn, &target, &say, path).await? {
-                problems.push(problem);
+    if step == Step::Whole && summary.succeeded() && problems.is_empty() && !stop.is_cancelled() {
+        let closing = async {
+            restore_indexes(&job, &fingerprint, &target).await?;
+            if let Some(conn) = coordinator.as_mut() {
+                if let Some(problem) =
+                    verify_run(&job, &plan, &fit, conn, &target, &say, path).await?
+                {
+                    problems.push(problem);
+                }
             }
-        }
-        if problems.is_empty() {
-            close_run(&job, &fingerprint, &target, &into).await?;
+            if problems.is_empty() {
+                close_run(&job, &fingerprint, &target, &into).await?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {}
+            closed = closing => closed?,
         }
     }
+    if stop.is_cancelled() && interrupted.is_none() {
+        // The coordinator is dropped, not rolled back: it may be in the middle of
+        // a statement, and the server ends its transaction with the connection.
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+        eprintln!(
+            "interrupted after the copy: every partition is committed and recorded; the checks and closing steps did not run"
+        );
+        if job.checkpoint_table.is_some() {
+            eprintln!("resume with: {}", resume_command());
+        }
+        return Ok(RunEnd {
+            code: exit::INTERRUPTED,
+            summary: Some(summary),
+            fingerprint,
+            table: table.to_string(),
+        });
+    }
     if let Some(conn) = coordinator.as_mut() {
-        // The snapshot is no longer needed once every partition has ended.
-        pg::execute(conn, "ROLLBACK").await.ok();
+        // The snapshot is no longer needed once every partition has ended. Bounded:
+        // the source may have stopped answering (a frozen network), and nothing
+        // depends on this.
+        let rollback = pg::execute(conn, "ROLLBACK");
+        tokio::time::timeout(std::time::Duration::from_secs(2), rollback)
+            .await
+            .ok();
     }
     if !problems.is_empty() {
         for problem in &problems {
@@ -769,6 +825,15 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         fingerprint,
         table: table.to_string(),
     })
+}
+
+/// Aborts a task when dropped: a listener that must not outlive its run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The coordinator's connection during the copy: counting the source, or idle.
