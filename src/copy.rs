@@ -69,6 +69,9 @@ pub struct CopySpec {
     /// `verify --repair`: each partition's range is deleted from this target table
     /// first, in the same transaction, so the range ends equal to the source's.
     pub repair: Option<QualifiedName>,
+    /// The run's lock on the target table: each partition commits only while
+    /// the run still holds it.
+    pub lock: pg::RunLock,
     /// Upsert mode: the key rows are matched by (`insert` then already ends in
     /// its `ON CONFLICT` clause), and with `method = "copy"` the staging table.
     pub upsert: Option<UpsertSpec>,
@@ -363,6 +366,7 @@ async fn copy_partition_on(
             }
             (Method::Insert, _) => insert_rows(spec, partition, source, target).await?,
         };
+        pg::hold_run_lock(target, &spec.lock).await?;
         if let Some(cp) = &spec.checkpoint {
             let record = checkpoint::record_partition_sql(
                 &cp.table,

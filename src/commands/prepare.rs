@@ -566,6 +566,7 @@ pub(super) fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
 
 /// What every partition of a copy shares, from the plan and the target's fit; no
 /// checkpoint, no repair, a hidden progress bar (callers set those).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn copy_spec(
     job: &Job,
     plan: &Plan,
@@ -574,6 +575,7 @@ pub(super) fn copy_spec(
     target: &PgPool,
     snapshot: String,
     into: &QualifiedName,
+    lock: &pg::RunLock,
 ) -> CopySpec {
     let table = into;
     let transfers: Vec<Transfer> = fit
@@ -618,6 +620,7 @@ pub(super) fn copy_spec(
         retries: job.retries,
         checkpoint: None,
         repair: None,
+        lock: lock.clone(),
         upsert,
     }
 }
