@@ -86,7 +86,7 @@ impl fmt::Display for LockLost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the run lost its lock on {table}: the target session holding it ended (a firewall or NAT dropping idle connections, an idle-session timeout, or a terminated backend), so another run may be writing into {table}; this run stops and commits nothing more. What it committed is recorded in the checkpoint table: run the same command again once no other run writes into {table} (it resumes)",
+            "the run lost its lock on {table}: the target session holding it ended (a firewall or NAT dropping idle connections, an idle-session timeout, or a terminated backend), and another run may be writing into {table}; this run stops and commits nothing more (what it committed stays, recorded in the checkpoint table): run the same command again once no other run writes into {table}, and it resumes",
             table = self.table
         )
     }

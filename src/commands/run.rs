@@ -1182,13 +1182,26 @@ pub(super) async fn lock_target(
 }
 
 /// Runs `sql` (statements separated by `;`) in one target transaction that
-/// commits only while the run still holds its lock.
+/// commits only while the run still holds its lock. The statements and the
+/// COMMIT go in one message, one round trip.
 async fn commit_under_lock(target: &PgPool, lock: &RunLock, sql: &str) -> Result<()> {
-    let mut tx = target.begin().await.context("taking a target connection")?;
-    pg::hold_run_lock(&mut tx, lock).await?;
-    pg::execute(&mut tx, sql).await?;
-    tx.commit().await?;
-    Ok(())
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let result = async {
+        pg::execute(&mut conn, "BEGIN").await?;
+        pg::hold_run_lock(&mut conn, lock).await?;
+        pg::execute(&mut conn, &format!("{sql};\nCOMMIT")).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        // The transaction may still be open, or aborted: the connection is
+        // closed (the server rolls back), never handed back to the pool.
+        let _ = conn.close().await;
+    }
+    result
 }
 
 #[cfg(test)]

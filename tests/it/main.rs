@@ -12,6 +12,7 @@ mod examples;
 mod incremental;
 mod indexes;
 mod init;
+mod lock;
 mod modes;
 mod props;
 mod replace;
