@@ -366,7 +366,7 @@ async fn copy_partition_on(
             }
             (Method::Insert, _) => insert_rows(spec, partition, source, target).await?,
         };
-        pg::hold_run_lock(target, &spec.lock).await?;
+        pg::check_run_lock(target, &spec.lock).await?;
         if let Some(cp) = &spec.checkpoint {
             let record = checkpoint::record_partition_sql(
                 &cp.table,

@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL outside the copy itself: connecting, reading
-//! the catalogue, the shared snapshot, key bounds, row estimates and free
-//! connection slots. Each function adds context naming the object it works on.
+//! the catalogue, the shared snapshot, key bounds, row estimates, free
+//! connection slots and the run lock. Each function adds context naming the
+//! object it works on.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -736,7 +737,7 @@ pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool
 /// among the shards of one job). That session can end without the run noticing
 /// (a firewall or NAT dropping idle connections, an administrator), and then a
 /// second run can take the lock. So every transaction a run commits on the
-/// target first calls [`hold_run_lock`], and a run that takes the lock first
+/// target first calls [`check_run_lock`], and a run that takes the lock first
 /// waits for those of earlier runs to end ([`take_run_lock`]): no transaction
 /// of a run that lost its lock commits after another run started writing.
 #[derive(Clone, Debug)]
@@ -778,7 +779,7 @@ fn key_halves(key: i64) -> (i32, i32) {
 /// run holds it.
 ///
 /// Once the lock is taken, waits for every transaction of an earlier run that
-/// checked its own lock (see [`hold_run_lock`]) to end: one whose lock session
+/// checked its own lock (see [`check_run_lock`]) to end: one whose lock session
 /// died may still be committing, and the caller is about to write.
 ///
 /// The lock's session idles for the whole run, so it turns off the server's
@@ -854,7 +855,7 @@ pub async fn take_run_lock(
 /// fence key taken first (shared, until the transaction ends) makes a run that
 /// takes the lock next wait for this transaction to end, so the check cannot go
 /// stale before the COMMIT.
-pub async fn hold_run_lock(conn: &mut PgConnection, lock: &RunLock) -> Result<()> {
+pub async fn check_run_lock(conn: &mut PgConnection, lock: &RunLock) -> Result<()> {
     let checking = || format!("checking the run lock on {}", lock.table);
     let (high, low) = lock.fence();
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")

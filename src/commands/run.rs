@@ -967,7 +967,7 @@ async fn close_run(
         .begin()
         .await
         .context("taking a target connection to close the run")?;
-    pg::hold_run_lock(&mut tx, lock).await?;
+    pg::check_run_lock(&mut tx, lock).await?;
     if job.target.reset_sequences {
         for (column, sequence, value) in pg::reset_sequences(&mut tx, table).await? {
             info!("set sequence {sequence} of {table}.\"{column}\" to {value}");
@@ -1000,7 +1000,7 @@ async fn swap(
         .begin()
         .await
         .context("taking a target connection for the swap")?;
-    pg::hold_run_lock(&mut tx, lock).await?;
+    pg::check_run_lock(&mut tx, lock).await?;
     if pg::table_oid(&mut tx, table).await?.is_some() {
         pg::execute(&mut tx, &replace::lock_sql(table))
             .await
@@ -1162,7 +1162,7 @@ async fn resumes(
 /// Takes the target table's run lock (a session advisory lock, see
 /// `pg::RunLock`) on a connection of its own, held until the returned connection
 /// is dropped and so closed. Every transaction the run commits on the target
-/// checks the lock with `pg::hold_run_lock`.
+/// checks the lock with `pg::check_run_lock`.
 pub(super) async fn lock_target(
     target: &PgPool,
     table: &crate::sql::QualifiedName,
@@ -1191,7 +1191,7 @@ async fn commit_under_lock(target: &PgPool, lock: &RunLock, sql: &str) -> Result
         .context("taking a target connection")?;
     let result = async {
         pg::execute(&mut conn, "BEGIN").await?;
-        pg::hold_run_lock(&mut conn, lock).await?;
+        pg::check_run_lock(&mut conn, lock).await?;
         pg::execute(&mut conn, &format!("{sql};\nCOMMIT")).await?;
         anyhow::Ok(())
     }

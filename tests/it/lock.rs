@@ -23,7 +23,7 @@ const ROWS: i64 = 320;
 const PARTITIONS: usize = 16;
 
 /// `items (id int PRIMARY KEY, note text)` with ids `1..=ROWS` on the source, and
-/// an empty one on the target that takes 10 ms a row (a partition about 0.2 s).
+/// an empty one on the target that takes 5 ms a row (a partition about 0.1 s).
 /// The target's trigger also records, at each partition's first row, how many
 /// sessions are copying into the target right then (into `seen`).
 async fn seed(pair: &Pair) {
@@ -44,7 +44,7 @@ async fn seed(pair: &Pair) {
                   WHERE datname = current_database() AND state = 'active'
                     AND query LIKE 'COPY %FROM STDIN%';
                END IF;
-               PERFORM pg_sleep(0.01);
+               PERFORM pg_sleep(0.005);
                RETURN NEW;
              END $$;
              CREATE TRIGGER slow BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION slow();",
