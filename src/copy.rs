@@ -90,6 +90,9 @@ pub struct CopySpec {
     /// `verify --repair`: each partition's range is deleted from this target table
     /// first, in the same transaction, so the range ends equal to the source's.
     pub repair: Option<QualifiedName>,
+    /// The run's lock on the target table: each partition commits only while
+    /// the run still holds it.
+    pub lock: pg::RunLock,
     /// Upsert mode: the key rows are matched by (`insert` then already ends in
     /// its `ON CONFLICT` clause), and with `method = "copy"` the staging table.
     pub upsert: Option<UpsertSpec>,
@@ -580,6 +583,7 @@ async fn copy_partition_on(
             }
             (Method::Insert, _) => insert_rows(spec, partition, watch, source, target).await?,
         };
+        pg::check_run_lock(target, &spec.lock).await?;
         if let Some(cp) = &spec.checkpoint {
             let record = checkpoint::record_partition_sql(
                 &cp.table,

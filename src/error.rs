@@ -118,6 +118,26 @@ impl fmt::Display for Unsettled {
 
 impl std::error::Error for Unsettled {}
 
+/// The run's lock on the target table was lost: the session holding it ended
+/// (see `pg::RunLock`). Another run may be writing into the table, so this one
+/// commits nothing more; never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLost {
+    pub table: String,
+}
+
+impl fmt::Display for LockLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the run lost its lock on {table}: the target session holding it ended (a firewall or NAT dropping idle connections, an idle-session timeout, or a terminated backend), and another run may be writing into {table}; this run stops and commits nothing more (what it committed stays, recorded in the checkpoint table): run the same command again once no other run writes into {table}, and it resumes",
+            table = self.table
+        )
+    }
+}
+
+impl std::error::Error for LockLost {}
+
 /// Exit codes, as documented in `--help` and the README.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -156,8 +176,10 @@ pub fn transient_sqlstate(code: &str) -> bool {
 /// opened, or a transient SQLSTATE. Everything else (type errors, constraint
 /// violations, permission denied, bad SQL) fails at once.
 pub fn is_transient(err: &anyhow::Error) -> bool {
-    // `is` finds a kind among the contexts and the root alike.
-    if err.is::<OutcomeUnknown>() || err.is::<Unsettled>() {
+    if err.is::<OutcomeUnknown>()
+        || err.is::<Unsettled>()
+        || err.chain().any(|c| c.is::<LockLost>())
+    {
         return false;
     }
     if err.is::<CommitRolledBack>() || err.is::<Stalled>() {
@@ -229,6 +251,12 @@ mod tests {
         let decode = sqlx::Error::ColumnNotFound("x".into());
         assert!(!is_transient(&anyhow::Error::new(decode)));
         assert!(!is_transient(&anyhow::Error::new(JobError::new("x"))));
+        let lost = anyhow::Error::new(LockLost {
+            table: "t".to_string(),
+        })
+        .context("partition 3");
+        assert!(!is_transient(&lost), "a lost lock is never retried");
+        assert_eq!(exit_code(&lost), exit::FAILED);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL outside the copy itself: connecting, reading
-//! the catalogue, the shared snapshot, key bounds, row estimates and free
-//! connection slots. Each function adds context naming the object it works on.
+//! the catalogue, the shared snapshot, key bounds, row estimates, free
+//! connection slots and the run lock. Each function adds context naming the
+//! object it works on.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::AssertSqlSafe;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
-use crate::error::JobError;
+use crate::error::{JobError, LockLost};
 use crate::job::DbUrl;
 use crate::libpq;
 use crate::sql::{quote_literal, QualifiedName};
@@ -1060,39 +1061,165 @@ pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool
         .with_context(|| format!("looking up schema {schema}"))
 }
 
+/// A run's lock on a target table, as the session that took it holds it: what
+/// any other session needs to check that the lock is still held.
+///
+/// The lock itself is a session advisory lock on a key `K` derived from the
+/// table's name, held by an idle session of its own for the whole run (shared
+/// among the shards of one job). That session can end without the run noticing
+/// (a firewall or NAT dropping idle connections, an administrator), and then a
+/// second run can take the lock. So every transaction a run commits on the
+/// target first calls [`check_run_lock`], and a run that takes the lock first
+/// waits for those of earlier runs to end ([`take_run_lock`]): no transaction
+/// of a run that lost its lock commits after another run started writing.
+#[derive(Clone, Debug)]
+pub struct RunLock {
+    /// The target table, for messages.
+    pub table: QualifiedName,
+    /// `K`, the advisory lock's key.
+    key: i64,
+    /// The lock session's process and its start (microseconds since the epoch),
+    /// so that another session given the same process ID later is not taken
+    /// for it.
+    pid: i32,
+    backend_start_us: i64,
+}
+
+impl RunLock {
+    /// The fence key `F`: `K`'s two halves as a key of the other advisory key
+    /// space (two `int4`s), so `pg_locks` shows it with `K`'s `classid` and
+    /// `objid`, and `objsubid` 2 instead of 1. Transactions of runs take it
+    /// shared; a run that has just taken `K` takes it exclusively, once.
+    fn fence(&self) -> (i32, i32) {
+        key_halves(self.key)
+    }
+}
+
+/// A 64-bit advisory key as the two 32-bit halves `pg_locks` shows (`classid`,
+/// `objid`), bit for bit as `int4`s.
+fn key_halves(key: i64) -> (i32, i32) {
+    let bits = key as u64;
+    ((bits >> 32) as u32 as i32, bits as u32 as i32)
+}
+
 /// Tries the session advisory lock that keeps two runs from writing into the same
-/// table at once. Keyed on the schema-qualified name (an unqualified one in the
-/// session's current schema), so it holds before the table exists.
-/// `shared`: the lock shards of one job take together, which keeps out whole
-/// runs, `prepare` and `finish` (they take it exclusively).
+/// table at once, on `conn`, which must then stay open (and idle) for the run.
+/// Keyed on the schema-qualified name (an unqualified one in the session's
+/// current schema), so it holds before the table exists. `shared`: the lock
+/// shards of one job take together, which keeps out whole runs, `prepare`,
+/// `finish` and `verify --repair` (they take it exclusively). `None`: another
+/// run holds it.
+///
+/// Once the lock is taken, waits for every transaction of an earlier run that
+/// checked its own lock (see [`check_run_lock`]) to end: one whose lock session
+/// died may still be committing, and the caller is about to write.
 ///
 /// The lock's session idles for the whole run, so it turns off the server's
 /// `idle_session_timeout` (PostgreSQL 14 and later) for itself, which would end
-/// it and silently release the lock.
-pub async fn try_lock_table(
+/// it and release the lock.
+pub async fn take_run_lock(
     conn: &mut PgConnection,
     table: &QualifiedName,
     shared: bool,
-) -> Result<bool> {
+) -> Result<Option<RunLock>> {
+    let taking = || format!("taking the run lock on {table}");
     execute(
         conn,
         "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'",
     )
     .await
-    .with_context(|| format!("taking the run lock on {table}"))?;
+    .with_context(taking)?;
     let function = if shared {
         "pg_try_advisory_lock_shared"
     } else {
         "pg_try_advisory_lock"
     };
-    sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT {function}(hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0))",
-    )))
-    .bind(table.schema.as_deref())
-    .bind(&table.name)
-    .fetch_one(conn)
+    let (key, taken, pid, backend_start_us): (i64, bool, i32, i64) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT key, {function}(key), pg_backend_pid(), \
+               (SELECT (extract(epoch FROM backend_start) * 1000000)::int8 \
+                FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+             FROM (SELECT hashtextextended('stride ' || coalesce($1, current_schema()) || '.' || $2, 0) AS key) AS k",
+        )))
+        .bind(table.schema.as_deref())
+        .bind(&table.name)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(taking)?;
+    if !taken {
+        return Ok(None);
+    }
+    let lock = RunLock {
+        table: table.clone(),
+        key,
+        pid,
+        backend_start_us,
+    };
+    let (high, low) = lock.fence();
+    let fenced: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(high)
+        .bind(low)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(taking)?;
+    if !fenced {
+        tracing::info!(
+            "waiting for a transaction of an earlier run into {table} (which lost its lock) to end"
+        );
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(high)
+            .bind(low)
+            .execute(&mut *conn)
+            .await
+            .with_context(taking)?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(high)
+        .bind(low)
+        .execute(&mut *conn)
+        .await
+        .with_context(taking)?;
+    Ok(Some(lock))
+}
+
+/// In an open target transaction, before it commits a run's writes: fails with
+/// [`LockLost`] unless the run's lock session still holds the run's lock. The
+/// fence key taken first (shared, until the transaction ends) makes a run that
+/// takes the lock next wait for this transaction to end, so the check cannot go
+/// stale before the COMMIT.
+pub async fn check_run_lock(conn: &mut PgConnection, lock: &RunLock) -> Result<()> {
+    let checking = || format!("checking the run lock on {}", lock.table);
+    let (high, low) = lock.fence();
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+        .bind(high)
+        .bind(low)
+        .execute(&mut *conn)
+        .await
+        .with_context(checking)?;
+    // The activity view is read once per transaction, on first use: here, after
+    // the fence key is taken.
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.classid::int8 = $1 AND l.objid::int8 = $2 AND l.pid = $3 \
+           AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = $4)",
+    )
+    .bind(i64::from(high as u32))
+    .bind(i64::from(low as u32))
+    .bind(lock.pid)
+    .bind(lock.backend_start_us)
+    .fetch_one(&mut *conn)
     .await
-    .with_context(|| format!("taking the run lock on {table}"))
+    .with_context(checking)?;
+    if held {
+        Ok(())
+    } else {
+        Err(LockLost {
+            table: lock.table.to_string(),
+        }
+        .into())
+    }
 }
 
 /// One `boolean` from a query.
@@ -1389,4 +1516,26 @@ pub async fn deferred_indexes(
         .await?
         .map(|run| run.deferred_indexes)
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_halves;
+
+    #[test]
+    fn a_key_splits_into_the_halves_pg_locks_shows() {
+        // pg_locks shows a bigint key's high half as classid, its low half as
+        // objid, both unsigned; the fence key's int4s carry the same bits.
+        for (key, classid, objid) in [
+            (0i64, 0u32, 0u32),
+            (1, 0, 1),
+            (-1, u32::MAX, u32::MAX),
+            (i64::MIN, 1 << 31, 0),
+            (0x1234_5678_9abc_def0, 0x1234_5678, 0x9abc_def0),
+        ] {
+            let (high, low) = key_halves(key);
+            assert_eq!((high as u32, low as u32), (classid, objid), "{key:#x}");
+            assert_eq!((i64::from(high) << 32) | i64::from(low as u32), key);
+        }
+    }
 }

@@ -600,6 +600,7 @@ pub(super) fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
 
 /// What every partition of a copy shares, from the plan and the target's fit; no
 /// checkpoint, no repair, a hidden progress bar (callers set those).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn copy_spec(
     job: &Job,
     plan: &Plan,
@@ -608,6 +609,7 @@ pub(super) fn copy_spec(
     target: &PgPool,
     snapshot: String,
     into: &QualifiedName,
+    lock: &pg::RunLock,
 ) -> CopySpec {
     let table = into;
     let transfers: Vec<Transfer> = fit
@@ -653,6 +655,7 @@ pub(super) fn copy_spec(
         stall_timeout: job.stall_timeout,
         checkpoint: None,
         repair: None,
+        lock: lock.clone(),
         upsert,
     }
 }

@@ -19,7 +19,7 @@ use crate::cli::Shard;
 use crate::copy::{Checkpoint, PartitionReport, Status};
 use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Strategy, Verify};
-use crate::pg;
+use crate::pg::{self, RunLock};
 use crate::plan::{self, Cut, Key, Plan, PlannedPartition, Window};
 use crate::replace;
 use crate::report::{self, Summary};
@@ -332,7 +332,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // One run at a time into a target table: a second one could truncate what the
     // first just committed, or forget its checkpoints. Shards share the lock.
     let table = &job.target.table;
-    let _lock = lock_target(&target, table, matches!(step, Step::Shard(_))).await?;
+    let (_lock_session, lock) = lock_target(&target, table, matches!(step, Step::Shard(_))).await?;
 
     // What an earlier run left in the checkpoint table (created by the steps that
     // start runs; the others only read it).
@@ -498,6 +498,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             opts,
             earlier.as_ref().filter(|_| forget),
             &into,
+            &lock,
         )
         .await?;
     }
@@ -536,6 +537,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 coordinator,
                 &target,
                 &into,
+                &lock,
                 &say,
                 path,
             )
@@ -576,7 +578,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             .await?
         }
     };
-    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot, &into);
+    let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot, &into, &lock);
     spec.progress = report::progress_bar(u64::try_from(estimate).unwrap_or(0), opts.quiet);
     spec.checkpoint = job.checkpoint_table.clone().map(|table| Checkpoint {
         table,
@@ -701,12 +703,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 report::group(source_rows)
             );
             if let Some(cp) = &job.checkpoint_table {
-                sqlx::raw_sql(AssertSqlSafe(checkpoint::fail_check_sql(
-                    cp,
-                    &fingerprint,
-                    &problem,
-                )))
-                .execute(&target)
+                commit_under_lock(
+                    &target,
+                    &lock,
+                    &checkpoint::fail_check_sql(cp, &fingerprint, &problem),
+                )
                 .await
                 .with_context(|| format!("recording the failed check in {cp}"))?;
             }
@@ -715,7 +716,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     if step == Step::Whole && summary.succeeded() && problems.is_empty() && !stop.is_cancelled() {
         let closing = async {
-            restore_indexes(&job, &fingerprint, &target).await?;
+            restore_indexes(&job, &fingerprint, &target, &lock).await?;
             if let Some(conn) = coordinator.as_mut() {
                 if let Some(problem) =
                     verify_run(&job, &plan, &fit, conn, &target, &say, path).await?
@@ -724,7 +725,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 }
             }
             if problems.is_empty() {
-                close_run(&job, &fingerprint, &target, &into).await?;
+                close_run(&job, &fingerprint, &target, &into, &lock).await?;
             }
             anyhow::Ok(())
         };
@@ -906,6 +907,7 @@ async fn start_run(
     opts: &RunOptions,
     earlier: Option<&pg::RecordedRun>,
     into: &QualifiedName,
+    lock: &RunLock,
 ) -> Result<()> {
     let forget = earlier.is_some();
     let table = &job.target.table;
@@ -923,7 +925,7 @@ async fn start_run(
     }
     let fingerprint = checkpoint::fingerprint(job);
     let empties = mode == Mode::Truncate || (opts.full_refresh && mode == Mode::Append);
-    let mut statements = vec!["BEGIN".to_string()];
+    let mut statements = Vec::new();
     if let (Some(cp), true) = (&job.checkpoint_table, forget) {
         statements.push(checkpoint::forget_run_sql(cp, &fingerprint));
     }
@@ -991,9 +993,7 @@ async fn start_run(
             },
         ));
     }
-    statements.push("COMMIT".to_string());
-    sqlx::raw_sql(AssertSqlSafe(statements.join(";\n")))
-        .execute(target)
+    commit_under_lock(target, lock, &statements.join(";\n"))
         .await
         .with_context(|| format!("starting the run on target table {table}"))?;
     match mode {
@@ -1014,7 +1014,12 @@ async fn start_run(
 /// target pool holds one connection more, for the lock). Each statement is `CREATE
 /// INDEX IF NOT EXISTS`, so a restore that was interrupted goes on where it
 /// stopped.
-async fn restore_indexes(job: &Job, fingerprint: &str, target: &PgPool) -> Result<()> {
+async fn restore_indexes(
+    job: &Job,
+    fingerprint: &str,
+    target: &PgPool,
+    lock: &RunLock,
+) -> Result<()> {
     let parallelism = target.options().get_max_connections().saturating_sub(1) as usize;
     let Some(cp) = &job.checkpoint_table else {
         return Ok(());
@@ -1031,11 +1036,7 @@ async fn restore_indexes(job: &Job, fingerprint: &str, target: &PgPool) -> Resul
     }
     let started = Instant::now();
     let builds = futures_util::stream::iter(deferred.iter().map(|definition| async move {
-        let mut conn = target
-            .acquire()
-            .await
-            .context("taking a target connection")?;
-        pg::execute(&mut conn, definition)
+        commit_under_lock(target, lock, definition)
             .await
             .with_context(|| format!("building a deferred index again: {definition}"))
     }));
@@ -1086,17 +1087,30 @@ async fn close_run(
     fingerprint: &str,
     target: &PgPool,
     into: &QualifiedName,
+    lock: &RunLock,
 ) -> Result<()> {
     if job.target.mode == Mode::Replace {
-        return swap(job, fingerprint, target, into).await;
+        return swap(job, fingerprint, target, into, lock).await;
     }
-    reset_sequences(job, target).await?;
+    let table = &job.target.table;
+    let mut tx = target
+        .begin()
+        .await
+        .context("taking a target connection to close the run")?;
+    pg::check_run_lock(&mut tx, lock).await?;
+    if job.target.reset_sequences {
+        for (column, sequence, value) in pg::reset_sequences(&mut tx, table).await? {
+            info!("set sequence {sequence} of {table}.\"{column}\" to {value}");
+        }
+    }
     if let Some(cp) = &job.checkpoint_table {
-        sqlx::raw_sql(AssertSqlSafe(checkpoint::finish_run_sql(cp, fingerprint)))
-            .execute(target)
+        pg::execute(&mut tx, &checkpoint::finish_run_sql(cp, fingerprint))
             .await
             .with_context(|| format!("recording the finished run in {cp}"))?;
     }
+    tx.commit()
+        .await
+        .with_context(|| format!("committing the end of the run into {table}"))?;
     Ok(())
 }
 
@@ -1104,12 +1118,19 @@ async fn close_run(
 /// given what LIKE could not copy and renamed to the target's name, the old table
 /// dropped, sequences set, the run recorded as finished (see `replace`). Views or
 /// foreign keys that depend on the target fail it, and nothing changes.
-async fn swap(job: &Job, fingerprint: &str, target: &PgPool, stage: &QualifiedName) -> Result<()> {
+async fn swap(
+    job: &Job,
+    fingerprint: &str,
+    target: &PgPool,
+    stage: &QualifiedName,
+    lock: &RunLock,
+) -> Result<()> {
     let table = &job.target.table;
     let mut tx = target
         .begin()
         .await
         .context("taking a target connection for the swap")?;
+    pg::check_run_lock(&mut tx, lock).await?;
     if pg::table_oid(&mut tx, table).await?.is_some() {
         pg::execute(&mut tx, &replace::lock_sql(table))
             .await
@@ -1158,6 +1179,7 @@ async fn finish_run(
     mut coordinator: PoolConnection<Postgres>,
     target: &PgPool,
     into: &QualifiedName,
+    lock: &RunLock,
     say: &impl Fn(&str),
     path: &Path,
 ) -> Result<u8> {
@@ -1175,13 +1197,13 @@ async fn finish_run(
             missing.join(", ")
         ));
     }
-    restore_indexes(job, fingerprint, target).await?;
+    restore_indexes(job, fingerprint, target, lock).await?;
     if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say, path).await? {
         eprintln!("error: {problem}");
         return Ok(exit::FAILED);
     }
     pg::execute(&mut coordinator, "ROLLBACK").await.ok();
-    close_run(job, fingerprint, target, into).await?;
+    close_run(job, fingerprint, target, into, lock).await?;
     let rows: u64 = done.iter().map(|d| d.1).sum();
     say(&format!(
         "finished: {} partitions, {} rows in {}\n",
@@ -1268,42 +1290,49 @@ async fn resumes(
     Ok(earlier.is_some_and(|run| !run.finished && run.target_oid == Some(oid)))
 }
 
-/// After a successful run (`target.reset_sequences`): sequences owned by target
-/// columns are set past the largest value there, so the target's own next
-/// insert with a default value does not collide with a copied row.
-async fn reset_sequences(job: &Job, target: &PgPool) -> Result<()> {
-    if !job.target.reset_sequences {
-        return Ok(());
-    }
-    let table = &job.target.table;
-    let mut conn = target
-        .acquire()
-        .await
-        .context("taking a target connection")?;
-    for (column, sequence, value) in pg::reset_sequences(&mut conn, table).await? {
-        info!("set sequence {sequence} of {table}.\"{column}\" to {value}");
-    }
-    Ok(())
-}
-
-/// Takes the target table's run lock (a session advisory lock) on a connection of
-/// its own, held until the returned connection is dropped and so closed.
+/// Takes the target table's run lock (a session advisory lock, see
+/// `pg::RunLock`) on a connection of its own, held until the returned connection
+/// is dropped and so closed. Every transaction the run commits on the target
+/// checks the lock with `pg::check_run_lock`.
 pub(super) async fn lock_target(
     target: &PgPool,
     table: &crate::sql::QualifiedName,
     shared: bool,
-) -> Result<PgConnection> {
+) -> Result<(PgConnection, RunLock)> {
     let mut conn = target
         .acquire()
         .await
         .context("taking a target connection for the run's lock")?
         .detach();
-    if !pg::try_lock_table(&mut conn, table, shared).await? {
+    let Some(lock) = pg::take_run_lock(&mut conn, table, shared).await? else {
         return Err(anyhow::anyhow!(
             "another stride run is writing into {table} on the target; wait for it to end (or stop it), then run again"
         ));
+    };
+    Ok((conn, lock))
+}
+
+/// Runs `sql` (statements separated by `;`) in one target transaction that
+/// commits only while the run still holds its lock. The statements and the
+/// COMMIT go in one message, one round trip.
+async fn commit_under_lock(target: &PgPool, lock: &RunLock, sql: &str) -> Result<()> {
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let result = async {
+        pg::execute(&mut conn, "BEGIN").await?;
+        pg::check_run_lock(&mut conn, lock).await?;
+        pg::execute(&mut conn, &format!("{sql};\nCOMMIT")).await?;
+        anyhow::Ok(())
     }
-    Ok(conn)
+    .await;
+    if result.is_err() {
+        // The transaction may still be open, or aborted: the connection is
+        // closed (the server rolls back), never handed back to the pool.
+        let _ = conn.close().await;
+    }
+    result
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     let by = effective_verify(by, &fit);
     // A repair takes the run's lock before it compares: a run ending in between
     // would otherwise have its partitions replaced from an older snapshot.
-    let _lock = match args.repair {
+    let lock = match args.repair {
         true => Some(lock_target(&target, &job.target.table, false).await?),
         false => None,
     };
@@ -129,6 +129,9 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         )
         .into());
     }
+    let Some((_lock_session, lock)) = &lock else {
+        unreachable!("--repair takes the run's lock before it compares");
+    };
     let mut spec = copy_spec(
         &job,
         &plan,
@@ -137,6 +140,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         &target,
         snapshot,
         &job.target.table,
+        lock,
     );
     spec.repair = Some(job.target.table.clone());
     spec.progress = report::progress_bar(0, quiet);

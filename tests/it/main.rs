@@ -14,6 +14,7 @@ mod hints;
 mod incremental;
 mod indexes;
 mod init;
+mod lock;
 mod modes;
 mod props;
 mod proxy;
