@@ -210,7 +210,7 @@ fn decide(
         return Start::Refuse {
             usage: false,
             message: format!(
-                "the earlier run of this job failed its check ({problem}); its partitions cannot be trusted, so it is not resumed: run with --restart"
+                "the earlier run of this job failed its check ({problem}); its partitions cannot be trusted, so it is not resumed: run with --restart (in append mode, remove its rows from the target first and add --append-again, or copy with --set target.mode=truncate)"
             ),
         };
     }

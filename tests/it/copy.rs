@@ -650,7 +650,15 @@ async fn a_source_that_does_not_add_up_fails_the_coverage_check() {
     // time; three runs that all coincide would be a one-in-a-million fluke.
     let mut outputs = Vec::new();
     for _ in 0..3 {
-        let out = stride(&["run", "--restart", job.path.to_str().unwrap()], &[]);
+        let out = stride(
+            &[
+                "run",
+                "--restart",
+                "--append-again",
+                job.path.to_str().unwrap(),
+            ],
+            &[],
+        );
         let failed = out.status.code() == Some(1);
         outputs.push(out);
         if failed {

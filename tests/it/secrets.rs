@@ -301,9 +301,16 @@ async fn a_failed_copy_never_prints_the_password() {
              [target]\nurl = \"{}\"\nmethod = \"{method}\"\n",
             s.source_url, s.target_url
         ));
-        // --restart: the target was emptied by hand after the previous method's run.
+        // --restart --append-again: the target was emptied by hand after the
+        // previous method's run.
         let out = stride(
-            &["run", "--restart", "-vv", file.path.to_str().unwrap()],
+            &[
+                "run",
+                "--restart",
+                "--append-again",
+                "-vv",
+                file.path.to_str().unwrap(),
+            ],
             &[("RUST_LOG", "trace")],
         );
         assert_exit(&out, 1);
