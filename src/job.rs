@@ -38,7 +38,7 @@ impl DbUrl {
         let _ = url.set_password(None);
         let kept: Vec<(String, String)> = url
             .query_pairs()
-            .filter(|(k, _)| SHOWN_URL_PARAMETERS.contains(&k.as_ref()))
+            .filter(|(k, _)| crate::libpq::is_shown(k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         if kept.is_empty() {
@@ -62,7 +62,7 @@ impl DbUrl {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let shown = SHOWN_URL_PARAMETERS.contains(&k.as_ref());
+                let shown = crate::libpq::is_shown(&k);
                 (
                     k.into_owned(),
                     if shown { v.into_owned() } else { "****".into() },
@@ -77,31 +77,6 @@ impl DbUrl {
         url.to_string()
     }
 }
-
-/// URL parameters whose values may appear in messages.
-const SHOWN_URL_PARAMETERS: &[&str] = &[
-    "connect_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "target_session_attrs",
-    "fallback_application_name",
-    "sslmode",
-    "ssl-mode",
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "statement-cache-capacity",
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "application_name",
-];
 
 impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

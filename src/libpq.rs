@@ -293,6 +293,16 @@ pub fn refusal(name: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
+/// URL parameters whose values may be secret: never shown in messages or files.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslkey", "ssl-key", "options"];
+
+/// Whether the value of URL parameter `name` may appear in messages and in a
+/// job file stride writes: a known parameter that is not a secret.
+pub fn is_shown(name: &str) -> bool {
+    (DRIVER_PARAMETERS.contains(&name) || STRIDE_PARAMETERS.contains(&name))
+        && !SECRET_PARAMETERS.contains(&name)
+}
+
 /// Whether `name` is a URL parameter stride or sqlx reads.
 pub fn is_known(name: &str) -> bool {
     DRIVER_PARAMETERS.contains(&name)

@@ -230,22 +230,14 @@ async fn sigterm_ends_a_run_with_a_frozen_source_within_seconds() {
         ROWS,
         "parallelism = 2\nstall_timeout = \"10m\"",
     );
-    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(proxy.fired(), 1, "the source never froze");
     // Frozen for a moment: every await of the run is pending on it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!running.exited(), "stride ended while frozen");
-    running.signal("TERM");
-    let signalled = Instant::now();
-    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = signalled.elapsed();
-    let out = running.finish();
+    let (out, took) = sigterm_once_frozen(
+        &job,
+        &proxy,
+        "the source never froze",
+        Duration::from_millis(500),
+    )
+    .await;
     assert_exit(&out, 130);
     assert!(
         took < Duration::from_secs(8),
@@ -358,21 +350,13 @@ async fn sigterm_during_verify_on_a_frozen_source_exits_and_the_resume_finishes(
         ROWS,
         "parallelism = 2\nverify = \"checksum\"\nstall_timeout = \"10m\"",
     );
-    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(proxy.fired(), 1, "verify never reached the source");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!running.exited(), "stride ended while frozen");
-    running.signal("TERM");
-    let signalled = Instant::now();
-    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = signalled.elapsed();
-    let out = running.finish();
+    let (out, took) = sigterm_once_frozen(
+        &job,
+        &proxy,
+        "verify never reached the source",
+        Duration::from_millis(500),
+    )
+    .await;
     assert_exit(&out, 130);
     assert!(
         took < Duration::from_secs(8),
@@ -423,21 +407,13 @@ async fn sigterm_during_a_frozen_commit_exits_and_the_resume_settles_it() {
         SMALL_ROWS,
         "parallelism = 1\nstall_timeout = \"10m\"",
     );
-    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(proxy.fired(), 1, "no COMMIT went through the proxy");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!running.exited(), "stride ended while frozen");
-    running.signal("TERM");
-    let signalled = Instant::now();
-    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = signalled.elapsed();
-    let out = running.finish();
+    let (out, took) = sigterm_once_frozen(
+        &job,
+        &proxy,
+        "no COMMIT went through the proxy",
+        Duration::from_millis(300),
+    )
+    .await;
     assert_exit(&out, 130);
     assert!(
         took < Duration::from_secs(9),
@@ -460,4 +436,30 @@ async fn sigterm_during_a_frozen_commit_exits_and_the_resume_settles_it() {
         text(&out)
     );
     assert_eq!(pair.assert_same("t", "t").await, SMALL_ROWS);
+}
+
+/// Starts the job, waits until the proxy's action fired (`what` says what it
+/// waits for, if it never does), lets the frozen run sit for `frozen`, sends
+/// SIGTERM and returns stride's output and how long it took to exit after it.
+async fn sigterm_once_frozen(
+    job: &JobFile,
+    proxy: &Proxy,
+    what: &str,
+    frozen: Duration,
+) -> (Output, Duration) {
+    let mut running = Running::start(&["run", job.path.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.fired() == 0 && Instant::now() < deadline && !running.exited() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.fired(), 1, "{what}");
+    tokio::time::sleep(frozen).await;
+    assert!(!running.exited(), "stride ended while frozen");
+    running.signal("TERM");
+    let signalled = Instant::now();
+    while !running.exited() && signalled.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = signalled.elapsed();
+    (running.finish(), took)
 }
