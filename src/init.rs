@@ -254,7 +254,7 @@ pub fn render(
          {target}\n\
          # table = {}      # default: the source table's name\n\
          # Rows already in the target stay; or truncate | upsert | replace | overwrite |\n\
-         # error-if-exists (see the README's write modes).\n\
+         # error-if-exists (see docs/JOB.md, write modes).\n\
          mode = \"append\"\n\
          # method = \"insert\"              # default \"copy\": binary COPY",
         toml_string(&table_name(&facts.table)),
