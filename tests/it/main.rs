@@ -31,3 +31,4 @@ mod tables;
 mod tls;
 mod types;
 mod unattended;
+mod workers;
