@@ -314,3 +314,41 @@ fn every_cargo_install_installs_the_package_whose_binary_is_stride() {
     }
     assert!(seen >= 2, "found only {seen} cargo install lines");
 }
+
+/// Every Kubernetes manifest in examples/ against Kubernetes' own schemas, in
+/// strict mode (an unknown or misspelt field fails): the `kubernetes-validate`
+/// package from PyPI, which `.ci/run` installs.
+#[test]
+fn every_kubernetes_manifest_passes_kubernetes_schemas_strictly() {
+    let validator = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !validator {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is not installed (python3 -m pip install kubernetes-validate)"
+        );
+        eprintln!("kubernetes-validate is not installed: manifests not checked against schemas");
+        return;
+    }
+    let manifests: Vec<PathBuf> = examples()
+        .into_iter()
+        .filter(|f| is_yaml(f) && f.components().any(|c| c.as_os_str() == "k8s"))
+        .collect();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    for file in manifests {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
