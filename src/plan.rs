@@ -1468,16 +1468,16 @@ mod tests {
         let cases = [
             (&int4, &int4, Transfer::Binary),
             (&int4, &int8, Transfer::Text),
-            (&int8, &int4, Transfer::Incompatible),
-            (&numeric, &int4, Transfer::Incompatible),
+            (&int8, &int4, Transfer::Text),
+            (&numeric, &int4, Transfer::Text),
             (&int4, &numeric, Transfer::Text),
             (&varchar, &text, Transfer::Text),
             (&int4, &text, Transfer::Text),
             (&text, &int4, Transfer::Incompatible),
             (&date, &ts, Transfer::Text),
-            (&ts, &date, Transfer::Incompatible),
+            (&ts, &date, Transfer::Text),
             (&int4s, &int8s, Transfer::Text),
-            (&int8s, &int4s, Transfer::Incompatible),
+            (&int8s, &int4s, Transfer::Text),
             (&int4s, &texts, Transfer::Text),
             (&int4s, &text, Transfer::Text),
             (&int4, &int4s, Transfer::Incompatible),
@@ -1495,6 +1495,135 @@ mod tests {
                 target.type_name
             );
         }
+    }
+
+    /// A column of built-in type `ty` (without modifier unless `type_name` has one).
+    fn typed(ty: &str, category: &str) -> Column {
+        let (base, element) = match ty.strip_suffix("[]") {
+            Some(e) => (ty.to_string(), Some(e.to_string())),
+            None => (ty.split('(').next().unwrap().to_string(), None),
+        };
+        Column {
+            type_name: ty.into(),
+            base_type: base,
+            type_oid: 1,
+            element_type: element,
+            category: category.into(),
+            ..col("c", ty)
+        }
+    }
+
+    /// Each pair of the list, and the string targets: how the source
+    /// reads it and what `check` says, or why it is refused.
+    #[test]
+    fn conversions_read_the_cast_or_fail() {
+        let ok = |from: &str, to: &str, cat: &str| {
+            conversion(&typed(from, "X"), &typed(to, cat))
+                .unwrap_or_else(|e| panic!("{from} into {to}: {e}"))
+        };
+        let cases: [(&str, &str, &str, Read, Option<&str>); 17] = [
+            ("bigint", "integer", "N", Read::AsIs, Some("fails on values that do not fit integer")),
+            ("numeric", "integer", "N", Read::WholeNumber, Some("fails on values with a fraction (the cast would round them) or that do not fit integer")),
+            ("double precision", "integer", "N", Read::WholeNumber, Some("fails on values with a fraction (the cast would round them) or that do not fit integer")),
+            ("money", "numeric", "N", Read::Cast("numeric".into()), None),
+            ("real", "double precision", "N", Read::Cast("double precision".into()), None),
+            ("timestamp with time zone", "date", "D", Read::AsIs, Some("keeps only the date (in UTC), as the cast does")),
+            ("inet", "cidr", "I", Read::AsIs, Some("fails on addresses with bits set right of the netmask (the cast would clear them)")),
+            ("bit", "bit varying", "V", Read::AsIs, None),
+            ("integer", "bigint", "N", Read::AsIs, None),
+            // Into string types: the cast on the source, so `true`, not `t`.
+            ("boolean", "text", "S", Read::Cast("text".into()), None),
+            ("inet", "character varying", "S", Read::Cast("character varying".into()), None),
+            ("character", "character(3)", "S", Read::Cast("bpchar".into()), Some("fails on values longer than character(3)")),
+            ("boolean", "name", "S", Read::Cast("name".into()), Some("cut to 63 bytes, as the cast does")),
+            ("boolean[]", "text", "S", Read::Cast("text".into()), None),
+            ("boolean[]", "text[]", "A", Read::Cast("text[]".into()), None),
+            ("real[]", "double precision[]", "A", Read::Cast("double precision[]".into()), None),
+            ("numeric[]", "integer[]", "A", Read::AsIs, Some("fails on elements written with a fraction or an exponent (5.00, 1e+06) or that do not fit integer")),
+        ];
+        for (from, to, cat, read, note) in cases {
+            let got = ok(from, to, cat);
+            assert_eq!(got.read, read, "{from} into {to}");
+            assert_eq!(got.note.as_deref(), note, "{from} into {to}");
+        }
+        let refused = [
+            (
+                "double precision",
+                "numeric",
+                "PostgreSQL's cast keeps only 15 significant digits",
+            ),
+            (
+                "real",
+                "numeric",
+                "PostgreSQL's cast keeps only 6 significant digits",
+            ),
+            (
+                "interval",
+                "time without time zone",
+                "PostgreSQL's cast keeps an interval's time of day modulo 24 hours",
+            ),
+            (
+                "text",
+                "integer",
+                "stride converts only where PostgreSQL's cast keeps the value or fails",
+            ),
+            // No assignment cast: int2 into money would take two.
+            ("smallint", "money", "stride converts only"),
+            (
+                "integer",
+                "integer[]",
+                "an array and a non-array type do not convert",
+            ),
+            (
+                "text",
+                "integer[]",
+                "an array and a non-array type do not convert",
+            ),
+        ];
+        for (from, to, why) in refused {
+            let cat = if to.ends_with("[]") { "A" } else { "N" };
+            let e = conversion(&typed(from, "X"), &typed(to, cat)).expect_err(from);
+            assert!(e.starts_with(why), "{from} into {to}: {e}");
+        }
+    }
+
+    /// Every pair of the table is named once, and none is also refused.
+    #[test]
+    fn the_conversion_table_is_consistent() {
+        for (i, (from, to, ..)) in CONVERSIONS.iter().enumerate() {
+            assert_ne!(from, to);
+            assert!(
+                !CONVERSIONS[i + 1..]
+                    .iter()
+                    .any(|(f, t, ..)| f == from && t == to),
+                "{from} into {to} twice"
+            );
+            assert!(!REFUSED.iter().any(|(f, t, _)| f == from && t == to));
+        }
+    }
+
+    #[test]
+    fn converted_selects_read_the_same_text_for_both_methods() {
+        let cols = vec!["id".to_string(), "m".to_string(), "n".to_string()];
+        // Nothing to convert: the partition's query is left as it is.
+        assert_eq!(
+            converted_select("SELECT 1", &cols, &[Read::AsIs, Read::AsIs, Read::AsIs]),
+            "SELECT 1"
+        );
+        let select = converted_select(
+            "SELECT \"id\", \"m\", \"n\" FROM t",
+            &cols,
+            &[Read::AsIs, Read::Cast("numeric".into()), Read::WholeNumber],
+        );
+        assert_eq!(
+            select,
+            "SELECT \"id\", \"m\"::numeric AS \"m\", CASE WHEN \"n\" = trunc(\"n\") AND \"n\" >= -9223372036854775808 AND \"n\" < 9223372036854775808 THEN \"n\"::int8::text ELSE \"n\"::text END AS \"n\" FROM (SELECT \"id\", \"m\", \"n\" FROM t) AS \"partition\""
+        );
+        // The row path reads the converted query's columns as text.
+        assert_eq!(
+            rows_select_sql(&select, &cols[..1]),
+            format!("SELECT \"id\"::text AS \"id\" FROM ({select}) AS \"partition\"")
+        );
     }
 
     #[test]
