@@ -669,8 +669,7 @@ pub fn blocks_sql(table: &QualifiedName) -> String {
 /// the row path read the same expression, so both hand the target the same text,
 /// and the target ends with the value PostgreSQL's assignment cast gives, or the
 /// row fails.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Read {
     /// The column as it is: its text form, which the target's input function
     /// reads as the cast's value or refuses (int8 into int4: the digits, or "out
