@@ -40,7 +40,9 @@ use crate::error::{
 };
 use crate::job::Method;
 use crate::pg::{self, Side};
-use crate::plan::{copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition};
+use crate::plan::{
+    converted_select, copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition, Read,
+};
 use crate::session;
 use crate::sql::QualifiedName;
 
@@ -75,6 +77,12 @@ pub struct CopySpec {
     /// The batch `INSERT`, when `method` is `Insert`.
     pub insert: String,
     pub columns: Vec<String>,
+    /// How the source reads each column (`plan::conversion`), the same for
+    /// both methods.
+    pub reads: Vec<Read>,
+    /// The converted columns whose values can fail, each with how: named when
+    /// a batch INSERT fails on a value (its error names no column).
+    pub can_fail: Vec<String>,
     pub batch_size: usize,
     /// Counts rows as they arrive; hidden when stderr is not a terminal.
     pub progress: ProgressBar,
@@ -725,7 +733,10 @@ async fn pass_through(
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
-    let copy_out = copy_out_sql(&partition.select, spec.format);
+    let copy_out = copy_out_sql(
+        &converted_select(&partition.select, &spec.columns, &spec.reads),
+        spec.format,
+    );
     debug!(source = %copy_out, target = %spec.copy_in, "streaming");
     let mut rows_out = watch
         .on(
@@ -748,7 +759,9 @@ async fn pass_through(
     let mut messages_unreported = 0u64;
     let mut reported = 0u64;
     while let Some(chunk) = watch.on(Side::Source, rows_out.next()).await {
-        let chunk = chunk.context("reading rows from the source")?;
+        let chunk = chunk
+            .map_err(|e| name_failing_columns(e.into(), &spec.can_fail))
+            .context("reading rows from the source")?;
         bytes += chunk.len() as u64;
         messages_unreported += 1;
         buffer.extend_from_slice(&chunk);
@@ -773,6 +786,7 @@ async fn pass_through(
     let rows = watch
         .on(Side::Target, sink.finish())
         .await
+        .map_err(with_place)
         .context("finishing COPY on the target")?;
     spec.progress.inc(rows.saturating_sub(reported));
     Ok(Counts { rows, bytes })
@@ -802,6 +816,40 @@ async fn stage_and_merge(
         .map_err(|e| upsert_error(e, &upsert.key))
         .context("merging the staged rows into the target")?;
     Ok(counts)
+}
+
+/// A COPY error with the server's place for it (`COPY t, line 3, column n:
+/// "1.5"`), which names the column a value did not convert into.
+fn with_place(error: sqlx::Error) -> anyhow::Error {
+    let place = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|e| e.r#where())
+        .map(str::to_string);
+    let error = anyhow::Error::new(error);
+    match place {
+        Some(place) => error.context(place),
+        None => error,
+    }
+}
+
+/// A batch INSERT, or a source query casting a column, that failed on a value
+/// (SQLSTATE class 22, data exception): its error names no column, so name the
+/// converted columns that can fail.
+fn name_failing_columns(error: anyhow::Error, can_fail: &[String]) -> anyhow::Error {
+    let data = error
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22"));
+    if data && !can_fail.is_empty() {
+        error.context(format!(
+            "a value did not convert into its column ({})",
+            can_fail.join("; ")
+        ))
+    } else {
+        error
+    }
 }
 
 /// A source key repeated within one statement makes `ON CONFLICT DO UPDATE` fail
@@ -837,7 +885,10 @@ async fn insert_rows(
     source: &mut PgConnection,
     target: &mut PgConnection,
 ) -> Result<Counts> {
-    let select = rows_select_sql(&partition.select, &spec.columns);
+    let select = rows_select_sql(
+        &converted_select(&partition.select, &spec.columns, &spec.reads),
+        &spec.columns,
+    );
     debug!(source = %select, target = %spec.insert, "inserting batches");
     // The stream is made on the call and its inner stream on the first poll: both
     // without a span (see `pass_through`).
@@ -852,7 +903,10 @@ async fn insert_rows(
             rows_in.try_next().with_subscriber(Dispatch::none()),
         )
         .await;
-    while let Some(row) = next.context("reading rows from the source")? {
+    while let Some(row) = next
+        .map_err(|e| name_failing_columns(e.into(), &spec.can_fail))
+        .context("reading rows from the source")?
+    {
         for (i, column) in batch.columns.iter_mut().enumerate() {
             let value = row
                 .try_get_raw(i)
@@ -1008,6 +1062,7 @@ async fn write_batch(
             .await
             .map_err(|e| upsert_error(e, &upsert.key)),
     }
+    .map_err(|e| name_failing_columns(e, &spec.can_fail))
     .context("inserting a batch into the target")?;
     spec.progress.inc(rows as u64);
     // Rows copied: those inserted, or in upsert mode those read (an update or a

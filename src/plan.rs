@@ -665,62 +665,263 @@ pub fn blocks_sql(table: &QualifiedName) -> String {
     )
 }
 
-/// Type pairs whose text form the target's input function always reads as the
-/// value an assignment cast would give: widening numbers, dates into timestamps,
-/// timestamps across time zones (both sessions run in UTC), json and jsonb.
-/// Narrowing casts (numeric into integer, timestamp into date) are left out: the
-/// cast would round or truncate, but text COPY would fail on the first fraction.
-const TEXT_CONVERSIONS: &[(&str, &[&str])] = &[
-    (
-        "smallint",
-        &["integer", "bigint", "numeric", "real", "double precision"],
-    ),
-    (
-        "integer",
-        &["bigint", "numeric", "real", "double precision"],
-    ),
-    ("bigint", &["numeric", "real", "double precision"]),
-    ("real", &["double precision", "numeric"]),
-    ("double precision", &["numeric"]),
-    ("numeric", &["real", "double precision"]),
-    (
-        "date",
-        &["timestamp without time zone", "timestamp with time zone"],
-    ),
-    ("timestamp without time zone", &["timestamp with time zone"]),
-    ("timestamp with time zone", &["timestamp without time zone"]),
-    ("json", &["jsonb"]),
-    ("jsonb", &["json"]),
-];
-
-/// String types, whose input takes any text (arrays of them included).
-const STRING_TYPES: &[&str] = &["text", "character varying", "character", "name"];
-
-fn text_converts(from: &str, to: &str) -> bool {
-    from == to
-        || STRING_TYPES.contains(&to)
-        || TEXT_CONVERSIONS
-            .iter()
-            .any(|(f, targets)| *f == from && targets.contains(&to))
+/// How the source reads a column whose type changes on the way. Text COPY and
+/// the row path read the same expression, so both hand the target the same text,
+/// and the target ends with the value PostgreSQL's assignment cast gives, or the
+/// row fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The column as it is: its text form, which the target's input function
+    /// reads as the cast's value or refuses (int8 into int4: the digits, or "out
+    /// of range").
+    AsIs,
+    /// Cast on the source to this type (the target's, without modifier), whose
+    /// text form the target reads back unchanged: where the target's input would
+    /// read the source's text form as another value than the cast gives (real
+    /// into double precision: "0.1" is not the real 0.1) or not at all (money).
+    Cast(String),
+    /// A whole number within bigint's range as its digits, anything else as its
+    /// own text form, which an integer column refuses: the cast would round a
+    /// fraction away, and "5.00" or "1e+06" would fail although they fit.
+    WholeNumber,
 }
 
-/// How `source` travels into `target`: binary when both are the same built-in type;
-/// text COPY when the target's input function reads the source's text form as the
-/// intended value (a string target takes anything); otherwise not at all.
+/// How a source column's values become the target column's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversion {
+    pub read: Read,
+    /// What `check` says of the column: where values may fail or round.
+    pub note: Option<String>,
+}
+
+/// How a conversion is read, in the table below.
+#[derive(Clone, Copy)]
+enum Via {
+    AsIs,
+    /// Cast on the source to the target's type.
+    Cast,
+    WholeNumber,
+}
+
+const FITS: &str = "fails on values that do not fit {to}";
+const WHOLE: &str =
+    "fails on values with a fraction (the cast would round them) or that do not fit {to}";
+const ROUNDS: &str = "rounds to {to}'s precision, as the cast does";
+
+/// Every conversion between different built-in types that stride makes, checked
+/// against PostgreSQL 15: each gives the value of the server's assignment cast,
+/// or fails the row. `{to}` in a note is the target type. Both sessions run in
+/// UTC (`pg`), which decides time zones. Any type into a string type is not
+/// listed: it is read as the cast to that type on the source.
+const CONVERSIONS: &[(&str, &str, Via, &str)] = &[
+    ("smallint", "integer", Via::AsIs, ""),
+    ("smallint", "bigint", Via::AsIs, ""),
+    ("smallint", "numeric", Via::AsIs, ""),
+    ("smallint", "real", Via::AsIs, ""),
+    ("smallint", "double precision", Via::AsIs, ""),
+    ("integer", "smallint", Via::AsIs, FITS),
+    ("integer", "bigint", Via::AsIs, ""),
+    ("integer", "numeric", Via::AsIs, ""),
+    ("integer", "real", Via::AsIs, ROUNDS),
+    ("integer", "double precision", Via::AsIs, ""),
+    ("integer", "money", Via::AsIs, ""),
+    ("bigint", "smallint", Via::AsIs, FITS),
+    ("bigint", "integer", Via::AsIs, FITS),
+    ("bigint", "numeric", Via::AsIs, ""),
+    ("bigint", "real", Via::AsIs, ROUNDS),
+    ("bigint", "double precision", Via::AsIs, ROUNDS),
+    ("bigint", "money", Via::AsIs, FITS),
+    ("numeric", "smallint", Via::WholeNumber, WHOLE),
+    ("numeric", "integer", Via::WholeNumber, WHOLE),
+    ("numeric", "bigint", Via::WholeNumber, WHOLE),
+    // numeric's cast into a float reads numeric's text form: the same thing.
+    ("numeric", "real", Via::AsIs, "rounds to real's precision, as the cast does; fails on values out of its range"),
+    ("numeric", "double precision", Via::AsIs, "rounds to double precision's precision, as the cast does; fails on values out of its range"),
+    ("numeric", "money", Via::AsIs, "rounds to the currency's fraction digits, as the cast does; fails on values that do not fit money"),
+    ("real", "smallint", Via::WholeNumber, WHOLE),
+    ("real", "integer", Via::WholeNumber, WHOLE),
+    ("real", "bigint", Via::WholeNumber, WHOLE),
+    ("real", "double precision", Via::Cast, ""),
+    ("double precision", "smallint", Via::WholeNumber, WHOLE),
+    ("double precision", "integer", Via::WholeNumber, WHOLE),
+    ("double precision", "bigint", Via::WholeNumber, WHOLE),
+    ("double precision", "real", Via::Cast, "rounds to real's precision, as the cast does; fails on values out of its range"),
+    ("money", "numeric", Via::Cast, ""),
+    ("date", "timestamp without time zone", Via::AsIs, "fails on dates after 294276 AD"),
+    ("date", "timestamp with time zone", Via::AsIs, "fails on dates after 294276 AD"),
+    ("timestamp without time zone", "timestamp with time zone", Via::AsIs, ""),
+    ("timestamp without time zone", "date", Via::AsIs, "keeps only the date, as the cast does"),
+    ("timestamp without time zone", "time without time zone", Via::AsIs, "keeps only the time of day, as the cast does; fails on infinity"),
+    ("timestamp with time zone", "timestamp without time zone", Via::AsIs, ""),
+    ("timestamp with time zone", "date", Via::AsIs, "keeps only the date (in UTC), as the cast does"),
+    ("timestamp with time zone", "time without time zone", Via::AsIs, "keeps only the time of day (in UTC), as the cast does; fails on infinity"),
+    ("timestamp with time zone", "time with time zone", Via::AsIs, "keeps only the time of day (in UTC), as the cast does; fails on infinity"),
+    ("time without time zone", "interval", Via::AsIs, ""),
+    ("time without time zone", "time with time zone", Via::AsIs, ""),
+    ("time with time zone", "time without time zone", Via::AsIs, "drops the UTC offset, as the cast does"),
+    ("cidr", "inet", Via::AsIs, ""),
+    ("inet", "cidr", Via::AsIs, "fails on addresses with bits set right of the netmask (the cast would clear them)"),
+    ("bit", "bit varying", Via::AsIs, ""),
+    ("bit varying", "bit", Via::AsIs, "fails on values whose length is not the column's"),
+    ("macaddr", "macaddr8", Via::AsIs, ""),
+    ("json", "jsonb", Via::AsIs, "normalized as jsonb (of repeated keys, the last is kept), as the cast does"),
+    ("jsonb", "json", Via::AsIs, ""),
+];
+
+/// Assignment casts stride refuses, and why: the cast would not keep the value.
+const REFUSED: &[(&str, &str, &str)] = &[
+    ("real", "numeric", "PostgreSQL's cast keeps only 6 significant digits of a real (16777216 becomes 16777200), so the value would change (expected a real or double precision target column, or a source query that casts the column itself)"),
+    ("double precision", "numeric", "PostgreSQL's cast keeps only 15 significant digits of a double precision (9007199254740992 becomes 9007199254740990), so the value would change (expected a double precision target column, or a source query that casts the column itself)"),
+    ("interval", "time without time zone", "PostgreSQL's cast keeps an interval's time of day modulo 24 hours (1 day 02:00:00 becomes 02:00:00, 24:00:00 becomes 00:00:00), so the value would change (expected an interval target column, or a source query that casts the column itself)"),
+];
+
+/// Built-in string types: any value can be cast into them.
+const STRING_TYPES: &[&str] = &["text", "character varying", "character", "name"];
+
+/// How a non-array `from` becomes a non-array `to` (both without modifier).
+fn scalar_conversion(from: &str, to: &str) -> Result<(Via, Option<String>), String> {
+    if let Some((.., why)) = REFUSED.iter().find(|(f, t, _)| *f == from && *t == to) {
+        return Err((*why).to_string());
+    }
+    CONVERSIONS
+        .iter()
+        .find(|(f, t, ..)| *f == from && *t == to)
+        .map(|(.., via, note)| (*via, (!note.is_empty()).then(|| note.replace("{to}", to))))
+        .ok_or_else(|| {
+            "stride converts only where PostgreSQL's cast keeps the value or fails (docs/JOB.md lists the conversions)".to_string()
+        })
+}
+
+/// The type a string target is cast to on the source: its own when built in
+/// (a domain's base type), else text, which its input then reads.
+fn string_cast(target: &Column) -> String {
+    let base = target.domain_over.as_deref().unwrap_or(&target.base_type);
+    let element = target.element_type.as_deref().unwrap_or(base);
+    let cast = if STRING_TYPES.contains(&element) {
+        unconstrained(element)
+    } else {
+        "text".to_string()
+    };
+    match target.element_type {
+        Some(_) => format!("{cast}[]"),
+        None => cast,
+    }
+}
+
+/// What `check` says of a string target: a length it enforces, or name's cut.
+fn string_note(target: &Column) -> Option<String> {
+    let element = target.element_type.as_deref().unwrap_or(&target.base_type);
+    if element == "name" {
+        return Some("cut to 63 bytes, as the cast does".to_string());
+    }
+    (target.type_name != target.base_type && target.type_name.contains('('))
+        .then(|| format!("fails on values longer than {}", target.type_name))
+}
+
+/// How `source` becomes `target` when their types differ, or why it cannot: the
+/// value of PostgreSQL's assignment cast or a failed row, whichever method
+/// copies it. A string target takes any type, as the cast into it on the
+/// source; a user-defined type (an enum) passes as text into a type of the
+/// same name.
+pub fn conversion(source: &Column, target: &Column) -> Result<Conversion, String> {
+    let string_elements = target
+        .element_type
+        .as_deref()
+        .is_some_and(|e| STRING_TYPES.contains(&e));
+    if (target.category == "S" && target.element_type.is_none())
+        || (string_elements && source.element_type.is_some())
+    {
+        return Ok(Conversion {
+            read: Read::Cast(string_cast(target)),
+            note: string_note(target),
+        });
+    }
+    let (from, to, array) = match (&source.element_type, &target.element_type) {
+        (Some(from), Some(to)) => (from.as_str(), to.as_str(), true),
+        (None, None) => (source.base_type.as_str(), target.base_type.as_str(), false),
+        _ => return Err("an array and a non-array type do not convert".to_string()),
+    };
+    if from == to {
+        return Ok(Conversion {
+            read: Read::AsIs,
+            note: None,
+        });
+    }
+    let (via, note) = scalar_conversion(from, to)?;
+    let read = match (via, array) {
+        (Via::AsIs, _) => Read::AsIs,
+        (Via::Cast, false) => Read::Cast(unconstrained(to)),
+        (Via::Cast, true) => Read::Cast(format!("{}[]", unconstrained(to))),
+        (Via::WholeNumber, false) => Read::WholeNumber,
+        // Element by element, the target reads each element's text form.
+        (Via::WholeNumber, true) => {
+            return Ok(Conversion {
+                read: Read::AsIs,
+                note: Some(format!(
+                    "fails on elements written with a fraction or an exponent (5.00, 1e+06) or that do not fit {to}"
+                )),
+            })
+        }
+    };
+    Ok(Conversion { read, note })
+}
+
+/// How `source` travels into `target`: binary when both are the same built-in
+/// type; text when [`conversion`] converts it; otherwise not at all.
 pub fn transfer(source: &Column, target: &Column) -> Transfer {
     if source.type_oid == target.type_oid && source.is_builtin_type() {
         return Transfer::Binary;
     }
-    let fits = match (&source.element_type, &target.element_type) {
-        (Some(from), Some(to)) => text_converts(from, to),
-        (None, Some(_)) => false,
-        (_, None) => target.category == "S" || text_converts(&source.base_type, &target.base_type),
-    };
-    if fits {
-        Transfer::Text
-    } else {
-        Transfer::Incompatible
+    match conversion(source, target) {
+        Ok(_) => Transfer::Text,
+        Err(_) => Transfer::Incompatible,
     }
+}
+
+/// How the source reads each copied column for the target: as it is where it
+/// passes through (or is created from the source), else as [`conversion`] says.
+pub fn reads(copied: &[Column], target: Option<&[Column]>) -> Vec<Read> {
+    copied
+        .iter()
+        .map(|c| {
+            let t = target.and_then(|t| t.iter().find(|t| t.name == c.name));
+            match t {
+                Some(t) if transfer(c, t) == Transfer::Text => {
+                    conversion(c, t).map(|conv| conv.read).unwrap_or(Read::AsIs)
+                }
+                _ => Read::AsIs,
+            }
+        })
+        .collect()
+}
+
+/// A partition's source query with each column read as `reads` says: unchanged
+/// when every column is read as it is (binary COPY stays untouched), else
+/// wrapped in a query of the same column names that both methods read.
+pub fn converted_select(select: &str, columns: &[String], reads: &[Read]) -> String {
+    if reads.iter().all(|r| *r == Read::AsIs) {
+        return select.to_string();
+    }
+    let list = columns
+        .iter()
+        .zip(reads)
+        .map(|(c, read)| {
+            let c = quote_ident(c);
+            match read {
+                Read::AsIs => c,
+                Read::Cast(ty) => format!("{c}::{ty} AS {c}"),
+                // The bounds are bigint's, exact in every numeric and float type.
+                Read::WholeNumber => format!(
+                    "CASE WHEN {c} = trunc({c}) AND {c} >= -9223372036854775808 AND {c} < 9223372036854775808 THEN {c}::int8::text ELSE {c}::text END AS {c}"
+                ),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {list} FROM ({select}) AS {}",
+        quote_ident("partition")
+    )
 }
 
 /// Everything that keeps an existing target from taking the copied columns, each
@@ -737,8 +938,11 @@ pub fn target_problems(copied: &[Column], target: &[Column]) -> Vec<String> {
                 column.name
             )),
             Some(t) if transfer(column, t) == Transfer::Incompatible => problems.push(format!(
-                "column \"{}\": source type {} cannot be written as {}",
-                column.name, column.type_name, t.type_name
+                "column \"{}\": source type {} cannot be written as {}: {}",
+                column.name,
+                column.type_name,
+                t.type_name,
+                conversion(column, t).err().unwrap_or_default()
             )),
             Some(_) => {}
         }
@@ -1263,16 +1467,16 @@ mod tests {
         let cases = [
             (&int4, &int4, Transfer::Binary),
             (&int4, &int8, Transfer::Text),
-            (&int8, &int4, Transfer::Incompatible),
-            (&numeric, &int4, Transfer::Incompatible),
+            (&int8, &int4, Transfer::Text),
+            (&numeric, &int4, Transfer::Text),
             (&int4, &numeric, Transfer::Text),
             (&varchar, &text, Transfer::Text),
             (&int4, &text, Transfer::Text),
             (&text, &int4, Transfer::Incompatible),
             (&date, &ts, Transfer::Text),
-            (&ts, &date, Transfer::Incompatible),
+            (&ts, &date, Transfer::Text),
             (&int4s, &int8s, Transfer::Text),
-            (&int8s, &int4s, Transfer::Incompatible),
+            (&int8s, &int4s, Transfer::Text),
             (&int4s, &texts, Transfer::Text),
             (&int4s, &text, Transfer::Text),
             (&int4, &int4s, Transfer::Incompatible),
@@ -1290,6 +1494,135 @@ mod tests {
                 target.type_name
             );
         }
+    }
+
+    /// A column of built-in type `ty` (without modifier unless `type_name` has one).
+    fn typed(ty: &str, category: &str) -> Column {
+        let (base, element) = match ty.strip_suffix("[]") {
+            Some(e) => (ty.to_string(), Some(e.to_string())),
+            None => (ty.split('(').next().unwrap().to_string(), None),
+        };
+        Column {
+            type_name: ty.into(),
+            base_type: base,
+            type_oid: 1,
+            element_type: element,
+            category: category.into(),
+            ..col("c", ty)
+        }
+    }
+
+    /// Each pair of the issue's list, and the string targets: how the source
+    /// reads it and what `check` says, or why it is refused.
+    #[test]
+    fn conversions_read_the_cast_or_fail() {
+        let ok = |from: &str, to: &str, cat: &str| {
+            conversion(&typed(from, "X"), &typed(to, cat))
+                .unwrap_or_else(|e| panic!("{from} into {to}: {e}"))
+        };
+        let cases: [(&str, &str, &str, Read, Option<&str>); 17] = [
+            ("bigint", "integer", "N", Read::AsIs, Some("fails on values that do not fit integer")),
+            ("numeric", "integer", "N", Read::WholeNumber, Some("fails on values with a fraction (the cast would round them) or that do not fit integer")),
+            ("double precision", "integer", "N", Read::WholeNumber, Some("fails on values with a fraction (the cast would round them) or that do not fit integer")),
+            ("money", "numeric", "N", Read::Cast("numeric".into()), None),
+            ("real", "double precision", "N", Read::Cast("double precision".into()), None),
+            ("timestamp with time zone", "date", "D", Read::AsIs, Some("keeps only the date (in UTC), as the cast does")),
+            ("inet", "cidr", "I", Read::AsIs, Some("fails on addresses with bits set right of the netmask (the cast would clear them)")),
+            ("bit", "bit varying", "V", Read::AsIs, None),
+            ("integer", "bigint", "N", Read::AsIs, None),
+            // Into string types: the cast on the source, so `true`, not `t`.
+            ("boolean", "text", "S", Read::Cast("text".into()), None),
+            ("inet", "character varying", "S", Read::Cast("character varying".into()), None),
+            ("character", "character(3)", "S", Read::Cast("bpchar".into()), Some("fails on values longer than character(3)")),
+            ("boolean", "name", "S", Read::Cast("name".into()), Some("cut to 63 bytes, as the cast does")),
+            ("boolean[]", "text", "S", Read::Cast("text".into()), None),
+            ("boolean[]", "text[]", "A", Read::Cast("text[]".into()), None),
+            ("real[]", "double precision[]", "A", Read::Cast("double precision[]".into()), None),
+            ("numeric[]", "integer[]", "A", Read::AsIs, Some("fails on elements written with a fraction or an exponent (5.00, 1e+06) or that do not fit integer")),
+        ];
+        for (from, to, cat, read, note) in cases {
+            let got = ok(from, to, cat);
+            assert_eq!(got.read, read, "{from} into {to}");
+            assert_eq!(got.note.as_deref(), note, "{from} into {to}");
+        }
+        let refused = [
+            (
+                "double precision",
+                "numeric",
+                "PostgreSQL's cast keeps only 15 significant digits",
+            ),
+            (
+                "real",
+                "numeric",
+                "PostgreSQL's cast keeps only 6 significant digits",
+            ),
+            (
+                "interval",
+                "time without time zone",
+                "PostgreSQL's cast keeps an interval's time of day modulo 24 hours",
+            ),
+            (
+                "text",
+                "integer",
+                "stride converts only where PostgreSQL's cast keeps the value or fails",
+            ),
+            // No assignment cast: int2 into money would take two.
+            ("smallint", "money", "stride converts only"),
+            (
+                "integer",
+                "integer[]",
+                "an array and a non-array type do not convert",
+            ),
+            (
+                "text",
+                "integer[]",
+                "an array and a non-array type do not convert",
+            ),
+        ];
+        for (from, to, why) in refused {
+            let cat = if to.ends_with("[]") { "A" } else { "N" };
+            let e = conversion(&typed(from, "X"), &typed(to, cat)).expect_err(from);
+            assert!(e.starts_with(why), "{from} into {to}: {e}");
+        }
+    }
+
+    /// Every pair of the table is named once, and none is also refused.
+    #[test]
+    fn the_conversion_table_is_consistent() {
+        for (i, (from, to, ..)) in CONVERSIONS.iter().enumerate() {
+            assert_ne!(from, to);
+            assert!(
+                !CONVERSIONS[i + 1..]
+                    .iter()
+                    .any(|(f, t, ..)| f == from && t == to),
+                "{from} into {to} twice"
+            );
+            assert!(!REFUSED.iter().any(|(f, t, _)| f == from && t == to));
+        }
+    }
+
+    #[test]
+    fn converted_selects_read_the_same_text_for_both_methods() {
+        let cols = vec!["id".to_string(), "m".to_string(), "n".to_string()];
+        // Nothing to convert: the partition's query is left as it is.
+        assert_eq!(
+            converted_select("SELECT 1", &cols, &[Read::AsIs, Read::AsIs, Read::AsIs]),
+            "SELECT 1"
+        );
+        let select = converted_select(
+            "SELECT \"id\", \"m\", \"n\" FROM t",
+            &cols,
+            &[Read::AsIs, Read::Cast("numeric".into()), Read::WholeNumber],
+        );
+        assert_eq!(
+            select,
+            "SELECT \"id\", \"m\"::numeric AS \"m\", CASE WHEN \"n\" = trunc(\"n\") AND \"n\" >= -9223372036854775808 AND \"n\" < 9223372036854775808 THEN \"n\"::int8::text ELSE \"n\"::text END AS \"n\" FROM (SELECT \"id\", \"m\", \"n\" FROM t) AS \"partition\""
+        );
+        // The row path reads the converted query's columns as text.
+        assert_eq!(
+            rows_select_sql(&select, &cols[..1]),
+            format!("SELECT \"id\"::text AS \"id\" FROM ({select}) AS \"partition\"")
+        );
     }
 
     #[test]

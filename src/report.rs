@@ -548,6 +548,8 @@ pub struct ColumnFit {
     /// `None` when the target table does not exist yet and will be created.
     pub target_type: Option<String>,
     pub transfer: Option<Transfer>,
+    /// Where a converted column's values may fail or round (`plan::conversion`).
+    pub note: Option<String>,
 }
 
 pub fn render_check(
@@ -600,9 +602,13 @@ pub fn render_check(
             (None, None) if target_exists => "MISSING in the target",
             (None, _) => "created",
         };
+        let note = f
+            .note
+            .as_ref()
+            .map_or_else(String::new, |n| format!(": {n}"));
         let _ = writeln!(
             out,
-            "{:<w$}  {:<ws$}  {:<wt$}  {transfer}",
+            "{:<w$}  {:<ws$}  {:<wt$}  {transfer}{note}",
             f.column,
             f.source_type,
             f.target_type.as_deref().unwrap_or("(missing)"),

@@ -256,6 +256,9 @@ pub(super) struct TargetFit {
     pub(super) fits: Vec<ColumnFit>,
     /// Target type (without modifier) of each copied column, for the row path's casts.
     pub(super) types: Vec<String>,
+    /// How the source reads each copied column, so that both methods give the
+    /// target the cast's value (`plan::conversion`).
+    pub(super) reads: Vec<plan::Read>,
     /// Why the target cannot take the rows, each naming a column; empty when it can.
     pub(super) problems: Vec<String>,
     /// Upsert mode: the key rows are matched by, checked against the target's
@@ -339,12 +342,14 @@ pub(super) async fn fit_target(
                 } else {
                     Transfer::Text
                 }),
+                note: None,
             })
             .collect();
         return Ok(TargetFit {
             exists: false,
             fits,
             types: columns.iter().map(|c| c.base_type.clone()).collect(),
+            reads: plan::reads(columns, None),
             problems,
             upsert_key: plan::upsert_key(job, columns, None)?,
         });
@@ -359,6 +364,9 @@ pub(super) async fn fit_target(
             source_type: column.type_name.clone(),
             target_type: target.map(|t| t.type_name.clone()),
             transfer: target.map(|t| plan::transfer(column, t)),
+            note: target
+                .filter(|t| plan::transfer(column, t) == Transfer::Text)
+                .and_then(|t| plan::conversion(column, t).ok()?.note),
         });
     }
     // COPY FROM refuses a table whose row-level security applies to the role
@@ -380,6 +388,7 @@ pub(super) async fn fit_target(
         exists: true,
         fits,
         types,
+        reads: plan::reads(columns, Some(&relation.columns)),
         problems: plan::target_problems(columns, &relation.columns),
         upsert_key: plan::upsert_key(job, columns, Some(&keys))?,
     })
@@ -648,6 +657,16 @@ pub(super) fn copy_spec(
         copy_in,
         insert,
         columns: plan.columns.clone(),
+        reads: fit.reads.clone(),
+        can_fail: fit
+            .fits
+            .iter()
+            .filter_map(|f| {
+                f.note
+                    .as_ref()
+                    .map(|n| format!("column \"{}\" {n}", f.column))
+            })
+            .collect(),
         batch_size: job.target.batch_size as usize,
         progress: indicatif::ProgressBar::hidden(),
         cancel: CancellationToken::new(),

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod configs;
 mod connecting;
+mod conversions;
 mod copy;
 mod covid;
 mod examples;
