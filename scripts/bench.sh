@@ -4,6 +4,9 @@
 #   scripts/bench.sh [ROWS]          # default 5,000,000 rows
 #   ROUNDS=5 scripts/bench.sh 1000000
 #
+# scripts/bench-workers.sh measures --shard auto against --shard I/3 on a skewed
+# table (issue 15); see docs/PERFORMANCE.md.
+#
 # Seeds a covid_cases-like table (scripts/bench/table.sql, seed.sql) with ROWS
 # rows in a new source database, creates the same table with its primary key in
 # a new target database on the same server, then runs ROUNDS rounds. Each round
