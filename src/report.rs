@@ -758,23 +758,40 @@ pub fn render_verify(results: &[Verified], verify: crate::job::Verify) -> String
 }
 
 /// The summary of a job file's tables, after each table's own: one line each.
-pub fn render_tables(tables: &[(String, Option<&Summary>, u8)], elapsed: Duration) -> String {
+pub fn render_tables(
+    tables: &[(String, Option<&Summary>, u8)],
+    not_started: &[String],
+    elapsed: Duration,
+) -> String {
     let mut out = String::new();
     let ok = tables
         .iter()
         .filter(|t| t.2 == crate::error::exit::OK)
         .count();
+    let failed = tables.len() - ok;
     let rows: u64 = tables.iter().filter_map(|t| t.1).map(Summary::rows).sum();
     let bytes: u64 = tables.iter().filter_map(|t| t.1).map(Summary::bytes).sum();
+    let mut counts = format!("tables {ok} of {} done", tables.len() + not_started.len());
+    if failed > 0 {
+        counts.push_str(&format!(", {failed} failed"));
+    }
+    if !not_started.is_empty() {
+        counts.push_str(&format!(", {} not started", not_started.len()));
+    }
     let _ = writeln!(
         out,
-        "\ntables {ok} of {} done   rows {}   bytes {}   elapsed {}",
-        tables.len(),
+        "\n{counts}   rows {}   bytes {}   elapsed {}",
         group(rows),
         human_bytes(bytes),
         human_duration(elapsed)
     );
-    let width = tables.iter().map(|t| t.0.len()).max().unwrap_or(5).max(5);
+    let width = tables
+        .iter()
+        .map(|t| t.0.len())
+        .chain(not_started.iter().map(String::len))
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let _ = writeln!(
         out,
         "{:<width$}  {:>12}  {:>12}  status",
@@ -800,6 +817,13 @@ pub fn render_tables(tables: &[(String, Option<&Summary>, u8)], elapsed: Duratio
             "{table:<width$}  {partitions:>12}  {rows:>12}  {status}"
         );
     }
+    for table in not_started {
+        let _ = writeln!(
+            out,
+            "{table:<width$}  {:>12}  {:>12}  not started",
+            "-", "-"
+        );
+    }
     out
 }
 
@@ -807,6 +831,7 @@ pub fn render_tables(tables: &[(String, Option<&Summary>, u8)], elapsed: Duratio
 /// (`summary_json` plus `table`) under `tables`.
 pub fn tables_json(
     tables: &[serde_json::Value],
+    not_started: &[String],
     exit_code: u8,
     elapsed: Duration,
 ) -> serde_json::Value {
@@ -842,7 +867,20 @@ pub fn tables_json(
         "seconds": elapsed.as_secs_f64(),
         "retries": sum("retries"),
         "error": tables.iter().find_map(|t| t["error"].as_str()),
-        "tables": tables,
+        "table_counts": {
+            "total": tables.len() + not_started.len(),
+            "done": tables.iter().filter(|t| t["exit_code"] == 0).count(),
+            "failed": tables.iter().filter(|t| t["exit_code"] != 0).count(),
+            "not_started": not_started.len(),
+        },
+        "tables": tables
+            .iter()
+            .cloned()
+            .chain(not_started.iter().map(|table| serde_json::json!({
+                "table": table,
+                "status": "not_started",
+            })))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -55,7 +55,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             let started = Instant::now();
             let ends = run_tables(&args.job, &cli.overrides, &opts).await;
             report_run(&args, &ends, started.elapsed())?;
-            ends.map(|ends| worst(&ends))
+            ends.map(|ends| ends.worst())
         }
         Command::Prepare(args) => {
             let opts = RunOptions {
@@ -68,7 +68,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             };
             run_tables(&args.job, &cli.overrides, &opts)
                 .await
-                .map(|ends| worst(&ends))
+                .map(|ends| ends.worst())
         }
         Command::Finish(args) => {
             let opts = RunOptions {
@@ -81,7 +81,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             };
             run_tables(&args.job, &cli.overrides, &opts)
                 .await
-                .map(|ends| worst(&ends))
+                .map(|ends| ends.worst())
         }
         Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
         Command::Check(args) => check(&args.job, &cli.overrides).await,
@@ -113,10 +113,19 @@ struct RunEnd {
     table: String,
 }
 
-/// The exit code of several tables' runs: the most serious (130 interrupted,
-/// then 2, then 1, then 0).
-fn worst(ends: &[RunEnd]) -> u8 {
-    ends.iter().map(|e| e.code).max().unwrap_or(exit::OK)
+/// How the runs of a job's tables ended.
+struct Ends {
+    runs: Vec<RunEnd>,
+    /// Tables not started: in order, those after a table that failed.
+    not_started: Vec<String>,
+}
+
+impl Ends {
+    /// The exit code of several tables' runs: the most serious (130
+    /// interrupted, then 2, then 1, then 0).
+    fn worst(&self) -> u8 {
+        self.runs.iter().map(|e| e.code).max().unwrap_or(exit::OK)
+    }
 }
 
 /// Writes `--summary-json` and `--metrics-file` for a run that ended, however it
@@ -125,16 +134,16 @@ fn worst(ends: &[RunEnd]) -> u8 {
 /// with each table's own under `tables`.
 fn report_run(
     args: &crate::cli::RunArgs,
-    ends: &Result<Vec<RunEnd>>,
+    ends: &Result<Ends>,
     elapsed: std::time::Duration,
 ) -> Result<()> {
     let doc = match ends {
-        Ok(ends) if ends.len() == 1 => {
-            let end = &ends[0];
+        Ok(Ends { runs, not_started }) if runs.len() == 1 && not_started.is_empty() => {
+            let end = &runs[0];
             report::summary_json(end.summary.as_ref(), &end.fingerprint, end.code, None)
         }
-        Ok(ends) => report::tables_json(
-            &ends
+        Ok(ends @ Ends { runs, not_started }) => report::tables_json(
+            &runs
                 .iter()
                 .map(|e| {
                     let mut doc =
@@ -143,7 +152,8 @@ fn report_run(
                     doc
                 })
                 .collect::<Vec<_>>(),
-            worst(ends),
+            not_started,
+            ends.worst(),
             elapsed,
         ),
         Err(e) => report::summary_json(

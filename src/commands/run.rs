@@ -30,7 +30,7 @@ use super::prepare::{
     SourceSide, TargetFit,
 };
 use super::verify::verify_partitions;
-use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, RunEnd};
+use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, Ends, RunEnd};
 
 /// A step of a run over every table of the job file. All are checked (and
 /// connected) first, so a bad entry exits 2 before any table is written; then
@@ -41,7 +41,7 @@ pub(super) async fn run_tables(
     path: &Path,
     overrides: &[(String, String)],
     opts: &RunOptions,
-) -> Result<Vec<RunEnd>> {
+) -> Result<Ends> {
     let set = load_jobs(path, overrides)?;
     let many = set.jobs.len() > 1;
     let started = Instant::now();
@@ -56,7 +56,10 @@ pub(super) async fn run_tables(
     }
     if !many {
         let one = prepared.pop().expect("a job set holds at least one job");
-        return Ok(vec![run(one, path, opts).await?]);
+        return Ok(Ends {
+            runs: vec![run(one, path, opts).await?],
+            not_started: Vec::new(),
+        });
     }
     let named = |table: String, end: Result<RunEnd>| {
         end.unwrap_or_else(|e| {
@@ -70,6 +73,7 @@ pub(super) async fn run_tables(
         })
     };
     let mut ends = Vec::new();
+    let mut not_started = Vec::new();
     if set.concurrent {
         let runs = prepared.into_iter().map(|p| {
             let table = p.job.target.table.to_string();
@@ -77,7 +81,8 @@ pub(super) async fn run_tables(
         });
         ends = futures_util::future::join_all(runs).await;
     } else {
-        for p in prepared {
+        let mut prepared = prepared.into_iter();
+        for p in prepared.by_ref() {
             let table = p.job.target.table.to_string();
             let end = named(table, run(p, path, opts).await);
             let code = end.code;
@@ -86,20 +91,24 @@ pub(super) async fn run_tables(
                 break;
             }
         }
+        not_started = prepared.map(|p| p.job.target.table.to_string()).collect();
     }
     if matches!(opts.step, Step::Whole | Step::Shard(_)) {
         let rows: Vec<(String, Option<&Summary>, u8)> = ends
             .iter()
             .map(|e| (e.table.clone(), e.summary.as_ref(), e.code))
             .collect();
-        let text = report::render_tables(&rows, started.elapsed());
+        let text = report::render_tables(&rows, &not_started, started.elapsed());
         if opts.human_to_stderr {
             eprint!("{text}");
         } else {
             print!("{text}");
         }
     }
-    Ok(ends)
+    Ok(Ends {
+        runs: ends,
+        not_started,
+    })
 }
 
 /// Which part of a run this process does.

@@ -132,7 +132,16 @@ async fn a_bad_entry_stops_everything_before_writing_and_a_failure_stops_the_res
          [[tables]]\ntable = \"orders\"\n[[tables]]\ntable = \"customers\"\n",
         pair.source.url, pair.target.url
     ));
-    let out = run_job(&job.path);
+    let summary = job.path.with_file_name("summary.json");
+    let out = stride(
+        &[
+            "run",
+            "--summary-json",
+            summary.to_str().unwrap(),
+            job.path.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_exit(&out, 1);
     assert!(text(&out).contains("orders are closed"), "{}", text(&out));
     assert_eq!(
@@ -142,6 +151,25 @@ async fn a_bad_entry_stops_everything_before_writing_and_a_failure_stops_the_res
         0,
         "the table after the failed one was not copied"
     );
+    // Every table of the job is counted: the failed one and the one not started.
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("tables 0 of 2 done, 1 failed, 1 not started   rows 0"),
+        "{said}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("\"customers\"") && l.ends_with("-             -  not started")),
+        "{said}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(
+        doc["table_counts"],
+        serde_json::json!({"total": 2, "done": 0, "failed": 1, "not_started": 1})
+    );
+    assert_eq!(doc["tables"][1]["status"], "not_started");
+    assert_eq!(doc["tables"][1]["table"], "\"customers\"");
 }
 
 #[tokio::test]
