@@ -26,8 +26,8 @@ use crate::report::{self, Summary};
 use crate::sql::QualifiedName;
 
 use super::prepare::{
-    copy_spec, effective_verify, plan_partitions, prepare, scope, window_condition, Prepared,
-    SourceSide, TargetFit,
+    add_reread, copy_spec, effective_verify, plan_partitions, prepare, read_select, scope,
+    window_condition, Prepared, SourceSide, TargetFit,
 };
 use super::verify::verify_partitions;
 use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, RunEnd};
@@ -456,6 +456,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     if job.target.mode == Mode::Replace {
         plan.retarget(&into);
     }
+    add_reread(&mut plan, &job, &side, window.as_ref());
     if let Some(run) = recorded {
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
@@ -481,9 +482,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     if let (Some(w), Some(mark)) = (&window, &side.mark) {
         info!(
-            "incremental on {}: {}",
+            "incremental on {}: {}{}",
             mark.column,
-            w.describe(mark.key_type)
+            w.describe(mark.key_type),
+            w.describe_reread(side.lookback, mark.key_type)
+                .map_or_else(String::new, |range| format!(", and reads {range} again"))
         );
     }
 
@@ -571,11 +574,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             sum
         }
         _ => {
-            pg::estimate_rows(
-                &mut coordinator,
-                &plan::whole_select(&scoped, &side.columns),
-            )
-            .await?
+            pg::estimate_rows(&mut coordinator, &read_select(&job, &side, window.as_ref())).await?
         }
     };
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot, &into, &lock);
@@ -606,7 +605,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // snapshot (not for a shard, nor a resume whose skipped partitions read an
     // earlier one). A single partition reading every row is the whole source's
     // query itself: counting it again would only scan the table twice.
-    let whole_select = plan::whole_select(&scoped, &side.columns);
+    let whole_select = read_select(&job, &side, window.as_ref());
     let split = plan.partitions.iter().any(|p| p.select != whole_select);
     let coverage = if step == Step::Whole && done.is_empty() && split {
         Coverage::Counting(tokio::spawn(async move {
