@@ -517,7 +517,13 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                     table.to_string()
                 },
                 match (&window, &side.mark) {
-                    (Some(w), Some(mark)) => format!(" ({} of {})", w.describe(mark.key_type), mark.column),
+                    (Some(w), Some(mark)) => format!(
+                        " ({} of {}{})",
+                        w.describe(mark.key_type),
+                        mark.column,
+                        w.describe_reread(side.lookback, mark.key_type)
+                            .map_or_else(String::new, |range| format!("; {range} read again"))
+                    ),
                     _ => String::new(),
                 },
                 path.display(),

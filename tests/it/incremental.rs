@@ -682,3 +682,30 @@ async fn bad_lookbacks_exit_2_naming_the_key() {
         "nothing written"
     );
 }
+
+/// Shards of an incremental run: the re-read partition is one of the prepared
+/// partitions, copied by the shard it falls to; `finish` closes the run exact.
+#[tokio::test]
+async fn shards_read_the_mark_again_once() {
+    let pair = Pair::new("incr_ties_shards").await;
+    seed_sales(&pair.source).await;
+    let job = sales_job(&pair, "[partition]\ncolumn = \"id\"\ncount = 3", "");
+    let path = job.path.to_str().unwrap();
+    assert_exit(&run(&job, &[]), 0);
+    add_sales(&pair.source, 5_001, 5_100, "2026-02-19").await;
+    add_sales(&pair.source, 5_101, 5_150, "2026-02-20").await;
+    let prepared = stride(&["prepare", path], &[]);
+    assert_exit(&prepared, 0);
+    assert!(
+        text(&prepared).contains("prepared: 4 partitions into \"sales\" (above 2026-02-19 up to 2026-02-20 of day; 2026-02-19 read again)"),
+        "{}",
+        text(&prepared)
+    );
+    for shard in ["0/2", "1/2"] {
+        assert_exit(&stride(&["run", "--shard", shard, path], &[]), 0);
+    }
+    assert_exit(&stride(&["finish", path], &[]), 0);
+    assert_eq!(pair.assert_same("sales", "sales").await, 5_150);
+    assert_eq!(duplicates(&pair.target, "sales").await, 0);
+    assert_eq!(rows_copied(&pair).await, 200 + 50);
+}
