@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::error::JobError;
 use crate::job::Strategy;
-use crate::job::{Job, Lookback, OnConflict, Relation, Verify};
+use crate::job::{Job, Lookback, Mode, OnConflict, Relation, Verify};
 use crate::partition::{
     block_predicate, describe_blocks, predicate, ranges_between, stride_ranges, KeyRange, KeyType,
 };
@@ -248,9 +248,22 @@ pub struct Plan {
     /// narrower than the count, or an empty source).
     pub requested_partitions: u32,
     pub partitions: Vec<PlannedPartition>,
-    /// The last partition is an incremental run's re-read range (see
+    /// Whether the last partition is an incremental run's re-read range (see
     /// [`Plan::add_reread`]), a range of the mark column whatever the strategy.
-    pub rereads: bool,
+    pub reread: Option<Reread>,
+}
+
+/// How an incremental run's re-read range is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reread {
+    /// Append mode: the target's rows in the range are deleted and written
+    /// again in one transaction, so the range ends equal to the source's and
+    /// verify compares it.
+    Replaced,
+    /// Upsert mode: upserted by key. The target keeps rows the source deleted
+    /// (and `on_conflict = "skip"` keeps old values), so verify leaves it out.
+    Upserted,
 }
 
 /// The `FROM` item for the source: the quoted table, or the query as a subquery.
@@ -378,7 +391,7 @@ pub fn lookback(job: &Job, mark: &Key) -> Result<i64, JobError> {
         ))),
         (Lookback::Duration(d), KeyType::Date) => {
             let seconds = d.as_secs();
-            if d.subsec_nanos() != 0 || seconds % 86_400 != 0 {
+            if d.subsec_nanos() != 0 || !seconds.is_multiple_of(86_400) {
                 return Err(JobError::new(format!(
                     "incremental.lookback: {} is not a whole number of days, and column \"{column}\" is a date (expected days, such as \"2 days\")",
                     show_duration(d)
@@ -396,10 +409,10 @@ fn show_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     let (n, unit) = match ms {
         0 => (0, "s"),
-        _ if ms % 86_400_000 == 0 => (ms / 86_400_000, " days"),
-        _ if ms % 3_600_000 == 0 => (ms / 3_600_000, "h"),
-        _ if ms % 60_000 == 0 => (ms / 60_000, "m"),
-        _ if ms % 1_000 == 0 => (ms / 1_000, "s"),
+        _ if ms.is_multiple_of(86_400_000) => (ms / 86_400_000, " days"),
+        _ if ms.is_multiple_of(3_600_000) => (ms / 3_600_000, "h"),
+        _ if ms.is_multiple_of(60_000) => (ms / 60_000, "m"),
+        _ if ms.is_multiple_of(1_000) => (ms / 1_000, "s"),
         _ => (ms, "ms"),
     };
     let unit = if n == 1 && unit == " days" {
@@ -587,12 +600,15 @@ impl Plan {
             ),
             target_predicate: Some(condition),
         });
-        self.rereads = true;
+        self.reread = Some(match job.target.mode {
+            Mode::Upsert => Reread::Upserted,
+            _ => Reread::Replaced,
+        });
     }
 
     /// The re-read partition, if the plan has one.
     pub fn reread_partition(&self) -> Option<&PlannedPartition> {
-        self.partitions.last().filter(|_| self.rereads)
+        self.partitions.last().filter(|_| self.reread.is_some())
     }
 
     /// Whether each partition's rows can be found on the target by its range
@@ -604,9 +620,19 @@ impl Plan {
     /// What verify compares: the partitions, or with block ranges the whole of
     /// what the job reads against the whole target (within an incremental
     /// window, which every partition's target side carries).
+    /// An upserted re-read range is left out (see [`Reread::Upserted`]).
     pub fn compared(&self) -> Vec<PlannedPartition> {
+        let upserted = |p: &PlannedPartition| {
+            self.reread == Some(Reread::Upserted)
+                && self.reread_partition().is_some_and(|r| r.index == p.index)
+        };
         if self.partitions_comparable() {
-            return self.partitions.clone();
+            return self
+                .partitions
+                .iter()
+                .filter(|p| !upserted(p))
+                .cloned()
+                .collect();
         }
         let first = &self.partitions[0];
         let whole = PlannedPartition {
@@ -622,7 +648,7 @@ impl Plan {
         };
         // The re-read range is a range of values, compared as such.
         std::iter::once(whole)
-            .chain(self.reread_partition().cloned())
+            .chain(self.reread_partition().filter(|p| !upserted(p)).cloned())
             .collect()
     }
 
@@ -719,7 +745,7 @@ pub fn build_cut(
         ),
         requested_partitions: requested,
         partitions,
-        rereads: false,
+        reread: None,
     }
 }
 
@@ -1917,14 +1943,23 @@ mod tests {
             assert!(plan.partitions[..2].iter().all(|p| p
                 .select
                 .contains("(\"date\" > '2026-03-01'::date AND \"date\" <= '2026-03-04'::date)")));
-            // Verify compares the re-read range as a range, block ranges or not.
+            // Verify compares the re-read range as a range, block ranges or not...
+            assert_eq!(plan.reread, Some(Reread::Replaced));
             assert_eq!(plan.compared().last().map(|p| p.index), Some(2));
+            // ...except in upsert mode, where the target may keep rows the source deleted.
+            let mut upsert = job.clone();
+            upsert.target.mode = Mode::Upsert;
+            plan.partitions.pop();
+            plan.add_reread(&upsert, &mark, &window, 1);
+            assert_eq!(plan.reread, Some(Reread::Upserted));
+            assert_eq!(plan.partitions.len(), 3);
+            assert!(plan.compared().iter().all(|p| p.index != 2));
         }
         // A first run reads no range again.
         let mut plan = build(&job, &columns, None, None);
         plan.add_reread(&job, &mark, &Window::next(None, false, Some(day)), 1);
         assert_eq!(plan.partitions.len(), 1);
-        assert!(!plan.rereads);
+        assert_eq!(plan.reread, None);
     }
 
     #[test]

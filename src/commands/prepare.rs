@@ -584,11 +584,17 @@ pub(super) fn add_reread(plan: &mut Plan, job: &Job, side: &SourceSide, window: 
     }
 }
 
-/// Every row a run with `window` reads, in one query: the window and its re-read
-/// range (what the coverage check counts).
-pub(super) fn read_select(job: &Job, side: &SourceSide, window: Option<&Window>) -> String {
-    let read = match (window, &side.mark) {
-        (Some(w), Some(mark)) => plan::within_read(job, w, mark.key_type, side.lookback),
+/// Every row a run of `plan` with `window` reads, in one query: the window and
+/// the re-read range if the plan has one (what the coverage check counts).
+pub(super) fn read_select(
+    job: &Job,
+    plan: &Plan,
+    side: &SourceSide,
+    window: Option<&Window>,
+) -> String {
+    let read = match (window, &side.mark, plan.reread) {
+        (Some(w), Some(mark), Some(_)) => plan::within_read(job, w, mark.key_type, side.lookback),
+        (Some(w), Some(mark), None) => plan::within_window(job, w, mark.key_type),
         _ => job.clone(),
     };
     plan::whole_select(&read, &side.columns)
@@ -691,8 +697,10 @@ pub(super) fn copy_spec(
         repair: None,
         lock: lock.clone(),
         upsert,
-        reread_delete: match (job.target.mode, plan.reread_partition()) {
-            (Mode::Append, Some(p)) => Some((p.index, plan::delete_range_sql(table, p))),
+        reread_delete: match (plan.reread, plan.reread_partition()) {
+            (Some(plan::Reread::Replaced), Some(p)) => {
+                Some((p.index, plan::delete_range_sql(table, p)))
+            }
             _ => None,
         },
     }

@@ -458,6 +458,14 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     add_reread(&mut plan, &job, &side, window.as_ref());
     if let Some(run) = recorded {
+        // An unfinished run recorded by a stride that read nothing again: it is
+        // resumed as it was planned, and the next run reads the mark again.
+        if plan.reread.is_some()
+            && usize::try_from(run.partitions).ok() == Some(plan.partitions.len() - 1)
+        {
+            plan.partitions.pop();
+            plan.reread = None;
+        }
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
                 "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
@@ -486,6 +494,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             mark.column,
             w.describe(mark.key_type),
             w.describe_reread(side.lookback, mark.key_type)
+                .filter(|_| plan.reread.is_some())
                 .map_or_else(String::new, |range| format!(", and reads {range} again"))
         );
     }
@@ -522,6 +531,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                         w.describe(mark.key_type),
                         mark.column,
                         w.describe_reread(side.lookback, mark.key_type)
+                .filter(|_| plan.reread.is_some())
                             .map_or_else(String::new, |range| format!("; {range} read again"))
                     ),
                     _ => String::new(),
@@ -580,7 +590,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             sum
         }
         _ => {
-            pg::estimate_rows(&mut coordinator, &read_select(&job, &side, window.as_ref())).await?
+            pg::estimate_rows(
+                &mut coordinator,
+                &read_select(&job, &plan, &side, window.as_ref()),
+            )
+            .await?
         }
     };
     let mut spec = copy_spec(&job, &plan, &fit, &source, &target, snapshot, &into, &lock);
@@ -611,7 +625,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // snapshot (not for a shard, nor a resume whose skipped partitions read an
     // earlier one). A single partition reading every row is the whole source's
     // query itself: counting it again would only scan the table twice.
-    let whole_select = read_select(&job, &side, window.as_ref());
+    let whole_select = read_select(&job, &plan, &side, window.as_ref());
     let split = plan.partitions.iter().any(|p| p.select != whole_select);
     let coverage = if step == Step::Whole && done.is_empty() && split {
         Coverage::Counting(tokio::spawn(async move {

@@ -709,3 +709,53 @@ async fn shards_read_the_mark_again_once() {
     assert_eq!(duplicates(&pair.target, "sales").await, 0);
     assert_eq!(rows_copied(&pair).await, 200 + 50);
 }
+
+/// An unfinished run recorded by a stride that read nothing again (one
+/// partition fewer) is resumed as it was planned, its coverage check passing;
+/// the run after it reads the mark again.
+#[tokio::test]
+async fn an_unfinished_run_planned_without_a_reread_resumes_as_planned() {
+    let pair = Pair::new("incr_ties_older").await;
+    seed_sales(&pair.source).await;
+    let job = sales_job(&pair, "[partition]\ncolumn = \"id\"\ncount = 2", "");
+    assert_exit(&run(&job, &[]), 0);
+    add_sales(&pair.source, 5_001, 5_050, "2026-02-20").await;
+    // The re-read partition fails; the two others commit.
+    pair.target
+        .exec(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused row %', NEW.id; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON sales FOR EACH ROW
+             WHEN (NEW.day = DATE '2026-02-19') EXECUTE FUNCTION refuse();",
+        )
+        .await;
+    assert_exit(&run(&job, &[]), 1);
+    pair.target.exec("DROP TRIGGER refuse ON sales").await;
+    assert_eq!(pair.target.count("sales").await, 5_050);
+    // As an older stride recorded it: two partitions, none reading the mark again.
+    pair.target
+        .exec("UPDATE stride_checkpoints SET partitions = 2 WHERE partition < 0 AND partitions = 3")
+        .await;
+    // Rows of the mark's day added since: the resumed run does not read them...
+    add_sales(&pair.source, 5_051, 5_060, "2026-02-19").await;
+    let resumed = run(&job, &[]);
+    assert_exit(&resumed, 0);
+    assert!(
+        text(&resumed)
+            .contains("partitions 0 written of 2 (2 skipped: committed by an earlier run)")
+            && !text(&resumed).contains("reads 2026-02-19 again"),
+        "{}",
+        text(&resumed)
+    );
+    assert_eq!(pair.target.count("sales").await, 5_050);
+    // ...and they are below the new mark (2026-02-20), so a look-back reaching them
+    // is what brings them.
+    let caught = sales_job(
+        &pair,
+        "lookback = \"1 day\"\n[partition]\ncolumn = \"id\"\ncount = 2",
+        "",
+    );
+    assert_exit(&run(&caught, &[]), 0);
+    assert_eq!(pair.assert_same("sales", "sales").await, 5_060);
+    assert_eq!(duplicates(&pair.target, "sales").await, 0);
+}
