@@ -2113,4 +2113,33 @@ mod tests {
             "SELECT \"id\", \"date\" FROM \"s\".\"t\""
         );
     }
+
+    proptest::proptest! {
+        /// The re-read range is `[max(lowest, mark - lookback), mark]`, computed
+        /// without overflow for any mark and look-back, and always holds the mark.
+        #[test]
+        fn the_reread_range_holds_the_mark_and_stops_at_the_lowest_value(
+            mark in proptest::prelude::any::<i64>(),
+            lookback in 0..=i64::MAX,
+            until in proptest::prelude::any::<i64>(),
+            kind in 0_usize..6,
+        ) {
+            let key = [
+                KeyType::Int2,
+                KeyType::Int4,
+                KeyType::Int8,
+                KeyType::Date,
+                KeyType::Timestamp,
+                KeyType::Timestamptz,
+            ][kind];
+            let (lowest, highest) = key.domain();
+            let mark = mark.clamp(lowest, highest);
+            let w = Window { first: false, since: Some(mark), until: Some(until.max(mark)) };
+            let (from, to) = w.reread(lookback, key).expect("a mark");
+            let expected = (i128::from(mark) - i128::from(lookback)).max(i128::from(lowest));
+            proptest::prop_assert_eq!(i128::from(from), expected);
+            proptest::prop_assert_eq!(to, mark);
+            proptest::prop_assert!(lowest <= from && from <= mark);
+        }
+    }
 }
