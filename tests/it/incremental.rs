@@ -759,3 +759,35 @@ async fn an_unfinished_run_planned_without_a_reread_resumes_as_planned() {
     assert_eq!(pair.assert_same("sales", "sales").await, 5_060);
     assert_eq!(duplicates(&pair.target, "sales").await, 0);
 }
+
+/// A row deleted at the source within the range read again: append mode removes
+/// it from the target (the range is replaced), upsert mode keeps it (it never
+/// deletes) and its verify leaves the range out, so the run passes either way.
+#[tokio::test]
+async fn a_row_deleted_within_the_range_read_again() {
+    for (label, target, kept) in [
+        ("incr_ties_del_append", "", 0),
+        (
+            "incr_ties_del_upsert",
+            "mode = \"upsert\"\nkey = [\"id\"]",
+            1,
+        ),
+    ] {
+        let pair = Pair::new(label).await;
+        seed_sales(&pair.source).await;
+        let job = sales_job(&pair, "[partition]\ncolumn = \"id\"\ncount = 2", target);
+        assert_exit(&run(&job, &[]), 0);
+        pair.source.exec("DELETE FROM sales WHERE id = 4950").await;
+        let out = run(&job, &[]);
+        assert_exit(&out, 0);
+        assert_eq!(
+            pair.target
+                .scalar_i64("SELECT count(*) FROM sales WHERE id = 4950")
+                .await,
+            kept,
+            "{label}: {}",
+            text(&out)
+        );
+        assert_eq!(pair.target.count("sales").await, 4_999 + kept);
+    }
+}
