@@ -109,6 +109,10 @@ pub struct CopySpec {
     /// Upsert mode: the key rows are matched by (`insert` then already ends in
     /// its `ON CONFLICT` clause), and with `method = "copy"` the staging table.
     pub upsert: Option<UpsertSpec>,
+    /// Append mode's re-read partition of an incremental run (its index) first
+    /// deletes the target's rows in its range by this statement, in its own
+    /// transaction: the rows it writes replace those an earlier run wrote.
+    pub reread_delete: Option<(usize, String)>,
 }
 
 /// How partitions are claimed.
@@ -618,6 +622,16 @@ async fn copy_partition_on(
                 )
                 .await
                 .context("deleting the partition's range from the target")?;
+        }
+        if let Some((_, delete)) = spec
+            .reread_delete
+            .as_ref()
+            .filter(|(index, _)| *index == partition.index)
+        {
+            watch
+                .on(Side::Target, pg::execute(target, delete))
+                .await
+                .context("deleting the target's rows in the re-read range")?;
         }
         let counts = match (spec.method, &spec.upsert) {
             (Method::Copy, None) => pass_through(spec, partition, watch, source, target).await?,

@@ -108,6 +108,8 @@ pub struct RawJob {
 #[serde(deny_unknown_fields)]
 struct RawIncremental {
     column: String,
+    /// An integer, or a duration as a string: checked in [`validate_lookback`].
+    lookback: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +348,55 @@ pub struct Target {
 pub struct Incremental {
     /// Column name exactly as in the catalogue; an integer, date or timestamp.
     pub column: String,
+    /// `incremental.lookback`: how far below the mark each run reads again
+    /// (`None`: only the rows at the mark). Its kind is checked against the
+    /// column's type once the source is read (`plan::lookback`).
+    pub lookback: Option<Lookback>,
+}
+
+/// `incremental.lookback` as written: a number of values of an integer column,
+/// or a duration for a date or timestamp column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookback {
+    /// A non-negative whole number (integer columns).
+    Count(i64),
+    /// A duration (date and timestamp columns).
+    Duration(std::time::Duration),
+}
+
+/// What `incremental.lookback` accepts, for messages.
+pub const LOOKBACK_EXPECTED: &str = "expected a whole number of at least 0 for an integer column, or a duration for a date or timestamp column: a whole number and a unit, \"2 days\", \"36h\", \"90m\", \"30s\"";
+
+/// `incremental.lookback`: an integer of at least 0, or a duration string.
+fn validate_lookback(value: &toml::Value) -> Result<Lookback, JobError> {
+    match value {
+        toml::Value::Integer(n) if *n >= 0 => Ok(Lookback::Count(*n)),
+        toml::Value::String(text) => parse_lookback_duration(text)
+            .map(Lookback::Duration)
+            .ok_or_else(|| {
+                JobError::new(format!(
+                    "incremental.lookback: {text:?} is not a duration ({LOOKBACK_EXPECTED})"
+                ))
+            }),
+        other => Err(JobError::new(format!(
+            "incremental.lookback: {other} is not a whole number of at least 0 or a duration ({LOOKBACK_EXPECTED})"
+        ))),
+    }
+}
+
+/// A look-back duration: what [`parse_duration`] accepts, and days (`"2d"`,
+/// `"1 day"`, `"2 days"`). `None` for anything else.
+pub fn parse_lookback_duration(text: &str) -> Option<std::time::Duration> {
+    let trimmed = text.trim();
+    let digits = trimmed.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = trimmed.split_at(digits);
+    match unit.trim_start() {
+        "d" | "day" | "days" => {
+            let days: u64 = number.parse().ok()?;
+            Some(std::time::Duration::from_secs(days.checked_mul(86_400)?))
+        }
+        _ => parse_duration(trimmed),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -519,7 +570,11 @@ impl Job {
                         "run.checkpoint: false, but [incremental] keeps its high-water mark in the checkpoint table (expected checkpoint = true)",
                     ));
                 }
-                Some(Incremental { column: inc.column })
+                let lookback = inc.lookback.as_ref().map(validate_lookback).transpose()?;
+                Some(Incremental {
+                    column: inc.column,
+                    lookback,
+                })
             }
         };
         Ok(Job {
@@ -1137,6 +1192,82 @@ url = "postgres://u@h/dst"
 
     fn err(text: &str) -> String {
         parse(text).expect_err("job should be rejected").to_string()
+    }
+
+    #[test]
+    fn lookback_is_a_count_or_a_duration() {
+        use std::time::Duration;
+        let lookback = |value: &str| {
+            parse(&format!(
+                "{MINIMAL}[incremental]\ncolumn = 'day'\nlookback = {value}\n"
+            ))
+            .map(|job| job.incremental.expect("an [incremental] job").lookback)
+        };
+        let good = [
+            ("0", Lookback::Count(0)),
+            ("100", Lookback::Count(100)),
+            ("9223372036854775807", Lookback::Count(i64::MAX)),
+            (
+                "'2 days'",
+                Lookback::Duration(Duration::from_secs(2 * 86_400)),
+            ),
+            ("'1 day'", Lookback::Duration(Duration::from_secs(86_400))),
+            ("'3d'", Lookback::Duration(Duration::from_secs(3 * 86_400))),
+            ("'36h'", Lookback::Duration(Duration::from_secs(36 * 3_600))),
+            ("'90m'", Lookback::Duration(Duration::from_secs(90 * 60))),
+            ("'30s'", Lookback::Duration(Duration::from_secs(30))),
+            ("'0s'", Lookback::Duration(Duration::ZERO)),
+        ];
+        for (value, expected) in good {
+            assert_eq!(lookback(value), Ok(Some(expected)), "{value}");
+        }
+        assert_eq!(
+            parse(&format!("{MINIMAL}[incremental]\ncolumn = 'day'\n"))
+                .unwrap()
+                .incremental
+                .unwrap()
+                .lookback,
+            None
+        );
+        let bad = [
+            (
+                "-1",
+                "incremental.lookback: -1 is not a whole number of at least 0 or a duration",
+            ),
+            (
+                "1.5",
+                "incremental.lookback: 1.5 is not a whole number of at least 0 or a duration",
+            ),
+            (
+                "true",
+                "incremental.lookback: true is not a whole number of at least 0 or a duration",
+            ),
+            (
+                "'-2 days'",
+                "incremental.lookback: \"-2 days\" is not a duration",
+            ),
+            (
+                "'2 weeks'",
+                "incremental.lookback: \"2 weeks\" is not a duration",
+            ),
+            ("'100'", "incremental.lookback: \"100\" is not a duration"),
+            (
+                "'99999999999999999999 days'",
+                "incremental.lookback: \"99999999999999999999 days\" is not a duration",
+            ),
+            (
+                "'213503982334602 days'",
+                "incremental.lookback: \"213503982334602 days\" is not a duration",
+            ),
+        ];
+        for (value, expected) in bad {
+            let message = lookback(value).expect_err(value).to_string();
+            assert_eq!(
+                message,
+                format!("{expected} ({LOOKBACK_EXPECTED})"),
+                "{value}"
+            );
+        }
     }
 
     #[test]

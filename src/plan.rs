@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::error::JobError;
 use crate::job::Strategy;
-use crate::job::{Job, OnConflict, Relation, Verify};
+use crate::job::{Job, Lookback, Mode, OnConflict, Relation, Verify};
 use crate::partition::{
     block_predicate, describe_blocks, predicate, ranges_between, stride_ranges, KeyRange, KeyType,
 };
@@ -93,6 +93,59 @@ impl Window {
         }
     }
 
+    /// The range this run reads again below its window, both ends inclusive and
+    /// in the column's encoding: from `lookback` below the mark up to the mark
+    /// (only the mark's value with a `lookback` of 0). Rows tied with the mark,
+    /// or committed late within the look-back, are read there. Never below the
+    /// type's smallest value, whatever the look-back. `None` for a first run, or
+    /// when no run left a mark.
+    pub fn reread(&self, lookback: i64, key: KeyType) -> Option<(i64, i64)> {
+        if self.first {
+            return None;
+        }
+        let mark = self.since?;
+        let from = mark.saturating_sub(lookback.max(0)).max(key.domain().0);
+        Some((from, mark))
+    }
+
+    /// The condition selecting the re-read range's rows of the already-quoted `column`.
+    pub fn reread_condition(&self, column: &str, key: KeyType, lookback: i64) -> Option<String> {
+        let (from, mark) = self.reread(lookback, key)?;
+        Some(if from == mark {
+            format!("{column} = {}", key.literal(mark))
+        } else {
+            format!(
+                "({column} >= {} AND {column} <= {})",
+                key.literal(from),
+                key.literal(mark)
+            )
+        })
+    }
+
+    /// The condition selecting every row a run reads: its re-read range and its
+    /// window (what the coverage check counts).
+    pub fn read_condition(&self, column: &str, key: KeyType, lookback: i64) -> String {
+        match (self.reread(lookback, key), self.until) {
+            (Some((from, _)), Some(until)) => format!(
+                "({column} >= {} AND {column} <= {})",
+                key.literal(from),
+                key.literal(until)
+            ),
+            _ => self.condition(column, key),
+        }
+    }
+
+    /// The re-read range for people: `2021-03-01` (the mark alone) or
+    /// `2021-02-27 to 2021-03-01`.
+    pub fn describe_reread(&self, lookback: i64, key: KeyType) -> Option<String> {
+        let (from, mark) = self.reread(lookback, key)?;
+        Some(if from == mark {
+            key.display(mark)
+        } else {
+            format!("{} to {}", key.display(from), key.display(mark))
+        })
+    }
+
     /// The window for people: `everything up to 2021-03-01 (first run)`,
     /// `above 2021-03-01 up to 2021-03-02`.
     pub fn describe(&self, key: KeyType) -> String {
@@ -118,7 +171,26 @@ pub fn within_window(job: &Job, window: &Window, key: KeyType) -> Job {
         .as_ref()
         .expect("only incremental jobs have a window")
         .column;
-    let condition = window.condition(&quote_ident(column), key);
+    with_condition(job, &window.condition(&quote_ident(column), key))
+}
+
+/// The job with every row an incremental run reads added to its `where`: the
+/// window and the re-read range below it (`lookback` in the column's encoding).
+pub fn within_read(job: &Job, window: &Window, key: KeyType, lookback: i64) -> Job {
+    let column = &job
+        .incremental
+        .as_ref()
+        .expect("only incremental jobs have a window")
+        .column;
+    with_condition(
+        job,
+        &window.read_condition(&quote_ident(column), key, lookback),
+    )
+}
+
+/// The job with `condition` added to its `where`.
+fn with_condition(job: &Job, condition: &str) -> Job {
+    let condition = condition.to_string();
     let mut job = job.clone();
     job.source.where_clause = Some(match &job.source.where_clause {
         Some(user) => format!("{} AND {condition}", enclose(user)),
@@ -176,6 +248,22 @@ pub struct Plan {
     /// narrower than the count, or an empty source).
     pub requested_partitions: u32,
     pub partitions: Vec<PlannedPartition>,
+    /// Whether the last partition is an incremental run's re-read range (see
+    /// [`Plan::add_reread`]), a range of the mark column whatever the strategy.
+    pub reread: Option<Reread>,
+}
+
+/// How an incremental run's re-read range is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reread {
+    /// Append mode: the target's rows in the range are deleted and written
+    /// again in one transaction, so the range ends equal to the source's and
+    /// verify compares it.
+    Replaced,
+    /// Upsert mode: upserted by key. The target keeps rows the source deleted
+    /// (and `on_conflict = "skip"` keeps old values), so verify leaves it out.
+    Upserted,
 }
 
 /// The `FROM` item for the source: the quoted table, or the query as a subquery.
@@ -278,6 +366,61 @@ pub fn resolve_incremental(job: &Job, source: &[Column]) -> Result<Option<Key>, 
             )
         })
         .transpose()
+}
+
+/// `incremental.lookback` in the mark column's encoding: a count of values of
+/// an integer column, days of a date, microseconds of a timestamp (0 without
+/// one). A duration for an integer column, a count for a date or timestamp, or
+/// a duration that is not whole days for a date is refused, naming the key.
+pub fn lookback(job: &Job, mark: &Key) -> Result<i64, JobError> {
+    let Some(lookback) = job.incremental.as_ref().and_then(|inc| inc.lookback) else {
+        return Ok(0);
+    };
+    let column = &mark.column;
+    let integer = matches!(mark.key_type, KeyType::Int2 | KeyType::Int4 | KeyType::Int8);
+    match (lookback, mark.key_type) {
+        (Lookback::Count(n), _) if integer => Ok(n),
+        (Lookback::Count(n), key_type) => Err(JobError::new(format!(
+            "incremental.lookback: {n} is a number, and column \"{column}\" is a {} (expected a duration such as \"2 days\", \"36h\" or \"90m\")",
+            key_type.sql_name()
+        ))),
+        (Lookback::Duration(d), key_type) if integer => Err(JobError::new(format!(
+            "incremental.lookback: {} is a duration, and column \"{column}\" is an integer ({}) (expected a whole number of at least 0: how many values below the mark are read again)",
+            show_duration(d),
+            key_type.sql_name()
+        ))),
+        (Lookback::Duration(d), KeyType::Date) => {
+            let seconds = d.as_secs();
+            if d.subsec_nanos() != 0 || !seconds.is_multiple_of(86_400) {
+                return Err(JobError::new(format!(
+                    "incremental.lookback: {} is not a whole number of days, and column \"{column}\" is a date (expected days, such as \"2 days\")",
+                    show_duration(d)
+                )));
+            }
+            Ok(i64::try_from(seconds / 86_400).unwrap_or(i64::MAX))
+        }
+        // Microseconds: beyond i64 it reaches below every timestamp anyway.
+        (Lookback::Duration(d), _) => Ok(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+    }
+}
+
+/// A look-back duration as the job file may write it: `2 days`, `36h`, `90m`.
+fn show_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    let (n, unit) = match ms {
+        0 => (0, "s"),
+        _ if ms.is_multiple_of(86_400_000) => (ms / 86_400_000, " days"),
+        _ if ms.is_multiple_of(3_600_000) => (ms / 3_600_000, "h"),
+        _ if ms.is_multiple_of(60_000) => (ms / 60_000, "m"),
+        _ if ms.is_multiple_of(1_000) => (ms / 1_000, "s"),
+        _ => (ms, "ms"),
+    };
+    let unit = if n == 1 && unit == " days" {
+        " day"
+    } else {
+        unit
+    };
+    format!("\"{n}{unit}\"")
 }
 
 /// Column `name` of the source as a key: `what` it cannot do otherwise goes in the message.
@@ -416,6 +559,58 @@ impl Plan {
         self.retarget(table);
     }
 
+    /// Adds an incremental run's re-read range (`Window::reread`, on the mark
+    /// column `mark`) as one more partition, the last: its source query reads the
+    /// range from the job's source (`job` without the window), and its target
+    /// side is the same range of the mark column, which append mode deletes in
+    /// the partition's transaction before writing the rows again. One partition
+    /// whatever the strategy: the range is a range of values, which block ranges
+    /// (ctid) cannot delete on the target, and a resumed or retried partition
+    /// replaces it as a whole. Nothing for a window without a re-read range.
+    pub fn add_reread(&mut self, job: &Job, mark: &Key, window: &Window, lookback: i64) {
+        let column = quote_ident(&mark.column);
+        let (Some(condition), Some(describe)) = (
+            window.reread_condition(&column, mark.key_type, lookback),
+            window.describe_reread(lookback, mark.key_type),
+        ) else {
+            return;
+        };
+        let select_list = self
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (from, user) = reading(job);
+        self.partitions.push(PlannedPartition {
+            index: self.partitions.len(),
+            range: KeyRange {
+                lower: None,
+                upper: None,
+            },
+            describe: format!("re-read {describe}"),
+            select: format!(
+                "SELECT {select_list} FROM {from}{}",
+                where_clause(user, Some(condition.clone()))
+            ),
+            target_select: format!(
+                "SELECT {select_list} FROM {}{}",
+                job.target.table,
+                where_clause(None, Some(condition.clone()))
+            ),
+            target_predicate: Some(condition),
+        });
+        self.reread = Some(match job.target.mode {
+            Mode::Upsert => Reread::Upserted,
+            _ => Reread::Replaced,
+        });
+    }
+
+    /// The re-read partition, if the plan has one.
+    pub fn reread_partition(&self) -> Option<&PlannedPartition> {
+        self.partitions.last().filter(|_| self.reread.is_some())
+    }
+
     /// Whether each partition's rows can be found on the target by its range
     /// (not with block ranges): what verify per partition and repair need.
     pub fn partitions_comparable(&self) -> bool {
@@ -425,12 +620,22 @@ impl Plan {
     /// What verify compares: the partitions, or with block ranges the whole of
     /// what the job reads against the whole target (within an incremental
     /// window, which every partition's target side carries).
+    /// An upserted re-read range is left out (see [`Reread::Upserted`]).
     pub fn compared(&self) -> Vec<PlannedPartition> {
+        let upserted = |p: &PlannedPartition| {
+            self.reread == Some(Reread::Upserted)
+                && self.reread_partition().is_some_and(|r| r.index == p.index)
+        };
         if self.partitions_comparable() {
-            return self.partitions.clone();
+            return self
+                .partitions
+                .iter()
+                .filter(|p| !upserted(p))
+                .cloned()
+                .collect();
         }
         let first = &self.partitions[0];
-        vec![PlannedPartition {
+        let whole = PlannedPartition {
             index: 0,
             range: KeyRange {
                 lower: None,
@@ -440,7 +645,11 @@ impl Plan {
             select: self.whole_select.clone(),
             target_predicate: first.target_predicate.clone(),
             target_select: first.target_select.clone(),
-        }]
+        };
+        // The re-read range is a range of values, compared as such.
+        std::iter::once(whole)
+            .chain(self.reread_partition().filter(|p| !upserted(p)).cloned())
+            .collect()
     }
 
     /// Largest over smallest of `estimates` (each at least 1 row), the skew a
@@ -536,6 +745,7 @@ pub fn build_cut(
         ),
         requested_partitions: requested,
         partitions,
+        reread: None,
     }
 }
 
@@ -1228,6 +1438,7 @@ pub fn reset_sequence_sql(table: &QualifiedName, column: &str, sequence: &Qualif
 
 #[cfg(test)]
 mod tests {
+    use super::lookback as lookback_of;
     use super::*;
 
     fn col(name: &str, ty: &str) -> Column {
@@ -1856,11 +2067,241 @@ mod tests {
     }
 
     #[test]
+    fn the_reread_range_reaches_lookback_below_the_mark_and_never_overflows() {
+        let w = |first, since, until| Window {
+            first,
+            since,
+            until,
+        };
+        let (i8, d, ts) = (KeyType::Int8, KeyType::Date, KeyType::Timestamp);
+        // A first run, or no mark: nothing to read again.
+        assert_eq!(w(true, None, Some(9)).reread(5, i8), None);
+        assert_eq!(w(false, None, Some(9)).reread(5, i8), None);
+        assert_eq!(w(false, None, None).reread(5, i8), None);
+        // The mark alone, and `lookback` below it.
+        assert_eq!(w(false, Some(7), Some(9)).reread(0, i8), Some((7, 7)));
+        assert_eq!(w(false, Some(7), Some(7)).reread(3, i8), Some((4, 7)));
+        // The extremes: the range stops at the type's smallest value.
+        assert_eq!(
+            w(false, Some(i64::MIN), Some(i64::MIN)).reread(i64::MAX, i8),
+            Some((i64::MIN, i64::MIN))
+        );
+        assert_eq!(
+            w(false, Some(i64::MIN + 3), Some(0)).reread(5, i8),
+            Some((i64::MIN, i64::MIN + 3))
+        );
+        assert_eq!(
+            w(false, Some(i64::MAX), Some(i64::MAX)).reread(i64::MAX, i8),
+            Some((0, i64::MAX))
+        );
+        assert_eq!(
+            w(false, Some(-32_760), Some(0)).reread(100, KeyType::Int2),
+            Some((-32_768, -32_760))
+        );
+        assert_eq!(
+            w(false, Some(10), Some(10)).reread(i64::MAX, KeyType::Int4),
+            Some((i64::from(i32::MIN), 10))
+        );
+        assert_eq!(
+            w(false, Some(0), Some(0)).reread(i64::MAX, d),
+            Some((d.domain().0, 0))
+        );
+        assert_eq!(
+            w(false, Some(i64::MAX), Some(i64::MAX)).reread(i64::MAX, ts),
+            Some((0, i64::MAX))
+        );
+        assert_eq!(
+            w(false, Some(0), Some(0)).reread(i64::MAX, ts),
+            Some((ts.domain().0, 0))
+        );
+        // A negative look-back (refused by the job) would not reach above the mark.
+        assert_eq!(w(false, Some(7), Some(9)).reread(-3, i8), Some((7, 7)));
+
+        let c = "\"day\"";
+        let day = 20_513; // 2026-03-01
+        assert_eq!(
+            w(false, Some(day), Some(day + 2)).reread_condition(c, d, 0),
+            Some("\"day\" = '2026-03-01'::date".to_string())
+        );
+        assert_eq!(
+            w(false, Some(day), Some(day + 2)).reread_condition(c, d, 2),
+            Some("(\"day\" >= '2026-02-27'::date AND \"day\" <= '2026-03-01'::date)".to_string())
+        );
+        assert_eq!(w(true, None, Some(day)).reread_condition(c, d, 2), None);
+        assert_eq!(
+            w(false, Some(day), Some(day + 2)).read_condition(c, d, 2),
+            "(\"day\" >= '2026-02-27'::date AND \"day\" <= '2026-03-03'::date)"
+        );
+        // Without a re-read range, a run reads its window.
+        assert_eq!(
+            w(true, None, Some(day)).read_condition(c, d, 2),
+            w(true, None, Some(day)).condition(c, d)
+        );
+        assert_eq!(
+            w(false, Some(day), Some(day))
+                .describe_reread(0, d)
+                .as_deref(),
+            Some("2026-03-01")
+        );
+        assert_eq!(
+            w(false, Some(day), Some(day))
+                .describe_reread(2, d)
+                .as_deref(),
+            Some("2026-02-27 to 2026-03-01")
+        );
+    }
+
+    #[test]
+    fn lookback_fits_the_mark_column_or_is_refused_by_name() {
+        let with = |lookback: &str| {
+            job(&format!(
+                "[incremental]\ncolumn = 'c'\nlookback = {lookback}"
+            ))
+        };
+        let key = |key_type| Key {
+            column: "c".to_string(),
+            key_type,
+        };
+        let ok = [
+            ("0", KeyType::Int4, 0),
+            ("100", KeyType::Int8, 100),
+            ("9223372036854775807", KeyType::Int2, i64::MAX),
+            ("'2 days'", KeyType::Date, 2),
+            ("'0s'", KeyType::Date, 0),
+            ("'2 days'", KeyType::Timestamp, 2 * 86_400_000_000),
+            ("'36h'", KeyType::Timestamptz, 36 * 3_600_000_000),
+            ("'90m'", KeyType::Timestamp, 90 * 60_000_000),
+            ("'500ms'", KeyType::Timestamp, 500_000),
+            // More microseconds than an i64 holds: below every timestamp.
+            ("'200000000d'", KeyType::Timestamp, i64::MAX),
+        ];
+        for (lookback, key_type, expected) in ok {
+            assert_eq!(
+                lookback_of(&with(lookback), &key(key_type)),
+                Ok(expected),
+                "{lookback}"
+            );
+        }
+        assert_eq!(
+            lookback_of(&job("[incremental]\ncolumn = 'c'"), &key(KeyType::Date)),
+            Ok(0)
+        );
+        let refused = [
+            ("'2 days'", KeyType::Int8, "incremental.lookback: \"2 days\" is a duration, and column \"c\" is an integer (int8) (expected a whole number of at least 0: how many values below the mark are read again)"),
+            ("'90m'", KeyType::Int4, "incremental.lookback: \"90m\" is a duration, and column \"c\" is an integer (int4) (expected a whole number of at least 0: how many values below the mark are read again)"),
+            ("3", KeyType::Date, "incremental.lookback: 3 is a number, and column \"c\" is a date (expected a duration such as \"2 days\", \"36h\" or \"90m\")"),
+            ("3", KeyType::Timestamptz, "incremental.lookback: 3 is a number, and column \"c\" is a timestamptz (expected a duration such as \"2 days\", \"36h\" or \"90m\")"),
+            ("'36h'", KeyType::Date, "incremental.lookback: \"36h\" is not a whole number of days, and column \"c\" is a date (expected days, such as \"2 days\")"),
+            ("'1500ms'", KeyType::Date, "incremental.lookback: \"1500ms\" is not a whole number of days, and column \"c\" is a date (expected days, such as \"2 days\")"),
+        ];
+        for (lookback, key_type, expected) in refused {
+            assert_eq!(
+                lookback_of(&with(lookback), &key(key_type)).map_err(|e| e.to_string()),
+                Err(expected.to_string()),
+                "{lookback}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reread_range_is_one_more_partition_for_every_strategy() {
+        let day = 20_513; // 2026-03-01
+        let window = Window {
+            first: false,
+            since: Some(day),
+            until: Some(day + 3),
+        };
+        let mark = Key {
+            column: "date".to_string(),
+            key_type: KeyType::Date,
+        };
+        let job =
+            job_with_partition("column = 'id'\nlower_bound = 0\nupper_bound = 100\ncount = 2");
+        let mut job = job;
+        job.incremental = Some(crate::job::Incremental {
+            column: "date".to_string(),
+            lookback: Some(Lookback::Duration(std::time::Duration::from_secs(86_400))),
+        });
+        let columns = vec![col("id", "bigint"), col("date", "date")];
+        let id = Key {
+            column: "id".to_string(),
+            key_type: KeyType::Int8,
+        };
+        let bounds = Bounds {
+            lower: 0,
+            upper: 100,
+            origin: BoundsOrigin::Job,
+        };
+        let cuts = [
+            Cut::Stride,
+            Cut::Quantile {
+                boundaries: vec![50],
+                how: "test".to_string(),
+            },
+            Cut::Ctid { blocks: 10 },
+        ];
+        for cut in cuts {
+            let scoped = within_window(&job, &window, KeyType::Date);
+            let mut plan = build_cut(
+                &scoped,
+                &columns,
+                Some(id.clone()),
+                Some(bounds.clone()),
+                cut,
+            );
+            plan.restrict_target(
+                &window.condition("\"date\"", KeyType::Date),
+                &job.target.table,
+            );
+            assert_eq!(plan.partitions.len(), 2);
+            assert_eq!(plan.reread_partition().map(|p| p.index), None);
+            plan.add_reread(&job, &mark, &window, 1);
+            assert_eq!(plan.partitions.len(), 3);
+            let reread = plan.reread_partition().expect("a re-read partition");
+            assert_eq!(reread.index, 2);
+            assert_eq!(reread.describe, "re-read 2026-02-28 to 2026-03-01");
+            assert_eq!(
+                reread.select,
+                "SELECT \"id\", \"date\" FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown') AND (\"date\" >= '2026-02-28'::date AND \"date\" <= '2026-03-01'::date)"
+            );
+            assert_eq!(
+                reread.target_select,
+                "SELECT \"id\", \"date\" FROM \"public\".\"covid_cases\" WHERE (\"date\" >= '2026-02-28'::date AND \"date\" <= '2026-03-01'::date)"
+            );
+            assert_eq!(
+                delete_range_sql(&job.target.table, reread),
+                "DELETE FROM \"public\".\"covid_cases\" WHERE (\"date\" >= '2026-02-28'::date AND \"date\" <= '2026-03-01'::date)"
+            );
+            // The ordinary partitions still read above the mark only.
+            assert!(plan.partitions[..2].iter().all(|p| p
+                .select
+                .contains("(\"date\" > '2026-03-01'::date AND \"date\" <= '2026-03-04'::date)")));
+            // Verify compares the re-read range as a range, block ranges or not...
+            assert_eq!(plan.reread, Some(Reread::Replaced));
+            assert_eq!(plan.compared().last().map(|p| p.index), Some(2));
+            // ...except in upsert mode, where the target may keep rows the source deleted.
+            let mut upsert = job.clone();
+            upsert.target.mode = Mode::Upsert;
+            plan.partitions.pop();
+            plan.add_reread(&upsert, &mark, &window, 1);
+            assert_eq!(plan.reread, Some(Reread::Upserted));
+            assert_eq!(plan.partitions.len(), 3);
+            assert!(plan.compared().iter().all(|p| p.index != 2));
+        }
+        // A first run reads no range again.
+        let mut plan = build(&job, &columns, None, None);
+        plan.add_reread(&job, &mark, &Window::next(None, false, Some(day)), 1);
+        assert_eq!(plan.partitions.len(), 1);
+        assert_eq!(plan.reread, None);
+    }
+
+    #[test]
     fn a_window_scopes_the_source_and_the_target() {
         let job =
             job_with_partition("column = 'date'\nlower_bound = 0\nupper_bound = 2\ncount = 2");
         let mut job = job;
         job.incremental = Some(crate::job::Incremental {
+            lookback: None,
             column: "id".to_string(),
         });
         let w = Window {
@@ -2004,5 +2445,34 @@ mod tests {
             whole.partitions[0].target_select,
             "SELECT \"id\", \"date\" FROM \"s\".\"t\""
         );
+    }
+
+    proptest::proptest! {
+        /// The re-read range is `[max(lowest, mark - lookback), mark]`, computed
+        /// without overflow for any mark and look-back, and always holds the mark.
+        #[test]
+        fn the_reread_range_holds_the_mark_and_stops_at_the_lowest_value(
+            mark in proptest::prelude::any::<i64>(),
+            lookback in 0..=i64::MAX,
+            until in proptest::prelude::any::<i64>(),
+            kind in 0_usize..6,
+        ) {
+            let key = [
+                KeyType::Int2,
+                KeyType::Int4,
+                KeyType::Int8,
+                KeyType::Date,
+                KeyType::Timestamp,
+                KeyType::Timestamptz,
+            ][kind];
+            let (lowest, highest) = key.domain();
+            let mark = mark.clamp(lowest, highest);
+            let w = Window { first: false, since: Some(mark), until: Some(until.max(mark)) };
+            let (from, to) = w.reread(lookback, key).expect("a mark");
+            let expected = (i128::from(mark) - i128::from(lookback)).max(i128::from(lowest));
+            proptest::prop_assert_eq!(i128::from(from), expected);
+            proptest::prop_assert_eq!(to, mark);
+            proptest::prop_assert!(lowest <= from && from <= mark);
+        }
     }
 }

@@ -46,6 +46,8 @@ pub(super) struct SourceSide {
     pub(super) bounds: Option<Bounds>,
     /// The incremental column, if the job has one.
     pub(super) mark: Option<Key>,
+    /// `incremental.lookback` in the mark column's encoding (0 without one).
+    pub(super) lookback: i64,
     /// A table source's relkind (`r` table, `v` view, ...); `None` for a query.
     pub(super) kind: Option<char>,
 }
@@ -79,6 +81,19 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
     let columns = plan::resolve_columns(job, &all)?;
     let key = plan::resolve_key(job, &all)?;
     let mark = plan::resolve_incremental(job, &all)?;
+    let lookback = match &mark {
+        Some(mark) => plan::lookback(job, mark)?,
+        None => 0,
+    };
+    if let (Some(mark), Mode::Append) = (&mark, job.target.mode) {
+        if !columns.iter().any(|c| c.name == mark.column) {
+            return Err(JobError::new(format!(
+                "source.columns: the incremental column \"{}\" is not among the copied columns, and in append mode each run replaces the target's rows at the mark (and within incremental.lookback) by it (expected it in source.columns, or mode = \"upsert\")",
+                mark.column
+            ))
+            .into());
+        }
+    }
     if let (Some(mark), Mode::Append, Relation::Table(table)) =
         (&mark, job.target.mode, &job.source.relation)
     {
@@ -127,6 +142,7 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
         key,
         bounds,
         mark,
+        lookback,
         kind,
     })
 }
@@ -569,6 +585,30 @@ pub(super) fn window_condition(side: &SourceSide, window: Option<&Window>) -> Op
     Some(w.condition(&crate::sql::quote_ident(&mark.column), mark.key_type))
 }
 
+/// Adds an incremental run's re-read range to `plan` as its last partition (see
+/// `Plan::add_reread`); `job` is the job without the window.
+pub(super) fn add_reread(plan: &mut Plan, job: &Job, side: &SourceSide, window: Option<&Window>) {
+    if let (Some(w), Some(mark)) = (window, &side.mark) {
+        plan.add_reread(job, mark, w, side.lookback);
+    }
+}
+
+/// Every row a run of `plan` with `window` reads, in one query: the window and
+/// the re-read range if the plan has one (what the coverage check counts).
+pub(super) fn read_select(
+    job: &Job,
+    plan: &Plan,
+    side: &SourceSide,
+    window: Option<&Window>,
+) -> String {
+    let read = match (window, &side.mark, plan.reread) {
+        (Some(w), Some(mark), Some(_)) => plan::within_read(job, w, mark.key_type, side.lookback),
+        (Some(w), Some(mark), None) => plan::within_window(job, w, mark.key_type),
+        _ => job.clone(),
+    };
+    plan::whole_select(&read, &side.columns)
+}
+
 /// Verify compares partition by partition, so the target needs the partition
 /// column: it must be among the copied columns.
 pub(super) fn unverifiable(side: &SourceSide) -> Option<JobError> {
@@ -677,6 +717,12 @@ pub(super) fn copy_spec(
         claims: None,
         lock: lock.clone(),
         upsert,
+        reread_delete: match (plan.reread, plan.reread_partition()) {
+            (Some(plan::Reread::Replaced), Some(p)) => {
+                Some((p.index, plan::delete_range_sql(table, p)))
+            }
+            _ => None,
+        },
     }
 }
 

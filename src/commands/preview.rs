@@ -16,7 +16,7 @@ use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::prepare::{
-    fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
+    add_reread, fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
@@ -67,19 +67,32 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
         Some(mark) => Some(planned_window(&job, &mut conn, mark).await?),
         None => None,
     };
-    let plan =
+    let mut plan =
         plan_partitions(&mut conn, &scope(&job, &side, window.as_ref()), &side, None).await?;
+    add_reread(&mut plan, &job, &side, window.as_ref());
+    let reread = plan.reread_partition().map(|p| p.select.clone());
     let mark_line = window.zip(side.mark.as_ref()).map(|(w, mark)| {
         let shown = |v: Option<i64>| v.map(|v| mark.key_type.display(v));
         (
             format!(
-                "incremental on {}: the mark is {}; the next run copies {}\n",
+                "incremental on {}: the mark is {}; the next run copies {}{}\n",
                 mark.column,
                 match (w.first, w.since) {
                     (true, _) => "not set yet".to_string(),
                     (false, since) => shown(since).unwrap_or_else(|| "(none)".to_string()),
                 },
-                w.describe(mark.key_type)
+                w.describe(mark.key_type),
+                w.describe_reread(side.lookback, mark.key_type).map_or_else(
+                    String::new,
+                    |range| format!(
+                        ", and reads {range} again (partition {}, which {})",
+                        plan.partitions.len() - 1,
+                        match job.target.mode {
+                            crate::job::Mode::Append => "replaces the target's rows in that range",
+                            _ => "upserts them",
+                        }
+                    )
+                )
             ),
             json!({
                 "column": mark.column,
@@ -87,6 +100,11 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
                 "mark": shown(w.since),
                 "copies_up_to": shown(w.until),
                 "window": w.describe(mark.key_type),
+                "reread": w.reread(side.lookback, mark.key_type).map(|(from, to)| json!({
+                    "from": mark.key_type.display(from),
+                    "to": mark.key_type.display(to),
+                    "sql": reread,
+                })),
             }),
         )
     });

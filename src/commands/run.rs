@@ -26,8 +26,8 @@ use crate::report::{self, Summary};
 use crate::sql::QualifiedName;
 
 use super::prepare::{
-    copy_spec, effective_verify, plan_partitions, prepare, scope, window_condition, Prepared,
-    SourceSide, TargetFit,
+    add_reread, copy_spec, effective_verify, plan_partitions, prepare, read_select, scope,
+    window_condition, Prepared, SourceSide, TargetFit,
 };
 use super::verify::verify_partitions;
 use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, Ends, RunEnd};
@@ -465,7 +465,16 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     if job.target.mode == Mode::Replace {
         plan.retarget(&into);
     }
+    add_reread(&mut plan, &job, &side, window.as_ref());
     if let Some(run) = recorded {
+        // An unfinished run recorded by a stride that read nothing again: it is
+        // resumed as it was planned, and the next run reads the mark again.
+        if plan.reread.is_some()
+            && usize::try_from(run.partitions).ok() == Some(plan.partitions.len() - 1)
+        {
+            plan.partitions.pop();
+            plan.reread = None;
+        }
         if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
             return Err(JobError::new(format!(
                 "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
@@ -490,9 +499,12 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     if let (Some(w), Some(mark)) = (&window, &side.mark) {
         info!(
-            "incremental on {}: {}",
+            "incremental on {}: {}{}",
             mark.column,
-            w.describe(mark.key_type)
+            w.describe(mark.key_type),
+            w.describe_reread(side.lookback, mark.key_type)
+                .filter(|_| plan.reread.is_some())
+                .map_or_else(String::new, |range| format!(", and reads {range} again"))
         );
     }
 
@@ -531,7 +543,14 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                     table.to_string()
                 },
                 match (&window, &side.mark) {
-                    (Some(w), Some(mark)) => format!(" ({} of {})", w.describe(mark.key_type), mark.column),
+                    (Some(w), Some(mark)) => format!(
+                        " ({} of {}{})",
+                        w.describe(mark.key_type),
+                        mark.column,
+                        w.describe_reread(side.lookback, mark.key_type)
+                .filter(|_| plan.reread.is_some())
+                            .map_or_else(String::new, |range| format!("; {range} read again"))
+                    ),
                     _ => String::new(),
                 },
                 path.display(),
@@ -596,7 +615,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         _ => {
             pg::estimate_rows(
                 &mut coordinator,
-                &plan::whole_select(&scoped, &side.columns),
+                &read_select(&job, &plan, &side, window.as_ref()),
             )
             .await?
         }
@@ -634,7 +653,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // snapshot (not for a shard, nor a resume whose skipped partitions read an
     // earlier one). A single partition reading every row is the whole source's
     // query itself: counting it again would only scan the table twice.
-    let whole_select = plan::whole_select(&scoped, &side.columns);
+    let whole_select = read_select(&job, &plan, &side, window.as_ref());
     let split = plan.partitions.iter().any(|p| p.select != whole_select);
     let coverage = if step == Step::Whole && done.is_empty() && split {
         Coverage::Counting(tokio::spawn(async move {

@@ -16,8 +16,8 @@ use crate::plan::{self, PlannedPartition};
 use crate::report::{self, Verified};
 
 use super::prepare::{
-    copy_spec, effective_verify, plan_partitions, prepare, scope, unverifiable, window_condition,
-    Prepared,
+    add_reread, copy_spec, effective_verify, plan_partitions, prepare, scope, unverifiable,
+    window_condition, Prepared,
 };
 use super::run::lock_target;
 use super::{copy_partitions, in_entry, load_jobs};
@@ -101,6 +101,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     if let Some(condition) = window_condition(&side, window.as_ref()) {
         plan.restrict_target(&condition, &job.target.table);
     }
+    add_reread(&mut plan, &job, &side, window.as_ref());
     let compared = plan.compared();
     let results = verify_partitions(&mut coordinator, &target, &compared, by).await?;
     // `-q`: errors only, and a difference is one.
