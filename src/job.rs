@@ -170,6 +170,7 @@ struct RawTarget {
     on_conflict: Option<OnConflict>,
     reset_sequences: Option<bool>,
     defer_indexes: Option<bool>,
+    indexes: Option<Indexes>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +252,31 @@ pub enum Create {
     #[default]
     IfMissing,
     Never,
+}
+
+/// Which of the source table's indexes a table stride creates gets, built once
+/// the rows are in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Indexes {
+    /// The source's primary key only.
+    #[default]
+    PrimaryKey,
+    /// The primary key and every other index of the source table.
+    All,
+    /// No index (an upsert's key is still made: `ON CONFLICT` needs it).
+    None,
+}
+
+impl Indexes {
+    /// The value as the job file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Indexes::PrimaryKey => "primary-key",
+            Indexes::All => "all",
+            Indexes::None => "none",
+        }
+    }
 }
 
 /// How rows are written into the target.
@@ -338,6 +364,9 @@ pub struct Target {
     /// Drop the target's secondary indexes when the run empties it and build them
     /// again once every partition is in (truncate mode).
     pub defer_indexes: bool,
+    /// `target.indexes` as written; `None`: not set (the primary key only). Set
+    /// on a table that exists and is not created, it is ignored with a warning.
+    pub indexes: Option<Indexes>,
 }
 
 /// `[incremental]`: each run copies only the rows whose `column` is above the
@@ -915,6 +944,15 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
             raw.mode.as_str()
         )));
     }
+    if let (Some(indexes), Create::Never, false) =
+        (raw.indexes, raw.create, raw.mode == Mode::Overwrite)
+    {
+        return Err(JobError::new(format!(
+            "target.indexes: set to \"{}\", but with create = \"never\" and mode \"{}\" stride never creates the table (expected target.indexes only with create = \"if-missing\" or mode = \"overwrite\")",
+            indexes.as_str(),
+            raw.mode.as_str()
+        )));
+    }
     Ok(Target {
         url: parse_url("target.url", raw.url)?,
         table,
@@ -925,6 +963,7 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         upsert,
         reset_sequences: raw.reset_sequences.unwrap_or(true),
         defer_indexes,
+        indexes: raw.indexes,
     })
 }
 

@@ -8,6 +8,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use crate::checkpoint;
+use crate::create;
 use crate::cli::Format;
 use crate::error::exit;
 use crate::job::Job;
@@ -16,7 +17,7 @@ use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::prepare::{
-    fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
+    fit_target, plan_partitions, planned_creation, refuse_unfit, resolve_source, same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
@@ -95,12 +96,28 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
     let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
+    // How a run would create the target (none when it exists and is kept). The
+    // partitions' SQL needs only the source: a target out of reach is a warning.
+    let creation = match pg::connect(Side::Target, &job.target.url, job.retries).await {
+        Ok(target) => planned_creation(&target.pool(1), &job, &side).await?,
+        Err(e) => {
+            tracing::warn!(
+                "not showing whether the run creates {}: {e:#}",
+                job.target.table
+            );
+            None
+        }
+    };
     match format {
         Format::Text => print!(
-            "source encryption: {}\n{}{}",
+            "source encryption: {}\n{}{}{}",
             server.encryption,
             mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
-            report::render_plan(&plan, &estimates, &source_name(&job), at_once)
+            report::render_plan(&plan, &estimates, &source_name(&job), at_once),
+            creation
+                .as_ref()
+                .map(|c| create::render(&job.target.table, c))
+                .unwrap_or_default()
         ),
         Format::Json => {
             let key_type = plan.key.as_ref().map(|k| k.key_type);
@@ -124,6 +141,7 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
                 "spread": Plan::spread(&estimates),
                 "requested_partitions": plan.requested_partitions,
                 "partitions_at_once": at_once,
+                "creates_target": creation,
                 "estimated_rows": estimates.iter().sum::<i64>(),
                 "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
                     "index": p.index,
@@ -184,7 +202,7 @@ async fn check_job(job: Job) -> Result<()> {
     let fit = fit_target(
         &target.pool(1),
         &job,
-        &side.columns,
+        &side,
         same_database,
         &target.place,
     )
@@ -202,6 +220,9 @@ async fn check_job(job: Job) -> Result<()> {
             },
         )
     );
+    if let Some(creation) = &fit.creation {
+        print!("{}", create::render(&job.target.table, creation));
+    }
     // What a run would refuse before writing (a resume of this job's unfinished
     // run is not refused).
     let pool = target.pool(1);
