@@ -8,6 +8,7 @@ mod common;
 mod configs;
 mod connecting;
 mod copy;
+mod create;
 mod covid;
 mod examples;
 mod hints;
