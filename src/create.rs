@@ -216,7 +216,10 @@ pub fn render(table: &QualifiedName, creation: &Creation) -> String {
 /// The key an upsert into a table stride creates matches rows by, when
 /// `target.key` is not set: the source's primary key, if every column of it is
 /// copied.
-pub fn source_primary_key(source: Option<&SourceIndexes>, columns: &[Column]) -> Option<Vec<String>> {
+pub fn source_primary_key(
+    source: Option<&SourceIndexes>,
+    columns: &[Column],
+) -> Option<Vec<String>> {
     let pk = source?.indexes.iter().find(|i| i.primary)?;
     pk.key_columns
         .iter()
@@ -258,8 +261,20 @@ mod tests {
         SourceIndexes {
             table_name: "orders".into(),
             indexes: vec![
-                index("orders_pkey", true, true, &["Region", "id"], "USING btree (\"Region\", id)"),
-                index("orders_email_key", false, true, &["email"], "USING btree (email)"),
+                index(
+                    "orders_pkey",
+                    true,
+                    true,
+                    &["Region", "id"],
+                    "USING btree (\"Region\", id)",
+                ),
+                index(
+                    "orders_email_key",
+                    false,
+                    true,
+                    &["email"],
+                    "USING btree (email)",
+                ),
                 index(
                     "recent",
                     false,
@@ -272,13 +287,25 @@ mod tests {
     }
 
     fn columns() -> Vec<Column> {
-        vec![col("Region", "text"), col("id", "bigint"), col("email", "text")]
+        vec![
+            col("Region", "text"),
+            col("id", "bigint"),
+            col("email", "text"),
+        ]
     }
 
     #[test]
     fn the_primary_key_is_built_after_the_load_by_default() {
         let t = QualifiedName::parse("public.\"Orders Copy\"").unwrap();
-        let c = creation(&t, "Orders Copy", &columns(), Indexes::PrimaryKey, None, Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "Orders Copy",
+            &columns(),
+            Indexes::PrimaryKey,
+            None,
+            Some(&source()),
+            &[],
+        );
         assert_eq!(
             c.create,
             "CREATE TABLE \"public\".\"Orders Copy\" (\"Region\" text NOT NULL, \"id\" bigint NOT NULL, \"email\" text NOT NULL)"
@@ -295,7 +322,15 @@ mod tests {
     fn all_repoints_every_index_at_the_new_table_under_free_names() {
         let t = QualifiedName::parse("public.orders").unwrap();
         let taken = ["orders_pkey".to_string(), "recent".to_string()];
-        let c = creation(&t, "orders", &columns(), Indexes::All, None, Some(&source()), &taken);
+        let c = creation(
+            &t,
+            "orders",
+            &columns(),
+            Indexes::All,
+            None,
+            Some(&source()),
+            &taken,
+        );
         assert_eq!(
             c.builds,
             [
@@ -306,15 +341,35 @@ mod tests {
         );
         assert!(!is_primary_key_build(&c.builds[1]));
         // Another name: the source table's prefix becomes the target's.
-        let c = creation(&t, "copy", &columns(), Indexes::All, None, Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "copy",
+            &columns(),
+            Indexes::All,
+            None,
+            Some(&source()),
+            &[],
+        );
         assert!(c.builds[0].contains("\"copy_pkey\""), "{}", c.builds[0]);
-        assert!(c.builds[1].contains("\"copy_email_key\""), "{}", c.builds[1]);
+        assert!(
+            c.builds[1].contains("\"copy_email_key\""),
+            "{}",
+            c.builds[1]
+        );
     }
 
     #[test]
     fn plan_and_check_print_every_statement() {
         let t = QualifiedName::parse("public.orders").unwrap();
-        let c = creation(&t, "orders", &columns(), Indexes::All, None, Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "orders",
+            &columns(),
+            Indexes::All,
+            None,
+            Some(&source()),
+            &[],
+        );
         assert_eq!(
             render(&t, &c),
             "the run creates \"public\".\"orders\":\n  \
@@ -324,7 +379,15 @@ mod tests {
              CREATE UNIQUE INDEX IF NOT EXISTS \"orders_email_key\" ON \"public\".\"orders\" USING btree (email);\n  \
              CREATE INDEX IF NOT EXISTS \"recent\" ON \"public\".\"orders\" USING btree (lower(email)) INCLUDE (id) WHERE (id > 100);\n"
         );
-        let c = creation(&t, "orders", &columns(), Indexes::None, None, Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "orders",
+            &columns(),
+            Indexes::None,
+            None,
+            Some(&source()),
+            &[],
+        );
         assert_eq!(
             render(&t, &c),
             "the run creates \"public\".\"orders\":\n  \
@@ -336,11 +399,27 @@ mod tests {
     #[test]
     fn none_and_upsert_and_queries() {
         let t = QualifiedName::parse("t").unwrap();
-        let c = creation(&t, "t", &columns(), Indexes::None, None, Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "t",
+            &columns(),
+            Indexes::None,
+            None,
+            Some(&source()),
+            &[],
+        );
         assert!(c.builds.is_empty());
         assert_eq!(c.notes, ["no primary key: target.indexes is \"none\""]);
         let key = ["id".to_string()];
-        let c = creation(&t, "t", &columns(), Indexes::All, Some(&key), Some(&source()), &[]);
+        let c = creation(
+            &t,
+            "t",
+            &columns(),
+            Indexes::All,
+            Some(&key),
+            Some(&source()),
+            &[],
+        );
         assert_eq!(
             c.create,
             "CREATE TABLE \"t\" (\"Region\" text NOT NULL, \"id\" bigint NOT NULL, \"email\" text NOT NULL, PRIMARY KEY (\"id\"))"
@@ -379,7 +458,10 @@ mod tests {
     fn long_names_are_cut_to_63_bytes_and_stay_apart() {
         let long = "x".repeat(63);
         assert_eq!(free_name(&format!("{long}_pkey"), &[]), long);
-        assert_eq!(free_name(&long, &[long.clone()]), format!("{}1", "x".repeat(62)));
+        assert_eq!(
+            free_name(&long, std::slice::from_ref(&long)),
+            format!("{}1", "x".repeat(62))
+        );
         let taken: Vec<String> = vec![long.clone(), format!("{}1", "x".repeat(62))];
         assert_eq!(free_name(&long, &taken), format!("{}2", "x".repeat(62)));
         // A multi-byte character is never split.

@@ -1210,6 +1210,29 @@ url = "postgres://u@h/dst"
     }
 
     #[test]
+    fn indexes_values_and_the_modes_that_create_tables() {
+        let with = |target: &str| {
+            parse(&format!(
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n{target}\n"
+            ))
+            .map(|job| job.target.indexes)
+        };
+        assert_eq!(with("").unwrap(), None);
+        assert_eq!(
+            with("indexes='primary-key'").unwrap(),
+            Some(Indexes::PrimaryKey)
+        );
+        assert_eq!(with("indexes='all'").unwrap(), Some(Indexes::All));
+        assert_eq!(with("indexes='none'").unwrap(), Some(Indexes::None));
+        // Overwrite creates the table again on every run, whatever `create` says.
+        assert_eq!(
+            with("create='never'\nmode='overwrite'\nindexes='all'").unwrap(),
+            Some(Indexes::All)
+        );
+        assert!(with("create='never'\nindexes='all'").is_err());
+    }
+
+    #[test]
     fn minimal_job_takes_defaults() {
         let job = parse(MINIMAL).unwrap();
         assert_eq!(job.target.table.to_string(), "\"public\".\"covid_cases\"");
@@ -1269,6 +1292,7 @@ parallelism = 2
         );
         assert_eq!(job.target.mode, Mode::Truncate);
         assert_eq!(job.target.create, Create::Never);
+        assert_eq!(job.target.indexes, None);
         assert_eq!(job.target.method, Method::Insert);
         assert_eq!(job.target.batch_size, 500);
         assert_eq!(job.parallelism, Some(2));
@@ -1375,6 +1399,14 @@ parallelism = 2
             (
                 "[source]\nurl='postgres://h/d'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
                 "target.table: missing",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nindexes='unique'\n",
+                "target.indexes: unknown variant `unique`, expected one of `primary-key`, `all`, `none`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\ncreate='never'\nmode='truncate'\nindexes='none'\n",
+                "target.indexes: set to \"none\", but with create = \"never\" and mode \"truncate\" stride never creates the table (expected target.indexes only with create = \"if-missing\" or mode = \"overwrite\")",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",

@@ -1526,7 +1526,9 @@ pub async fn source_indexes(
     conn: &mut PgConnection,
     table: &QualifiedName,
 ) -> Result<crate::create::SourceIndexes> {
-    let rows: Vec<(String, bool, bool, Vec<String>, Vec<String>, Option<String>)> = sqlx::query_as(
+    // name, primary, unique, key columns, every column referred to, tail
+    type Row = (String, bool, bool, Vec<String>, Vec<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.relname::text, i.indisprimary, i.indisunique, \
            ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \

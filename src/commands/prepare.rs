@@ -606,14 +606,7 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size + 1);
     let side = resolve_source(&source, &job, &source_server.place).await?;
-    let fit = fit_target(
-        &target,
-        &job,
-        &side,
-        same_database,
-        &target_server.place,
-    )
-    .await?;
+    let fit = fit_target(&target, &job, &side, same_database, &target_server.place).await?;
     refuse_unfit(&job, &side, &fit, &target).await?;
     Ok(Prepared {
         job,

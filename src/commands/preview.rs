@@ -8,8 +8,8 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use crate::checkpoint;
-use crate::create;
 use crate::cli::Format;
+use crate::create;
 use crate::error::exit;
 use crate::job::Job;
 use crate::pg::{self, Side};
@@ -199,14 +199,7 @@ async fn check_job(job: Job) -> Result<()> {
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
     let side = resolve_source(&source.pool(1), &job, &source.place).await?;
-    let fit = fit_target(
-        &target.pool(1),
-        &job,
-        &side,
-        same_database,
-        &target.place,
-    )
-    .await?;
+    let fit = fit_target(&target.pool(1), &job, &side, same_database, &target.place).await?;
     print!(
         "{}",
         report::render_check(

@@ -721,7 +721,15 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     if step == Step::Whole && summary.succeeded() && problems.is_empty() && !stop.is_cancelled() {
         let closing = async {
-            restore_indexes(&job, &fingerprint, &target, &into, &lock, &unrecorded_builds).await?;
+            restore_indexes(
+                &job,
+                &fingerprint,
+                &target,
+                &into,
+                &lock,
+                &unrecorded_builds,
+            )
+            .await?;
             if let Some(conn) = coordinator.as_mut() {
                 if let Some(problem) =
                     verify_run(&job, &plan, &fit, conn, &target, &say, path).await?

@@ -94,7 +94,10 @@ async fn a_created_table_gets_the_source_primary_key_and_no_other_index() {
     let out = run_job(&job.path);
     assert_exit(&out, 0);
     assert_eq!(primary_key(&pair.target, "\"Orders\"").await, "Region,id");
-    assert_eq!(index_names(&pair.target, "\"Orders\"").await, "\"Orders_pkey\"");
+    assert_eq!(
+        index_names(&pair.target, "\"Orders\"").await,
+        "\"Orders_pkey\""
+    );
     assert_eq!(pair.assert_same("\"Orders\"", "\"Orders\"").await, 20_000);
     assert_exit(&stride(&["verify", path], &[]), 0);
 }
@@ -107,7 +110,10 @@ async fn all_gives_the_source_indexes_and_none_gives_none() {
     assert_exit(&run_job(&all.path), 0);
     let definitions = index_definitions(&pair.source, "\"Orders\"").await;
     assert_eq!(definitions.lines().count(), 4, "{definitions}");
-    assert_eq!(index_definitions(&pair.target, "\"Orders\"").await, definitions);
+    assert_eq!(
+        index_definitions(&pair.target, "\"Orders\"").await,
+        definitions
+    );
     assert_eq!(
         index_names(&pair.target, "\"Orders\"").await,
         index_names(&pair.source, "\"Orders\"").await
@@ -148,7 +154,10 @@ async fn overwrite_creates_key_and_indexes_again_on_each_run() {
             .await;
         assert_exit(&run_job(&job.path), 0);
         assert_eq!(primary_key(&pair.target, "orders_copy").await, "Region,id");
-        assert_eq!(index_definitions(&pair.target, "orders_copy").await, definitions);
+        assert_eq!(
+            index_definitions(&pair.target, "orders_copy").await,
+            definitions
+        );
         assert_eq!(index_names(&pair.target, "orders_copy").await, names);
         assert_eq!(
             pair.assert_same("\"Orders\"", "orders_copy").await,
@@ -193,11 +202,11 @@ async fn replace_creates_the_key_on_its_staging_table_before_the_swap() {
     for expected in [20_000, 20_001] {
         assert_exit(&run_job(&job.path), 0);
         assert_eq!(primary_key(&pair.target, "\"Orders\"").await, "Region,id");
-        assert_eq!(index_names(&pair.target, "\"Orders\"").await, "\"Orders_pkey\"");
         assert_eq!(
-            pair.assert_same("\"Orders\"", "\"Orders\"").await,
-            expected
+            index_names(&pair.target, "\"Orders\"").await,
+            "\"Orders_pkey\""
         );
+        assert_eq!(pair.assert_same("\"Orders\"", "\"Orders\"").await, expected);
         if expected == 20_000 {
             pair.source
                 .exec("INSERT INTO \"Orders\" VALUES ('west', 0, NULL, NULL, NULL)")
@@ -239,7 +248,11 @@ async fn a_kill_before_the_key_is_built_is_finished_by_the_resumed_run() {
     )
     .await;
     let mut reader = pair.target.conn().await;
-    exec(&mut reader, "BEGIN; LOCK TABLE \"Orders\" IN ACCESS SHARE MODE").await;
+    exec(
+        &mut reader,
+        "BEGIN; LOCK TABLE \"Orders\" IN ACCESS SHARE MODE",
+    )
+    .await;
     wait_until(&pair.target, &waiting_build(&pair.target), "the key build").await;
     running.signal("KILL");
     running.finish();
@@ -338,7 +351,9 @@ async fn indexes_is_checked_and_a_query_source_has_no_key() {
     );
     assert_eq!(
         pair.target
-            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname IN ('Orders', 'stride_checkpoints')")
+            .scalar_i64(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('Orders', 'stride_checkpoints')"
+            )
             .await,
         0
     );
