@@ -452,13 +452,6 @@ pub(super) async fn fit_target(
         Some(_) => pg::unique_keys(&mut conn, table).await?,
         None => pg::UniqueKeys::default(),
     };
-    if let Some(indexes) = job.target.indexes {
-        warn!(
-            "target.indexes = \"{}\" is not applied: {table} exists and mode \"{}\" keeps it (it applies to tables stride creates)",
-            indexes.as_str(),
-            job.target.mode.as_str()
-        );
-    }
     Ok(TargetFit {
         exists: true,
         fits,

@@ -213,8 +213,15 @@ async fn check_job(job: Job) -> Result<()> {
             },
         )
     );
-    if let Some(creation) = &fit.creation {
-        print!("{}", create::render(&job.target.table, creation));
+    match (&fit.creation, job.target.indexes) {
+        (Some(creation), _) => print!("{}", create::render(&job.target.table, creation)),
+        (None, Some(indexes)) => println!(
+            "note: target.indexes = \"{}\" is not applied: {} exists and mode \"{}\" keeps it (it applies to tables stride creates)",
+            indexes.as_str(),
+            job.target.table,
+            job.target.mode.as_str()
+        ),
+        (None, None) => {}
     }
     // What a run would refuse before writing (a resume of this job's unfinished
     // run is not refused).

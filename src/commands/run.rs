@@ -932,6 +932,13 @@ async fn start_run(
     // the run row that says which key and indexes to build after the load
     // exists exactly when the table does.
     let creation = fit.creation.as_ref();
+    if let (None, Some(indexes)) = (creation, job.target.indexes) {
+        warn!(
+            "target.indexes = \"{}\" is not applied: {table} exists and mode \"{}\" keeps it (it applies to tables stride creates)",
+            indexes.as_str(),
+            mode.as_str()
+        );
+    }
     if let (Some(creation), false) = (creation, matches!(mode, Mode::Replace | Mode::Overwrite)) {
         statements.push(creation.create.clone());
     }

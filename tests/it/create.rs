@@ -129,6 +129,17 @@ async fn all_gives_the_source_indexes_and_none_gives_none() {
     assert_exit(&run_job(&none.path), 0);
     assert_eq!(index_definitions(&pair.target, "bare").await, "");
     assert_eq!(pair.assert_same("\"Orders\"", "bare").await, 20_000);
+
+    // Without a checkpoint table the run builds the key from what it planned.
+    let unrecorded = job_file(&job_text(
+        &pair,
+        "table = '\"Orders\"'",
+        "[partition]\ncolumn = \"id\"\ncount = 4\n[run]\ncheckpoint = false",
+        "table = \"unrecorded\"",
+    ));
+    assert_exit(&run_job(&unrecorded.path), 0);
+    assert_eq!(primary_key(&pair.target, "unrecorded").await, "Region,id");
+    assert_eq!(pair.assert_same("\"Orders\"", "unrecorded").await, 20_000);
 }
 
 #[tokio::test]
@@ -361,7 +372,7 @@ async fn indexes_is_checked_and_a_query_source_has_no_key() {
         &pair,
         "query = 'SELECT * FROM \"Orders\"'",
         "",
-        "table = \"from_query\"\nindexes = \"all\"",
+        "table = \"from_query\"\nmode = \"truncate\"\nindexes = \"all\"",
     ));
     let check = stride(&["check", query.path.to_str().unwrap()], &[]);
     assert_exit(&check, 0);
@@ -379,7 +390,7 @@ async fn indexes_is_checked_and_a_query_source_has_no_key() {
     let out = run_job(&query.path);
     assert_exit(&out, 0);
     assert!(
-        text(&out).contains("target.indexes = \"all\" is not applied: \"from_query\" exists and mode \"append\" keeps it"),
+        text(&out).contains("target.indexes = \"all\" is not applied: \"from_query\" exists and mode \"truncate\" keeps it"),
         "{}",
         text(&out)
     );
