@@ -95,6 +95,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("mark_to", "bigint"),
     ("boundaries", "bigint[]"),
     ("deferred_indexes", "text[]"),
+    ("estimates", "bigint[]"),
 ];
 
 /// How many of the added columns the checkpoint table has: all of them, and it
@@ -145,6 +146,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     mark_to bigint,
     boundaries bigint[],
     deferred_indexes text[],
+    estimates bigint[],
     PRIMARY KEY (fingerprint, partition)
 );
 {}
@@ -194,9 +196,23 @@ pub struct RunRecord<'a> {
     /// `CREATE INDEX` statements of the secondary indexes dropped for the copy
     /// (`target.defer_indexes`), built again when the run closes.
     pub deferred_indexes: &'a [String],
+    /// `stride prepare`: each partition's estimated rows, in order, from which
+    /// `stride status` tells the rows left (empty: not recorded).
+    pub estimates: &'a [i64],
 }
 
 /// The run row.
+/// An `int8[]` literal, or `NULL`.
+fn int8_array(values: Option<&[i64]>) -> String {
+    values.map_or_else(
+        || "NULL".to_string(),
+        |v| {
+            let list: Vec<String> = v.iter().map(i64::to_string).collect();
+            format!("'{{{}}}'::int8[]", list.join(","))
+        },
+    )
+}
+
 pub fn record_run_sql(
     table: &QualifiedName,
     fingerprint: &str,
@@ -213,13 +229,7 @@ pub fn record_run_sql(
         Some(w) => (w.first.to_string(), number(w.since), number(w.until)),
         None => ("NULL".to_string(), "NULL".to_string(), "NULL".to_string()),
     };
-    let boundaries = record.boundaries.map_or_else(
-        || "NULL".to_string(),
-        |b| {
-            let list: Vec<String> = b.iter().map(i64::to_string).collect();
-            format!("'{{{}}}'::int8[]", list.join(","))
-        },
-    );
+    let boundaries = int8_array(record.boundaries);
     let deferred = if record.deferred_indexes.is_empty() {
         "NULL".to_string()
     } else {
@@ -230,9 +240,10 @@ pub fn record_run_sql(
             .collect();
         format!("ARRAY[{}]::text[]", list.join(", "))
     };
+    let estimates = int8_array(Some(record.estimates).filter(|e| !e.is_empty()));
     format!(
-        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes) \
-         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {}, {}, {first}, {from}, {to}, {boundaries}, {deferred})",
+        "INSERT INTO {table} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes, estimates) \
+         VALUES ({}, {RUN_ROW}, {}, 'run', {lower}, {upper}, {}, {}, {first}, {from}, {to}, {boundaries}, {deferred}, {estimates})",
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
         record.partitions,
@@ -256,6 +267,63 @@ pub fn record_partition_sql(
         quote_literal(fingerprint),
         quote_literal(&target_table.to_string()),
         quote_literal(range),
+    )
+}
+
+/// `--shard auto`: the claim on partition `index`, taken first thing in the
+/// partition's own target transaction and held until it ends, so a worker that
+/// dies (its transaction rolled back) frees the partition at once. It is a
+/// transaction advisory lock, not a row lock: a partition has no row in the
+/// checkpoint table until it is done (its row is written in the same
+/// transaction), so the lock stands in for `SELECT ... FOR UPDATE SKIP LOCKED`
+/// on a row that does not exist yet. `pg_try_` never waits: `false` means
+/// another worker holds the partition.
+pub fn claim_sql(fingerprint: &str, index: usize) -> String {
+    format!(
+        "SELECT pg_try_advisory_xact_lock({}, {index})",
+        claim_class(fingerprint)
+    )
+}
+
+/// Waits for the claim on partition `index` (a worker that stays to take over
+/// a dead worker's partition): returns once the holder's transaction ends.
+pub fn wait_claim_sql(fingerprint: &str, index: usize) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock({}, {index})",
+        claim_class(fingerprint)
+    )
+}
+
+/// The claims' first key: 31 bits of the run's fingerprint, so `pg_locks`
+/// shows a claim as `classid` (this) and `objid` (the partition).
+pub fn claim_class(fingerprint: &str) -> i32 {
+    let bits = u32::from_str_radix(fingerprint.get(..8).unwrap_or("0"), 16).unwrap_or(0);
+    (bits & 0x7fff_ffff) as i32
+}
+
+/// Whether partition `index` is recorded as done: asked after the claim, in a
+/// statement of its own, so its snapshot sees a worker that committed the
+/// partition just before the claim was free.
+pub fn recorded_sql(table: &QualifiedName, fingerprint: &str, index: usize) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE fingerprint = {} AND partition = {index})",
+        quote_literal(fingerprint)
+    )
+}
+
+/// `stride status`: the partitions other sessions hold claims on now, with who
+/// holds them (the worker's `application_name` names its host and process
+/// while it holds a claim) and since when.
+pub fn claims_held_sql(fingerprint: &str) -> String {
+    format!(
+        "SELECT l.objid::int8, coalesce(a.application_name, ''), \
+           coalesce(host(a.client_addr), 'local'), \
+           coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8 \
+         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+           AND l.classid = {} AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY 1",
+        claim_class(fingerprint)
     )
 }
 
@@ -292,6 +360,29 @@ mod tests {
             "[source]\nurl='postgres://u:pw@h:5433/src'\ntable='public.t'\n{extra}\n[target]\nurl='postgres://h/t'\n"
         );
         Job::parse(&text, |_| None).unwrap()
+    }
+
+    #[test]
+    fn claims() {
+        // 31 bits of the fingerprint's first 8 hex digits: pg_locks' classid.
+        assert_eq!(claim_class("964089658cab848a"), 0x1640_8965);
+        assert_eq!(claim_class("0000002a00000000"), 42);
+        assert_eq!(
+            claim_sql("964089658cab848a", 7),
+            "SELECT pg_try_advisory_xact_lock(373328229, 7)"
+        );
+        assert_eq!(
+            wait_claim_sql("964089658cab848a", 7),
+            "SELECT pg_advisory_xact_lock(373328229, 7)"
+        );
+        let table = QualifiedName::parse("stride_checkpoints").unwrap();
+        assert_eq!(
+            recorded_sql(&table, "964089658cab848a", 7),
+            "SELECT EXISTS (SELECT 1 FROM \"stride_checkpoints\" WHERE fingerprint = '964089658cab848a' AND partition = 7)"
+        );
+        assert!(claims_held_sql("964089658cab848a").contains(
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = 373328229 AND"
+        ));
     }
 
     #[test]
@@ -375,7 +466,7 @@ mod tests {
                     ..RunRecord::default()
                 }
             ),
-            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL, NULL, NULL)"
+            "INSERT INTO \"stride_checkpoints\" (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions, target_oid, mark_first, mark_from, mark_to, boundaries, deferred_indexes, estimates) VALUES ('abc', -1, '\"public\".\"t\"', 'run', -5, 10, 3, to_regclass('\"public\".\"t\"')::oid::int8, NULL, NULL, NULL, NULL, NULL, NULL)"
         );
         let w = Window {
             first: false,
@@ -392,11 +483,12 @@ mod tests {
                     window: Some(&w),
                     boundaries: Some(&[-3, 5]),
                     deferred_indexes: &["CREATE INDEX i ON t (a's)".to_string()],
+                    estimates: &[120, 0],
                     ..RunRecord::default()
                 }
             )
             .ends_with(
-                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL, '{-3,5}'::int8[], ARRAY['CREATE INDEX i ON t (a''s)']::text[])"
+                "'run', NULL, NULL, 1, to_regclass('\"public\".\"t\"')::oid::int8, false, 7, NULL, '{-3,5}'::int8[], ARRAY['CREATE INDEX i ON t (a''s)']::text[], '{120,0}'::int8[])"
             )
         );
         assert_eq!(

@@ -28,6 +28,8 @@ Typical use:
 Many machines (each step safe to run twice):
   stride prepare job.toml               once: create or empty the target, fix the plan
   stride run --shard 0/3 job.toml       on each machine: 0/3, 1/3 and 2/3
+  stride run --shard auto job.toml      or: any number of workers claim partitions
+  stride status job.toml                done, in flight (by whom), left, ETA
   stride finish job.toml                once all shards are done: verify, close the run
 
 Exit codes:
@@ -125,6 +127,10 @@ pub enum Command {
     /// strategy (from the table's size and the column's statistics) and a count,
     /// each explained in a comment. No password is written.
     Init(InitArgs),
+    /// Where a run stands: partitions done, in flight (with the worker holding
+    /// each, `stride HOST:PID`), left, rows so far and an ETA, from the target's
+    /// checkpoint table; reads only the target, writes nothing.
+    Status(PlanArgs),
     /// Compare each partition's rows on source and target (count or checksum),
     /// reading the source in one new snapshot; with --repair, copy the partitions
     /// that differ again.
@@ -193,11 +199,14 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "shard")]
     pub full_refresh: bool,
 
-    /// Copy only the partitions whose number modulo N is I (0 <= I < N), of a run
-    /// set up by `stride prepare`. Also read from STRIDE_SHARD_INDEX and
-    /// STRIDE_SHARD_COUNT, the index also from JOB_COMPLETION_INDEX (Kubernetes
-    /// Indexed Jobs).
-    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    /// Copy a share of a run set up by `stride prepare`. `auto`: claim partitions
+    /// one at a time, largest first, until none are left, beside any number of
+    /// other `--shard auto` workers on any machines (a worker that dies frees its
+    /// partition for the others). `I/N`: the partitions whose number modulo N is
+    /// I (0 <= I < N). Also read from STRIDE_SHARD=auto, or STRIDE_SHARD_INDEX
+    /// and STRIDE_SHARD_COUNT (the index also from JOB_COMPLETION_INDEX, as
+    /// Kubernetes Indexed Jobs set it).
+    #[arg(long, value_name = "auto|I/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
 }
 
@@ -244,16 +253,21 @@ pub struct PrepareArgs {
     pub full_refresh: bool,
 }
 
-/// One process's share of a run: partitions whose number modulo `count` is `index`.
+/// One process's share of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: u32,
-    pub count: u32,
+pub enum Shard {
+    /// Partitions whose number modulo `count` is `index`.
+    Of { index: u32, count: u32 },
+    /// Partitions claimed one at a time until none are left.
+    Auto,
 }
 
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
+        match self {
+            Shard::Of { index, count } => write!(f, "{index}/{count}"),
+            Shard::Auto => f.write_str("auto"),
+        }
     }
 }
 
@@ -272,20 +286,26 @@ impl Shard {
                 count - 1
             ));
         }
-        Ok(Shard {
+        Ok(Shard::Of {
             index: u32::try_from(index).expect("checked above"),
             count: u32::try_from(count).expect("checked above"),
         })
     }
 
-    /// `--shard`, else the environment: STRIDE_SHARD_COUNT with STRIDE_SHARD_INDEX
-    /// or, as Kubernetes Indexed Jobs set it, JOB_COMPLETION_INDEX.
+    /// `--shard`, else the environment: STRIDE_SHARD (`auto` or `I/N`), else
+    /// STRIDE_SHARD_COUNT with STRIDE_SHARD_INDEX or, as Kubernetes Indexed Jobs
+    /// set it, JOB_COMPLETION_INDEX.
     pub fn resolve(
         flag: Option<Shard>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Shard>, String> {
         if flag.is_some() {
             return Ok(flag);
+        }
+        if let Some(value) = env("STRIDE_SHARD") {
+            return parse_shard(value.trim())
+                .map(Some)
+                .map_err(|e| format!("STRIDE_SHARD: {e}"));
         }
         let number = |name: &str| -> Result<Option<i64>, String> {
             env(name)
@@ -320,14 +340,12 @@ impl Shard {
 }
 
 fn parse_shard(text: &str) -> Result<Shard, String> {
-    let (index, count) = text
-        .split_once('/')
-        .ok_or_else(|| format!("\"{text}\" is not I/N (e.g. 0/4: the first of four shards)"))?;
-    let number = |part: &str| {
-        part.trim()
-            .parse::<i64>()
-            .map_err(|_| format!("\"{text}\" is not I/N (e.g. 0/4: the first of four shards)"))
-    };
+    if text == "auto" {
+        return Ok(Shard::Auto);
+    }
+    let wrong = || format!("\"{text}\" is not auto or I/N (e.g. 0/4: the first of four shards)");
+    let (index, count) = text.split_once('/').ok_or_else(wrong)?;
+    let number = |part: &str| part.trim().parse::<i64>().map_err(|_| wrong());
     Shard::new(number(index)?, number(count)?)
 }
 
@@ -361,16 +379,22 @@ mod tests {
 
     #[test]
     fn shard_flag() {
-        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
-        assert_eq!(parse_shard("0/1"), Ok(Shard { index: 0, count: 1 }));
+        assert_eq!(parse_shard("1/4"), Ok(Shard::Of { index: 1, count: 4 }));
+        assert_eq!(parse_shard("0/1"), Ok(Shard::Of { index: 0, count: 1 }));
         assert!(parse_shard("4/4")
             .unwrap_err()
             .contains("index 4 is out of range"));
         assert!(parse_shard("0/0")
             .unwrap_err()
             .contains("count 0 is out of range"));
-        assert!(parse_shard("1").unwrap_err().contains("is not I/N"));
-        assert!(parse_shard("a/2").unwrap_err().contains("is not I/N"));
+        assert_eq!(parse_shard("auto"), Ok(Shard::Auto));
+        assert_eq!(
+            parse_shard("1").unwrap_err(),
+            "\"1\" is not auto or I/N (e.g. 0/4: the first of four shards)"
+        );
+        assert!(parse_shard("a/2")
+            .unwrap_err()
+            .contains("is not auto or I/N"));
     }
 
     #[test]
@@ -383,7 +407,7 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        let flag = Some(Shard { index: 0, count: 2 });
+        let flag = Some(Shard::Of { index: 0, count: 2 });
         assert_eq!(
             Shard::resolve(flag, env(&[("STRIDE_SHARD_COUNT", "9")])),
             Ok(flag)
@@ -392,16 +416,30 @@ mod tests {
         assert_eq!(
             Shard::resolve(
                 None,
+                env(&[("STRIDE_SHARD", "auto"), ("STRIDE_SHARD_COUNT", "3")])
+            ),
+            Ok(Some(Shard::Auto))
+        );
+        assert_eq!(
+            Shard::resolve(None, env(&[("STRIDE_SHARD", "1/2")])),
+            Ok(Some(Shard::Of { index: 1, count: 2 }))
+        );
+        assert!(Shard::resolve(None, env(&[("STRIDE_SHARD", "all")]))
+            .unwrap_err()
+            .starts_with("STRIDE_SHARD: \"all\" is not auto or I/N"));
+        assert_eq!(
+            Shard::resolve(
+                None,
                 env(&[("STRIDE_SHARD_INDEX", "2"), ("STRIDE_SHARD_COUNT", "3")])
             ),
-            Ok(Some(Shard { index: 2, count: 3 }))
+            Ok(Some(Shard::Of { index: 2, count: 3 }))
         );
         assert_eq!(
             Shard::resolve(
                 None,
                 env(&[("JOB_COMPLETION_INDEX", "1"), ("STRIDE_SHARD_COUNT", "3")])
             ),
-            Ok(Some(Shard { index: 1, count: 3 }))
+            Ok(Some(Shard::Of { index: 1, count: 3 }))
         );
         assert_eq!(
             Shard::resolve(None, env(&[("JOB_COMPLETION_INDEX", "1")])),

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn, Dispatch, Instrument};
 
 use crate::checkpoint;
 use crate::error::{
-    CommitRolledBack, CommitUnanswered, Interrupted, OutcomeUnknown, Stalled, Unsettled,
+    CommitRolledBack, CommitUnanswered, Interrupted, NotClaimed, OutcomeUnknown, Stalled, Unsettled,
 };
 use crate::job::Method;
 use crate::pg::{self, Side};
@@ -93,9 +93,21 @@ pub struct CopySpec {
     /// The run's lock on the target table: each partition commits only while
     /// the run still holds it.
     pub lock: pg::RunLock,
+    /// Runs with checkpoints claim each partition first in its own target
+    /// transaction (see `checkpoint::claim_sql`): a `--shard auto` worker skips
+    /// one that another worker holds or has copied, and `stride status` lists
+    /// the claims held as the partitions in flight.
+    pub claims: Option<Claims>,
     /// Upsert mode: the key rows are matched by (`insert` then already ends in
     /// its `ON CONFLICT` clause), and with `method = "copy"` the staging table.
     pub upsert: Option<UpsertSpec>,
+}
+
+/// How partitions are claimed.
+pub struct Claims {
+    /// Shards name the claiming transaction after the worker
+    /// (`application_name`, `stride HOST:PID`), for `stride status`.
+    pub worker: Option<String>,
 }
 
 /// How one partition is upserted.
@@ -145,6 +157,8 @@ pub enum Status {
     NotStarted,
     /// Committed by an earlier run of the same job (a resume skips it).
     Skipped,
+    /// `--shard auto`: another worker's, in flight or copied.
+    Elsewhere,
 }
 
 #[derive(Clone, Debug)]
@@ -255,6 +269,10 @@ pub async fn run_partitions(
                 report.rows = counts.rows;
                 report.bytes = counts.bytes;
             }
+            Err(e) if e.is::<NotClaimed>() => {
+                debug!(partition = index, "{e:#}");
+                report.status = Status::Elsewhere;
+            }
             // After Ctrl-C or SIGTERM a transient failure is not retried, and
             // its target transaction did not commit: rolled back, as if interrupted.
             Err(e)
@@ -284,7 +302,9 @@ pub async fn run_partitions(
             }
         }
     }
-    let stopped_short = reports.iter().any(|r| r.status != Status::Written);
+    let stopped_short = reports
+        .iter()
+        .any(|r| !matches!(r.status, Status::Written | Status::Elsewhere));
     let interrupted = (spec.cancel.is_cancelled() && stopped_short).then_some(Interrupted);
     (reports, interrupted)
 }
@@ -356,6 +376,18 @@ async fn copy_partition_with(
         copy_partition_on(spec, partition, watch, sessions, &mut source, &mut target).await;
     match &result {
         Ok(_) => {}
+        // Another worker's partition: nothing was written, the connections
+        // go back to the pool for the next one.
+        Err(e) if e.is::<NotClaimed>() => {
+            let ended = async {
+                pg::execute(&mut target, "ROLLBACK").await?;
+                pg::execute(&mut source, "COMMIT").await
+            };
+            if ended.await.is_err() {
+                close(source).await;
+                close(target).await;
+            }
+        }
         // No goodbye on a connection that stalled, or whose COMMIT got no answer:
         // it would wait too. Dropped detached from the pool, the socket closes at
         // once (the server may not notice: `end_sessions_left` or the settlement
@@ -567,6 +599,9 @@ async fn copy_partition_on(
             .on(Side::Target, pg::execute(target, "BEGIN"))
             .await
             .context("opening the target transaction")?;
+        if let (Some(claims), Some(cp)) = (&spec.claims, &spec.checkpoint) {
+            claim(target, watch, cp, partition.index, claims).await?;
+        }
         if let Some(table) = &spec.repair {
             watch
                 .on(
@@ -635,6 +670,44 @@ async fn copy_partition_on(
         Err(e) => return Err(anyhow::Error::new(e).context(CommitUnanswered)),
     }
     Ok(counts)
+}
+
+/// Claims the partition in the open target transaction, or
+/// fails with [`NotClaimed`] when another worker holds it or has copied it.
+async fn claim(
+    target: &mut PgConnection,
+    watch: &Watch,
+    cp: &Checkpoint,
+    index: usize,
+    claims: &Claims,
+) -> Result<()> {
+    let claim = checkpoint::claim_sql(&cp.fingerprint, index);
+    let claimed = watch
+        .on(Side::Target, pg::scalar_bool(target, &claim))
+        .await
+        .context("claiming the partition")?;
+    if !claimed {
+        return Err(NotClaimed { done: false }.into());
+    }
+    let recorded = checkpoint::recorded_sql(&cp.table, &cp.fingerprint, index);
+    let done = watch
+        .on(Side::Target, pg::scalar_bool(target, &recorded))
+        .await
+        .context("looking up the partition in the checkpoint table")?;
+    if done {
+        return Err(NotClaimed { done: true }.into());
+    }
+    if let Some(worker) = &claims.worker {
+        let name = format!(
+            "SET LOCAL application_name = {}",
+            crate::sql::quote_literal(worker)
+        );
+        watch
+            .on(Side::Target, pg::execute(target, &name))
+            .await
+            .context("naming the worker")?;
+    }
+    Ok(())
 }
 
 /// Streams `COPY (SELECT ...) TO STDOUT` into `COPY ... FROM STDIN` as bytes,

@@ -34,6 +34,25 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// `--shard auto`: the partition is another worker's, in flight (`done`
+/// false) or committed. Not a failure: the worker goes on to the next one.
+#[derive(Debug, Clone, Copy)]
+pub struct NotClaimed {
+    pub done: bool,
+}
+
+impl fmt::Display for NotClaimed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.done {
+            "copied by another worker"
+        } else {
+            "being copied by another worker"
+        })
+    }
+}
+
+impl std::error::Error for NotClaimed {}
+
 /// The connection broke after COMMIT was sent and before the server answered.
 #[derive(Debug, Clone, Copy)]
 pub struct CommitUnanswered;

@@ -923,6 +923,8 @@ pub struct RecordedRun {
     pub boundaries: Option<Vec<i64>>,
     /// Secondary indexes dropped for the copy, to build again (`CREATE INDEX ...`).
     pub deferred_indexes: Vec<String>,
+    /// `stride prepare`'s estimated rows of each partition (empty: not recorded).
+    pub estimates: Vec<i64>,
     /// Committed partitions: index, rows, bytes.
     pub done: Vec<(usize, u64, u64)>,
 }
@@ -958,7 +960,10 @@ pub async fn read_checkpoints(
                      THEN ARRAY(SELECT jsonb_array_elements_text(j->'boundaries')::int8) END, \
                 CASE WHEN jsonb_typeof(j->'deferred_indexes') = 'array' \
                      THEN ARRAY(SELECT jsonb_array_elements_text(j->'deferred_indexes')) \
-                     ELSE '{{}}'::text[] END \
+                     ELSE '{{}}'::text[] END, \
+                CASE WHEN jsonb_typeof(j->'estimates') = 'array' \
+                     THEN ARRAY(SELECT jsonb_array_elements_text(j->'estimates')::int8) \
+                     ELSE '{{}}'::int8[] END \
          FROM (SELECT to_jsonb(c) AS j FROM {table} AS c WHERE fingerprint = $1) AS rows \
          ORDER BY 1"
     )))
@@ -989,6 +994,7 @@ pub async fn read_checkpoints(
                     }),
                 boundaries: row.get(13),
                 deferred_indexes: row.get(14),
+                estimates: row.get(15),
                 done: Vec::new(),
             });
         } else {
@@ -1003,6 +1009,48 @@ pub async fn read_checkpoints(
         }
     }
     Ok(run.map(|r| RecordedRun { done, ..r }))
+}
+
+/// The claims other sessions hold on a run's partitions now (`stride status`).
+pub async fn claims(
+    conn: &mut PgConnection,
+    fingerprint: &str,
+) -> Result<Vec<crate::report::Claim>> {
+    let rows: Vec<(i64, String, String, f64)> = sqlx::query_as(AssertSqlSafe(
+        crate::checkpoint::claims_held_sql(fingerprint),
+    ))
+    .fetch_all(conn)
+    .await
+    .context("reading the claims held on the run's partitions")?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(partition, worker, client, seconds)| crate::report::Claim {
+                partition: usize::try_from(partition).unwrap_or(0),
+                worker,
+                client,
+                seconds,
+            },
+        )
+        .collect())
+}
+
+/// Seconds since the run row of `fingerprint` was recorded (its start, or its
+/// preparation).
+pub async fn run_age(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    fingerprint: &str,
+) -> Result<f64> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(extract(epoch FROM now() - max(recorded_at)), 0)::float8 FROM {table} \
+         WHERE fingerprint = $1 AND partition = {}",
+        crate::checkpoint::RUN_ROW
+    )))
+    .bind(fingerprint)
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("reading the run's start from {table}"))
 }
 
 /// Row count and checksum from a `plan::verify_sql` statement.

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use serde::Serialize;
 
 use crate::copy::{PartitionReport, Status};
 use crate::pg::Transfer;
@@ -62,6 +63,9 @@ pub struct Summary {
     /// `I/N` when this process copied one shard's partitions (`partitions` are its own).
     pub shard: Option<String>,
     pub partitions: Vec<PartitionReport>,
+    /// `--shard auto`: partitions other workers copied or are copying (not in
+    /// `partitions`).
+    pub elsewhere: usize,
     pub elapsed: Duration,
     /// Stopped by Ctrl-C or SIGTERM.
     pub interrupted: bool,
@@ -135,6 +139,12 @@ impl Summary {
                 " ({skipped} skipped: committed by an earlier run)"
             ));
         }
+        if self.elsewhere > 0 {
+            counts.push_str(&format!(
+                " ({} more copied or being copied by other workers)",
+                self.elsewhere
+            ));
+        }
         if retries > 0 {
             counts.push_str(&format!("   retries {retries}"));
         }
@@ -165,6 +175,7 @@ impl Summary {
                 Status::RolledBack => "rolled back",
                 Status::NotStarted => "not started",
                 Status::Skipped => "skipped (done earlier)",
+                Status::Elsewhere => "another worker's",
             }
             .to_string();
             if p.retries > 0 {
@@ -243,6 +254,194 @@ pub fn human_duration(d: Duration) -> String {
         format!("{secs:.2} s")
     } else {
         format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+/// A partition another session holds a claim on (`--shard auto` and shards).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Claim {
+    pub partition: usize,
+    /// The claiming session's `application_name`: `stride HOST:PID`.
+    pub worker: String,
+    /// Its client address, `local` for a Unix socket.
+    pub client: String,
+    pub seconds: f64,
+}
+
+/// `stride status`: where a run of one table stands, from its checkpoint
+/// table. `run` is `None` when no run of the job is recorded.
+#[derive(Clone, Debug)]
+pub struct RunStatus {
+    pub table: String,
+    pub fingerprint: String,
+    pub run: Option<RecordedStatus>,
+    /// The commands that take the run on, as the user would type them.
+    pub next: NextCommands,
+}
+
+/// Commands `stride status` suggests, each ready to run as printed.
+#[derive(Clone, Debug, Default)]
+pub struct NextCommands {
+    pub prepare: String,
+    pub run: String,
+    pub workers: String,
+    pub finish: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordedStatus {
+    pub partitions: usize,
+    pub finished: bool,
+    /// When the run started, or, once finished, when it finished.
+    /// When the run started, or, once finished, when it finished.
+    pub started_at: String,
+    /// Seconds since the run row was recorded: the run's start (or preparation).
+    pub age: f64,
+    /// Committed partitions: index, rows.
+    pub done: Vec<(usize, u64)>,
+    pub claims: Vec<Claim>,
+    /// Each partition's estimated rows, when `stride prepare` recorded them.
+    pub estimates: Vec<i64>,
+}
+
+impl RecordedStatus {
+    fn rows(&self) -> u64 {
+        self.done.iter().map(|d| d.1).sum()
+    }
+
+    fn left(&self) -> usize {
+        self.partitions
+            .saturating_sub(self.done.len())
+            .saturating_sub(self.claims.len())
+    }
+
+    /// The rows of the partitions not committed yet, by the recorded estimates.
+    fn rows_left(&self) -> Option<u64> {
+        if self.estimates.len() != self.partitions {
+            return None;
+        }
+        Some(
+            self.estimates
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.done.iter().any(|d| d.0 == *i))
+                .map(|(_, e)| u64::try_from(*e).unwrap_or(0))
+                .sum(),
+        )
+    }
+
+    /// Seconds to go at the pace since the run started: the rows left over the
+    /// rows committed per second so far. `None` before the first partition is
+    /// committed, without estimates, or once finished.
+    pub fn eta(&self) -> Option<f64> {
+        let rows = self.rows();
+        if self.finished || rows == 0 || self.age <= 0.0 || self.done.len() >= self.partitions {
+            return None;
+        }
+        Some(self.rows_left()? as f64 / (rows as f64 / self.age))
+    }
+}
+
+impl RunStatus {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let Some(run) = &self.run else {
+            let _ = writeln!(
+                out,
+                "{}: no run of this job is recorded in the checkpoint table (run {}): `{}` or `{}` starts one",
+                self.table, self.fingerprint, self.next.prepare, self.next.run
+            );
+            return out;
+        };
+        // A finished run's row records when it finished.
+        let state = if run.finished {
+            "finished"
+        } else {
+            "in progress, started"
+        };
+        let _ = writeln!(
+            out,
+            "{}: run {} {state} {}, {} partitions",
+            self.table, self.fingerprint, run.started_at, run.partitions
+        );
+        let estimate = match run.rows_left() {
+            Some(left) => format!(" of about {}", group(run.rows() + left)),
+            None => String::new(),
+        };
+        let eta = match run.eta() {
+            Some(secs) => format!("   ETA {}", human_duration(Duration::from_secs_f64(secs))),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "done {}   in flight {}   left {}   rows {}{estimate}{eta}",
+            run.done.len(),
+            run.claims.len(),
+            run.left(),
+            group(run.rows()),
+        );
+        if !run.claims.is_empty() {
+            let width = run
+                .claims
+                .iter()
+                .map(|c| c.worker.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            let _ = writeln!(
+                out,
+                "{:>9}  {:<width$}  {:<15}  {:>9}",
+                "partition", "worker", "client", "for"
+            );
+            for c in &run.claims {
+                let _ = writeln!(
+                    out,
+                    "{:>9}  {:<width$}  {:<15}  {:>9}",
+                    c.partition,
+                    c.worker,
+                    c.client,
+                    human_duration(Duration::from_secs_f64(c.seconds.max(0.0)))
+                );
+            }
+        }
+        if !run.finished && run.claims.is_empty() {
+            let next = if run.done.len() >= run.partitions {
+                format!(
+                    "every partition is copied: `{}` verifies and closes the run",
+                    self.next.finish
+                )
+            } else {
+                format!(
+                    "no partition is being copied: `{}` copies the rest",
+                    self.next.workers
+                )
+            };
+            let _ = writeln!(out, "{next}");
+        }
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let Some(run) = &self.run else {
+            return serde_json::json!({
+                "table": self.table,
+                "fingerprint": self.fingerprint,
+                "state": "none",
+            });
+        };
+        serde_json::json!({
+            "table": self.table,
+            "fingerprint": self.fingerprint,
+            "state": if run.finished { "finished" } else { "in_progress" },
+            "recorded_at": run.started_at,
+            "partitions": run.partitions,
+            "done": run.done.len(),
+            "in_flight": run.claims,
+            "left": run.left(),
+            "rows": run.rows(),
+            "estimated_rows_left": run.rows_left(),
+            "eta_seconds": run.eta(),
+        })
     }
 }
 
@@ -415,6 +614,69 @@ pub fn render_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(done: &[(usize, u64)], claims: usize, age: f64) -> RecordedStatus {
+        RecordedStatus {
+            partitions: 4,
+            finished: false,
+            started_at: "2026-12-03 10:00:00+00".to_string(),
+            age,
+            done: done.to_vec(),
+            claims: (0..claims)
+                .map(|i| Claim {
+                    partition: 3 - i,
+                    worker: "stride node-a:41".to_string(),
+                    client: "10.0.0.5".to_string(),
+                    seconds: 12.5,
+                })
+                .collect(),
+            estimates: vec![400, 300, 200, 100],
+        }
+    }
+
+    #[test]
+    fn status_counts_and_eta() {
+        // 700 rows in 7 s: 100 rows/s, and the estimates leave 300 rows.
+        let run = status(&[(0, 400), (1, 300)], 1, 7.0);
+        assert_eq!(run.left(), 1);
+        assert_eq!(run.rows_left(), Some(300));
+        assert_eq!(run.eta(), Some(3.0));
+        let shown = RunStatus {
+            table: "\"t\"".to_string(),
+            fingerprint: "964089658cab848a".to_string(),
+            run: Some(run),
+            next: NextCommands {
+                finish: "stride finish j.toml".to_string(),
+                workers: "stride run --shard auto j.toml".to_string(),
+                ..NextCommands::default()
+            },
+        };
+        assert_eq!(
+            shown.render(),
+            "\"t\": run 964089658cab848a in progress, started 2026-12-03 10:00:00+00, 4 partitions\n\
+             done 2   in flight 1   left 1   rows 700 of about 1,000   ETA 3.00 s\n\
+             partition  worker            client                 for\n\
+             \x20       3  stride node-a:41  10.0.0.5           12.50 s\n"
+        );
+        // Nothing committed yet: no pace, no ETA; nothing in flight: a hint.
+        let idle = RunStatus {
+            run: Some(status(&[], 0, 7.0)),
+            ..shown.clone()
+        };
+        assert_eq!(idle.run.as_ref().unwrap().eta(), None);
+        assert!(idle.render().ends_with(
+            "no partition is being copied: `stride run --shard auto j.toml` copies the rest\n"
+        ));
+        // Everything committed, not finished: finish is next.
+        let copied = RunStatus {
+            run: Some(status(&[(0, 400), (1, 300), (2, 200), (3, 100)], 0, 7.0)),
+            ..shown
+        };
+        assert_eq!(copied.run.as_ref().unwrap().eta(), None);
+        assert!(copied.render().ends_with(
+            "every partition is copied: `stride finish j.toml` verifies and closes the run\n"
+        ));
+    }
 
     #[test]
     fn numbers_for_people() {
@@ -622,6 +884,7 @@ pub fn summary_json(
             "failed": count(|s| matches!(s, Status::Failed(_))),
             "rolled_back": count(|s| *s == Status::RolledBack),
             "not_started": count(|s| *s == Status::NotStarted),
+            "other_workers": summary.map_or(0, |s| s.elsewhere),
         },
         "rows": summary.map_or(0, Summary::rows),
         "bytes": summary.map_or(0, Summary::bytes),
@@ -637,6 +900,7 @@ pub fn summary_json(
                 Status::Failed(_) => "failed",
                 Status::RolledBack => "rolled_back",
                 Status::NotStarted => "not_started",
+                Status::Elsewhere => "other_worker",
             },
             "rows": p.rows,
             "bytes": p.bytes,

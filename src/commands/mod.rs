@@ -5,6 +5,7 @@
 mod prepare;
 mod preview;
 mod run;
+mod status;
 mod verify;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use crate::report::{self, Summary};
 
 use preview::{check, plan_command};
 use run::{run_tables, RunOptions, Step};
+use status::status;
 use verify::verify;
 
 /// Runs the command; returns the exit code for outcomes that are not errors of
@@ -84,6 +86,7 @@ pub async fn execute(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan_command(&args.job, &cli.overrides, args.format).await,
         Command::Check(args) => check(&args.job, &cli.overrides).await,
         Command::Verify(args) => verify(&args, &cli.overrides, cli.quiet).await,
+        Command::Status(args) => status(&args.job, &cli.overrides, args.format).await,
         Command::Init(args) => init_command(&args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -214,23 +217,29 @@ fn resume_command() -> String {
 /// run as printed: this program, the `--set` overrides it was given (they are
 /// part of the job), the comparison that found them, and the job file.
 pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
-    let mut args = std::env::args();
-    let mut words: Vec<String> = args.next().into_iter().collect();
-    while let Some(arg) = args.next() {
-        if arg == "--set" {
-            words.push(arg);
-            words.extend(args.next());
-        } else if arg.starts_with("--set=") {
-            words.push(arg);
-        }
-    }
     let by = match by {
         crate::job::Verify::Count => "count",
         _ => "checksum",
     };
-    words.extend(["verify", "--repair", "--by", by].map(String::from));
-    words.push(job.display().to_string());
-    shell_words(words.into_iter())
+    command_line(&["verify", "--repair", "--by", by], job)
+}
+
+/// A command for the user to run next, as this one was invoked: the program
+/// and its `--set` options, then `words` and the job file, shell-quoted.
+pub(super) fn command_line(words: &[&str], job: &Path) -> String {
+    let mut args = std::env::args();
+    let mut line: Vec<String> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        if arg == "--set" {
+            line.push(arg);
+            line.extend(args.next());
+        } else if arg.starts_with("--set=") {
+            line.push(arg);
+        }
+    }
+    line.extend(words.iter().map(|w| (*w).to_string()));
+    line.push(job.display().to_string());
+    shell_words(line.into_iter())
 }
 
 /// Words joined into a command line a POSIX shell reads back as the same words.
@@ -266,7 +275,7 @@ async fn copy_partitions(
 
 /// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,
 /// the summary is printed); a second one exits at once.
-async fn cancel_on_signals(cancel: CancellationToken) {
+pub(super) async fn cancel_on_signals(cancel: CancellationToken) {
     shutdown_signal().await;
     warn!(
         "interrupted: rolling back the partitions in flight (press Ctrl-C again to exit at once)"

@@ -725,6 +725,7 @@ pub(super) fn copy_spec(
         stall_timeout: job.stall_timeout,
         checkpoint: None,
         repair: None,
+        claims: None,
         lock: lock.clone(),
         upsert,
     }

@@ -15,9 +15,9 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint;
 use crate::cli::Shard;
-use crate::copy::{Checkpoint, PartitionReport, Status};
+use crate::copy::{Checkpoint, Claims, CopySpec, PartitionReport, Status};
 use crate::create;
-use crate::error::{exit, JobError};
+use crate::error::{exit, Interrupted, JobError};
 use crate::job::{Job, Mode, Strategy, Verify};
 use crate::pg::{self, RunLock};
 use crate::plan::{self, Cut, Key, Plan, PlannedPartition, Window};
@@ -490,6 +490,13 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     // What to build after the load when no checkpoint table records it.
     let mut unrecorded_builds = Vec::new();
     if fresh {
+        // A prepared run records each partition's estimate for `stride status`.
+        let mut estimates = Vec::new();
+        if step == Step::Prepare {
+            for p in &plan.partitions {
+                estimates.push(pg::estimate_rows(&mut coordinator, &p.select).await?);
+            }
+        }
         let builds = start_run(
             &job,
             &target,
@@ -501,6 +508,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             earlier.as_ref().filter(|_| forget),
             &into,
             &lock,
+            &estimates,
         )
         .await?;
         if job.checkpoint_table.is_none() {
@@ -511,7 +519,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     match step {
         Step::Prepare => {
             say(&format!(
-                "prepared: {} partitions into {}{}; copy them with `stride run --shard I/N {}` on each machine, then `stride finish {}`\n",
+                "prepared: {} partitions into {}{}; copy them with `stride run --shard auto {}` on any number of machines (or `--shard I/N` on N), then `stride finish {}`\n",
                 plan.partitions.len(),
                 if job.target.mode == Mode::Replace {
                     format!("{into} (swapped in for {table} by `stride finish`)")
@@ -558,22 +566,28 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
 
     let mine = |p: &PlannedPartition| match step {
-        Step::Shard(s) => p.index % s.count as usize == s.index as usize,
+        Step::Shard(Shard::Of { index, count }) => p.index % count as usize == index as usize,
         _ => true,
     };
-    let (skipped, to_run): (Vec<_>, Vec<_>) = plan
+    let (skipped, mut to_run): (Vec<_>, Vec<_>) = plan
         .partitions
         .iter()
         .filter(|p| mine(p))
         .cloned()
         .partition(|p| done.iter().any(|d| d.0 == p.index));
     let estimate = match step {
-        Step::Shard(_) => {
-            let mut sum = 0;
+        Step::Shard(shard) => {
+            let mut estimates = Vec::with_capacity(to_run.len());
             for p in &to_run {
-                sum += pg::estimate_rows(&mut coordinator, &p.select).await?;
+                estimates.push(pg::estimate_rows(&mut coordinator, &p.select).await?);
             }
-            sum
+            if shard == Shard::Auto {
+                // Largest first, so the last partitions to finish are short ones.
+                let mut by_size: Vec<_> = estimates.iter().copied().zip(to_run).collect();
+                by_size.sort_by_key(|(rows, p)| (std::cmp::Reverse(*rows), p.index));
+                to_run = by_size.into_iter().map(|(_, p)| p).collect();
+            }
+            estimates.iter().sum()
         }
         _ => {
             pg::estimate_rows(
@@ -590,6 +604,11 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         fingerprint: fingerprint.clone(),
         target_table: into.clone(),
     });
+    if spec.checkpoint.is_some() {
+        spec.claims = Some(Claims {
+            worker: matches!(step, Step::Shard(_)).then(worker_name),
+        });
+    }
     let method = spec.describe_method();
     let spec = Arc::new(spec);
     info!(
@@ -621,7 +640,10 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     } else {
         Coverage::NotCounted(coordinator)
     };
-    let (ran, interrupted) = copy_partitions(&spec, to_run, parallelism).await;
+    let (mut ran, mut interrupted) = copy_partitions(&spec, to_run.clone(), parallelism).await;
+    if step == Step::Shard(Shard::Auto) && interrupted.is_none() {
+        interrupted = take_over(&spec, &mut ran, &to_run, parallelism).await?;
+    }
     // A run that failed or was interrupted abandons the count with its connection
     // (the server ends the transaction when the socket closes).
     let all_written = ran.iter().all(|r| r.status == Status::Written);
@@ -658,6 +680,15 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         Coverage::NotCounted(coordinator) => (Some(coordinator), None),
     };
 
+    // A worker of `--shard auto` reports its own partitions; the others' are a count.
+    let (skipped, ran, elsewhere) = if step == Step::Shard(Shard::Auto) {
+        let (theirs, mine): (Vec<_>, Vec<_>) =
+            ran.into_iter().partition(|r| r.status == Status::Elsewhere);
+        let elsewhere = skipped.len() + theirs.len();
+        (Vec::new(), mine, elsewhere)
+    } else {
+        (skipped, ran, 0)
+    };
     let mut partitions: Vec<PartitionReport> = skipped
         .iter()
         .map(|p| {
@@ -688,6 +719,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             _ => None,
         },
         partitions,
+        elsewhere,
         elapsed: started.elapsed(),
         interrupted: interrupted.is_some(),
         encryption: encryption.clone(),
@@ -921,6 +953,7 @@ async fn start_run(
     earlier: Option<&pg::RecordedRun>,
     into: &QualifiedName,
     lock: &RunLock,
+    estimates: &[i64],
 ) -> Result<Vec<String>> {
     let forget = earlier.is_some();
     let table = &job.target.table;
@@ -1018,6 +1051,7 @@ async fn start_run(
                     _ => None,
                 },
                 deferred_indexes: &deferred,
+                estimates,
             },
         ));
     }
@@ -1038,6 +1072,108 @@ async fn start_run(
         _ => {}
     }
     Ok(deferred)
+}
+
+/// `--shard auto`: a worker that copied partitions stays until every partition
+/// it found in another worker's hands is committed, waiting on each claim in
+/// turn (no polling), and copies any whose worker died (its claim freed, the
+/// partition not recorded). A worker that found nothing to copy leaves at once:
+/// the workers still copying cover each other.
+async fn take_over(
+    spec: &Arc<CopySpec>,
+    ran: &mut [PartitionReport],
+    partitions: &[PlannedPartition],
+    parallelism: usize,
+) -> Result<Option<Interrupted>> {
+    let cp = spec.checkpoint.as_ref().expect("shards have checkpoints");
+    loop {
+        let copied = ran.iter().any(|r| r.status == Status::Written);
+        let all_well = ran
+            .iter()
+            .all(|r| matches!(r.status, Status::Written | Status::Elsewhere));
+        let theirs: Vec<usize> = ran
+            .iter()
+            .filter(|r| r.status == Status::Elsewhere)
+            .map(|r| r.index)
+            .collect();
+        if !copied || !all_well || theirs.is_empty() {
+            return Ok(None);
+        }
+        let signals = tokio::spawn(super::cancel_on_signals(spec.cancel.clone()));
+        let mut free = Vec::new();
+        for index in theirs {
+            let waited = tokio::select! {
+                waited = wait_for_claim(&spec.target, cp, index) => waited,
+                () = spec.cancel.cancelled() => {
+                    signals.abort();
+                    return Ok(Some(Interrupted));
+                }
+            };
+            if !waited? {
+                info!(
+                    partition = index,
+                    "its worker left it uncommitted: taking it over"
+                );
+                free.push(index);
+            }
+        }
+        signals.abort();
+        if free.is_empty() {
+            return Ok(None);
+        }
+        let again: Vec<PlannedPartition> = partitions
+            .iter()
+            .filter(|p| free.contains(&p.index))
+            .cloned()
+            .collect();
+        let (reports, interrupted) = copy_partitions(spec, again, parallelism).await;
+        for report in reports {
+            if let Some(r) = ran.iter_mut().find(|r| r.index == report.index) {
+                *r = report;
+            }
+        }
+        if interrupted.is_some() {
+            return Ok(interrupted);
+        }
+    }
+}
+
+/// Waits until no one holds the claim on partition `index`; returns whether the
+/// partition is committed by then.
+async fn wait_for_claim(target: &PgPool, cp: &Checkpoint, index: usize) -> Result<bool> {
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection")?;
+    let waiting = async {
+        pg::execute(&mut conn, "BEGIN").await?;
+        pg::execute(
+            &mut conn,
+            &checkpoint::wait_claim_sql(&cp.fingerprint, index),
+        )
+        .await?;
+        let done = pg::scalar_bool(
+            &mut conn,
+            &checkpoint::recorded_sql(&cp.table, &cp.fingerprint, index),
+        )
+        .await?;
+        pg::execute(&mut conn, "ROLLBACK").await?;
+        Ok::<bool, sqlx::Error>(done)
+    };
+    waiting
+        .await
+        .with_context(|| format!("waiting for another worker's partition {index}"))
+}
+
+/// What names a `--shard auto` worker in `pg_stat_activity` while it holds a
+/// claim: `stride HOST:PID`.
+fn worker_name() -> String {
+    let host = rustix::system::uname();
+    format!(
+        "stride {}:{}",
+        host.nodename().to_string_lossy(),
+        std::process::id()
+    )
 }
 
 /// Builds what the run left for after the load, as its run row records it (or,
@@ -1246,10 +1382,11 @@ async fn finish_run(
         .collect();
     if !missing.is_empty() {
         return Err(anyhow::anyhow!(
-            "{} of {} partitions are not copied yet (partitions {}): run the shards that own them (partition P belongs to shard P mod N), then finish again",
+            "{} of {} partitions are not copied yet (partitions {}): run the shards that own them (partition P belongs to shard P mod N), or `{}`, then finish again",
             missing.len(),
             plan.partitions.len(),
-            missing.join(", ")
+            missing.join(", "),
+            super::command_line(&["run", "--shard", "auto"], path)
         ));
     }
     restore_indexes(job, fingerprint, target, into, lock, &[]).await?;
@@ -1407,13 +1544,14 @@ mod tests {
             window: None,
             boundaries: None,
             deferred_indexes: Vec::new(),
+            estimates: Vec::new(),
             done: (0..done).map(|i| (i, 10, 100)).collect(),
         }
     }
 
     #[test]
     fn how_each_step_starts() {
-        let shard = Step::Shard(Shard { index: 0, count: 2 });
+        let shard = Step::Shard(Shard::Of { index: 0, count: 2 });
         let new = Start::New { forget: false };
         let again = Start::New { forget: true };
         let none = None;

@@ -147,6 +147,11 @@ fn every_yaml_example_is_valid_and_its_commands_and_jobs_parse() {
     // PyYAML reads the manifests as a YAML tool would; without it there is nothing
     // to check them with, and the test says so rather than pretend.
     if !have_pyyaml() {
+        // CI installs it (.ci/run): there a missing PyYAML is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with PyYAML is not installed: YAML examples cannot be checked"
+        );
         eprintln!("python3 with PyYAML is not installed: YAML examples not checked");
         return;
     }
@@ -208,4 +213,142 @@ fn every_yaml_example_is_valid_and_its_commands_and_jobs_parse() {
     );
     assert!(jobs >= 2, "found only {jobs} job files in ConfigMaps");
     assert!(indexed >= 1, "found no Indexed Job");
+}
+
+/// What a `cargo install` line would install, if it is this package: `Err` names
+/// the mistake (a crate of another name, or a path that is not this checkout).
+fn installs_this_package(line: &str, package: &str) -> Result<(), String> {
+    // The command ends at a comment, or at the backtick closing inline code.
+    let command = &line[line
+        .find("cargo install")
+        .ok_or("not a cargo install line")?..];
+    let command = command.split(['#', '`']).next().unwrap_or_default();
+    let mut args = command.split_whitespace().skip(2);
+    let mut named = Vec::new();
+    while let Some(word) = args.next() {
+        match word {
+            "--path" => {
+                let path = args.next().ok_or("--path without a value")?;
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+                if dir.canonicalize().ok()
+                    != Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize().ok()
+                {
+                    return Err(format!("--path {path} is not this checkout"));
+                }
+                named.push(package.to_string());
+            }
+            "--git" | "--version" | "--root" | "--branch" | "--tag" | "--rev" => {
+                args.next();
+            }
+            flag if flag.starts_with('-') => {}
+            name => named.push(name.to_string()),
+        }
+    }
+    match named.as_slice() {
+        [one] if one == package => Ok(()),
+        [one] => Err(format!("installs the crate `{one}`, not `{package}`")),
+        _ => Err(format!(
+            "names {named:?}, expected the one package `{package}`"
+        )),
+    }
+}
+
+#[test]
+fn every_cargo_install_installs_the_package_whose_binary_is_stride() {
+    // The package's name and its binaries, as cargo sees them.
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = &meta["packages"][0];
+    let name = package["name"].as_str().unwrap();
+    let binaries: Vec<&str> = package["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        binaries,
+        ["stride"],
+        "installing {name} must give the `stride` binary"
+    );
+
+    // crates.io's `stride` is another project's library: the mistake this test is for.
+    assert_eq!(
+        installs_this_package("run: cargo install --locked stride", name),
+        Err(format!("installs the crate `stride`, not `{name}`"))
+    );
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = examples();
+    files.push(root.join("README.md"));
+    files.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    let mut seen = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines().filter(|l| l.contains("cargo install")) {
+            seen += 1;
+            if let Err(e) = installs_this_package(line, name) {
+                panic!("{}: `{}`: {e}", file.display(), line.trim());
+            }
+        }
+    }
+    assert!(seen >= 2, "found only {seen} cargo install lines");
+}
+
+/// Every Kubernetes manifest in examples/ against Kubernetes' own schemas, in
+/// strict mode (an unknown or misspelt field fails): the `kubernetes-validate`
+/// package from PyPI, which `.ci/run` installs.
+#[test]
+fn every_kubernetes_manifest_passes_kubernetes_schemas_strictly() {
+    let validator = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !validator {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is not installed (python3 -m pip install kubernetes-validate)"
+        );
+        eprintln!("kubernetes-validate is not installed: manifests not checked against schemas");
+        return;
+    }
+    let manifests: Vec<PathBuf> = examples()
+        .into_iter()
+        .filter(|f| is_yaml(f) && f.components().any(|c| c.as_os_str() == "k8s"))
+        .collect();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    for file in manifests {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

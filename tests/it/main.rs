@@ -32,3 +32,4 @@ mod tables;
 mod tls;
 mod types;
 mod unattended;
+mod workers;
