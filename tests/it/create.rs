@@ -395,3 +395,33 @@ async fn indexes_is_checked_and_a_query_source_has_no_key() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn prepare_creates_the_table_shards_fill_it_and_finish_builds_the_indexes() {
+    let pair = Pair::new("create_shards").await;
+    seed(&pair).await;
+    let job = job(&pair, "indexes = \"all\"");
+    let path = job.path.to_str().unwrap();
+    let plan = stride(&["plan", "--format", "json", path], &[]);
+    assert_exit(&plan, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        doc["creates_target"]["builds"][0],
+        "ALTER TABLE \"Orders\" ADD CONSTRAINT \"Orders_pkey\" PRIMARY KEY (\"Region\", \"id\")"
+    );
+    assert_eq!(doc["creates_target"]["builds"].as_array().unwrap().len(), 4);
+    assert_exit(&stride(&["prepare", path], &[]), 0);
+    for shard in ["0/2", "1/2"] {
+        assert_exit(&stride(&["run", "--shard", shard, path], &[]), 0);
+    }
+    // Every row is in; the key and indexes wait for finish.
+    assert_eq!(index_definitions(&pair.target, "\"Orders\"").await, "");
+    assert_eq!(pair.target.count("\"Orders\"").await, 20_000);
+    assert_exit(&stride(&["finish", path], &[]), 0);
+    assert_eq!(primary_key(&pair.target, "\"Orders\"").await, "Region,id");
+    assert_eq!(
+        index_definitions(&pair.target, "\"Orders\"").await,
+        index_definitions(&pair.source, "\"Orders\"").await
+    );
+    assert_eq!(pair.assert_same("\"Orders\"", "\"Orders\"").await, 20_000);
+}
