@@ -172,6 +172,7 @@ struct RawTarget {
     on_conflict: Option<OnConflict>,
     reset_sequences: Option<bool>,
     defer_indexes: Option<bool>,
+    indexes: Option<Indexes>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +254,31 @@ pub enum Create {
     #[default]
     IfMissing,
     Never,
+}
+
+/// Which of the source table's indexes a table stride creates gets, built once
+/// the rows are in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Indexes {
+    /// The source's primary key only.
+    #[default]
+    PrimaryKey,
+    /// The primary key and every other index of the source table.
+    All,
+    /// No index (an upsert's key is still made: `ON CONFLICT` needs it).
+    None,
+}
+
+impl Indexes {
+    /// The value as the job file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Indexes::PrimaryKey => "primary-key",
+            Indexes::All => "all",
+            Indexes::None => "none",
+        }
+    }
 }
 
 /// How rows are written into the target.
@@ -340,6 +366,9 @@ pub struct Target {
     /// Drop the target's secondary indexes when the run empties it and build them
     /// again once every partition is in (truncate mode).
     pub defer_indexes: bool,
+    /// `target.indexes` as written; `None`: not set (the primary key only). Set
+    /// on a table that exists and is not created, it is ignored with a warning.
+    pub indexes: Option<Indexes>,
 }
 
 /// `[incremental]`: each run copies only the rows whose `column` is above the
@@ -970,6 +999,15 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
             raw.mode.as_str()
         )));
     }
+    if let (Some(indexes), Create::Never, false) =
+        (raw.indexes, raw.create, raw.mode == Mode::Overwrite)
+    {
+        return Err(JobError::new(format!(
+            "target.indexes: set to \"{}\", but with create = \"never\" and mode \"{}\" stride never creates the table (expected target.indexes only with create = \"if-missing\" or mode = \"overwrite\")",
+            indexes.as_str(),
+            raw.mode.as_str()
+        )));
+    }
     Ok(Target {
         url: parse_url("target.url", raw.url)?,
         table,
@@ -980,6 +1018,7 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         upsert,
         reset_sequences: raw.reset_sequences.unwrap_or(true),
         defer_indexes,
+        indexes: raw.indexes,
     })
 }
 
@@ -1302,6 +1341,29 @@ url = "postgres://u@h/dst"
     }
 
     #[test]
+    fn indexes_values_and_the_modes_that_create_tables() {
+        let with = |target: &str| {
+            parse(&format!(
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n{target}\n"
+            ))
+            .map(|job| job.target.indexes)
+        };
+        assert_eq!(with("").unwrap(), None);
+        assert_eq!(
+            with("indexes='primary-key'").unwrap(),
+            Some(Indexes::PrimaryKey)
+        );
+        assert_eq!(with("indexes='all'").unwrap(), Some(Indexes::All));
+        assert_eq!(with("indexes='none'").unwrap(), Some(Indexes::None));
+        // Overwrite creates the table again on every run, whatever `create` says.
+        assert_eq!(
+            with("create='never'\nmode='overwrite'\nindexes='all'").unwrap(),
+            Some(Indexes::All)
+        );
+        assert!(with("create='never'\nindexes='all'").is_err());
+    }
+
+    #[test]
     fn minimal_job_takes_defaults() {
         let job = parse(MINIMAL).unwrap();
         assert_eq!(job.target.table.to_string(), "\"public\".\"covid_cases\"");
@@ -1361,6 +1423,7 @@ parallelism = 2
         );
         assert_eq!(job.target.mode, Mode::Truncate);
         assert_eq!(job.target.create, Create::Never);
+        assert_eq!(job.target.indexes, None);
         assert_eq!(job.target.method, Method::Insert);
         assert_eq!(job.target.batch_size, 500);
         assert_eq!(job.parallelism, Some(2));
@@ -1467,6 +1530,14 @@ parallelism = 2
             (
                 "[source]\nurl='postgres://h/d'\nquery='select 1'\n[target]\nurl='postgres://h/d'\n",
                 "target.table: missing",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nindexes='unique'\n",
+                "target.indexes: unknown variant `unique`, expected one of `primary-key`, `all`, `none`",
+            ),
+            (
+                "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\ncreate='never'\nmode='truncate'\nindexes='none'\n",
+                "target.indexes: set to \"none\", but with create = \"never\" and mode \"truncate\" stride never creates the table (expected target.indexes only with create = \"if-missing\" or mode = \"overwrite\")",
             ),
             (
                 "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nmode='merge'\n",

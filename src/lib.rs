@@ -11,7 +11,8 @@
 //! - [`sql`], [`partition`], [`plan`]: identifiers, typed literals, Spark-style
 //!   partition ranges and every statement a run sends (pure, unit- and
 //!   property-tested); [`replace`]: the staging table and swap of
-//!   `mode = "replace"` (pure).
+//!   `mode = "replace"` (pure); [`create`]: a table stride creates, with the
+//!   source's primary key and indexes built after the load (pure).
 //! - [`libpq`]: libpq's connection parameters, resolved as libpq does (pure);
 //!   [`tls`]: the trust store, system roots and what a failed handshake means;
 //!   [`keepalive`]: TCP keepalives on stride's end of sqlx's sockets.
@@ -31,6 +32,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod copy;
+pub mod create;
 pub mod error;
 pub mod init;
 pub mod job;

@@ -1566,6 +1566,100 @@ pub async fn deferred_indexes(
         .unwrap_or_default())
 }
 
+/// The indexes of a source table (none for a view), for a table stride creates
+/// from it: see [`crate::create::SourceIndex`]. The definition's tail is what
+/// `pg_get_indexdef` prints after `CREATE [UNIQUE] INDEX name ON [ONLY]
+/// schema.table ` (names quoted as it quotes them).
+pub async fn source_indexes(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<crate::create::SourceIndexes> {
+    // name, primary, unique, key columns, every column referred to, tail
+    type Row = (String, bool, bool, Vec<String>, Vec<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.relname::text, i.indisprimary, i.indisunique, \
+           ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE k.ord <= i.indnkeyatts ORDER BY k.ord), \
+           ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = i.indrelid AND a.attnum > 0 AND (a.attnum = ANY (i.indkey::int2[]) \
+                   OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                     AND d.objid = i.indexrelid AND d.refclassid = 'pg_class'::regclass \
+                     AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum)) \
+                 ORDER BY a.attnum), \
+           (SELECT CASE WHEN starts_with(def, head || table_name || ' ') \
+                          THEN substr(def, length(head || table_name) + 2) \
+                        WHEN starts_with(def, head || 'ONLY ' || table_name || ' ') \
+                          THEN substr(def, length(head || 'ONLY ' || table_name) + 2) END \
+              FROM (SELECT pg_get_indexdef(i.indexrelid) AS def, \
+                      'CREATE ' || CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' \
+                        || quote_ident(c.relname) || ' ON ' AS head, \
+                      quote_ident(n.nspname) || '.' || quote_ident(t.relname) AS table_name) AS d) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
+           JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND i.indislive \
+         ORDER BY c.relname",
+    )
+    .bind(table.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(|| format!("reading the indexes of {table}"))?;
+    let table_name: Option<String> =
+        sqlx::query_scalar("SELECT relname::text FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(table.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .with_context(|| format!("reading the name of {table}"))?;
+    Ok(crate::create::SourceIndexes {
+        table_name: table_name.unwrap_or_else(|| table.name.clone()),
+        indexes: rows
+            .into_iter()
+            .map(
+                |(name, primary, unique, key_columns, columns, tail)| crate::create::SourceIndex {
+                    name,
+                    primary,
+                    unique,
+                    key_columns,
+                    columns,
+                    tail,
+                },
+            )
+            .collect(),
+    })
+}
+
+/// The relation names of `schema` a new index name must not take, leaving out
+/// the indexes of `dropping` (tables the run drops before it creates its own:
+/// overwrite's target, replace's old staging table).
+pub async fn taken_names(
+    conn: &mut PgConnection,
+    schema: &str,
+    dropping: &[&QualifiedName],
+) -> Result<Vec<String>> {
+    let dropping: Vec<String> = dropping.iter().map(|t| t.to_string()).collect();
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND NOT EXISTS (SELECT 1 FROM pg_index i \
+           WHERE i.indexrelid = c.oid AND i.indrelid = ANY (ARRAY(SELECT to_regclass(d) FROM unnest($2::text[]) AS d)))",
+    )
+    .bind(schema)
+    .bind(dropping)
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading the relation names of schema {schema}"))
+}
+
+/// Whether `table` has a primary key.
+pub async fn has_primary_key(conn: &mut PgConnection, table: &QualifiedName) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary)",
+    )
+    .bind(table.to_string())
+    .fetch_one(conn)
+    .await
+    .with_context(|| format!("looking up the primary key of {table}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::key_halves;

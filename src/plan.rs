@@ -1333,7 +1333,7 @@ pub fn upsert_key(
         }
         (None, None) => {
             return Err(JobError::new(format!(
-                "target.key: not set, and {table} does not exist yet, so it has no primary key to default to (expected target.key = [\"column\", ...]; the table is then created with it as its primary key)"
+                "target.key: not set, and {table} does not exist yet, and the source has no primary key (a table's, every column of it copied) to default to (expected target.key = [\"column\", ...]; the table is then created with it as its primary key)"
             )))
         }
     };

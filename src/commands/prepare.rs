@@ -8,11 +8,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::copy::{CopySpec, UpsertSpec};
+use crate::create::{self, Creation, SourceIndexes};
 use crate::error::JobError;
 use crate::job::{Create, Job, Method, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
 use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, Window};
+use crate::replace;
 use crate::report::{self, ColumnFit};
 use crate::sql::QualifiedName;
 
@@ -50,6 +52,9 @@ pub(super) struct SourceSide {
     pub(super) lookback: i64,
     /// A table source's relkind (`r` table, `v` view, ...); `None` for a query.
     pub(super) kind: Option<char>,
+    /// A table source's primary key and indexes, for a target stride creates;
+    /// `None` for a query.
+    pub(super) indexes: Option<SourceIndexes>,
 }
 
 /// Reads the source's catalogue and checks the job against it: columns, key,
@@ -137,6 +142,10 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
             _ => anyhow::Error::new(e).context("checking the source query"),
         });
     }
+    let indexes = match &job.source.relation {
+        Relation::Table(table) => Some(pg::source_indexes(&mut conn, table).await?),
+        Relation::Query(_) => None,
+    };
     Ok(SourceSide {
         columns,
         key,
@@ -144,6 +153,7 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
         mark,
         lookback,
         kind,
+        indexes,
     })
 }
 
@@ -280,16 +290,79 @@ pub(super) struct TargetFit {
     /// Upsert mode: the key rows are matched by, checked against the target's
     /// unique indexes (a missing table is created with it as primary key).
     pub(super) upsert_key: Option<Vec<String>>,
+    /// The statements that create the table (`None`: it exists and is kept):
+    /// `CREATE TABLE`, then the key and indexes built once the rows are in.
+    pub(super) creation: Option<Creation>,
+}
+
+/// An upsert into a table stride creates matches rows by `target.key`, else by
+/// the source's primary key.
+fn created_upsert_key(job: &Job, side: &SourceSide) -> Result<Option<Vec<String>>, JobError> {
+    let source_pk = create::source_primary_key(side.indexes.as_ref(), &side.columns);
+    match (&job.target.upsert, source_pk) {
+        (Some(u), Some(pk)) if u.key.is_none() => Ok(Some(pk)),
+        _ => plan::upsert_key(job, &side.columns, None),
+    }
+}
+
+/// What `stride plan` shows of the target: how a run would create it, or
+/// `None` when it exists and is kept.
+pub(super) async fn planned_creation(
+    pool: &PgPool,
+    job: &Job,
+    side: &SourceSide,
+) -> Result<Option<Creation>> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a target connection (none could be opened or freed within 60 s)")?;
+    let exists = pg::table_oid(&mut conn, &job.target.table).await?.is_some();
+    if exists && job.target.mode != Mode::Overwrite {
+        return Ok(None);
+    }
+    let upsert_key = created_upsert_key(job, side)?;
+    Ok(Some(
+        plan_creation(&mut conn, job, side, upsert_key.as_deref()).await?,
+    ))
+}
+
+/// How the run creates the missing (or overwritten) target: into a replace's
+/// staging table or the target itself, with new index names free in its schema.
+async fn plan_creation(
+    conn: &mut PgConnection,
+    job: &Job,
+    side: &SourceSide,
+    upsert_key: Option<&[String]>,
+) -> Result<Creation> {
+    let table = &job.target.table;
+    let schema = pg::schema_of(conn, table).await?;
+    let stage = replace::stage_name(table, &schema);
+    let into = if job.target.mode == Mode::Replace {
+        &stage
+    } else {
+        table
+    };
+    let taken = pg::taken_names(conn, &schema, &[table, &stage]).await?;
+    Ok(create::creation(
+        into,
+        &table.name,
+        &side.columns,
+        job.target.indexes.unwrap_or_default(),
+        upsert_key,
+        side.indexes.as_ref(),
+        &taken,
+    ))
 }
 
 pub(super) async fn fit_target(
     pool: &PgPool,
     job: &Job,
-    columns: &[Column],
+    side: &SourceSide,
     same_database: bool,
     place: &str,
 ) -> Result<TargetFit> {
     let table = &job.target.table;
+    let columns = &side.columns;
     let mut conn = pool
         .acquire()
         .await
@@ -361,13 +434,16 @@ pub(super) async fn fit_target(
                 note: None,
             })
             .collect();
+        let upsert_key = created_upsert_key(job, side)?;
+        let creation = plan_creation(&mut conn, job, side, upsert_key.as_deref()).await?;
         return Ok(TargetFit {
             exists: false,
             fits,
             types: columns.iter().map(|c| c.base_type.clone()).collect(),
             reads: plan::reads(columns, None),
             problems,
-            upsert_key: plan::upsert_key(job, columns, None)?,
+            upsert_key,
+            creation: Some(creation),
         });
     };
     let mut fits = Vec::with_capacity(columns.len());
@@ -407,6 +483,7 @@ pub(super) async fn fit_target(
         reads: plan::reads(columns, Some(&relation.columns)),
         problems: plan::target_problems(columns, &relation.columns),
         upsert_key: plan::upsert_key(job, columns, Some(&keys))?,
+        creation: None,
     })
 }
 
@@ -547,14 +624,7 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size + 1);
     let side = resolve_source(&source, &job, &source_server.place).await?;
-    let fit = fit_target(
-        &target,
-        &job,
-        &side.columns,
-        same_database,
-        &target_server.place,
-    )
-    .await?;
+    let fit = fit_target(&target, &job, &side, same_database, &target_server.place).await?;
     refuse_unfit(&job, &side, &fit, &target).await?;
     Ok(Prepared {
         job,

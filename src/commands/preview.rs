@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 
 use crate::checkpoint;
 use crate::cli::Format;
+use crate::create;
 use crate::error::exit;
 use crate::job::Job;
 use crate::pg::{self, Side};
@@ -16,7 +17,8 @@ use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::prepare::{
-    add_reread, fit_target, plan_partitions, refuse_unfit, resolve_source, same_server, scope,
+    add_reread, fit_target, plan_partitions, planned_creation, refuse_unfit, resolve_source,
+    same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
@@ -113,12 +115,28 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
     let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
+    // How a run would create the target (none when it exists and is kept). The
+    // partitions' SQL needs only the source: a target out of reach is a warning.
+    let creation = match pg::connect(Side::Target, &job.target.url, job.retries).await {
+        Ok(target) => planned_creation(&target.pool(1), &job, &side).await?,
+        Err(e) => {
+            tracing::warn!(
+                "not showing whether the run creates {}: {e:#}",
+                job.target.table
+            );
+            None
+        }
+    };
     match format {
         Format::Text => print!(
-            "source encryption: {}\n{}{}",
+            "source encryption: {}\n{}{}{}",
             server.encryption,
             mark_line.as_ref().map_or("", |(text, _)| text.as_str()),
-            report::render_plan(&plan, &estimates, &source_name(&job), at_once)
+            report::render_plan(&plan, &estimates, &source_name(&job), at_once),
+            creation
+                .as_ref()
+                .map(|c| create::render(&job.target.table, c))
+                .unwrap_or_default()
         ),
         Format::Json => {
             let key_type = plan.key.as_ref().map(|k| k.key_type);
@@ -142,6 +160,7 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
                 "spread": Plan::spread(&estimates),
                 "requested_partitions": plan.requested_partitions,
                 "partitions_at_once": at_once,
+                "creates_target": creation,
                 "estimated_rows": estimates.iter().sum::<i64>(),
                 "partitions": plan.partitions.iter().zip(&estimates).map(|(p, e)| json!({
                     "index": p.index,
@@ -199,14 +218,7 @@ async fn check_job(job: Job) -> Result<()> {
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
     let side = resolve_source(&source.pool(1), &job, &source.place).await?;
-    let fit = fit_target(
-        &target.pool(1),
-        &job,
-        &side.columns,
-        same_database,
-        &target.place,
-    )
-    .await?;
+    let fit = fit_target(&target.pool(1), &job, &side, same_database, &target.place).await?;
     print!(
         "{}",
         report::render_check(
@@ -220,6 +232,16 @@ async fn check_job(job: Job) -> Result<()> {
             },
         )
     );
+    match (&fit.creation, job.target.indexes) {
+        (Some(creation), _) => print!("{}", create::render(&job.target.table, creation)),
+        (None, Some(indexes)) => println!(
+            "note: target.indexes = \"{}\" is not applied: {} exists and mode \"{}\" keeps it (it applies to tables stride creates)",
+            indexes.as_str(),
+            job.target.table,
+            job.target.mode.as_str()
+        ),
+        (None, None) => {}
+    }
     // What a run would refuse before writing (a resume of this job's unfinished
     // run is not refused).
     let pool = target.pool(1);

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use sqlx::pool::PoolConnection;
-use sqlx::AssertSqlSafe;
 use sqlx::{PgConnection, PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint;
 use crate::cli::Shard;
 use crate::copy::{Checkpoint, Claims, CopySpec, PartitionReport, Status};
+use crate::create;
 use crate::error::{exit, Interrupted, JobError};
 use crate::job::{Job, Mode, Strategy, Verify};
 use crate::pg::{self, RunLock};
@@ -508,6 +508,8 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         );
     }
 
+    // What to build after the load when no checkpoint table records it.
+    let mut unrecorded_builds = Vec::new();
     if fresh {
         // A prepared run records each partition's estimate for `stride status`.
         let mut estimates = Vec::new();
@@ -516,7 +518,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
                 estimates.push(pg::estimate_rows(&mut coordinator, &p.select).await?);
             }
         }
-        start_run(
+        let builds = start_run(
             &job,
             &target,
             &fit,
@@ -530,6 +532,9 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             &estimates,
         )
         .await?;
+        if job.checkpoint_table.is_none() {
+            unrecorded_builds = builds;
+        }
     }
     let done: Vec<(usize, u64, u64)> = recorded.map(|r| r.done.clone()).unwrap_or_default();
     match step {
@@ -776,7 +781,15 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     }
     if step == Step::Whole && summary.succeeded() && problems.is_empty() && !stop.is_cancelled() {
         let closing = async {
-            restore_indexes(&job, &fingerprint, &target, &lock).await?;
+            restore_indexes(
+                &job,
+                &fingerprint,
+                &target,
+                &into,
+                &lock,
+                &unrecorded_builds,
+            )
+            .await?;
             if let Some(conn) = coordinator.as_mut() {
                 if let Some(problem) =
                     verify_run(&job, &plan, &fit, conn, &target, &say, path).await?
@@ -969,24 +982,27 @@ async fn start_run(
     into: &QualifiedName,
     lock: &RunLock,
     estimates: &[i64],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let forget = earlier.is_some();
     let table = &job.target.table;
     let mode = job.target.mode;
-    if !fit.exists && !matches!(mode, Mode::Replace | Mode::Overwrite) {
-        sqlx::raw_sql(AssertSqlSafe(plan::create_table_sql(
-            table,
-            &side.columns,
-            fit.upsert_key.as_deref(),
-        )))
-        .execute(target)
-        .await
-        .with_context(|| format!("creating target table {table}"))?;
-        info!("created target table {table}");
-    }
     let fingerprint = checkpoint::fingerprint(job);
     let empties = mode == Mode::Truncate || (opts.full_refresh && mode == Mode::Append);
     let mut statements = Vec::new();
+    // A missing target is created in the transaction that records the run, so
+    // the run row that says which key and indexes to build after the load
+    // exists exactly when the table does.
+    let creation = fit.creation.as_ref();
+    if let (None, Some(indexes)) = (creation, job.target.indexes) {
+        warn!(
+            "target.indexes = \"{}\" is not applied: {table} exists and mode \"{}\" keeps it (it applies to tables stride creates)",
+            indexes.as_str(),
+            mode.as_str()
+        );
+    }
+    if let (Some(creation), false) = (creation, matches!(mode, Mode::Replace | Mode::Overwrite)) {
+        statements.push(creation.create.clone());
+    }
     if let (Some(cp), true) = (&job.checkpoint_table, forget) {
         statements.push(checkpoint::forget_run_sql(cp, &fingerprint));
     }
@@ -1010,11 +1026,17 @@ async fn start_run(
         }
         Mode::Replace => {
             statements.push(format!("DROP TABLE IF EXISTS {into}"));
-            statements.push(plan::create_table_sql(into, &side.columns, None));
+            statements.push(match creation {
+                Some(creation) => creation.create.clone(),
+                None => plan::create_table_sql(into, &side.columns, None),
+            });
         }
         Mode::Overwrite => {
             statements.push(format!("DROP TABLE IF EXISTS {table}"));
-            statements.push(plan::create_table_sql(table, &side.columns, None));
+            statements.push(match creation {
+                Some(creation) => creation.create.clone(),
+                None => plan::create_table_sql(table, &side.columns, None),
+            });
         }
         _ if empties => statements.push(format!("TRUNCATE TABLE {table}")),
         _ => {}
@@ -1037,6 +1059,12 @@ async fn start_run(
             }
         }
     }
+    // A created table's key and indexes, built as deferred indexes are, once the
+    // rows are in. What an earlier run left to build belonged to a table that is
+    // gone (or dropped here), not to this new one.
+    if let Some(creation) = creation {
+        deferred = creation.builds.clone();
+    }
     if let Some(cp) = &job.checkpoint_table {
         statements.push(checkpoint::record_run_sql(
             cp,
@@ -1058,6 +1086,9 @@ async fn start_run(
     commit_under_lock(target, lock, &statements.join(";\n"))
         .await
         .with_context(|| format!("starting the run on target table {table}"))?;
+    if creation.is_some() && !matches!(mode, Mode::Replace | Mode::Overwrite) {
+        info!("created target table {table}");
+    }
     match mode {
         Mode::Replace => {
             info!("created staging table {into}; the run fills it, then swaps it in for {table}")
@@ -1068,7 +1099,7 @@ async fn start_run(
         _ if empties => info!("truncated target table {table}"),
         _ => {}
     }
-    Ok(())
+    Ok(deferred)
 }
 
 /// `--shard auto`: a worker that copied partitions stays until every partition
@@ -1173,36 +1204,60 @@ fn worker_name() -> String {
     )
 }
 
-/// Builds the secondary indexes the run dropped (`target.defer_indexes`) again,
-/// once every partition is in, as many at once as the run copies partitions (the
-/// target pool holds one connection more, for the lock). Each statement is `CREATE
-/// INDEX IF NOT EXISTS`, so a restore that was interrupted goes on where it
-/// stopped.
+/// Builds what the run left for after the load, as its run row records it (or,
+/// without a checkpoint table, `unrecorded`): the secondary indexes it dropped
+/// (`target.defer_indexes`) and a created table's primary key and indexes, on
+/// `into` (a replace's staging table, before the swap). The primary key first
+/// (skipped if `into` has one: a build that committed before an interruption),
+/// then the indexes, as many at once as the run copies partitions (the target
+/// pool holds one connection more, for the lock). Each index statement is
+/// `CREATE INDEX IF NOT EXISTS`, so a build that was interrupted goes on where
+/// it stopped.
 async fn restore_indexes(
     job: &Job,
     fingerprint: &str,
     target: &PgPool,
+    into: &QualifiedName,
     lock: &RunLock,
+    unrecorded: &[String],
 ) -> Result<()> {
     let parallelism = target.options().get_max_connections().saturating_sub(1) as usize;
-    let Some(cp) = &job.checkpoint_table else {
-        return Ok(());
-    };
-    let deferred = {
-        let mut conn = target
-            .acquire()
-            .await
-            .context("taking a target connection")?;
-        pg::deferred_indexes(&mut conn, cp, fingerprint).await?
+    let deferred = match &job.checkpoint_table {
+        Some(cp) => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            pg::deferred_indexes(&mut conn, cp, fingerprint).await?
+        }
+        None => unrecorded.to_vec(),
     };
     if deferred.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
-    let builds = futures_util::stream::iter(deferred.iter().map(|definition| async move {
+    let (keys, indexes): (Vec<&String>, Vec<&String>) = deferred
+        .iter()
+        .partition(|s| create::is_primary_key_build(s));
+    let left = "the rows are in; the run stays unfinished until it is built: fix the cause, then run the same command again (or `stride finish`)";
+    for key in keys {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        if pg::has_primary_key(&mut conn, into).await? {
+            continue;
+        }
+        drop(conn);
+        info!("building the primary key of {into}");
+        commit_under_lock(target, lock, key)
+            .await
+            .with_context(|| format!("building the primary key of {into} ({left}): {key}"))?;
+    }
+    let builds = futures_util::stream::iter(indexes.iter().map(|definition| async move {
         commit_under_lock(target, lock, definition)
             .await
-            .with_context(|| format!("building a deferred index again: {definition}"))
+            .with_context(|| format!("building an index of {into} ({left}): {definition}"))
     }));
     let results: Vec<Result<()>> = futures_util::StreamExt::collect(
         futures_util::StreamExt::buffer_unordered(builds, parallelism.max(1)),
@@ -1210,9 +1265,9 @@ async fn restore_indexes(
     .await;
     results.into_iter().collect::<Result<Vec<()>>>()?;
     info!(
-        "built {} deferred indexes of {} again in {}",
+        "built {} deferred indexes of {} in {}",
         deferred.len(),
-        job.target.table,
+        into,
         report::human_duration(started.elapsed())
     );
     Ok(())
@@ -1362,7 +1417,7 @@ async fn finish_run(
             super::command_line(&["run", "--shard", "auto"], path)
         ));
     }
-    restore_indexes(job, fingerprint, target, lock).await?;
+    restore_indexes(job, fingerprint, target, into, lock, &[]).await?;
     if let Some(problem) = verify_run(job, plan, fit, &mut coordinator, target, say, path).await? {
         eprintln!("error: {problem}");
         return Ok(exit::FAILED);

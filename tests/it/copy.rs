@@ -261,7 +261,7 @@ async fn plan_prints_the_exact_sql_and_writes_nothing() {
     );
     assert!(stdout.contains("WHERE \"k\" >= '900'::int4"), "{stdout}");
     assert!(
-        stdout.ends_with("\n4 partitions at once (run.parallelism), the others queue\n"),
+        stdout.contains("\n4 partitions at once (run.parallelism), the others queue\nthe run creates \"public\".\"events\":\n"),
         "{stdout}"
     );
     let all_at_once = stride(

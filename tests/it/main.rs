@@ -10,6 +10,7 @@ mod connecting;
 mod conversions;
 mod copy;
 mod covid;
+mod create;
 mod examples;
 mod hints;
 mod incremental;

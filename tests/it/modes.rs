@@ -194,9 +194,11 @@ async fn a_key_without_a_unique_index_or_no_key_at_all_exits_2_and_writes_nothin
 async fn upsert_into_a_missing_table_creates_it_with_the_key_as_primary_key() {
     let pair = Pair::new("upsert_create").await;
     seed_items(&pair.source, 2000).await;
+    // A query has no primary key for a created table to default to (a source
+    // table's is used: tests/it/create.rs).
     let without_key = job_file(&job_text(
         &pair,
-        "table = \"items\"",
+        "query = \"SELECT * FROM items\"",
         "",
         "table = \"synced\"\nmode = \"upsert\"",
     ));
