@@ -214,6 +214,29 @@ fn resume_command() -> String {
 /// run as printed: this program, the `--set` overrides it was given (they are
 /// part of the job), the comparison that found them, and the job file.
 pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
+    let by = match by {
+        crate::job::Verify::Count => "count",
+        _ => "checksum",
+    };
+    command_with(job, &["verify", "--repair", "--by", by])
+}
+
+/// `repair_command` with `--delete-extra`: the repair that also deletes the
+/// target's rows the source does not have.
+pub(super) fn delete_extra_command(job: &Path, by: crate::job::Verify) -> String {
+    let by = match by {
+        crate::job::Verify::Count => "count",
+        _ => "checksum",
+    };
+    command_with(
+        job,
+        &["verify", "--repair", "--delete-extra", "--by", by],
+    )
+}
+
+/// This program, the `--set` overrides it was given (they are part of the job),
+/// then `words` and the job file: a command to print, run as printed.
+pub(super) fn command_with(job: &Path, words_after: &[&str]) -> String {
     let mut args = std::env::args();
     let mut words: Vec<String> = args.next().into_iter().collect();
     while let Some(arg) = args.next() {
@@ -224,11 +247,7 @@ pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
             words.push(arg);
         }
     }
-    let by = match by {
-        crate::job::Verify::Count => "count",
-        _ => "checksum",
-    };
-    words.extend(["verify", "--repair", "--by", by].map(String::from));
+    words.extend(words_after.iter().map(|w| w.to_string()));
     words.push(job.display().to_string());
     shell_words(words.into_iter())
 }
