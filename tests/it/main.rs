@@ -18,6 +18,7 @@ mod lock;
 mod modes;
 mod props;
 mod proxy;
+mod repair;
 mod replace;
 mod resume;
 mod secrets;
