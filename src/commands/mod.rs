@@ -228,10 +228,7 @@ pub(super) fn delete_extra_command(job: &Path, by: crate::job::Verify) -> String
         crate::job::Verify::Count => "count",
         _ => "checksum",
     };
-    command_with(
-        job,
-        &["verify", "--repair", "--delete-extra", "--by", by],
-    )
+    command_with(job, &["verify", "--repair", "--delete-extra", "--by", by])
 }
 
 /// This program, the `--set` overrides it was given (they are part of the job),

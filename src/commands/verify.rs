@@ -156,12 +156,15 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     // By key, `--delete-extra` also repairs the partitions whose only
     // difference is rows the source does not have.
     let repaired_too = |p: &PlannedPartition| {
-        results.iter().any(|r| {
-            r.index == p.index && (!r.matches() || (args.delete_extra && r.extra() > 0))
-        })
+        results
+            .iter()
+            .any(|r| r.index == p.index && (!r.matches() || (args.delete_extra && r.extra() > 0)))
     };
-    let to_repair: Vec<PlannedPartition> =
-        compared.iter().filter(|p| repaired_too(p)).cloned().collect();
+    let to_repair: Vec<PlannedPartition> = compared
+        .iter()
+        .filter(|p| repaired_too(p))
+        .cloned()
+        .collect();
     if to_repair.is_empty() {
         return Ok(exit::OK);
     }
@@ -321,7 +324,10 @@ fn render_extra(results: &[Verified], key: &[String], delete_extra: &str) -> Str
     let mut out = String::new();
     let mut total = 0;
     for r in results.iter().filter(|r| r.extra() > 0) {
-        let diff = r.by_key.as_ref().expect("only rows compared by key are extra");
+        let diff = r
+            .by_key
+            .as_ref()
+            .expect("only rows compared by key are extra");
         total += diff.extra;
         out.push_str(&format!(
             "partition {} ({}): {} target rows with a key ({key}) the source does not have, e.g. ({key}) = {}\n",

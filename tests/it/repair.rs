@@ -210,14 +210,20 @@ async fn an_append_repair_without_a_key_is_refused_until_asked_to_delete() {
         "repaired partition 3 (>= 1501): 250 rows copied again",
         "verify (row counts and checksums): 3 of 3 partitions match",
     ] {
-        assert!(stdout.lines().any(|l| l == line), "no line {line:?} in\n{}", text(&out));
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            text(&out)
+        );
     }
     // The other rows were all in those ranges: gone with them.
     assert_eq!(pair.assert_same("t", "t").await, 1000);
     assert_exit(&stride(&["verify", job], &[]), 0);
 
     // The other way out, as printed, copies the whole table again.
-    pair.target.exec("INSERT INTO t VALUES (5, 'other 5')").await;
+    pair.target
+        .exec("INSERT INTO t VALUES (5, 'other 5')")
+        .await;
     let out = stride(&["verify", "--repair", job], &[]);
     assert_exit(&out, 2);
     let command = printed_command(&text(&out), bin, "target.mode=truncate");
@@ -239,7 +245,9 @@ async fn a_truncate_repair_empties_the_differing_ranges_and_copies_them_again() 
     assert_exit(&stride(&["run", job], &[]), 0);
     spoil(&pair).await;
     // In truncate mode the table is the job's: a row no source has is a difference.
-    pair.target.exec("INSERT INTO t VALUES (101, 'stray')").await;
+    pair.target
+        .exec("INSERT INTO t VALUES (101, 'stray')")
+        .await;
     let out = stride(&["verify", "--repair", job], &[]);
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -250,7 +258,11 @@ async fn a_truncate_repair_empties_the_differing_ranges_and_copies_them_again() 
         "repaired partition 3 (>= 1501): 250 rows copied again",
         "verify (row counts and checksums): 3 of 3 partitions match",
     ] {
-        assert!(stdout.lines().any(|l| l == line), "no line {line:?} in\n{}", text(&out));
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            text(&out)
+        );
     }
     assert_eq!(pair.assert_same("t", "t").await, 1000);
     assert_exit(&stride(&["verify", job], &[]), 0);
@@ -269,7 +281,9 @@ async fn a_repair_by_key_refuses_source_rows_with_a_null_key() {
     let file = job_file(&job_text(&pair, "table = \"n\"", "", "mode = \"append\""));
     let job = file.path.to_str().unwrap();
     assert_exit(&stride(&["run", job], &[]), 0);
-    pair.target.exec("UPDATE n SET v = 'spoilt' WHERE id = 1").await;
+    pair.target
+        .exec("UPDATE n SET v = 'spoilt' WHERE id = 1")
+        .await;
     let before = pair.target.checksum("n").await;
     let out = stride(&["verify", "--repair", job], &[]);
     assert_exit(&out, 1);
