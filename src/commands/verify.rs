@@ -476,3 +476,42 @@ pub(super) async fn verify_partitions(
     }
     Ok(results)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::append_key;
+    use crate::pg::UniqueKeys;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_append_target_is_keyed_by_its_primary_key_else_a_unique_index_of_copied_columns() {
+        let copied = names(&["id", "region", "v"]);
+        let keys = |pk: Option<&[&str]>, unique: &[&[&str]]| UniqueKeys {
+            primary_key: pk.map(names),
+            unique: unique.iter().map(|k| names(k)).collect(),
+        };
+        // (primary key, unique indexes) -> key
+        let cases: [(UniqueKeys, Option<Vec<String>>); 5] = [
+            (
+                keys(Some(&["id"]), &[&["id"], &["v"]]),
+                Some(names(&["id"])),
+            ),
+            (
+                keys(
+                    Some(&["id", "other"]),
+                    &[&["id", "other"], &["region", "v"]],
+                ),
+                Some(names(&["region", "v"])),
+            ),
+            (keys(None, &[&["v"]]), Some(names(&["v"]))),
+            (keys(None, &[&["other"]]), None),
+            (keys(None, &[]), None),
+        ];
+        for (keys, expected) in cases {
+            assert_eq!(append_key(&keys, &copied), expected, "{keys:?}");
+        }
+    }
+}
