@@ -147,10 +147,21 @@ pub struct VerifyArgs {
     #[arg(long, value_enum)]
     pub by: Option<VerifyBy>,
 
-    /// Copy the partitions that differ again: each in one target transaction that
-    /// deletes the partition's range and copies it from the source.
+    /// Copy the partitions that differ again, each in one target transaction. In
+    /// truncate, error-if-exists, overwrite and replace modes it deletes the
+    /// partition's range and copies it from the source; in upsert mode, and in
+    /// append mode into a table with a primary key or unique index, it writes
+    /// only the source's rows that are missing or different, by key, and keeps
+    /// the target's other rows. Append mode without such a key is refused.
     #[arg(long)]
     pub repair: bool,
+
+    /// With --repair: also delete the target's rows in each repaired partition's
+    /// range that the source does not have (by key; in append mode without a key,
+    /// the whole range is emptied and copied again). They may be other writers'
+    /// rows: without this flag they are kept and counted.
+    #[arg(long, requires = "repair")]
+    pub delete_extra: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -95,9 +95,8 @@ pub struct CopySpec {
     pub stall_timeout: Duration,
     /// Where committed partitions are recorded; `None` without checkpoints.
     pub checkpoint: Option<Checkpoint>,
-    /// `verify --repair`: each partition's range is deleted from this target table
-    /// first, in the same transaction, so the range ends equal to the source's.
-    pub repair: Option<QualifiedName>,
+    /// `verify --repair`: how each partition is made equal to the source's.
+    pub repair: Option<Repair>,
     /// The run's lock on the target table: each partition commits only while
     /// the run still holds it.
     pub lock: pg::RunLock,
@@ -120,6 +119,44 @@ pub struct Claims {
     /// Shards name the claiming transaction after the worker
     /// (`application_name`, `stride HOST:PID`), for `stride status`.
     pub worker: Option<String>,
+}
+
+/// How `verify --repair` repairs a partition, in its one target transaction.
+pub enum Repair {
+    /// Modes whose target holds only this job's rows: the partition's range is
+    /// deleted from this table first, so the range ends equal to the source's.
+    Range(QualifiedName),
+    /// A target that may also hold other writers' rows: by key (see [`KeyRepair`]).
+    Key(KeyRepair),
+}
+
+/// A repair by key: the partition's rows go into a staging table (`copy_in` or
+/// `insert` of the spec name it), the missing or different ones are merged into
+/// the target, and the target's other rows are kept unless `delete_extra`.
+pub struct KeyRepair {
+    pub table: QualifiedName,
+    pub key: Vec<String>,
+    /// Makes the staging table, in the partition's transaction.
+    pub create_stage: String,
+    /// Counts staged rows with a NULL in the key, which no key can match.
+    pub null_keys: String,
+    /// `plan::repair_merge_sql`.
+    pub merge: String,
+    /// `--delete-extra`: the target's rows in the range whose key the source's
+    /// partition does not have are deleted too.
+    pub delete_extra: bool,
+    /// What each committed partition changed, by index. Kept here rather than in
+    /// `PartitionReport`, which every command builds.
+    pub done: std::sync::Mutex<Vec<(usize, Repaired)>>,
+}
+
+/// What a repair by key changed in one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Source rows inserted into the target or updated there (missing or different).
+    pub written: u64,
+    /// Target rows deleted (`--delete-extra`).
+    pub deleted: u64,
 }
 
 /// How one partition is upserted.
@@ -614,7 +651,7 @@ async fn copy_partition_on(
         if let (Some(claims), Some(cp)) = (&spec.claims, &spec.checkpoint) {
             claim(target, watch, cp, partition.index, claims).await?;
         }
-        if let Some(table) = &spec.repair {
+        if let Some(Repair::Range(table)) = &spec.repair {
             watch
                 .on(
                     Side::Target,
@@ -633,12 +670,19 @@ async fn copy_partition_on(
                 .await
                 .context("deleting the target's rows in the re-read range")?;
         }
-        let counts = match (spec.method, &spec.upsert) {
-            (Method::Copy, None) => pass_through(spec, partition, watch, source, target).await?,
-            (Method::Copy, Some(upsert)) => {
+        let mut repaired = None;
+        let counts = match (spec.method, &spec.upsert, &spec.repair) {
+            (_, _, Some(Repair::Key(repair))) => {
+                let (counts, done) =
+                    repair_by_key(spec, repair, partition, watch, source, target).await?;
+                repaired = Some(done);
+                counts
+            }
+            (Method::Copy, None, _) => pass_through(spec, partition, watch, source, target).await?,
+            (Method::Copy, Some(upsert), _) => {
                 stage_and_merge(spec, upsert, partition, watch, source, target).await?
             }
-            (Method::Insert, _) => insert_rows(spec, partition, watch, source, target).await?,
+            (Method::Insert, ..) => insert_rows(spec, partition, watch, source, target).await?,
         };
         pg::check_run_lock(target, &spec.lock).await?;
         if let Some(cp) = &spec.checkpoint {
@@ -662,11 +706,11 @@ async fn copy_partition_on(
             .on(Side::Source, pg::execute(source, "COMMIT"))
             .await
             .context("ending the source transaction")?;
-        anyhow::Ok(counts)
+        anyhow::Ok((counts, repaired))
     };
     // An interruption or a stall drops the transfer wherever it is; the caller
     // then closes both connections, which rolls the target transaction back.
-    let counts = guard(spec, watch, transfer).await?;
+    let (counts, repaired) = guard(spec, watch, transfer).await?;
     // Once sent, the COMMIT is awaited, so the report says what the server did. If
     // the connection breaks before the answer, stalls for `run.stall_timeout`, or
     // the run is interrupted and no answer comes within `INTERRUPTED_WAIT`, the
@@ -690,6 +734,13 @@ async fn copy_partition_on(
             return Err(anyhow::Error::new(e).context("committing the target transaction"))
         }
         Err(e) => return Err(anyhow::Error::new(e).context(CommitUnanswered)),
+    }
+    if let (Some(Repair::Key(repair)), Some(done)) = (&spec.repair, repaired) {
+        repair
+            .done
+            .lock()
+            .expect("no thread panics holding the repair outcomes")
+            .push((partition.index, done));
     }
     Ok(counts)
 }
@@ -864,6 +915,69 @@ fn name_failing_columns(error: anyhow::Error, can_fail: &[String]) -> anyhow::Er
     } else {
         error
     }
+}
+
+/// `verify --repair` by key: the partition's rows are staged, and only what
+/// differs changes in the target (see [`KeyRepair`]). Rows counted are the rows
+/// read from the source.
+async fn repair_by_key(
+    spec: &CopySpec,
+    repair: &KeyRepair,
+    partition: &PlannedPartition,
+    watch: &Watch,
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<(Counts, Repaired)> {
+    watch
+        .on(Side::Target, pg::execute(target, &repair.create_stage))
+        .await
+        .context("creating the staging table")?;
+    let counts = match spec.method {
+        Method::Copy => pass_through(spec, partition, watch, source, target).await?,
+        Method::Insert => insert_rows(spec, partition, watch, source, target).await?,
+    };
+    let nulls: i64 = watch
+        .on(
+            Side::Target,
+            sqlx::query_scalar(AssertSqlSafe(repair.null_keys.as_str())).fetch_one(&mut *target),
+        )
+        .await
+        .context("looking for NULL keys among the staged rows")?;
+    if nulls > 0 {
+        anyhow::bail!(
+            "{nulls} source rows have a NULL in the key ({}), which matches no target row, so a repair by key would add them again; the partition was rolled back (expected no NULL in the key's columns of the source's rows)",
+            repair.key.join(", ")
+        );
+    }
+    debug!(merge = %repair.merge, "merging the rows that differ");
+    let written = watch
+        .on(
+            Side::Target,
+            sqlx::query(AssertSqlSafe(repair.merge.as_str())).execute(&mut *target),
+        )
+        .await
+        .map_err(|e| upsert_error(e, &repair.key))
+        .context("merging the rows that differ into the target")?
+        .rows_affected();
+    let mut deleted = 0;
+    if repair.delete_extra {
+        let delete = crate::plan::delete_extra_sql(
+            &repair.table,
+            &crate::plan::stage_table(),
+            &repair.key,
+            partition.target_predicate.as_deref(),
+        );
+        debug!(delete = %delete, "deleting the rows the source does not have");
+        deleted = watch
+            .on(
+                Side::Target,
+                sqlx::query(AssertSqlSafe(delete)).execute(&mut *target),
+            )
+            .await
+            .context("deleting the target's rows the source does not have")?
+            .rows_affected();
+    }
+    Ok((counts, Repaired { written, deleted }))
 }
 
 /// A source key repeated within one statement makes `ON CONFLICT DO UPDATE` fail

@@ -1230,6 +1230,112 @@ pub fn delete_range_sql(table: &QualifiedName, partition: &PlannedPartition) -> 
     )
 }
 
+/// A partition's rows by key, for comparing source and target row by row: each
+/// row's key as the text of `ROW(key columns)` (NULLs included, never NULL
+/// itself) and, for a checksum, the row's hash as `verify_sql` sums it (0 when
+/// only counting). Sorted by the key's bytes (`COLLATE "C"`), so the two sides
+/// come in one order whatever their collations, and client code can merge them.
+pub fn key_rows_sql(select: &str, key: &[String], verify: Verify) -> String {
+    let row = quote_ident("stride_verify_row");
+    let key_text = format!(
+        "ROW({})::text",
+        key.iter()
+            .map(|k| format!("{row}.{}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let hash = match verify {
+        Verify::Checksum => format!("hashtextextended({row}::text, 0)"),
+        Verify::Count | Verify::None => "0::int8".to_string(),
+    };
+    format!(
+        "SELECT {key_text}, {hash} FROM ({select}) AS {row} ORDER BY {key_text} COLLATE \"C\", 2"
+    )
+}
+
+/// `ROW(alias.c, ...)::text`: a row's text form, which equal values share.
+fn row_text(alias: &str, columns: &[String]) -> String {
+    format!(
+        "ROW({})::text",
+        columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// `a.k1 = b.k1 AND a.k2 = b.k2`: the key matched between two aliases.
+fn key_match(a: &str, b: &str, key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("{a}.{0} = {b}.{0}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `verify --repair` by key: moves the staged rows of a partition that are
+/// missing from the target or differ there (by the text of every copied column)
+/// into it, and leaves rows already equal alone (no new row version, no trigger).
+/// A staged row whose key is in the target updates that row; the target's other
+/// rows are not touched.
+pub fn repair_merge_sql(
+    target: &QualifiedName,
+    stage: &QualifiedName,
+    columns: &[String],
+    key: &[String],
+) -> String {
+    let (s, t) = (quote_ident("stride_source"), quote_ident("stride_target"));
+    let staged = columns
+        .iter()
+        .map(|c| format!("{s}.{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE SELECT {staged} FROM {stage} AS {s} WHERE NOT EXISTS (SELECT FROM {target} AS {t} WHERE {} AND {} = {}) {}",
+        quoted_list(columns),
+        key_match(&t, &s, key),
+        row_text(&t, columns),
+        row_text(&s, columns),
+        on_conflict_sql(key, columns, OnConflict::Update),
+    )
+}
+
+/// Staged rows with a NULL in the key: no target row can match them (NULL equals
+/// nothing, and a unique index lets NULLs repeat), so a repair by key would add
+/// them again each time.
+pub fn null_keys_sql(stage: &QualifiedName, key: &[String]) -> String {
+    format!(
+        "SELECT count(*)::int8 FROM {stage} WHERE {}",
+        key.iter()
+            .map(|k| format!("{} IS NULL", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    )
+}
+
+/// `verify --repair --delete-extra` by key: deletes the target's rows in the
+/// partition's range (`predicate`: `None` is every row) whose key is not among
+/// the staged rows of the source's partition.
+pub fn delete_extra_sql(
+    target: &QualifiedName,
+    stage: &QualifiedName,
+    key: &[String],
+    predicate: Option<&str>,
+) -> String {
+    let s = quote_ident("stride_source");
+    let absent = format!(
+        "NOT EXISTS (SELECT FROM {stage} AS {s} WHERE {})",
+        key_match(&s, &target.to_string(), key)
+    );
+    format!(
+        "DELETE FROM {target} WHERE {}",
+        match predicate {
+            Some(p) => format!("{p} AND {absent}"),
+            None => absent,
+        }
+    )
+}
+
 /// The row path's source query: every column as its exact text form (the session
 /// settings in `pg` fix DateStyle, TimeZone, IntervalStyle, bytea and float output).
 pub fn rows_select_sql(select: &str, columns: &[String]) -> String {
@@ -1635,6 +1741,49 @@ mod tests {
         // The user's where filters the source only: the target holds the filtered rows.
         assert!(plan.partitions[0].select.contains("state <> 'Unknown'"));
         assert!(!plan.partitions[0].target_select.contains("Unknown"));
+    }
+
+    #[test]
+    fn repair_by_key_statements() {
+        let target = QualifiedName {
+            schema: Some("public".into()),
+            name: "t".into(),
+        };
+        let stage = stage_table();
+        let columns: Vec<String> = vec!["id".into(), "region".into(), "v".into()];
+        let key: Vec<String> = vec!["id".into(), "region".into()];
+        assert_eq!(
+            key_rows_sql("SELECT 1", &key, Verify::Checksum),
+            "SELECT ROW(\"stride_verify_row\".\"id\", \"stride_verify_row\".\"region\")::text, hashtextextended(\"stride_verify_row\"::text, 0) FROM (SELECT 1) AS \"stride_verify_row\" ORDER BY ROW(\"stride_verify_row\".\"id\", \"stride_verify_row\".\"region\")::text COLLATE \"C\", 2"
+        );
+        assert_eq!(
+            key_rows_sql("SELECT 1", &key[..1], Verify::Count),
+            "SELECT ROW(\"stride_verify_row\".\"id\")::text, 0::int8 FROM (SELECT 1) AS \"stride_verify_row\" ORDER BY ROW(\"stride_verify_row\".\"id\")::text COLLATE \"C\", 2"
+        );
+        assert_eq!(
+            repair_merge_sql(&target, &stage, &columns, &key),
+            "INSERT INTO \"public\".\"t\" (\"id\", \"region\", \"v\") OVERRIDING SYSTEM VALUE SELECT \"stride_source\".\"id\", \"stride_source\".\"region\", \"stride_source\".\"v\" FROM \"pg_temp\".\"stride_stage\" AS \"stride_source\" WHERE NOT EXISTS (SELECT FROM \"public\".\"t\" AS \"stride_target\" WHERE \"stride_target\".\"id\" = \"stride_source\".\"id\" AND \"stride_target\".\"region\" = \"stride_source\".\"region\" AND ROW(\"stride_target\".\"id\", \"stride_target\".\"region\", \"stride_target\".\"v\")::text = ROW(\"stride_source\".\"id\", \"stride_source\".\"region\", \"stride_source\".\"v\")::text) ON CONFLICT (\"id\", \"region\") DO UPDATE SET \"v\" = EXCLUDED.\"v\""
+        );
+        // A key of every column: nothing to update, a differing row is a missing one.
+        assert!(repair_merge_sql(&target, &stage, &key, &key)
+            .ends_with("ON CONFLICT (\"id\", \"region\") DO NOTHING"));
+        assert_eq!(
+            null_keys_sql(&stage, &key),
+            "SELECT count(*)::int8 FROM \"pg_temp\".\"stride_stage\" WHERE \"id\" IS NULL OR \"region\" IS NULL"
+        );
+        assert_eq!(
+            delete_extra_sql(
+                &target,
+                &stage,
+                &key[..1],
+                Some("(\"id\" >= '100'::int8 AND \"id\" < '200'::int8)")
+            ),
+            "DELETE FROM \"public\".\"t\" WHERE (\"id\" >= '100'::int8 AND \"id\" < '200'::int8) AND NOT EXISTS (SELECT FROM \"pg_temp\".\"stride_stage\" AS \"stride_source\" WHERE \"stride_source\".\"id\" = \"public\".\"t\".\"id\")"
+        );
+        assert_eq!(
+            delete_extra_sql(&target, &stage, &key[..1], None),
+            "DELETE FROM \"public\".\"t\" WHERE NOT EXISTS (SELECT FROM \"pg_temp\".\"stride_stage\" AS \"stride_source\" WHERE \"stride_source\".\"id\" = \"public\".\"t\".\"id\")"
+        );
     }
 
     #[test]

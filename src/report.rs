@@ -706,11 +706,37 @@ pub struct Verified {
     /// Rows and checksum (empty when only counting).
     pub source: (i64, String),
     pub target: (i64, String),
+    /// Where the target may hold other writers' rows (upsert mode, append mode
+    /// with a key) and the counts differ: the rows compared by key.
+    pub by_key: Option<KeyDiff>,
+}
+
+/// A partition's rows compared by key between source and target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyDiff {
+    /// Source rows whose key the target does not have.
+    pub missing: u64,
+    /// Source rows whose key the target has with other values (checksum only).
+    pub different: u64,
+    /// Target rows in the range whose key the source's partition does not have.
+    pub extra: u64,
+    /// The smallest such key, as `ROW(key)::text`.
+    pub example: Option<String>,
 }
 
 impl Verified {
+    /// Equal, or compared by key with every source row in the target as it is
+    /// (the target's other rows may be another writer's).
     pub fn matches(&self) -> bool {
-        self.source == self.target
+        match &self.by_key {
+            Some(diff) => diff.missing == 0 && diff.different == 0,
+            None => self.source == self.target,
+        }
+    }
+
+    /// Target rows whose key the source does not have (compared by key only).
+    pub fn extra(&self) -> u64 {
+        self.by_key.as_ref().map_or(0, |d| d.extra)
     }
 }
 
@@ -740,10 +766,17 @@ pub fn render_verify(results: &[Verified], verify: crate::job::Verify) -> String
         "partition", "range", "source rows", "target rows"
     );
     for r in results {
-        let result = match (r.matches(), r.source.0 == r.target.0) {
-            (true, _) => "ok",
-            (false, true) => "DIFFERENT (same count, other values)",
-            (false, false) => "DIFFERENT",
+        let result = match (&r.by_key, r.matches(), r.source.0 == r.target.0) {
+            (Some(d), true, _) => format!("ok by key ({} other rows)", group(d.extra)),
+            (Some(d), false, _) => format!(
+                "DIFFERENT by key ({} missing, {} other values, {} other rows)",
+                group(d.missing),
+                group(d.different),
+                group(d.extra)
+            ),
+            (None, true, _) => "ok".to_string(),
+            (None, false, true) => "DIFFERENT (same count, other values)".to_string(),
+            (None, false, false) => "DIFFERENT".to_string(),
         };
         let _ = writeln!(
             out,

@@ -234,6 +234,16 @@ pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
     command_line(&["verify", "--repair", "--by", by], job)
 }
 
+/// `repair_command` with `--delete-extra`: the repair that also deletes the
+/// target's rows the source does not have.
+pub(super) fn delete_extra_command(job: &Path, by: crate::job::Verify) -> String {
+    let by = match by {
+        crate::job::Verify::Count => "count",
+        _ => "checksum",
+    };
+    command_line(&["verify", "--repair", "--delete-extra", "--by", by], job)
+}
+
 /// A command for the user to run next, as this one was invoked: the program
 /// and its `--set` options, then `words` and the job file, shell-quoted.
 pub(super) fn command_line(words: &[&str], job: &Path) -> String {

@@ -20,6 +20,7 @@ mod lock;
 mod modes;
 mod props;
 mod proxy;
+mod repair;
 mod replace;
 mod resume;
 mod secrets;
