@@ -29,7 +29,7 @@ use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, read_select, scope,
     window_condition, Prepared, SourceSide, TargetFit,
 };
-use super::verify::verify_partitions;
+use super::verify::{compare_by_key, shared_target_key, verify_partitions};
 use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, Ends, RunEnd};
 
 /// A step of a run over every table of the job file. All are checked (and
@@ -1287,7 +1287,12 @@ async fn verify_run(
         return Ok(None);
     }
     let by = effective_verify(job.verify, fit);
-    let results = verify_partitions(source, target, &plan.compared(), by).await?;
+    let compared = plan.compared();
+    let mut results = verify_partitions(source, target, &compared, by).await?;
+    // A target shared with other writers: their rows in a range are no difference.
+    if let Some(key) = shared_target_key(job, fit, &plan.columns, target).await? {
+        compare_by_key(source, target, &compared, &mut results, &key, by).await?;
+    }
     say(&report::render_verify(&results, by));
     let bad = results.iter().filter(|r| !r.matches()).count();
     Ok((bad > 0).then(|| {

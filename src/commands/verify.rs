@@ -22,7 +22,7 @@ use crate::report::{self, KeyDiff, Verified};
 
 use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, scope, unverifiable,
-    window_condition, Prepared,
+    window_condition, Prepared, TargetFit,
 };
 use super::run::lock_target;
 use super::{copy_partitions, in_entry, load_jobs};
@@ -107,22 +107,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
         plan.restrict_target(&condition, &job.target.table);
     }
     add_reread(&mut plan, &job, &side, window.as_ref());
-    // Where the target may also hold other writers' rows, rows are told apart
-    // by key: an upsert's, or an append target's primary key or unique index.
-    let key = match job.target.mode {
-        Mode::Upsert => fit.upsert_key.clone(),
-        Mode::Append => {
-            let mut conn = target
-                .acquire()
-                .await
-                .context("taking a target connection")?;
-            append_key(
-                &pg::unique_keys(&mut conn, &job.target.table).await?,
-                &plan.columns,
-            )
-        }
-        _ => None,
-    };
+    let key = shared_target_key(&job, &fit, &plan.columns, &target).await?;
     let compared = plan.compared();
     let mut results = verify_partitions(&mut coordinator, &target, &compared, by).await?;
     if let Some(key) = &key {
@@ -280,6 +265,31 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
 
 /// The key an append job's rows are told apart by in the target: its primary
 /// key, else its first unique index, whose columns are all copied.
+/// Where the target may also hold other writers' rows (upsert and append
+/// modes), the key rows are told apart by: an upsert's, or an append target's
+/// primary key or unique index on copied columns. `None`: compare by range.
+pub(super) async fn shared_target_key(
+    job: &Job,
+    fit: &TargetFit,
+    columns: &[String],
+    target: &PgPool,
+) -> Result<Option<Vec<String>>> {
+    Ok(match job.target.mode {
+        Mode::Upsert => fit.upsert_key.clone(),
+        Mode::Append => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            append_key(
+                &pg::unique_keys(&mut conn, &job.target.table).await?,
+                columns,
+            )
+        }
+        _ => None,
+    })
+}
+
 fn append_key(keys: &pg::UniqueKeys, columns: &[String]) -> Option<Vec<String>> {
     keys.primary_key
         .iter()
@@ -349,7 +359,7 @@ fn render_extra(results: &[Verified], key: &[String], delete_extra: &str) -> Str
 
 /// For each result whose counts or checksums differ, the partition's rows
 /// compared by `key` (see [`key_diff`]).
-async fn compare_by_key(
+pub(super) async fn compare_by_key(
     source: &mut PgConnection,
     target: &PgPool,
     partitions: &[PlannedPartition],

@@ -391,11 +391,14 @@ async fn a_run_outlasts_the_servers_idle_timeouts() {
     ));
     let running = Running::start(&["run", job.path.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1000));
+    // The run lock is the one advisory lock on a single 64-bit key (objsubid 1);
+    // the partitions' claims and lock checks use two-int4 keys (objsubid 2).
     let locks = pair
         .target
         .scalar_i64(&format!(
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-              WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{}'",
+              WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{}'
+                AND l.objsubid = 1",
             pair.target.name
         ))
         .await;

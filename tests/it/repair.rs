@@ -294,3 +294,35 @@ async fn a_repair_by_key_refuses_source_rows_with_a_null_key() {
     );
     assert_eq!(pair.target.checksum("n").await, before, "nothing changed");
 }
+
+/// The verify at the end of a run (`[run] verify`) compares a shared target by
+/// key too: another writer's rows in the job's ranges are no difference, and a
+/// row of the job's that differs still is.
+#[tokio::test]
+async fn a_runs_own_verify_of_a_shared_upsert_target_counts_only_the_jobs_rows() {
+    let pair = seeded("repair_run_verify").await;
+    pair.target
+        .exec(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'other ' || g FROM generate_series(1, 1999, 2) g;",
+        )
+        .await;
+    let file = job_file(&job_text(
+        &pair,
+        "table = \"t\"",
+        "[partition]\ncolumn = \"id\"\ncount = 4\n[run]\nverify = \"checksum\"",
+        "mode = \"upsert\"",
+    ));
+    let out = run_job(&file.path);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 of 4 partitions match"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pair.source.checksum("t").await,
+        pair.target.checksum(STRIDE_ROWS).await
+    );
+    assert_eq!(pair.target.count("t").await, 2000);
+}
