@@ -23,6 +23,7 @@ mod proxy;
 mod repair;
 mod replace;
 mod resume;
+mod scripts;
 mod secrets;
 mod shards;
 mod slices;
