@@ -217,8 +217,8 @@ async fn check_job(job: Job) -> Result<()> {
     let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
-    let side = resolve_source(&source.pool(1), &job, &source.place).await?;
-    let fit = fit_target(&target.pool(1), &job, &side, same_database, &target.place).await?;
+    let mut side = resolve_source(&source.pool(1), &job, &source.place).await?;
+    let fit = fit_target(&target.pool(1), &job, &mut side, same_database, &target.place).await?;
     print!(
         "{}",
         report::render_check(
@@ -226,6 +226,7 @@ async fn check_job(job: Job) -> Result<()> {
             &job.target.table.to_string(),
             fit.exists,
             &fit.fits,
+            &fit.computed,
             &report::Encryption {
                 source: source.encryption.clone(),
                 target: target.encryption.clone(),
