@@ -786,7 +786,8 @@ fn finite(key_type: KeyType, x: &str) -> String {
 /// The planner's statistics of the key column of a table source: NULL
 /// fraction, most common values (encoded) with their frequencies, histogram
 /// bounds (encoded), and how many rows changed since the last ANALYZE relative
-/// to the table's size. One row, or none without statistics.
+/// to the table's size. One row, or none without statistics. A partitioned
+/// table's are those of all its partitions' rows (`inherited`).
 pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
     let t = key.key_type.sql_name();
     // Infinite values become NULL, so the common values keep their frequencies' order.
@@ -802,7 +803,7 @@ pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
         None => "current_schema()".to_string(),
     };
     format!(
-        "SELECT s.null_frac::float8, {}, coalesce(s.most_common_freqs, '{{}}')::float8[], {},          coalesce(u.n_mod_since_analyze::float8 / greatest(c.reltuples, 1)::float8, 1)          FROM pg_stats s          JOIN pg_namespace n ON n.nspname = s.schemaname          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename          LEFT JOIN pg_stat_user_tables u ON u.relid = c.oid          WHERE s.schemaname = {schema} AND s.tablename = {} AND s.attname = {} AND NOT s.inherited",
+        "SELECT s.null_frac::float8, {}, coalesce(s.most_common_freqs, '{{}}')::float8[], {},          coalesce(u.n_mod_since_analyze::float8 / greatest(c.reltuples, 1)::float8, 1)          FROM pg_stats s          JOIN pg_namespace n ON n.nspname = s.schemaname          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename          LEFT JOIN pg_stat_user_tables u ON u.relid = c.oid          WHERE s.schemaname = {schema} AND s.tablename = {} AND s.attname = {} AND s.inherited = (c.relkind = 'p')",
         array("most_common_vals"),
         array("histogram_bounds"),
         quote_literal(&table.name),

@@ -194,7 +194,9 @@ async fn a_column_generated_only_in_the_target_is_left_out_of_the_copy() {
     }
 
     // Named in source.columns: refused before anything is written.
-    pair.target.exec("TRUNCATE public.runs").await;
+    pair.target
+        .exec("TRUNCATE public.runs; DROP TABLE public.stride_checkpoints")
+        .await;
     let job = job_file(&job_text(
         &pair,
         "table = \"public.runs\"\ncolumns = [\"id\", \"length\", \"length_hours\"]",
