@@ -329,6 +329,24 @@ pub(super) async fn planned_creation(
     ))
 }
 
+/// Leaves out of `side.columns` the columns an existing target generates (see
+/// `plan::computed_in_target`), as `fit_target` does: what `stride plan` shows.
+/// A target the run creates (missing, or overwritten) generates none.
+pub(super) async fn leave_out_computed(pool: &PgPool, job: &Job, side: &mut SourceSide) -> Result<()> {
+    if job.target.mode == Mode::Overwrite {
+        return Ok(());
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a target connection (none could be opened or freed within 60 s)")?;
+    if let Some(relation) = pg::describe_table(&mut conn, &job.target.table).await? {
+        let generated = plan::computed_in_target(job, &side.columns, &relation.columns)?;
+        side.columns.retain(|c| !generated.contains(&c.name));
+    }
+    Ok(())
+}
+
 /// How the run creates the missing (or overwritten) target: into a replace's
 /// staging table or the target itself, with new index names free in its schema.
 async fn plan_creation(

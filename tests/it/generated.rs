@@ -151,12 +151,18 @@ async fn a_column_generated_only_in_the_target_is_left_out_of_the_copy() {
         ))
         .await;
     let copied = "(SELECT id, name, length FROM public.runs)";
-    for method in ["copy", "insert"] {
+    // Replace's staging table and upsert's merge take the same columns.
+    for (method, mode) in [
+        ("copy", "truncate"),
+        ("insert", "truncate"),
+        ("copy", "replace"),
+        ("insert", "upsert"),
+    ] {
         let job = job_file(&job_text(
             &pair,
             "table = \"public.runs\"",
             "[partition]\ncolumn = \"id\"\ncount = 4\n[run]\nverify = \"checksum\"",
-            &format!("method = \"{method}\"\nmode = \"truncate\"\ncreate = \"never\""),
+            &format!("method = \"{method}\"\nmode = \"{mode}\"\ncreate = \"never\""),
         ));
         let out = stride(&["check", job.path.to_str().unwrap()], &[]);
         assert_exit(&out, 0);
@@ -172,16 +178,28 @@ async fn a_column_generated_only_in_the_target_is_left_out_of_the_copy() {
             ),
             "{stdout}"
         );
+        // The plan's SQL is the run's: without the column.
+        let out = stride(
+            &["plan", "--format", "json", job.path.to_str().unwrap()],
+            &[],
+        );
+        assert_exit(&out, 0);
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["columns"], serde_json::json!(["id", "name", "length"]));
+        assert_eq!(
+            plan["partitions"][1]["sql"],
+            "SELECT \"id\", \"name\", \"length\" FROM \"public\".\"runs\" WHERE (\"id\" >= '1251'::int8 AND \"id\" < '2501'::int8)"
+        );
         let out = run_job(&job.path);
         assert_exit(&out, 0);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         match method {
             "copy" => assert!(stdout.contains("(binary COPY)"), "{stdout}"),
-            _ => assert!(stdout.contains("(INSERT, 1000 rows a batch)"), "{stdout}"),
+            _ => assert!(stdout.contains("(INSERT, 1000 rows a batch"), "{stdout}"),
         }
         let source = pair.source.checksum(copied).await;
         assert_eq!(source.0, 5000);
-        assert_eq!(source, pair.target.checksum(copied).await, "{method}");
+        assert_eq!(source, pair.target.checksum(copied).await, "{method} {mode}");
         let miscomputed = MISCOMPUTED.replace("public.film", "public.runs");
         assert_eq!(pair.target.scalar_i64(&miscomputed).await, 0, "{method}");
         assert_eq!(
