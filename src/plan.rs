@@ -1637,19 +1637,37 @@ mod tests {
             generated: true,
             ..col(name, "numeric")
         };
-        let source = vec![col("id", "bigint"), col("length", "integer"), col("hours", "numeric")];
+        let source = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            col("hours", "numeric"),
+        ];
         // Generated on the target only; generated on the source only (a plain
         // column on the target) is copied like any other.
-        let target = vec![col("id", "bigint"), col("length", "integer"), generated("hours")];
+        let target = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            generated("hours"),
+        ];
         assert_eq!(
             computed_in_target(&job(""), &source, &target).unwrap(),
             vec!["hours".to_string()]
         );
-        let plain_target = vec![col("id", "bigint"), col("length", "integer"), col("hours", "numeric")];
-        let source_generated = vec![col("id", "bigint"), col("length", "integer"), generated("hours")];
-        assert!(computed_in_target(&job(""), &source_generated, &plain_target)
-            .unwrap()
-            .is_empty());
+        let plain_target = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            col("hours", "numeric"),
+        ];
+        let source_generated = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            generated("hours"),
+        ];
+        assert!(
+            computed_in_target(&job(""), &source_generated, &plain_target)
+                .unwrap()
+                .is_empty()
+        );
         // Listed without it: nothing to leave out.
         let listed = job("columns = ['id', 'length']");
         assert!(computed_in_target(&listed, &source[..2], &target)

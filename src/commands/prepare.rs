@@ -332,7 +332,11 @@ pub(super) async fn planned_creation(
 /// Leaves out of `side.columns` the columns an existing target generates (see
 /// `plan::computed_in_target`), as `fit_target` does: what `stride plan` shows.
 /// A target the run creates (missing, or overwritten) generates none.
-pub(super) async fn leave_out_computed(pool: &PgPool, job: &Job, side: &mut SourceSide) -> Result<()> {
+pub(super) async fn leave_out_computed(
+    pool: &PgPool,
+    job: &Job,
+    side: &mut SourceSide,
+) -> Result<()> {
     if job.target.mode == Mode::Overwrite {
         return Ok(());
     }
@@ -669,7 +673,14 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size + 1);
     let mut side = resolve_source(&source, &job, &source_server.place).await?;
-    let fit = fit_target(&target, &job, &mut side, same_database, &target_server.place).await?;
+    let fit = fit_target(
+        &target,
+        &job,
+        &mut side,
+        same_database,
+        &target_server.place,
+    )
+    .await?;
     refuse_unfit(&job, &side, &fit, &target).await?;
     Ok(Prepared {
         job,

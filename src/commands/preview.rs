@@ -17,8 +17,8 @@ use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::prepare::{
-    add_reread, fit_target, leave_out_computed, plan_partitions, planned_creation, refuse_unfit, resolve_source,
-    same_server, scope,
+    add_reread, fit_target, leave_out_computed, plan_partitions, planned_creation, refuse_unfit,
+    resolve_source, same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
@@ -224,7 +224,14 @@ async fn check_job(job: Job) -> Result<()> {
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
     let mut side = resolve_source(&source.pool(1), &job, &source.place).await?;
-    let fit = fit_target(&target.pool(1), &job, &mut side, same_database, &target.place).await?;
+    let fit = fit_target(
+        &target.pool(1),
+        &job,
+        &mut side,
+        same_database,
+        &target.place,
+    )
+    .await?;
     print!(
         "{}",
         report::render_check(

@@ -57,7 +57,8 @@ FROM generate_series(1, 1000) g;
 "#;
 
 /// Every column of `film` but `length_hours`, for checksums over the copied columns.
-const COPIED: &str = "(SELECT film_id, title, description, release_year, rental_rate, length, rating, \
+const COPIED: &str =
+    "(SELECT film_id, title, description, release_year, rental_rate, length, rating, \
                       ratings_seen, special_features, fulltext, poster FROM public.film)";
 
 /// Rows whose `length_hours` is not what the generation expression gives.
@@ -69,7 +70,9 @@ fn film_job(pair: &Pair, method: &str, extra_source: &str, create: &str) -> JobF
         pair,
         &format!("table = \"public.film\"\n{extra_source}"),
         "[partition]\ncolumn = \"film_id\"\ncount = 3\n[run]\nverify = \"checksum\"",
-        &format!("method = \"{method}\"\nbatch_size = 64\nmode = \"truncate\"\ncreate = \"{create}\""),
+        &format!(
+            "method = \"{method}\"\nbatch_size = 64\nmode = \"truncate\"\ncreate = \"{create}\""
+        ),
     ))
 }
 
@@ -199,7 +202,11 @@ async fn a_column_generated_only_in_the_target_is_left_out_of_the_copy() {
         }
         let source = pair.source.checksum(copied).await;
         assert_eq!(source.0, 5000);
-        assert_eq!(source, pair.target.checksum(copied).await, "{method} {mode}");
+        assert_eq!(
+            source,
+            pair.target.checksum(copied).await,
+            "{method} {mode}"
+        );
         let miscomputed = MISCOMPUTED.replace("public.film", "public.runs");
         assert_eq!(pair.target.scalar_i64(&miscomputed).await, 0, "{method}");
         assert_eq!(

@@ -143,7 +143,12 @@ async fn init_sizes_a_partitioned_table_by_its_partitions() {
         )
         .await;
     pair.source.exec("VACUUM ANALYZE payment").await;
-    let leaves = ["payment_2007_02", "payment_2007_03", "payment_2007_04_a", "payment_2007_04_b"];
+    let leaves = [
+        "payment_2007_02",
+        "payment_2007_03",
+        "payment_2007_04_a",
+        "payment_2007_04_b",
+    ];
     let mut bytes = 0;
     for leaf in leaves {
         bytes += pair
@@ -192,5 +197,9 @@ async fn init_sizes_a_partitioned_table_by_its_partitions() {
             text(&out)
         );
     }
-    assert_eq!(pair.target.checksum("payment").await, before, "nothing written");
+    assert_eq!(
+        pair.target.checksum("payment").await,
+        before,
+        "nothing written"
+    );
 }
