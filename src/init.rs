@@ -195,10 +195,10 @@ pub fn render(
              # column = \"id\"\n\
              # count = 4",
             group(u64::try_from(facts.rows.max(0)).unwrap_or(0)),
-            if facts.rows >= PARTITION_FROM_ROWS {
-                " (and, as a view, it has no blocks to split by)"
-            } else {
-                ""
+            match (facts.rows >= PARTITION_FROM_ROWS, facts.kind) {
+                (false, _) => "",
+                (true, 'p') => " (and, as a partitioned table, it has no blocks of its own to split by)",
+                (true, _) => " (and, as a view, it has no blocks to split by)",
             }
         ),
         Choice::Stride {
@@ -308,8 +308,16 @@ pub async fn introspect(
     let Some(relation) = pg::describe_table(conn, table).await? else {
         return Ok(None);
     };
+    // A partitioned table holds no rows itself: its size and rows are its leaf
+    // partitions' (pg_partition_tree recurses into sub-partitioned ones), and
+    // one never analyzed (-1) makes the sum unknown.
     let (reltuples, bytes): (f64, i64) = sqlx::query_as(
-        "SELECT c.reltuples::float8, pg_table_size(c.oid)::int8 FROM pg_class c WHERE c.oid = to_regclass($1)",
+        "SELECT CASE WHEN bool_or(c.reltuples < 0) THEN -1 ELSE coalesce(sum(c.reltuples), 0) END::float8, \
+                coalesce(sum(pg_table_size(c.oid)), 0)::int8 \
+         FROM pg_class c \
+         WHERE CASE WHEN (SELECT relkind FROM pg_class WHERE oid = to_regclass($1)) = 'p' \
+               THEN c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($1)) WHERE isleaf) \
+               ELSE c.oid = to_regclass($1) END",
     )
     .bind(table.to_string())
     .fetch_one(&mut *conn)

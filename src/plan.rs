@@ -786,7 +786,8 @@ fn finite(key_type: KeyType, x: &str) -> String {
 /// The planner's statistics of the key column of a table source: NULL
 /// fraction, most common values (encoded) with their frequencies, histogram
 /// bounds (encoded), and how many rows changed since the last ANALYZE relative
-/// to the table's size. One row, or none without statistics.
+/// to the table's size. One row, or none without statistics. A partitioned
+/// table's are those of all its partitions' rows (`inherited`).
 pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
     let t = key.key_type.sql_name();
     // Infinite values become NULL, so the common values keep their frequencies' order.
@@ -802,7 +803,7 @@ pub fn statistics_sql(table: &QualifiedName, key: &Key) -> String {
         None => "current_schema()".to_string(),
     };
     format!(
-        "SELECT s.null_frac::float8, {}, coalesce(s.most_common_freqs, '{{}}')::float8[], {},          coalesce(u.n_mod_since_analyze::float8 / greatest(c.reltuples, 1)::float8, 1)          FROM pg_stats s          JOIN pg_namespace n ON n.nspname = s.schemaname          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename          LEFT JOIN pg_stat_user_tables u ON u.relid = c.oid          WHERE s.schemaname = {schema} AND s.tablename = {} AND s.attname = {} AND NOT s.inherited",
+        "SELECT s.null_frac::float8, {}, coalesce(s.most_common_freqs, '{{}}')::float8[], {},          coalesce(u.n_mod_since_analyze::float8 / greatest(c.reltuples, 1)::float8, 1)          FROM pg_stats s          JOIN pg_namespace n ON n.nspname = s.schemaname          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename          LEFT JOIN pg_stat_user_tables u ON u.relid = c.oid          WHERE s.schemaname = {schema} AND s.tablename = {} AND s.attname = {} AND s.inherited = (c.relkind = 'p')",
         array("most_common_vals"),
         array("histogram_bounds"),
         quote_literal(&table.name),
@@ -1132,6 +1133,29 @@ pub fn converted_select(select: &str, columns: &[String], reads: &[Read]) -> Str
         "SELECT {list} FROM ({select}) AS {}",
         quote_ident("partition")
     )
+}
+
+/// The copied columns that the existing target computes itself (`GENERATED
+/// ALWAYS AS (...) STORED` there): the copy leaves them out and the target
+/// fills them. A job whose `source.columns` names one is refused: that column
+/// cannot be written.
+pub fn computed_in_target(
+    job: &Job,
+    copied: &[Column],
+    target: &[Column],
+) -> Result<Vec<String>, JobError> {
+    let computed: Vec<String> = copied
+        .iter()
+        .filter(|c| target.iter().any(|t| t.name == c.name && t.generated))
+        .map(|c| c.name.clone())
+        .collect();
+    if let (Some(name), Some(_)) = (computed.first(), &job.source.columns) {
+        return Err(JobError::new(format!(
+            "source.columns: column \"{name}\" is a generated column in the target {}, which computes it and cannot take a copied value (expected source.columns without it: the target fills it)",
+            job.target.table
+        )));
+    }
+    Ok(computed)
 }
 
 /// Everything that keeps an existing target from taking the copied columns, each
@@ -1604,6 +1628,56 @@ mod tests {
         assert_eq!(
             selects[9],
             "SELECT \"id\", \"state\" FROM \"public\".\"covid_cases\" WHERE (state <> 'Unknown') AND \"id\" >= '900'::int8"
+        );
+    }
+
+    #[test]
+    fn columns_the_target_generates_are_left_out_unless_listed() {
+        let generated = |name: &str| Column {
+            generated: true,
+            ..col(name, "numeric")
+        };
+        let source = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            col("hours", "numeric"),
+        ];
+        // Generated on the target only; generated on the source only (a plain
+        // column on the target) is copied like any other.
+        let target = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            generated("hours"),
+        ];
+        assert_eq!(
+            computed_in_target(&job(""), &source, &target).unwrap(),
+            vec!["hours".to_string()]
+        );
+        let plain_target = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            col("hours", "numeric"),
+        ];
+        let source_generated = vec![
+            col("id", "bigint"),
+            col("length", "integer"),
+            generated("hours"),
+        ];
+        assert!(
+            computed_in_target(&job(""), &source_generated, &plain_target)
+                .unwrap()
+                .is_empty()
+        );
+        // Listed without it: nothing to leave out.
+        let listed = job("columns = ['id', 'length']");
+        assert!(computed_in_target(&listed, &source[..2], &target)
+            .unwrap()
+            .is_empty());
+        let named = job("columns = ['id', 'hours']");
+        let copied = vec![col("id", "bigint"), col("hours", "numeric")];
+        assert_eq!(
+            computed_in_target(&named, &copied, &target).unwrap_err().to_string(),
+            "source.columns: column \"hours\" is a generated column in the target \"public\".\"covid_cases\", which computes it and cannot take a copied value (expected source.columns without it: the target fills it)"
         );
     }
 

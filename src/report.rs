@@ -557,6 +557,7 @@ pub fn render_check(
     target: &str,
     target_exists: bool,
     fits: &[ColumnFit],
+    computed: &[ColumnFit],
     encryption: &Encryption,
 ) -> String {
     let mut out = String::new();
@@ -573,18 +574,21 @@ pub fn render_check(
     );
     let w = fits
         .iter()
+        .chain(computed)
         .map(|f| f.column.len())
         .max()
         .unwrap_or(6)
         .max(6);
     let ws = fits
         .iter()
+        .chain(computed)
         .map(|f| f.source_type.len())
         .max()
         .unwrap_or(11)
         .max(11);
     let wt = fits
         .iter()
+        .chain(computed)
         .map(|f| f.target_type.as_deref().unwrap_or("(missing)").len())
         .max()
         .unwrap_or(11)
@@ -612,6 +616,15 @@ pub fn render_check(
             f.column,
             f.source_type,
             f.target_type.as_deref().unwrap_or("(missing)"),
+        );
+    }
+    for f in computed {
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:<ws$}  {:<wt$}  generated in the target (computed there, not copied)",
+            f.column,
+            f.source_type,
+            f.target_type.as_deref().unwrap_or_default(),
         );
     }
     out

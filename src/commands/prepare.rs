@@ -287,6 +287,9 @@ pub(super) struct TargetFit {
     pub(super) reads: Vec<plan::Read>,
     /// Why the target cannot take the rows, each naming a column; empty when it can.
     pub(super) problems: Vec<String>,
+    /// Source columns the target generates (`GENERATED ALWAYS AS ... STORED`):
+    /// left out of the copy, the target computes them; `check` lists them.
+    pub(super) computed: Vec<ColumnFit>,
     /// Upsert mode: the key rows are matched by, checked against the target's
     /// unique indexes (a missing table is created with it as primary key).
     pub(super) upsert_key: Option<Vec<String>>,
@@ -326,6 +329,28 @@ pub(super) async fn planned_creation(
     ))
 }
 
+/// Leaves out of `side.columns` the columns an existing target generates (see
+/// `plan::computed_in_target`), as `fit_target` does: what `stride plan` shows.
+/// A target the run creates (missing, or overwritten) generates none.
+pub(super) async fn leave_out_computed(
+    pool: &PgPool,
+    job: &Job,
+    side: &mut SourceSide,
+) -> Result<()> {
+    if job.target.mode == Mode::Overwrite {
+        return Ok(());
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a target connection (none could be opened or freed within 60 s)")?;
+    if let Some(relation) = pg::describe_table(&mut conn, &job.target.table).await? {
+        let generated = plan::computed_in_target(job, &side.columns, &relation.columns)?;
+        side.columns.retain(|c| !generated.contains(&c.name));
+    }
+    Ok(())
+}
+
 /// How the run creates the missing (or overwritten) target: into a replace's
 /// staging table or the target itself, with new index names free in its schema.
 async fn plan_creation(
@@ -354,10 +379,13 @@ async fn plan_creation(
     ))
 }
 
+/// How the target takes the source's columns. Columns the existing target
+/// generates are removed from `side.columns`: no statement of the run reads,
+/// writes or verifies them.
 pub(super) async fn fit_target(
     pool: &PgPool,
     job: &Job,
-    side: &SourceSide,
+    side: &mut SourceSide,
     same_database: bool,
     place: &str,
 ) -> Result<TargetFit> {
@@ -442,10 +470,30 @@ pub(super) async fn fit_target(
             types: columns.iter().map(|c| c.base_type.clone()).collect(),
             reads: plan::reads(columns, None),
             problems,
+            computed: Vec::new(),
             upsert_key,
             creation: Some(creation),
         });
     };
+    let generated = plan::computed_in_target(job, &side.columns, &relation.columns)?;
+    let computed = side
+        .columns
+        .iter()
+        .filter(|c| generated.contains(&c.name))
+        .map(|c| ColumnFit {
+            column: c.name.clone(),
+            source_type: c.type_name.clone(),
+            target_type: relation
+                .columns
+                .iter()
+                .find(|t| t.name == c.name)
+                .map(|t| t.type_name.clone()),
+            transfer: None,
+            note: None,
+        })
+        .collect();
+    side.columns.retain(|c| !generated.contains(&c.name));
+    let columns = &side.columns;
     let mut fits = Vec::with_capacity(columns.len());
     let mut types = Vec::with_capacity(columns.len());
     for column in columns {
@@ -482,6 +530,7 @@ pub(super) async fn fit_target(
         types,
         reads: plan::reads(columns, Some(&relation.columns)),
         problems: plan::target_problems(columns, &relation.columns),
+        computed,
         upsert_key: plan::upsert_key(job, columns, Some(&keys))?,
         creation: None,
     })
@@ -623,8 +672,15 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
     // One connection more on each side: the coordinator, and the run's lock.
     let source = source_server.pool(pool_size + 1);
     let target = target_server.pool(pool_size + 1);
-    let side = resolve_source(&source, &job, &source_server.place).await?;
-    let fit = fit_target(&target, &job, &side, same_database, &target_server.place).await?;
+    let mut side = resolve_source(&source, &job, &source_server.place).await?;
+    let fit = fit_target(
+        &target,
+        &job,
+        &mut side,
+        same_database,
+        &target_server.place,
+    )
+    .await?;
     refuse_unfit(&job, &side, &fit, &target).await?;
     Ok(Prepared {
         job,

@@ -17,8 +17,8 @@ use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::prepare::{
-    add_reread, fit_target, plan_partitions, planned_creation, refuse_unfit, resolve_source,
-    same_server, scope,
+    add_reread, fit_target, leave_out_computed, plan_partitions, planned_creation, refuse_unfit,
+    resolve_source, same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
 use super::{in_entry, load_jobs, source_name};
@@ -60,7 +60,14 @@ pub(super) async fn plan_command(
 async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>> {
     let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let source = server.pool(1);
-    let side = resolve_source(&source, &job, &server.place).await?;
+    let mut side = resolve_source(&source, &job, &server.place).await?;
+    // The target, if within reach, decides which columns it generates (left
+    // out) and whether the run creates it. The partitions' SQL needs only the
+    // source: a target out of reach is a warning.
+    let target = pg::connect(Side::Target, &job.target.url, job.retries).await;
+    if let Ok(target) = &target {
+        leave_out_computed(&target.pool(1), &job, &mut side).await?;
+    }
     let mut conn = source
         .acquire()
         .await
@@ -115,9 +122,8 @@ async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>>
         estimates.push(pg::estimate_rows(&mut conn, &p.select).await?);
     }
     let at_once = job.partitions_at_once(u32::try_from(plan.partitions.len()).unwrap_or(u32::MAX));
-    // How a run would create the target (none when it exists and is kept). The
-    // partitions' SQL needs only the source: a target out of reach is a warning.
-    let creation = match pg::connect(Side::Target, &job.target.url, job.retries).await {
+    // How a run would create the target (none when it exists and is kept).
+    let creation = match target {
         Ok(target) => planned_creation(&target.pool(1), &job, &side).await?,
         Err(e) => {
             tracing::warn!(
@@ -217,8 +223,15 @@ async fn check_job(job: Job) -> Result<()> {
     let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;
-    let side = resolve_source(&source.pool(1), &job, &source.place).await?;
-    let fit = fit_target(&target.pool(1), &job, &side, same_database, &target.place).await?;
+    let mut side = resolve_source(&source.pool(1), &job, &source.place).await?;
+    let fit = fit_target(
+        &target.pool(1),
+        &job,
+        &mut side,
+        same_database,
+        &target.place,
+    )
+    .await?;
     print!(
         "{}",
         report::render_check(
@@ -226,6 +239,7 @@ async fn check_job(job: Job) -> Result<()> {
             &job.target.table.to_string(),
             fit.exists,
             &fit.fits,
+            &fit.computed,
             &report::Encryption {
                 source: source.encryption.clone(),
                 target: target.encryption.clone(),

@@ -12,6 +12,7 @@ mod copy;
 mod covid;
 mod create;
 mod examples;
+mod generated;
 mod hints;
 mod incremental;
 mod indexes;
