@@ -37,6 +37,7 @@ pub mod error;
 pub mod init;
 pub mod job;
 pub mod keepalive;
+pub mod order;
 pub mod libpq;
 pub mod partition;
 pub mod pg;

@@ -1100,6 +1100,24 @@ pub async fn table_oid(conn: &mut PgConnection, table: &QualifiedName) -> Result
         .with_context(|| format!("looking up table {table}"))
 }
 
+/// The foreign keys `table` holds, each as its name and the OID of the table it
+/// references (a partitioned table's keys once, on the parent: the copies on
+/// its partitions have a `conparentid`). None when the table does not exist.
+pub async fn foreign_keys(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT c.conname::text, c.confrelid::int8 FROM pg_constraint c \
+         WHERE c.contype = 'f' AND c.conparentid = 0 AND c.conrelid = to_regclass($1) \
+         ORDER BY c.conname",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading the foreign keys of {table}"))
+}
+
 /// Whether a schema exists.
 pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool> {
     sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
