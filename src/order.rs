@@ -142,10 +142,7 @@ mod tests {
             Ok(vec![0, 1, 2])
         );
         // Independent tables keep their places around a pair.
-        assert_eq!(
-            parents_first(4, &[fk("a_d", 0, 3)]),
-            Ok(vec![1, 2, 3, 0])
-        );
+        assert_eq!(parents_first(4, &[fk("a_d", 0, 3)]), Ok(vec![1, 2, 3, 0]));
     }
 
     #[test]
@@ -178,10 +175,20 @@ mod tests {
 
     #[test]
     fn the_order_and_a_cycle_as_printed() {
-        let names: Vec<String> = ["public.payment", "public.staff", "public.store", "public.address"]
-            .map(String::from)
-            .to_vec();
-        let keys = [fk("p_s", 0, 1), fk("s_a", 1, 3), fk("st_a", 2, 3), fk("p_st", 0, 2)];
+        let names: Vec<String> = [
+            "public.payment",
+            "public.staff",
+            "public.store",
+            "public.address",
+        ]
+        .map(String::from)
+        .to_vec();
+        let keys = [
+            fk("p_s", 0, 1),
+            fk("s_a", 1, 3),
+            fk("st_a", 2, 3),
+            fk("p_st", 0, 2),
+        ];
         let order = parents_first(4, &keys).unwrap();
         assert_eq!(
             describe(&names, &order, &parents(4, &keys)),

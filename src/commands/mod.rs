@@ -2,6 +2,7 @@
 //! (parsing, introspection, planning, the type check, the connection budget) comes
 //! first, so a bad job exits 2 with the target untouched.
 
+mod order;
 mod prepare;
 mod preview;
 mod run;

@@ -23,6 +23,7 @@ mod proxy;
 mod repair;
 mod replace;
 mod resume;
+mod schema;
 mod secrets;
 mod shards;
 mod slices;
