@@ -40,6 +40,7 @@ pub mod keepalive;
 pub mod libpq;
 pub mod order;
 pub mod partition;
+pub mod pattern;
 pub mod pg;
 pub mod plan;
 pub mod replace;

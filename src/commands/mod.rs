@@ -199,6 +199,14 @@ fn load_jobs(path: &Path, overrides: &[(String, String)]) -> Result<JobSet> {
     Ok(set)
 }
 
+/// The job file's jobs with its pattern entries expanded from the source's
+/// catalogue; and what each pattern matched, for `plan`.
+async fn load_tables(path: &Path, overrides: &[(String, String)]) -> Result<(JobSet, Vec<String>)> {
+    let mut set = load_jobs(path, overrides)?;
+    let matched = order::expand_patterns(&mut set).await?;
+    Ok((set, matched))
+}
+
 /// An error of a job file's `[[tables]]` entry `i`, named as such (a job error
 /// stays one: exit 2).
 fn in_entry(many: bool, i: usize, e: anyhow::Error) -> anyhow::Error {

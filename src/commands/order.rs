@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 use crate::error::JobError;
-use crate::job::Job;
+use crate::job::{Job, JobSet};
 use crate::order::{self, ForeignKey};
+use crate::pattern;
 use crate::pg::{self, Side};
 
 /// The tables of a job file, parents first.
@@ -81,4 +82,45 @@ pub(super) async fn table_order(jobs: &[Job]) -> Result<TableOrder> {
         parents: order::parents(jobs.len(), &keys),
         names,
     })
+}
+
+/// Expands the job file's pattern entries from the source's catalogue (one
+/// read per pattern); returns what each matched, as `plan` prints it.
+///
+/// # Errors
+///
+/// A job error (exit 2) for a pattern that matches nothing, or a table two
+/// entries copy.
+pub(super) async fn expand_patterns(set: &mut JobSet) -> Result<Vec<String>> {
+    let mut found = Vec::with_capacity(set.patterns.len());
+    let mut lines = Vec::with_capacity(set.patterns.len());
+    for p in &set.patterns {
+        let job = &p.stand_in;
+        let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
+        let pool = server.pool(1);
+        let mut conn = pool
+            .acquire()
+            .await
+            .context("taking a source connection to list its tables")?;
+        let (tables, default_schema) = pg::tables_for_patterns(&mut conn).await?;
+        let matched = pattern::select(&tables, &p.pattern, &p.exclude, &default_schema);
+        let names: Vec<String> = matched.iter().map(ToString::to_string).collect();
+        let excluded: Vec<&str> = p.exclude.iter().map(|x| x.text.as_str()).collect();
+        lines.push(format!(
+            "tables[{}]: {:?}{} matches {} table{}: {}",
+            p.entry,
+            p.pattern.text,
+            if excluded.is_empty() {
+                String::new()
+            } else {
+                format!(" excluding {excluded:?}")
+            },
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        ));
+        found.push(matched);
+    }
+    set.expand(&found)?;
+    Ok(lines)
 }

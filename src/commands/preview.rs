@@ -22,16 +22,19 @@ use super::prepare::{
     same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
-use super::{in_entry, load_jobs, source_name};
+use super::{in_entry, load_tables, source_name};
 
 pub(super) async fn plan_command(
     path: &Path,
     overrides: &[(String, String)],
     format: Format,
 ) -> Result<u8> {
-    let set = load_jobs(path, overrides)?;
+    let (set, matched) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let mut docs = Vec::new();
+    if format == Format::Text && !matched.is_empty() {
+        println!("{}\n", matched.join("\n"));
+    }
     let order = if many {
         // The target's foreign keys decide the order; a target out of reach is a
         // warning here, as it is for the plan of one table.
@@ -227,7 +230,7 @@ async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Res
 }
 
 pub(super) async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
-    let set = load_jobs(path, overrides)?;
+    let (set, _) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let order = if many {
         let order = table_order(&set.jobs).await?;

@@ -31,7 +31,7 @@ use super::prepare::{
     window_condition, Prepared, SourceSide, TargetFit,
 };
 use super::verify::{compare_by_key, shared_target_key, verify_partitions};
-use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, Ends, RunEnd};
+use super::{copy_partitions, in_entry, load_tables, resume_command, source_name, Ends, RunEnd};
 
 /// A step of a run over every table of the job file. All are checked (and
 /// connected) first, so a bad entry exits 2 before any table is written; then
@@ -43,7 +43,7 @@ pub(super) async fn run_tables(
     overrides: &[(String, String)],
     opts: &RunOptions,
 ) -> Result<Ends> {
-    let set = load_jobs(path, overrides)?;
+    let (set, _) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let started = Instant::now();
     let order = if many {

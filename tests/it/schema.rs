@@ -291,3 +291,81 @@ async fn a_kill_mid_run_and_a_rerun_end_exact() {
     assert_schema_copied(&pair).await;
     assert_exit(&stride(&["verify", path], &[]), 0);
 }
+
+#[tokio::test]
+async fn a_pattern_copies_the_whole_schema_less_its_exclusions() {
+    let pair = schema_pair("schema_pattern", false).await;
+    // Not tables, or excluded: none is matched (the target has none of them).
+    pair.source
+        .exec(
+            "CREATE VIEW customer_list AS SELECT customer_id, email FROM customer;
+             CREATE MATERIALIZED VIEW film_count AS SELECT count(*) FROM film;
+             CREATE TABLE audit_log (id int, said text);
+             INSERT INTO audit_log VALUES (1, 'kept on the source');",
+        )
+        .await;
+    let job = job_file(&format!(
+        "[source]\nurl = \"{}\"\n\n[target]\nurl = \"{}\"\n\n\
+         [[tables]]\ntable = \"public.*\"\nexclude = [\"public.audit_*\"]\n",
+        pair.source.url, pair.target.url
+    ));
+    let path = job.path.to_str().unwrap();
+    let plan = stride(&["plan", path], &[]);
+    assert_exit(&plan, 0);
+    let said = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let matched = "tables[0]: \"public.*\" excluding [\"public.audit_*\"] matches 13 tables: \
+                   \"public\".\"actor\", \"public\".\"address\", \"public\".\"city\", \"public\".\"country\", \
+                   \"public\".\"customer\", \"public\".\"film\", \"public\".\"film_actor\", \"public\".\"inventory\", \
+                   \"public\".\"language\", \"public\".\"payment\", \"public\".\"rental\", \"public\".\"staff\", \
+                   \"public\".\"store\"\n\n";
+    assert!(said.starts_with(matched), "{said}");
+    assert!(
+        said[matched.len()..].starts_with(
+            "tables in foreign-key order (parents first):\n  1. \"public\".\"actor\"\n"
+        ),
+        "{said}"
+    );
+
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("tables 13 of 13 done"),
+        "{}",
+        text(&out)
+    );
+    assert_schema_copied(&pair).await;
+    assert_exit(&stride(&["verify", path], &[]), 0);
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname IN ('audit_log', 'customer_list', 'film_count')")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_pattern_matching_nothing_is_refused_naming_it() {
+    let pair = schema_pair("schema_no_match", false).await;
+    let job = job_file(&format!(
+        "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n\
+         [[tables]]\ntable = \"public.*\"\n[[tables]]\ntable = \"sales.order_*\"\n",
+        pair.source.url, pair.target.url
+    ));
+    for command in ["run", "plan", "check"] {
+        let out = stride(&[command, job.path.to_str().unwrap()], &[]);
+        assert_exit(&out, 2);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            "error: tables[1].table: \"sales.order_*\" matches no table of the source \
+             (expected a pattern matching at least one table; views, materialized views, \
+             foreign tables and partitions are not matched)"
+        );
+    }
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'stride_checkpoints'")
+            .await,
+        0,
+        "nothing written"
+    );
+}
