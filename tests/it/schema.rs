@@ -6,8 +6,7 @@
 use crate::common::*;
 
 /// The schema, on source and target alike.
-fn ddl() -> String {
-    format!(
+const DDL: &str =
         "CREATE TYPE mpaa_rating AS ENUM ('G', 'PG', 'PG-13', 'R', 'NC-17');
          CREATE DOMAIN year AS int CHECK (VALUE BETWEEN 1901 AND 2155);
          CREATE TABLE language (language_id int PRIMARY KEY, name text NOT NULL);
@@ -40,9 +39,7 @@ fn ddl() -> String {
              PRIMARY KEY (payment_date, payment_id)) PARTITION BY RANGE (payment_date);
          CREATE TABLE payment_2026_01 PARTITION OF payment FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
          CREATE TABLE payment_2026_02 PARTITION OF payment FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
-         CREATE TABLE payment_2026_03 PARTITION OF payment FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');"
-    )
-}
+         CREATE TABLE payment_2026_03 PARTITION OF payment FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');";
 
 /// Generated rows: every foreign key satisfied, NULLs where a column allows them.
 const ROWS: &str = "
@@ -93,9 +90,9 @@ const TABLES: [&str; 13] = [
 /// foreign key, from store to staff.
 async fn schema_pair(label: &str, cycle: bool) -> Pair {
     let pair = Pair::new(label).await;
-    pair.source.exec(&ddl()).await;
+    pair.source.exec(DDL).await;
     pair.source.exec(ROWS).await;
-    pair.target.exec(&ddl()).await;
+    pair.target.exec(DDL).await;
     if cycle {
         // The store's manager is a member of its staff: staff -> store -> staff.
         let manager = "ALTER TABLE store ADD CONSTRAINT store_manager_staff_id_fkey \
@@ -252,11 +249,9 @@ async fn a_cycle_among_the_tables_is_refused_naming_it() {
     assert_exit(&out, 2);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
-        concat!(
             "error: tables: the target's foreign keys form a cycle among \"public\".\"staff\", \"public\".\"store\" \
              (staff_store_id_fkey of \"public\".\"staff\", store_manager_staff_id_fkey of \"public\".\"store\") \
              (expected tables that load parents first: copy the tables of the cycle in a job of their own with one of these keys dropped)"
-        )
     );
     assert_eq!(
         pair.target
@@ -368,4 +363,25 @@ async fn a_pattern_matching_nothing_is_refused_naming_it() {
         0,
         "nothing written"
     );
+}
+
+/// examples/whole-schema.toml, as shipped, copies the schema.
+#[tokio::test]
+async fn the_whole_schema_example_runs_as_shipped() {
+    let pair = schema_pair("schema_example", false).await;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/whole-schema.toml");
+    let out = stride(
+        &["run", example],
+        &[
+            ("SOURCE_URL", pair.source.url.as_str()),
+            ("TARGET_URL", pair.target.url.as_str()),
+        ],
+    );
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("tables 13 of 13 done"),
+        "{}",
+        text(&out)
+    );
+    assert_schema_copied(&pair).await;
 }
