@@ -12,6 +12,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::error::JobError;
+use crate::pattern::{is_pattern, TablePattern};
 use crate::sql::QualifiedName;
 
 /// A connection URL whose `Display` and `Debug` hide the password, so that no log
@@ -627,7 +628,62 @@ pub struct JobSet {
     /// `[run] tables = "concurrent"`: the tables copy at once, sharing
     /// `run.parallelism`; otherwise one after the other, in the order given.
     pub concurrent: bool,
+    /// Entries whose `table` is a pattern, expanded into `jobs` by
+    /// [`JobSet::expand`] once the source's tables are known.
+    pub patterns: Vec<PatternEntry>,
 }
+
+/// A `[[tables]]` entry whose `table` is a pattern (`public.*`): one job per
+/// matched source table, each copied whole into the target table of the same
+/// name, the entry's other keys applying to each.
+#[derive(Clone, Debug)]
+pub struct PatternEntry {
+    /// The entry's place in the file, for messages.
+    pub entry: usize,
+    /// How many of the set's jobs come before it (where its tables go).
+    at: usize,
+    pub pattern: TablePattern,
+    pub exclude: Vec<TablePattern>,
+    /// The entry's job file, all but `source.table`.
+    template: toml::Table,
+    /// The entry's job for a stand-in table: where the source is, how often
+    /// to retry reaching it.
+    pub stand_in: Job,
+}
+
+impl PatternEntry {
+    /// The job that copies `table`.
+    fn job_for(&self, table: &QualifiedName) -> Result<Job, JobError> {
+        job_from_template(&self.template, self.entry, table)
+    }
+}
+
+/// Entry `i`'s job file with `source.table` set to `table`, validated.
+fn job_from_template(
+    template: &toml::Table,
+    i: usize,
+    table: &QualifiedName,
+) -> Result<Job, JobError> {
+    let mut one = template.clone();
+    let source = one
+        .entry("source")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(source) = source {
+        source.insert("table".to_string(), toml::Value::String(table.to_string()));
+    }
+    let raw: RawJob = serde_path_to_error::deserialize(toml::Value::Table(one)).map_err(|e| {
+        JobError::new(format!(
+            "tables[{i}]: {}: {}",
+            e.path(),
+            e.inner().message().trim()
+        ))
+    })?;
+    Job::from_raw(raw).map_err(|e| JobError::new(format!("tables[{i}]: {e}")))
+}
+
+/// Keys a pattern entry may set: the rest (a partition column, a query, columns,
+/// a filter) cannot mean the same for every matched table.
+const PATTERN_KEYS: &[&str] = &["table", "exclude", "target"];
 
 /// Keys a `[[tables]]` entry may set, and where they go.
 const TABLE_SOURCE_KEYS: &[&str] = &["table", "query", "columns", "where", "sample", "limit"];
@@ -653,6 +709,7 @@ impl JobSet {
             return Ok(JobSet {
                 jobs: vec![Job::parse_with_overrides(text, env, overrides)?],
                 concurrent: false,
+                patterns: Vec::new(),
             });
         }
         let mut doc: toml::Table = toml::from_str(&expanded).expect("parsed just above");
@@ -693,10 +750,23 @@ impl JobSet {
             }
         }
         let mut jobs: Vec<Job> = Vec::with_capacity(entries.len());
+        let mut patterns = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
             let toml::Value::Table(entry) = entry else {
                 return Err(JobError::new(format!("tables[{i}]: is not a table")));
             };
+            if let Some(toml::Value::String(table)) = entry.get("table") {
+                if is_pattern(table) {
+                    let at = jobs.len();
+                    patterns.push(pattern_entry(&doc, i, at, entry, overrides)?);
+                    continue;
+                }
+            }
+            if entry.contains_key("exclude") {
+                return Err(JobError::new(format!(
+                    "tables[{i}].exclude: set for a table that is not a pattern (expected table = \"schema.*\" or another pattern with * or ?)"
+                )));
+            }
             let mut one = doc.clone();
             for (key, value) in entry {
                 let section =
@@ -751,16 +821,159 @@ impl JobSet {
             }
             jobs.push(job);
         }
-        if concurrent {
-            // One budget: the connections of `run.parallelism` (default 4), shared.
-            let total = jobs[0].parallelism.unwrap_or(DEFAULT_PARALLELISM);
-            let each = (total / u32::try_from(jobs.len()).unwrap_or(u32::MAX)).max(1);
-            for job in &mut jobs {
-                job.parallelism = Some(each);
+        let mut set = JobSet {
+            jobs,
+            concurrent,
+            patterns,
+        };
+        if set.patterns.is_empty() {
+            set.share_parallelism();
+        }
+        Ok(set)
+    }
+
+    /// With `concurrent`, one budget: the connections of `run.parallelism`
+    /// (default 4), shared by the tables.
+    fn share_parallelism(&mut self) {
+        if !self.concurrent || self.jobs.is_empty() {
+            return;
+        }
+        let total = self.jobs[0].parallelism.unwrap_or(DEFAULT_PARALLELISM);
+        let each = (total / u32::try_from(self.jobs.len()).unwrap_or(u32::MAX)).max(1);
+        for job in &mut self.jobs {
+            job.parallelism = Some(each);
+        }
+    }
+
+    /// Replaces each pattern entry by one job per table it matched (`found[k]`
+    /// for `patterns[k]`, in the source's order), where the entry stood.
+    ///
+    /// # Errors
+    ///
+    /// A pattern that matched nothing; a target table that two entries copy into.
+    pub fn expand(&mut self, found: &[Vec<QualifiedName>]) -> Result<(), JobError> {
+        let patterns = std::mem::take(&mut self.patterns);
+        let mut entry_of: Vec<Option<usize>> = vec![None; self.jobs.len()];
+        for (p, tables) in patterns.iter().zip(found).rev() {
+            if tables.is_empty() {
+                return Err(JobError::new(format!(
+                    "tables[{}].table: {:?} matches no table of the source (expected a pattern matching at least one table; views, materialized views, foreign tables and partitions are not matched)",
+                    p.entry, p.pattern.text
+                )));
+            }
+            let jobs = tables
+                .iter()
+                .map(|t| p.job_for(t))
+                .collect::<Result<Vec<Job>, JobError>>()?;
+            let n = jobs.len();
+            self.jobs.splice(p.at..p.at, jobs);
+            entry_of.splice(p.at..p.at, std::iter::repeat_n(Some(p.entry), n));
+        }
+        for (i, job) in self.jobs.iter().enumerate() {
+            if let Some(j) = self.jobs[..i].iter().position(|other| {
+                other.target.table == job.target.table && other.target.url == job.target.url
+            }) {
+                let by = |k: usize| {
+                    entry_of[k].map_or_else(String::new, |e| format!(" (matched by tables[{e}])"))
+                };
+                return Err(JobError::new(format!(
+                    "tables: {} is the target of two entries{}{} (expected each table in one entry: add it to the pattern's exclude)",
+                    job.target.table,
+                    by(j),
+                    by(i)
+                )));
             }
         }
-        Ok(JobSet { jobs, concurrent })
+        self.share_parallelism();
+        Ok(())
     }
+}
+
+/// A `[[tables]]` entry with a pattern: checked now (every key but the table,
+/// with a stand-in name), expanded when the source's tables are known.
+fn pattern_entry(
+    doc: &toml::Table,
+    i: usize,
+    at: usize,
+    entry: toml::Table,
+    overrides: &[(String, String)],
+) -> Result<PatternEntry, JobError> {
+    for section in ["partition", "incremental"] {
+        if doc.contains_key(section) {
+            return Err(JobError::new(format!(
+                "tables[{i}]: [{section}] applies to a pattern (expected no [{section}] in a file whose [[tables]] use patterns: each matched table is copied whole, as one partition)"
+            )));
+        }
+    }
+    let mut one = doc.clone();
+    let mut text = String::new();
+    let mut exclude = Vec::new();
+    for (key, value) in entry {
+        match (key.as_str(), value) {
+            ("table", toml::Value::String(t)) => text = t,
+            ("exclude", toml::Value::Array(list)) => {
+                for x in list {
+                    let toml::Value::String(x) = x else {
+                        return Err(JobError::new(format!(
+                            "tables[{i}].exclude: {x} is not a string (expected a list of patterns such as [\"public.audit_*\"])"
+                        )));
+                    };
+                    exclude.push(TablePattern::parse(&x).map_err(|e| {
+                        JobError::new(format!("tables[{i}].exclude: {e}"))
+                    })?);
+                }
+            }
+            ("exclude", other) => {
+                return Err(JobError::new(format!(
+                    "tables[{i}].exclude: {other} is not a list (expected a list of patterns such as [\"public.audit_*\"])"
+                )))
+            }
+            ("target", toml::Value::Table(keys)) => {
+                if keys.contains_key("table") {
+                    return Err(JobError::new(format!(
+                        "tables[{i}].target.table: set for a pattern (expected none: each matched table goes to the target table of the same name)"
+                    )));
+                }
+                let mut target = match one.remove("target") {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => toml::Table::new(),
+                };
+                target.extend(keys);
+                one.insert("target".to_string(), toml::Value::Table(target));
+            }
+            ("target", _) => {
+                return Err(JobError::new(format!("tables[{i}].target: is not a table")))
+            }
+            (key, _) => {
+                return Err(JobError::new(format!(
+                    "tables[{i}].{key}: not allowed with a pattern table (expected only {}: each matched table is copied whole, as one partition)",
+                    PATTERN_KEYS.join(", ")
+                )))
+            }
+        }
+    }
+    let pattern =
+        TablePattern::parse(&text).map_err(|e| JobError::new(format!("tables[{i}].table: {e}")))?;
+    for (key, value) in overrides.iter().filter(|(k, _)| k != "run.tables") {
+        apply_override(&mut one, key, value)?;
+    }
+    // Every other key is checked now, before anything is read.
+    let stand_in = job_from_template(
+        &one,
+        i,
+        &QualifiedName {
+            schema: Some("public".to_string()),
+            name: "stand_in".to_string(),
+        },
+    )?;
+    Ok(PatternEntry {
+        entry: i,
+        at,
+        pattern,
+        exclude,
+        template: one,
+        stand_in,
+    })
 }
 
 /// Sets `section.key` (or `section.key.sub`...) in the parsed file. The value is
@@ -1796,5 +2009,115 @@ parallelism = 2
             let e = parse(partition, "").unwrap_err().to_string();
             assert!(e.contains(error), "{partition}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod pattern_entry_tests {
+    use super::*;
+
+    const HEAD: &str = "[source]\nurl = \"postgres://s/db\"\n[target]\nurl = \"postgres://t/db\"\n";
+
+    fn parse(body: &str) -> Result<JobSet, JobError> {
+        JobSet::parse(&format!("{HEAD}{body}"), |_| None, &[])
+    }
+
+    fn name(schema: &str, name: &str) -> QualifiedName {
+        QualifiedName {
+            schema: Some(schema.to_string()),
+            name: name.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_pattern_expands_where_it_stands_with_its_keys() {
+        let mut set = parse(
+            "[run]\ntables = \"concurrent\"\nparallelism = 6\n\
+             [[tables]]\ntable = \"orders\"\n\
+             [[tables]]\ntable = \"public.*\"\nexclude = [\"public.audit_*\"]\n[tables.target]\nmode = \"truncate\"\n\
+             [[tables]]\ntable = \"notes\"\n",
+        )
+        .unwrap();
+        assert_eq!(set.jobs.len(), 2);
+        assert_eq!(set.patterns.len(), 1);
+        assert_eq!(set.patterns[0].pattern.text, "public.*");
+        assert_eq!(set.patterns[0].exclude[0].text, "public.audit_*");
+        set.expand(&[vec![name("public", "actor"), name("public", "film")]])
+            .unwrap();
+        let tables: Vec<String> = set
+            .jobs
+            .iter()
+            .map(|j| j.target.table.to_string())
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                "\"orders\"",
+                "\"public\".\"actor\"",
+                "\"public\".\"film\"",
+                "\"notes\""
+            ]
+        );
+        assert_eq!(set.jobs[1].target.mode, Mode::Truncate);
+        assert_eq!(set.jobs[0].target.mode, Mode::Append);
+        assert!(set.jobs[1].partition.is_none());
+        // Six connections shared by the four tables once they are known.
+        assert!(set.jobs.iter().all(|j| j.parallelism == Some(1)));
+    }
+
+    #[test]
+    fn a_pattern_refuses_what_cannot_mean_the_same_for_every_table() {
+        for (body, message) in [
+            (
+                "[[tables]]\ntable = \"public.*\"\n[tables.partition]\ncolumn = \"id\"\n",
+                "tables[0].partition: not allowed with a pattern table (expected only table, exclude, target: each matched table is copied whole, as one partition)",
+            ),
+            (
+                "[[tables]]\ntable = \"public.*\"\nwhere = \"id > 0\"\n",
+                "tables[0].where: not allowed with a pattern table (expected only table, exclude, target: each matched table is copied whole, as one partition)",
+            ),
+            (
+                "[partition]\ncolumn = \"id\"\n[[tables]]\ntable = \"public.*\"\n",
+                "tables[0]: [partition] applies to a pattern (expected no [partition] in a file whose [[tables]] use patterns: each matched table is copied whole, as one partition)",
+            ),
+            (
+                "[[tables]]\ntable = \"public.*\"\n[tables.target]\ntable = \"copy\"\n",
+                "tables[0].target.table: set for a pattern (expected none: each matched table goes to the target table of the same name)",
+            ),
+            (
+                "[[tables]]\ntable = \"orders\"\nexclude = [\"x\"]\n",
+                "tables[0].exclude: set for a table that is not a pattern (expected table = \"schema.*\" or another pattern with * or ?)",
+            ),
+            (
+                "[[tables]]\ntable = \"a.b.*\"\n",
+                "tables[0].table: \"a.b.*\" has more than two parts (expected schema.name or name, with * and ?)",
+            ),
+            (
+                "[[tables]]\ntable = \"public.*\"\n[tables.target]\nmode = \"sideways\"\n",
+                "tables[0]: target.mode: unknown variant `sideways`, expected one of `append`, `truncate`, `upsert`, `error-if-exists`, `replace`, `overwrite`",
+            ),
+        ] {
+            assert_eq!(parse(body).unwrap_err().to_string(), message, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_matching_nothing_or_a_table_twice_is_refused() {
+        let mut set = parse("[[tables]]\ntable = \"sales.order_*\"\n").unwrap();
+        assert_eq!(
+            set.expand(&[vec![]]).unwrap_err().to_string(),
+            "tables[0].table: \"sales.order_*\" matches no table of the source (expected a pattern matching at least one table; views, materialized views, foreign tables and partitions are not matched)"
+        );
+        let mut set =
+            parse("[[tables]]\ntable = \"public.*\"\n[[tables]]\ntable = \"public.f*\"\n").unwrap();
+        assert_eq!(
+            set.expand(&[
+                vec![name("public", "actor"), name("public", "film")],
+                vec![name("public", "film")]
+            ])
+            .unwrap_err()
+            .to_string(),
+            "tables: \"public\".\"film\" is the target of two entries (matched by tables[0]) (matched by tables[1]) (expected each table in one entry: add it to the pattern's exclude)"
+        );
     }
 }

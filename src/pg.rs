@@ -1100,6 +1100,50 @@ pub async fn table_oid(conn: &mut PgConnection, table: &QualifiedName) -> Result
         .with_context(|| format!("looking up table {table}"))
 }
 
+/// The foreign keys `table` holds, each as its name and the OID of the table it
+/// references (a partitioned table's keys once, on the parent: the copies on
+/// its partitions have a `conparentid`). None when the table does not exist.
+pub async fn foreign_keys(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+) -> Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT c.conname::text, c.confrelid::int8 FROM pg_constraint c \
+         WHERE c.contype = 'f' AND c.conparentid = 0 AND c.conrelid = to_regclass($1) \
+         ORDER BY c.conname",
+    )
+    .bind(table.to_string())
+    .fetch_all(conn)
+    .await
+    .with_context(|| format!("reading the foreign keys of {table}"))
+}
+
+/// What a `[[tables]]` pattern can match: ordinary and partitioned tables, by
+/// schema and name, outside the system schemas; not views, materialized views,
+/// foreign tables, or the partitions of a partitioned table (copied through
+/// their parent). And the first schema of the search_path, for a pattern
+/// without one.
+pub async fn tables_for_patterns(
+    conn: &mut PgConnection,
+) -> Result<(Vec<(String, String)>, String)> {
+    let tables = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing the source's tables")?;
+    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the source's current schema")?;
+    Ok((tables, schema.unwrap_or_else(|| "public".to_string())))
+}
+
 /// Whether a schema exists.
 pub async fn schema_exists(conn: &mut PgConnection, schema: &str) -> Result<bool> {
     sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")

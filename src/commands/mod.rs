@@ -2,6 +2,7 @@
 //! (parsing, introspection, planning, the type check, the connection budget) comes
 //! first, so a bad job exits 2 with the target untouched.
 
+mod order;
 mod prepare;
 mod preview;
 mod run;
@@ -196,6 +197,14 @@ fn load_jobs(path: &Path, overrides: &[(String, String)]) -> Result<JobSet> {
     let set = JobSet::parse(&text, |name| std::env::var(name).ok(), overrides)
         .map_err(|e| JobError::new(format!("{}: {e}", path.display())))?;
     Ok(set)
+}
+
+/// The job file's jobs with its pattern entries expanded from the source's
+/// catalogue; and what each pattern matched, for `plan`.
+async fn load_tables(path: &Path, overrides: &[(String, String)]) -> Result<(JobSet, Vec<String>)> {
+    let mut set = load_jobs(path, overrides)?;
+    let matched = order::expand_patterns(&mut set).await?;
+    Ok((set, matched))
 }
 
 /// An error of a job file's `[[tables]]` entry `i`, named as such (a job error

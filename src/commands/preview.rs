@@ -10,28 +10,56 @@ use sqlx::PgConnection;
 use crate::checkpoint;
 use crate::cli::Format;
 use crate::create;
-use crate::error::exit;
+use crate::error::{exit, JobError};
 use crate::job::Job;
 use crate::pg::{self, Side};
 use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
+use super::order::table_order;
 use super::prepare::{
     add_reread, fit_target, leave_out_computed, plan_partitions, planned_creation, refuse_unfit,
     resolve_source, same_server, scope,
 };
 use super::run::{next_window, refuse_what_the_target_holds};
-use super::{in_entry, load_jobs, source_name};
+use super::{in_entry, load_tables, source_name};
 
 pub(super) async fn plan_command(
     path: &Path,
     overrides: &[(String, String)],
     format: Format,
 ) -> Result<u8> {
-    let set = load_jobs(path, overrides)?;
+    let (set, matched) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let mut docs = Vec::new();
-    for (i, job) in set.jobs.into_iter().enumerate() {
+    if format == Format::Text && !matched.is_empty() {
+        println!("{}\n", matched.join("\n"));
+    }
+    let order = if many {
+        // The target's foreign keys decide the order; a target out of reach is a
+        // warning here, as it is for the plan of one table.
+        match table_order(&set.jobs).await {
+            Ok(order) => {
+                if format == Format::Text {
+                    println!("{}", order.describe());
+                }
+                order.order
+            }
+            Err(e) if e.is::<JobError>() => return Err(e),
+            Err(e) => {
+                eprintln!(
+                    "warning: the order of the tables is the file's: the target's foreign keys could not be read: {}",
+                    crate::error::chain(&e)
+                );
+                (0..set.jobs.len()).collect()
+            }
+        }
+    } else {
+        vec![0]
+    };
+    let mut jobs: Vec<Option<Job>> = set.jobs.into_iter().map(Some).collect();
+    for i in order {
+        let job = jobs[i].take().expect("each table is planned once");
         if many && format == Format::Text {
             println!("== table {}\n", job.target.table);
         }
@@ -208,9 +236,18 @@ async fn planned_window(job: &Job, source: &mut PgConnection, mark: &Key) -> Res
 }
 
 pub(super) async fn check(path: &Path, overrides: &[(String, String)]) -> Result<u8> {
-    let set = load_jobs(path, overrides)?;
+    let (set, _) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
-    for (i, job) in set.jobs.into_iter().enumerate() {
+    let order = if many {
+        let order = table_order(&set.jobs).await?;
+        println!("{}", order.describe());
+        order.order
+    } else {
+        vec![0]
+    };
+    let mut jobs: Vec<Option<Job>> = set.jobs.into_iter().map(Some).collect();
+    for i in order {
+        let job = jobs[i].take().expect("each table is checked once");
         if many {
             println!("== table {}", job.target.table);
         }

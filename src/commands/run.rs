@@ -25,12 +25,13 @@ use crate::replace;
 use crate::report::{self, Summary};
 use crate::sql::QualifiedName;
 
+use super::order::table_order;
 use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, read_select, scope,
     window_condition, Prepared, SourceSide, TargetFit,
 };
 use super::verify::{compare_by_key, shared_target_key, verify_partitions};
-use super::{copy_partitions, in_entry, load_jobs, resume_command, source_name, Ends, RunEnd};
+use super::{copy_partitions, in_entry, load_tables, resume_command, source_name, Ends, RunEnd};
 
 /// A step of a run over every table of the job file. All are checked (and
 /// connected) first, so a bad entry exits 2 before any table is written; then
@@ -42,9 +43,14 @@ pub(super) async fn run_tables(
     overrides: &[(String, String)],
     opts: &RunOptions,
 ) -> Result<Ends> {
-    let set = load_jobs(path, overrides)?;
+    let (set, _) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let started = Instant::now();
+    let order = if many {
+        Some(table_order(&set.jobs).await?)
+    } else {
+        None
+    };
     let mut prepared = Vec::with_capacity(set.jobs.len());
     for (i, job) in set.jobs.into_iter().enumerate() {
         let checked = async {
@@ -72,17 +78,40 @@ pub(super) async fn run_tables(
             }
         })
     };
+    // Parents first (the target's foreign keys among the tables): in order, a
+    // table starts after the one before it succeeded; concurrently, as soon as
+    // the tables it references have succeeded. A table whose parent did not
+    // succeed is not started.
+    let order = order.expect("several tables are ordered");
+    let mut waiting: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
+    let mut succeeded = vec![false; waiting.len()];
     let mut ends = Vec::new();
-    let mut not_started = Vec::new();
     if set.concurrent {
-        let runs = prepared.into_iter().map(|p| {
-            let table = p.job.target.table.to_string();
-            async move { named(table, run(p, path, opts).await) }
-        });
-        ends = futures_util::future::join_all(runs).await;
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut finished = Vec::new();
+        loop {
+            for &t in &order.order {
+                if waiting[t].is_some() && order.parents[t].iter().all(|&p| succeeded[p]) {
+                    let p = waiting[t].take().expect("checked just above");
+                    let table = p.job.target.table.to_string();
+                    running.push(async move { (t, named(table, run(p, path, opts).await)) });
+                }
+            }
+            let Some((t, end)) = futures_util::StreamExt::next(&mut running).await else {
+                break;
+            };
+            succeeded[t] = end.code == exit::OK;
+            finished.push((t, end));
+        }
+        // The summary lists the tables in the order they were started.
+        for &t in &order.order {
+            if let Some(i) = finished.iter().position(|(u, _)| *u == t) {
+                ends.push(finished.swap_remove(i).1);
+            }
+        }
     } else {
-        let mut prepared = prepared.into_iter();
-        for p in prepared.by_ref() {
+        for &t in &order.order {
+            let p = waiting[t].take().expect("each table runs once");
             let table = p.job.target.table.to_string();
             let end = named(table, run(p, path, opts).await);
             let code = end.code;
@@ -91,8 +120,12 @@ pub(super) async fn run_tables(
                 break;
             }
         }
-        not_started = prepared.map(|p| p.job.target.table.to_string()).collect();
     }
+    let not_started: Vec<String> = order
+        .order
+        .iter()
+        .filter_map(|&t| waiting[t].as_ref().map(|p| p.job.target.table.to_string()))
+        .collect();
     if matches!(opts.step, Step::Whole | Step::Shard(_)) {
         let rows: Vec<(String, Option<&Summary>, u8)> = ends
             .iter()

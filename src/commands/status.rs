@@ -13,14 +13,14 @@ use crate::job::Job;
 use crate::pg::{self, Side};
 use crate::report::{NextCommands, RecordedStatus, RunStatus};
 
-use super::{command_line, in_entry, load_jobs};
+use super::{command_line, in_entry, load_tables};
 
 pub(super) async fn status(
     path: &Path,
     overrides: &[(String, String)],
     format: Format,
 ) -> Result<u8> {
-    let set = load_jobs(path, overrides)?;
+    let (set, _) = load_tables(path, overrides).await?;
     let many = set.jobs.len() > 1;
     let mut all = Vec::new();
     for (i, job) in set.jobs.into_iter().enumerate() {

@@ -25,7 +25,7 @@ use super::prepare::{
     window_condition, Prepared, TargetFit,
 };
 use super::run::lock_target;
-use super::{copy_partitions, in_entry, load_jobs};
+use super::{copy_partitions, in_entry, load_tables};
 
 /// `stride verify`: compares every partition in a new snapshot of the source,
 /// with the partitions of the job's recorded run when there is one; `--repair`
@@ -35,7 +35,7 @@ pub(super) async fn verify(
     overrides: &[(String, String)],
     quiet: bool,
 ) -> Result<u8> {
-    let set = load_jobs(&args.job, overrides)?;
+    let (set, _) = load_tables(&args.job, overrides).await?;
     let many = set.jobs.len() > 1;
     let mut code = exit::OK;
     for (i, job) in set.jobs.into_iter().enumerate() {

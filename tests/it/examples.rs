@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use stride::cli::Cli;
-use stride::job::Job;
+use stride::job::{Job, JobSet};
 
 /// Every file under examples/, subdirectories included.
 fn examples() -> Vec<PathBuf> {
@@ -138,7 +138,7 @@ fn every_job_file_in_examples_is_valid() {
     assert!(!jobs.is_empty());
     for job in jobs {
         let text = std::fs::read_to_string(&job).unwrap();
-        Job::parse(&text, env).unwrap_or_else(|e| panic!("{}: {e}", job.display()));
+        JobSet::parse(&text, env, &[]).unwrap_or_else(|e| panic!("{}: {e}", job.display()));
     }
 }
 

@@ -24,6 +24,7 @@ mod proxy;
 mod repair;
 mod replace;
 mod resume;
+mod schema;
 mod scripts;
 mod secrets;
 mod shards;
