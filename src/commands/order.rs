@@ -10,6 +10,7 @@ use crate::job::{Job, JobSet};
 use crate::order::{self, ForeignKey};
 use crate::pattern;
 use crate::pg::{self, Side};
+use crate::sql::QualifiedName;
 
 /// The tables of a job file, parents first.
 pub(super) struct TableOrder {
@@ -103,7 +104,13 @@ pub(super) async fn expand_patterns(set: &mut JobSet) -> Result<Vec<String>> {
             .await
             .context("taking a source connection to list its tables")?;
         let (tables, default_schema) = pg::tables_for_patterns(&mut conn).await?;
-        let matched = pattern::select(&tables, &p.pattern, &p.exclude, &default_schema);
+        let mut matched = pattern::select(&tables, &p.pattern, &p.exclude, &default_schema);
+        // A source that was once a target holds a checkpoint table: stride's
+        // bookkeeping, not data, and copying it would write into this job's own.
+        if let Some(cp) = &job.checkpoint_table {
+            let schema_of = |t: &QualifiedName| t.schema.clone().unwrap_or(default_schema.clone());
+            matched.retain(|t| !(t.name == cp.name && schema_of(t) == schema_of(cp)));
+        }
         let names: Vec<String> = matched.iter().map(ToString::to_string).collect();
         let excluded: Vec<&str> = p.exclude.iter().map(|x| x.text.as_str()).collect();
         lines.push(format!(

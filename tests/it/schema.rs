@@ -296,9 +296,12 @@ async fn a_pattern_copies_the_whole_schema_less_its_exclusions() {
             "CREATE VIEW customer_list AS SELECT customer_id, email FROM customer;
              CREATE MATERIALIZED VIEW film_count AS SELECT count(*) FROM film;
              CREATE TABLE audit_log (id int, said text);
-             INSERT INTO audit_log VALUES (1, 'kept on the source');",
+             INSERT INTO audit_log VALUES (1, 'kept on the source');
+             CREATE TABLE stride_checkpoints (fingerprint text, partition integer);
+             INSERT INTO stride_checkpoints VALUES ('a run into this source', -1);",
         )
         .await;
+    // The source's stride_checkpoints (it was once a target) is not matched either.
     let job = job_file(&format!(
         "[source]\nurl = \"{}\"\n\n[target]\nurl = \"{}\"\n\n\
          [[tables]]\ntable = \"public.*\"\nexclude = [\"public.audit_*\"]\n",
@@ -333,6 +336,13 @@ async fn a_pattern_copies_the_whole_schema_less_its_exclusions() {
     assert_eq!(
         pair.target
             .scalar_i64("SELECT count(*) FROM pg_class WHERE relname IN ('audit_log', 'customer_list', 'film_count')")
+            .await,
+        0
+    );
+    // The target's checkpoint table holds its own runs only.
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM stride_checkpoints WHERE fingerprint = 'a run into this source'")
             .await,
         0
     );
