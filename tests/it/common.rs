@@ -309,3 +309,23 @@ impl Running {
         }
     }
 }
+
+/// The first command between backticks in `text` that starts with `program` and
+/// contains `with` (`""`: any), as stride printed it for the user to run next.
+pub fn printed_command(text: &str, program: &str, with: &str) -> String {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .find(|c| c.starts_with(program) && c.contains(with))
+        .unwrap_or_else(|| panic!("no `{program} ... {with} ...` command in:\n{text}"))
+        .to_string()
+}
+
+/// Runs a printed command verbatim, through `sh -c`.
+pub fn sh(command: &str) -> Output {
+    std::process::Command::new("sh")
+        .args(["-c", command])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("sh runs")
+}

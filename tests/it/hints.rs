@@ -1,8 +1,6 @@
 //! Every command stride prints for the user to run next works when run exactly as
 //! printed (through `sh -c`), with the options that matter.
 
-use std::process::Command;
-
 use crate::common::*;
 
 async fn seeded(label: &str) -> Pair {
@@ -11,24 +9,6 @@ async fn seeded(label: &str) -> Pair {
         .exec("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 2000) g;")
         .await;
     pair
-}
-
-/// The one command between backticks in `text` that starts with `program`.
-fn printed_command(text: &str, program: &str) -> String {
-    text.split('`')
-        .skip(1)
-        .step_by(2)
-        .find(|c| c.starts_with(program))
-        .unwrap_or_else(|| panic!("no `{program} ...` command in:\n{text}"))
-        .to_string()
-}
-
-fn sh(command: &str) -> std::process::Output {
-    Command::new("sh")
-        .args(["-c", command])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("sh runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +40,7 @@ async fn the_repair_command_verify_prints_repairs_what_it_found_when_run_as_prin
         &[],
     );
     assert_exit(&out, 1);
-    let command = printed_command(&text(&out), bin);
+    let command = printed_command(&text(&out), bin, "");
     assert_eq!(
         command,
         format!("{bin} --set partition.count=3 verify --repair --by checksum {job}")
@@ -101,7 +81,7 @@ async fn the_repair_command_a_run_prints_after_its_verify_names_the_job_file() {
     let bin = env!("CARGO_BIN_EXE_stride");
     let out = stride(&["run", job], &[]);
     assert_exit(&out, 1);
-    let command = printed_command(&text(&out), bin);
+    let command = printed_command(&text(&out), bin, "");
     assert_eq!(
         command,
         format!("{bin} verify --repair --by checksum {job}")
@@ -133,13 +113,13 @@ async fn a_restart_that_would_append_rows_twice_is_refused_with_commands_that_wo
     assert_eq!(pair.target.count("t").await, 2000, "nothing was written");
 
     // The first way out, as printed: a truncate-mode copy replaces the rows.
-    let replace = printed_command(&text(&out), "stride --set target.mode=truncate");
+    let replace = printed_command(&text(&out), "stride --set target.mode=truncate", "");
     let out_replace = sh(&replace.replacen("stride", env!("CARGO_BIN_EXE_stride"), 1));
     assert_exit(&out_replace, 0);
     assert_eq!(pair.assert_same("t", "t").await, 2000);
 
     // The second, after deleting the rows by hand: they are added again, once.
-    let again = printed_command(&text(&out), "stride run --restart --append-again");
+    let again = printed_command(&text(&out), "stride run --restart --append-again", "");
     pair.target.exec("DELETE FROM t").await;
     let out_again = sh(&again.replacen("stride", env!("CARGO_BIN_EXE_stride"), 1));
     assert_exit(&out_again, 0);
@@ -173,7 +153,7 @@ async fn an_interrupted_ctid_append_run_prints_what_works_instead_of_a_refused_r
     let out = running.finish();
     assert_exit(&out, 130);
     assert!(!text(&out).contains("resume with:"), "{}", text(&out));
-    let command = printed_command(&text(&out), "stride --set target.mode=truncate run");
+    let command = printed_command(&text(&out), "stride --set target.mode=truncate run", "");
     pair.target.exec("DROP TRIGGER slow ON t").await;
     let out = sh(&command.replacen("stride", env!("CARGO_BIN_EXE_stride"), 1));
     assert_exit(&out, 0);

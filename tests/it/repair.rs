@@ -4,7 +4,6 @@
 //! it refuses, saying what a range repair would delete; in truncate mode it
 //! empties the differing ranges and copies them again, as before.
 
-use std::process::Command;
 
 use crate::common::*;
 
@@ -18,25 +17,6 @@ async fn seeded(label: &str) -> Pair {
         )
         .await;
     pair
-}
-
-/// The one command between backticks in `text` that starts with `program` and
-/// contains `with`.
-fn printed_command(text: &str, program: &str, with: &str) -> String {
-    text.split('`')
-        .skip(1)
-        .step_by(2)
-        .find(|c| c.starts_with(program) && c.contains(with))
-        .unwrap_or_else(|| panic!("no `{program} ... {with} ...` command in:\n{text}"))
-        .to_string()
-}
-
-fn sh(command: &str) -> std::process::Output {
-    Command::new("sh")
-        .args(["-c", command])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("sh runs")
 }
 
 const STRIDE_ROWS: &str = "(SELECT * FROM t WHERE id % 2 = 0)";
