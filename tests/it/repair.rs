@@ -4,7 +4,6 @@
 //! it refuses, saying what a range repair would delete; in truncate mode it
 //! empties the differing ranges and copies them again, as before.
 
-
 use crate::common::*;
 
 /// Stride's rows: even ids 2..=2000, every tenth value NULL.
