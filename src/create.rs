@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::job::Indexes;
 use crate::pg::Column;
-use crate::plan::create_table_sql;
+use crate::plan::{create_table_sql, quoted_list};
 use crate::sql::{quote_ident, QualifiedName};
 
 /// PostgreSQL's longest identifier (`NAMEDATALEN - 1`); longer ones are cut.
@@ -88,14 +88,6 @@ fn index_base_name(index: &str, source_table: &str, named_after: &str) -> String
         Some(rest) if !source_table.is_empty() => format!("{named_after}{rest}"),
         _ => index.to_string(),
     }
-}
-
-fn quoted_list(columns: &[String]) -> String {
-    columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The creation of `table` (a replace's staging table, else the target) from the

@@ -532,12 +532,7 @@ impl Plan {
     /// Points the target side of every partition (what verify compares and
     /// repair deletes) at `table`: a replace's staging table, which the run fills.
     pub fn retarget(&mut self, table: &QualifiedName) {
-        let select_list = self
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let select_list = quoted_list(&self.columns);
         for p in &mut self.partitions {
             p.target_select = format!(
                 "SELECT {select_list} FROM {table}{}",
@@ -575,12 +570,7 @@ impl Plan {
         ) else {
             return;
         };
-        let select_list = self
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let select_list = quoted_list(&self.columns);
         let (from, user) = reading(job);
         self.partitions.push(PlannedPartition {
             index: self.partitions.len(),
@@ -1223,7 +1213,7 @@ pub fn copy_in_sql(table: &QualifiedName, columns: &[String], format: CopyFormat
     )
 }
 
-fn quoted_list(columns: &[String]) -> String {
+pub(crate) fn quoted_list(columns: &[String]) -> String {
     columns
         .iter()
         .map(|c| quote_ident(c))
@@ -1277,16 +1267,18 @@ pub fn key_rows_sql(select: &str, key: &[String], verify: Verify) -> String {
     )
 }
 
+/// `alias.c1, alias.c2, ...`: the columns, quoted, of one side of a join.
+fn qualified_list(alias: &str, columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{alias}.{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `ROW(alias.c, ...)::text`: a row's text form, which equal values share.
 fn row_text(alias: &str, columns: &[String]) -> String {
-    format!(
-        "ROW({})::text",
-        columns
-            .iter()
-            .map(|c| format!("{alias}.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    format!("ROW({})::text", qualified_list(alias, columns))
 }
 
 /// `a.k1 = b.k1 AND a.k2 = b.k2`: the key matched between two aliases.
@@ -1309,11 +1301,7 @@ pub fn repair_merge_sql(
     key: &[String],
 ) -> String {
     let (s, t) = (quote_ident("stride_source"), quote_ident("stride_target"));
-    let staged = columns
-        .iter()
-        .map(|c| format!("{s}.{}", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let staged = qualified_list(&s, columns);
     format!(
         "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE SELECT {staged} FROM {stage} AS {s} WHERE NOT EXISTS (SELECT FROM {target} AS {t} WHERE {} AND {} = {}) {}",
         quoted_list(columns),
