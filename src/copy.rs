@@ -35,15 +35,15 @@ use tracing::instrument::WithSubscriber;
 use tracing::{debug, info, warn, Dispatch, Instrument};
 
 use crate::checkpoint;
+use crate::engine::postgres::session;
+use crate::engine::postgres::{self as pg, Side};
 use crate::error::{
     CommitRolledBack, CommitUnanswered, Interrupted, NotClaimed, OutcomeUnknown, Stalled, Unsettled,
 };
 use crate::job::Method;
-use crate::pg::{self, Side};
 use crate::plan::{
     converted_select, copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition, Read,
 };
-use crate::session;
 use crate::sql::QualifiedName;
 
 /// Source chunks are gathered to about this size before each send: sqlx flushes the

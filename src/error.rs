@@ -98,7 +98,7 @@ impl std::error::Error for OutcomeUnknown {}
 /// retried on new connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Stalled {
-    pub side: crate::pg::Side,
+    pub side: crate::engine::postgres::Side,
     pub waited: std::time::Duration,
 }
 
@@ -253,7 +253,7 @@ mod tests {
             &anyhow::Error::new(reset).context("partition 3")
         ));
         let stalled = Stalled {
-            side: crate::pg::Side::Target,
+            side: crate::engine::postgres::Side::Target,
             waited: std::time::Duration::from_secs(30),
         };
         let stalled = anyhow::Error::new(stalled).context("partition 3 ([100, 200))");

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use sqlx::PgConnection;
 
+use crate::engine::postgres as pg;
 use crate::partition::{stride_ranges, KeyType};
-use crate::pg;
 use crate::plan::{self, Key};
 use crate::report::group;
 use crate::sql::QualifiedName;

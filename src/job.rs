@@ -39,7 +39,7 @@ impl DbUrl {
         let _ = url.set_password(None);
         let kept: Vec<(String, String)> = url
             .query_pairs()
-            .filter(|(k, _)| crate::libpq::is_shown(k))
+            .filter(|(k, _)| crate::engine::postgres::libpq::is_shown(k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         if kept.is_empty() {
@@ -63,7 +63,7 @@ impl DbUrl {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let shown = crate::libpq::is_shown(&k);
+                let shown = crate::engine::postgres::libpq::is_shown(&k);
                 (
                     k.into_owned(),
                     if shown { v.into_owned() } else { "****".into() },
@@ -1292,10 +1292,9 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
         Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
             // An unknown parameter may be a secret the driver would log with its
             // value; name the key only.
-            if let Some(refused) = u
-                .query_pairs()
-                .find_map(|(k, _)| crate::libpq::refusal(&k).map(|why| (k.into_owned(), why)))
-            {
+            if let Some(refused) = u.query_pairs().find_map(|(k, _)| {
+                crate::engine::postgres::libpq::refusal(&k).map(|why| (k.into_owned(), why))
+            }) {
                 return Err(JobError::new(format!(
                     "{key}: parameter \"{}\" is not supported by stride ({})",
                     refused.0, refused.1
@@ -1304,13 +1303,13 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
             match u
                 .query_pairs()
                 .map(|(k, _)| k)
-                .find(|k| !crate::libpq::is_known(k))
+                .find(|k| !crate::engine::postgres::libpq::is_known(k))
             {
                 Some(unknown) => Err(JobError::new(format!(
                     "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
-                    crate::libpq::DRIVER_PARAMETERS
+                    crate::engine::postgres::libpq::DRIVER_PARAMETERS
                         .iter()
-                        .chain(crate::libpq::STRIDE_PARAMETERS)
+                        .chain(crate::engine::postgres::libpq::STRIDE_PARAMETERS)
                         .copied()
                         .collect::<Vec<_>>()
                         .join(", ")

@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Before any thread starts: it sets environment variables.
-    stride::tls::isolate_trust_store();
+    stride::engine::postgres::tls::isolate_trust_store();
     let cli = Cli::parse();
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

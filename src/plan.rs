@@ -4,13 +4,13 @@
 
 use serde::Serialize;
 
+use crate::engine::postgres::{Column, Transfer, UniqueKeys};
 use crate::error::JobError;
 use crate::job::Strategy;
 use crate::job::{Job, Lookback, Mode, OnConflict, Relation, Verify};
 use crate::partition::{
     block_predicate, describe_blocks, predicate, ranges_between, stride_ranges, KeyRange, KeyType,
 };
-use crate::pg::{Column, Transfer, UniqueKeys};
 use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
 /// The partition column, resolved against the source.

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use crate::copy::{PartitionReport, Status};
-use crate::pg::Transfer;
+use crate::engine::postgres::Transfer;
 use crate::plan::Plan;
 
 /// A bar with rows/s and ETA on a terminal's stderr; hidden when stdout or stderr
@@ -36,8 +36,8 @@ pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
 /// How the sessions of each side are protected, read from the servers.
 #[derive(Clone, Debug)]
 pub struct Encryption {
-    pub source: crate::pg::Encryption,
-    pub target: crate::pg::Encryption,
+    pub source: crate::engine::postgres::Encryption,
+    pub target: crate::engine::postgres::Encryption,
 }
 
 impl Encryption {

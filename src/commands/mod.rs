@@ -20,9 +20,9 @@ use tracing::warn;
 
 use crate::cli::{Cli, Command, Shard};
 use crate::copy::{run_partitions, CopySpec, PartitionReport};
+use crate::engine::postgres::{self as pg, Side};
 use crate::error::{exit, JobError};
 use crate::job::{Job, JobSet, Relation};
-use crate::pg::{self, Side};
 use crate::plan::PlannedPartition;
 use crate::report::{self, Summary};
 

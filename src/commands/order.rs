@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 
+use crate::engine::postgres::{self as pg, Side};
 use crate::error::JobError;
 use crate::job::{Job, JobSet};
 use crate::order::{self, ForeignKey};
 use crate::pattern;
-use crate::pg::{self, Side};
 use crate::sql::QualifiedName;
 
 /// The tables of a job file, parents first.

@@ -8,13 +8,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::copy::{CopySpec, UpsertSpec};
-use crate::create::{self, Creation, SourceIndexes};
+use crate::engine::postgres::create::{self, Creation, SourceIndexes};
+use crate::engine::postgres::replace;
+use crate::engine::postgres::{self as pg, Column, Server, Side, Transfer};
 use crate::error::JobError;
 use crate::job::{Create, Job, Method, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
-use crate::pg::{self, Column, Server, Side, Transfer};
 use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, Window};
-use crate::replace;
 use crate::report::{self, ColumnFit};
 use crate::sql::QualifiedName;
 

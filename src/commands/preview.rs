@@ -9,10 +9,10 @@ use sqlx::PgConnection;
 
 use crate::checkpoint;
 use crate::cli::Format;
-use crate::create;
+use crate::engine::postgres::create;
+use crate::engine::postgres::{self as pg, Side};
 use crate::error::{exit, JobError};
 use crate::job::Job;
-use crate::pg::{self, Side};
 use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 

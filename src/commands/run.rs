@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 use crate::checkpoint;
 use crate::cli::Shard;
 use crate::copy::{Checkpoint, Claims, CopySpec, PartitionReport, Status};
-use crate::create;
+use crate::engine::postgres::create;
+use crate::engine::postgres::replace;
+use crate::engine::postgres::{self as pg, RunLock};
 use crate::error::{exit, Interrupted, JobError};
 use crate::job::{Job, Mode, Strategy, Verify};
-use crate::pg::{self, RunLock};
 use crate::plan::{self, Cut, Key, Plan, PlannedPartition, Window};
-use crate::replace;
 use crate::report::{self, Summary};
 use crate::sql::QualifiedName;
 
@@ -1597,7 +1597,7 @@ async fn commit_under_lock(target: &PgPool, lock: &RunLock, sql: &str) -> Result
 mod tests {
     use super::{decide, Resumable, Start, Step};
     use crate::cli::Shard;
-    use crate::pg::RecordedRun;
+    use crate::engine::postgres::RecordedRun;
 
     fn recorded(finished: bool, target_oid: i64, done: usize) -> RecordedRun {
         RecordedRun {

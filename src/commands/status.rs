@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 
 use crate::checkpoint;
 use crate::cli::Format;
+use crate::engine::postgres::{self as pg, Side};
 use crate::error::{exit, JobError};
 use crate::job::Job;
-use crate::pg::{self, Side};
 use crate::report::{NextCommands, RecordedStatus, RunStatus};
 
 use super::{command_line, in_entry, load_tables};

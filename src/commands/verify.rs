@@ -14,9 +14,9 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use crate::checkpoint;
 use crate::cli::{VerifyArgs, VerifyBy};
 use crate::copy::{KeyRepair, Repair, Repaired, Status};
+use crate::engine::postgres as pg;
 use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Verify};
-use crate::pg;
 use crate::plan::{self, PlannedPartition};
 use crate::report::{self, KeyDiff, Verified};
 
@@ -491,7 +491,7 @@ pub(super) async fn verify_partitions(
 #[cfg(test)]
 mod tests {
     use super::append_key;
-    use crate::pg::UniqueKeys;
+    use crate::engine::postgres::UniqueKeys;
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

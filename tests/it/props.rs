@@ -22,9 +22,9 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
+use stride::engine::postgres::Column;
 use stride::job::{interpolate, Job, Relation};
 use stride::partition::{KeyRange, KeyType};
-use stride::pg::Column;
 use stride::plan::{self, Bounds, BoundsOrigin, Key};
 use stride::sql::quote_ident;
 

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
+use crate::engine::postgres::Column;
 use crate::job::Indexes;
-use crate::pg::Column;
 use crate::plan::{create_table_sql, quoted_list};
 use crate::sql::{quote_ident, QualifiedName};
 

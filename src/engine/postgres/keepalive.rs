@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 
-use crate::libpq::Keepalives;
+use crate::engine::postgres::libpq::Keepalives;
 
 /// Turns keepalives on, with `settings`, for this process's TCP sockets connected
 /// to one of `peers` that have none yet. Returns how many it changed.

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use rustls::{AlertDescription, CertificateError};
 
-use crate::libpq::RootCert;
+use crate::engine::postgres::libpq::RootCert;
 
 /// `SSL_CERT_FILE` and `SSL_CERT_DIR` as the user set them, before
 /// [`isolate_trust_store`] pointed them away.

@@ -3,6 +3,13 @@
 //! connection slots and the run lock. Each function adds context naming the
 //! object it works on.
 
+pub mod create;
+pub mod keepalive;
+pub mod libpq;
+pub mod replace;
+pub mod session;
+pub mod tls;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +21,6 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use crate::error::{JobError, LockLost};
 use crate::job::DbUrl;
-use crate::libpq;
 use crate::sql::{quote_literal, QualifiedName};
 
 /// Session settings (startup `-c` options, so no spaces in values) that make the text forms of values identical on both sides, so
@@ -117,7 +123,7 @@ impl std::fmt::Display for Encryption {
 }
 
 /// The server's addresses and the keepalives for stride's end of connections to
-/// it (see [`crate::keepalive`]).
+/// it (see [`crate::engine::postgres::keepalive`]).
 #[derive(Clone)]
 struct ClientKeepalives {
     peers: std::sync::Arc<Vec<std::net::SocketAddr>>,
@@ -128,7 +134,7 @@ impl ClientKeepalives {
     /// Sets them on the connections opened since the last call. A failure leaves
     /// the server's end probing and run.stall_timeout watching: worth a debug line.
     fn apply(&self) {
-        match crate::keepalive::enable(&self.peers, &self.settings) {
+        match crate::engine::postgres::keepalive::enable(&self.peers, &self.settings) {
             Ok(n) => tracing::trace!("TCP keepalives set on {n} new connection(s)"),
             Err(e) => tracing::debug!("TCP keepalives not set on stride's end: {e}"),
         }
@@ -222,7 +228,7 @@ impl Server {
 /// Connects once to `url` (failing at once with a clear message) and reads the
 /// free connection slots, the server's identity and the session's encryption on
 /// that connection. libpq's parameters are resolved as libpq does
-/// ([`crate::libpq`]): the URL, then `PG*` variables, then `~/.postgresql`;
+/// ([`crate::engine::postgres::libpq`]): the URL, then `PG*` variables, then `~/.postgresql`;
 /// `~/.pgpass` fills in a missing password.
 pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     let key = format!("{side}.url");
@@ -292,7 +298,8 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
     match &params.root_cert {
         Some(libpq::RootCert::File(path)) => options = options.ssl_root_cert(path),
         Some(libpq::RootCert::System) => {
-            options = options.ssl_root_cert_from_pem(crate::tls::system_roots_pem())
+            options =
+                options.ssl_root_cert_from_pem(crate::engine::postgres::tls::system_roots_pem())
         }
         None => {}
     }
@@ -456,7 +463,7 @@ fn connect_error(
     if let Some(tls) = tls_failure(&error) {
         return anyhow::anyhow!(
             "{}",
-            crate::tls::explain(tls, mode, params.root_cert.as_ref())
+            crate::engine::postgres::tls::explain(tls, mode, params.root_cert.as_ref())
         )
         .context(format!("{context} (sslmode={mode})"));
     }
@@ -1402,7 +1409,7 @@ pub async fn dependants(conn: &mut PgConnection, table: &QualifiedName) -> Resul
 pub async fn stage_setup(
     conn: &mut PgConnection,
     target: &QualifiedName,
-) -> Result<(crate::replace::StageSetup, Vec<String>)> {
+) -> Result<(crate::engine::postgres::replace::StageSetup, Vec<String>)> {
     let context = || format!("reading the definition of {target} for its staging table");
     let owner: Option<String> = sqlx::query_scalar(
         "SELECT pg_get_userbyid(relowner)::text FROM pg_class \
@@ -1421,7 +1428,7 @@ pub async fn stage_setup(
     .await
     .with_context(context)?
     .into_iter()
-    .map(|(name, definition)| crate::replace::ForeignKey { name, definition })
+    .map(|(name, definition)| crate::engine::postgres::replace::ForeignKey { name, definition })
     .collect();
     let not_carried: Vec<String> = sqlx::query_scalar(
         "SELECT format('trigger %I', tgname) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
@@ -1434,7 +1441,7 @@ pub async fn stage_setup(
     .await
     .with_context(context)?;
     Ok((
-        crate::replace::StageSetup {
+        crate::engine::postgres::replace::StageSetup {
             owner,
             foreign_keys,
         },
@@ -1448,7 +1455,7 @@ async fn owned_sequences(
     conn: &mut PgConnection,
     table: &QualifiedName,
     deptype: &str,
-) -> Result<Vec<crate::replace::OwnedSequence>> {
+) -> Result<Vec<crate::engine::postgres::replace::OwnedSequence>> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT a.attname::text, n.nspname::text, s.relname::text \
          FROM pg_depend d \
@@ -1466,13 +1473,15 @@ async fn owned_sequences(
     .with_context(|| format!("looking up the sequences owned by columns of {table}"))?;
     Ok(rows
         .into_iter()
-        .map(|(column, schema, name)| crate::replace::OwnedSequence {
-            column,
-            sequence: QualifiedName {
-                schema: Some(schema),
-                name,
+        .map(
+            |(column, schema, name)| crate::engine::postgres::replace::OwnedSequence {
+                column,
+                sequence: QualifiedName {
+                    schema: Some(schema),
+                    name,
+                },
             },
-        })
+        )
         .collect())
 }
 
@@ -1508,9 +1517,9 @@ pub async fn swap_catalog(
     conn: &mut PgConnection,
     target: &QualifiedName,
     stage: &QualifiedName,
-) -> Result<crate::replace::SwapCatalog> {
+) -> Result<crate::engine::postgres::replace::SwapCatalog> {
     if table_oid(&mut *conn, target).await?.is_none() {
-        return Ok(crate::replace::SwapCatalog::default());
+        return Ok(crate::engine::postgres::replace::SwapCatalog::default());
     }
     let serial = owned_sequences(&mut *conn, target, "a").await?;
     let staged_identity = owned_sequences(&mut *conn, stage, "i").await?;
@@ -1540,7 +1549,7 @@ pub async fn swap_catalog(
     .with_context(|| format!("looking up the grants on {target}"))?
     .into_iter()
     .map(
-        |(privilege, grantee, grantable, column)| crate::replace::Grant {
+        |(privilege, grantee, grantable, column)| crate::engine::postgres::replace::Grant {
             privilege,
             grantee,
             grantable,
@@ -1554,11 +1563,11 @@ pub async fn swap_catalog(
             .fetch_one(&mut *conn)
             .await
             .with_context(|| format!("looking up the comment on {target}"))?;
-    let index_renames = crate::replace::pair_indexes(
+    let index_renames = crate::engine::postgres::replace::pair_indexes(
         &index_keys(&mut *conn, target).await?,
         &index_keys(&mut *conn, stage).await?,
     );
-    Ok(crate::replace::SwapCatalog {
+    Ok(crate::engine::postgres::replace::SwapCatalog {
         target_exists: true,
         serial,
         identity,
@@ -1611,13 +1620,13 @@ pub async fn deferred_indexes(
 }
 
 /// The indexes of a source table (none for a view), for a table stride creates
-/// from it: see [`crate::create::SourceIndex`]. The definition's tail is what
+/// from it: see [`crate::engine::postgres::create::SourceIndex`]. The definition's tail is what
 /// `pg_get_indexdef` prints after `CREATE [UNIQUE] INDEX name ON [ONLY]
 /// schema.table ` (names quoted as it quotes them).
 pub async fn source_indexes(
     conn: &mut PgConnection,
     table: &QualifiedName,
-) -> Result<crate::create::SourceIndexes> {
+) -> Result<crate::engine::postgres::create::SourceIndexes> {
     // name, primary, unique, key columns, every column referred to, tail
     type Row = (String, bool, bool, Vec<String>, Vec<String>, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -1654,20 +1663,20 @@ pub async fn source_indexes(
             .fetch_optional(&mut *conn)
             .await
             .with_context(|| format!("reading the name of {table}"))?;
-    Ok(crate::create::SourceIndexes {
+    Ok(crate::engine::postgres::create::SourceIndexes {
         table_name: table_name.unwrap_or_else(|| table.name.clone()),
         indexes: rows
             .into_iter()
-            .map(
-                |(name, primary, unique, key_columns, columns, tail)| crate::create::SourceIndex {
+            .map(|(name, primary, unique, key_columns, columns, tail)| {
+                crate::engine::postgres::create::SourceIndex {
                     name,
                     primary,
                     unique,
                     key_columns,
                     columns,
                     tail,
-                },
-            )
+                }
+            })
             .collect(),
     })
 }

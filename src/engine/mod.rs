@@ -1,0 +1,2 @@
+//! The engines stride reads and writes, one folder each.
+pub mod postgres;
