@@ -345,7 +345,8 @@ mod tests {
         for (declared, expected) in [
             ("INTEGER", Affinity::Integer),
             ("BIGINT", Affinity::Integer),
-            ("POINT", Affinity::Numeric),
+            ("POINT", Affinity::Integer), // SQLite's own example: it contains "INT"
+            ("STRING", Affinity::Numeric),
             ("FLOATING POINT", Affinity::Integer),
             ("VARCHAR(20)", Affinity::Text),
             ("CHARINT", Affinity::Integer),
