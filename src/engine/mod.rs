@@ -104,6 +104,12 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     }
 }
 
+/// Whether a URL parameter's value may be shown in messages and files: the
+/// engine's parameters known to hold no secret (a SQLite URL has none).
+pub fn is_shown(url: &str, name: &str) -> bool {
+    url.starts_with("sqlite:") || postgres::libpq::is_shown(name)
+}
+
 /// What a column holds, as far as moving its values between engines goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
