@@ -280,6 +280,23 @@ impl Source {
         }
     }
 
+    /// About how many rows the job reads, for the progress bar (0: unknown).
+    pub async fn estimate(&mut self, job: &Job, columns: &[Column]) -> Result<i64> {
+        let whole = self.select(
+            job,
+            columns,
+            None,
+            &KeyRange {
+                lower: None,
+                upper: None,
+            },
+        );
+        match self {
+            Source::Postgres(s) => s.estimate(&whole).await,
+            Source::Sqlite(s) => s.count(&whole).await,
+        }
+    }
+
     /// `readers` readers that all see one moment of the source (or, where the
     /// engine cannot promise that with several, fewer: see each engine).
     pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {

@@ -221,6 +221,14 @@ impl Source {
         }
     }
 
+    /// The rows `select` returns (counted: SQLite keeps no estimate).
+    pub async fn count(&mut self, select: &str) -> Result<i64> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM ({select})")))
+            .fetch_one(&mut self.conn)
+            .await
+            .context("counting the source's rows")
+    }
+
     /// The file's tables (not SQLite's own, nor views), as `("main", name)`.
     pub async fn tables(&mut self) -> Result<(Vec<(String, String)>, String)> {
         let names: Vec<String> = sqlx::query_scalar(
@@ -530,6 +538,8 @@ impl Target {
         // Read ahead until the first batch, then take the file.
         let first = rows.recv().await;
         let mut conn = self.conn.lock().await;
+        // An attempt abandoned midway (a stall, Ctrl-C) left its transaction open.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
             let (mut total, mut bytes) = (0u64, 0u64);
