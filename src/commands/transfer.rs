@@ -68,6 +68,7 @@ fn refusals(job: &Job, step: Step) -> Vec<String> {
 }
 
 /// A partition of the run.
+#[derive(Clone)]
 struct Part {
     index: usize,
     describe: String,
@@ -88,6 +89,10 @@ struct Planned {
     primary_key: Vec<String>,
     target_declared: Vec<String>,
     key: Option<Key>,
+    /// The key is a copied column, so each partition's rows can be found on
+    /// the target by its range (not with SQLite's rowid): verify compares
+    /// partitions, else the whole table.
+    by_range: bool,
     upsert_key: Option<Vec<String>>,
     fingerprint: String,
 }
@@ -129,6 +134,8 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
                 .columns
                 .iter()
                 .find(|c| &c.name == name)
+                .cloned()
+                .or_else(|| source.pseudo_key(job, name))
                 .ok_or_else(|| {
                     JobError::new(format!(
                         "partition.column: column \"{name}\" does not exist in the source"
@@ -243,6 +250,9 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
         }
     };
     Ok(Planned {
+        by_range: key
+            .as_ref()
+            .is_none_or(|k| columns.iter().any(|c| c.name == k.column)),
         kinds: columns.iter().map(|c| c.kind).collect(),
         fingerprint: crate::checkpoint::fingerprint(job),
         source,
@@ -275,12 +285,13 @@ fn partitions(
     let target_engine = p.target.engine();
     let table = target_engine.table(written);
     let names: Vec<String> = p.columns.iter().map(|c| c.name.clone()).collect();
+    let key = p.key.as_ref().map(|k| (k.column.as_str(), k.key_type));
     ranges
         .into_iter()
         .enumerate()
         .map(|(index, range)| {
-            let key = p.key.as_ref().map(|k| (k.column.as_str(), k.key_type));
             let target_pred = key
+                .filter(|_| p.by_range)
                 .and_then(|(c, t)| target_engine.predicate(&crate::sql::quote_ident(c), t, &range));
             Part {
                 index,
@@ -289,14 +300,28 @@ fn partitions(
                     .as_ref()
                     .map_or_else(|| "all rows".to_string(), |k| range.describe(k.key_type)),
                 select: p.source.select(job, &p.columns, key, &range),
-                target_select: crate::engine::sqlite::dialect::target_select(
-                    &table,
-                    &names,
-                    target_pred,
-                ),
+                target_select: crate::engine::target_select(&table, &names, target_pred),
             }
         })
         .collect()
+}
+
+/// What verify compares: the partitions, or the whole table when the
+/// partitions cannot be told apart on the target.
+fn compared(job: &Job, p: &Planned, parts: &[Part]) -> Vec<Part> {
+    if p.by_range || parts.len() < 2 {
+        return parts.to_vec();
+    }
+    let whole = KeyRange {
+        lower: None,
+        upper: None,
+    };
+    vec![Part {
+        index: 0,
+        describe: "all rows, as a whole".to_string(),
+        select: p.source.select(job, &p.columns, None, &whole),
+        target_select: parts[0].target_select.clone(),
+    }]
 }
 
 /// The bounds of the run: the job's, an unfinished run's, or the source's.
@@ -462,7 +487,13 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
             .expect("never poisoned")
             .pop()
             .expect("the readers are back");
-        let results = compare(&planned, &mut reader, &parts, job.verify).await?;
+        let results = compare(
+            &planned,
+            &mut reader,
+            &compared(&job, &planned, &parts),
+            job.verify,
+        )
+        .await?;
         verified = report::render_verify(&results, job.verify);
         if results.iter().any(|r| r.source != r.target) {
             code = exit::FAILED;
@@ -792,7 +823,7 @@ pub(super) async fn verify(job: Job, by: Verify) -> Result<u8> {
     } else {
         by
     };
-    let results = compare(&planned, &mut reader, &parts, by).await?;
+    let results = compare(&planned, &mut reader, &compared(&job, &planned, &parts), by).await?;
     print!("{}", report::render_verify(&results, by));
     Ok(if results.iter().all(|r| r.source == r.target) {
         exit::OK

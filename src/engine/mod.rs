@@ -280,6 +280,26 @@ impl Source {
         }
     }
 
+    /// A partition column the engine has that is not a column: SQLite's
+    /// `rowid` (its counterpart of PostgreSQL's ctid, on a table).
+    pub fn pseudo_key(&self, job: &Job, name: &str) -> Option<Column> {
+        match self {
+            Source::Sqlite(_)
+                if name.eq_ignore_ascii_case("rowid")
+                    && matches!(job.source.relation, crate::job::Relation::Table(_)) =>
+            {
+                Some(Column {
+                    name: "rowid".into(),
+                    kind: Kind::Int,
+                    declared: "INTEGER".into(),
+                    not_null: true,
+                    generated: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// About how many rows the job reads, for the progress bar (0: unknown).
     pub async fn estimate(&mut self, job: &Job, columns: &[Column]) -> Result<i64> {
         let whole = self.select(
@@ -569,6 +589,16 @@ impl Target {
             Target::Sqlite(t) => Reader::Sqlite(t.reader().await?),
         })
     }
+}
+
+/// The rows of `columns` of a target table within `predicate`.
+pub fn target_select(table: &str, columns: &[String], predicate: Option<String>) -> String {
+    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    format!(
+        "SELECT {} FROM {table}{}",
+        list.join(", "),
+        crate::plan::where_clause(None, predicate)
+    )
 }
 
 /// `CREATE TABLE` for a table stride creates: `(name, declared type, not
