@@ -123,6 +123,28 @@ pub async fn tables(url: &DbUrl, retries: u32) -> Result<(Vec<(String, String)>,
     }
 }
 
+/// What `stride init` needs of a source table (`None`: no such table), and
+/// where it is, for messages.
+pub async fn init_facts(
+    url: &DbUrl,
+    table: &QualifiedName,
+) -> Result<(Option<crate::init::TableFacts>, String)> {
+    match Engine::of(url) {
+        Engine::Postgres => {
+            let server = postgres::connect(Side::Source, url, crate::job::DEFAULT_RETRIES).await?;
+            let mut conn = server.pool(1).acquire().await?;
+            Ok((
+                crate::init::introspect(&mut conn, table).await?,
+                server.place,
+            ))
+        }
+        Engine::Sqlite => {
+            let mut source = sqlite::Source::open(url).await?;
+            Ok((source.init_facts(table).await?, source.place()))
+        }
+    }
+}
+
 /// What a column holds, as far as moving its values between engines goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
