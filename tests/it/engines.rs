@@ -65,15 +65,9 @@ async fn every_pair_copies_nulls_and_extremes_exactly() {
     let pair = Pair::new("engines_edges").await;
     pair.source.exec(EDGES).await;
     // The way back lands in a table with the original types.
+    let create = EDGES.replace("public.edges", "public.edges_back");
     pair.target
-        .exec(
-            &EDGES
-                .replace("public.edges", "public.edges_back")
-                .split("INSERT")
-                .next()
-                .unwrap()
-                .to_string(),
-        )
+        .exec(create.split("INSERT").next().unwrap())
         .await;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
@@ -117,11 +111,11 @@ async fn every_pair_copies_nulls_and_extremes_exactly() {
         let out = run_text(text);
         assert_exit(&out, 0);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("rows 5,000"), "{what}: {}", text_of(&out));
+        assert!(stdout.contains("rows 5,000"), "{what}: {}", text(&out));
         assert!(
             stdout.contains("4 of 4 partitions match"),
             "{what}: {}",
-            text_of(&out)
+            text(&out)
         );
     }
     let source = pair.source.checksum("public.edges").await;
@@ -136,10 +130,6 @@ async fn every_pair_copies_nulls_and_extremes_exactly() {
         source,
         "pg -> sqlite -> sqlite -> pg gave other values"
     );
-}
-
-fn text_of(out: &Output) -> String {
-    text(out)
 }
 
 /// 200,000 rows in PostgreSQL, and the same rows in a SQLite file.
@@ -214,17 +204,13 @@ async fn every_pair_resumes_after_kill_9_without_losing_or_doubling_a_row() {
         assert!(
             stdout.contains("skipped: committed by an earlier run"),
             "{what}: {}",
-            text_of(&again)
+            text(&again)
         );
-        assert!(
-            stdout.contains("rows 200,000"),
-            "{what}: {}",
-            text_of(&again)
-        );
+        assert!(stdout.contains("rows 200,000"), "{what}: {}", text(&again));
         assert!(
             stdout.contains("8 of 8 partitions match"),
             "{what}: {}",
-            text_of(&again)
+            text(&again)
         );
     }
     // Counted by each engine itself, distinct keys included.
@@ -327,7 +313,7 @@ async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
         assert!(
             err.contains(expected),
             "expected {expected:?} in:\n{}\nfor:\n{text}",
-            text_of(&out)
+            text(&out)
         );
         assert!(!fresh.exists(), "{expected}: the target file was created");
         assert_eq!(
@@ -344,7 +330,7 @@ async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
     let file = job_file(&job(&src, "t", pg, "public.t", ""));
     let out = stride(&["run", "--shard", "1/2", file.path.to_str().unwrap()], &[]);
     assert_exit(&out, 2);
-    assert!(text_of(&out).contains("--shard"), "{}", text_of(&out));
+    assert!(text(&out).contains("--shard"), "{}", text(&out));
 }
 
 /// examples/sqlite-ci-seed.toml, as shipped, seeds a SQLite file (created
@@ -379,11 +365,7 @@ async fn the_sqlite_ci_seed_example_runs_as_shipped() {
         .await;
     assert!(expected > 0 && expected < 10_000);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("4 of 4 partitions match"),
-        "{}",
-        text_of(&out)
-    );
+    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
     let fixtures = dir.path().join("ci/fixtures.db");
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&fixtures))
         .await
