@@ -107,8 +107,8 @@ async fn every_pair_copies_nulls_and_extremes_exactly() {
             ),
         ),
     ];
-    for (what, text) in &steps {
-        let out = run_text(text);
+    for (what, toml) in &steps {
+        let out = run_text(toml);
         assert_exit(&out, 0);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("rows 5,000"), "{what}: {}", text(&out));
@@ -194,10 +194,10 @@ async fn every_pair_resumes_after_kill_9_without_losing_or_doubling_a_row() {
         } else {
             sqlite_url(&out_file)
         };
-        let text = job(&source, &source_table, &target, &target_table, "")
+        let toml = job(&source, &source_table, &target, &target_table, "")
             .replace("count = 4", "count = 8")
             .replace("[run]\n", "[run]\nparallelism = 2\n");
-        let file = job_file(&text);
+        let file = job_file(&toml);
         let again = kill_after_first_partition_and_rerun(&file.path);
         assert_exit(&again, 0);
         let stdout = String::from_utf8_lossy(&again.stdout).to_string();
@@ -306,13 +306,13 @@ async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
             "does not exist",
         ),
     ];
-    for (text, expected) in cases {
-        let out = run_text(&text);
+    for (toml, expected) in cases {
+        let out = run_text(&toml);
         assert_exit(&out, 2);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(expected),
-            "expected {expected:?} in:\n{}\nfor:\n{text}",
+            "expected {expected:?} in:\n{}\nfor:\n{toml}",
             text(&out)
         );
         assert!(!fresh.exists(), "{expected}: the target file was created");
