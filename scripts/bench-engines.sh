@@ -17,8 +17,10 @@
 # The CSV pipes are what a user writes, not an equal: they turn NULL into ''
 # in SQLite and cannot tell '' from NULL coming back; stride keeps both.
 #
-# Prints, as markdown, each configuration's median wall time and its ratio to
-# the pipe of the same direction in the same round (median over the rounds).
+# Prints, as markdown, each configuration's median wall time, its ratio to the
+# pipe of the same direction in the same round (median over the rounds), and
+# stride's peak memory (maximum resident set size, GNU /usr/bin/time -v; the
+# largest over the rounds).
 #
 # Env: ROUNDS (default 3); BENCH_URL (a URL to any database on the server; default:
 # the one scripts/pg-local.sh finds or starts); STRIDE_BIN (default
@@ -48,6 +50,12 @@ else
     cargo build --release --quiet >&2
 fi
 [ -x "$stride_bin" ] || die "$stride_bin is not an executable"
+if [[ $(/usr/bin/time -f "%M" true 2>&1) =~ ^[0-9]+$ ]]; then
+    measure_memory=1
+else
+    measure_memory=0
+    log "no GNU /usr/bin/time: stride's peak memory is not reported"
+fi
 
 base=${BENCH_URL:-}
 [ -n "$base" ] || base=$(scripts/pg-local.sh)
@@ -135,13 +143,22 @@ pipe_to_sqlite() {
     sql "$src_url" -c "\\copy (SELECT $columns FROM public.covid_cases) TO STDOUT (FORMAT csv)" |
         sqlite3 "$tmp/out.db" ".import --csv /dev/stdin covid_cases"
 }
-stride_to_sqlite() { "$stride_bin" --quiet run "$tmp/pg-to-sqlite.toml" >/dev/null 2>>"$tmp/stride.log"; }
+# stride under GNU time when there is one: its peak memory, in KiB, appended to $tmp/$1.rss.
+stride_measured() {
+    local name=$1 job=$2
+    if [ "$measure_memory" = 1 ]; then
+        /usr/bin/time -f "%M" -a -o "$tmp/$name.rss" "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
+    else
+        "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
+    fi
+}
+stride_to_sqlite() { stride_measured stride_to_sqlite "$tmp/pg-to-sqlite.toml"; }
 pipe_to_pg() {
     sql "$dst_url" -c "TRUNCATE public.covid_cases"
     sqlite3 -csv "$tmp/src.db" "SELECT $columns FROM covid_cases" |
         sql "$dst_url" -c "\\copy public.covid_cases FROM STDIN (FORMAT csv)"
 }
-stride_to_pg() { "$stride_bin" --quiet run "$tmp/sqlite-to-pg.toml" >/dev/null 2>>"$tmp/stride.log"; }
+stride_to_pg() { stride_measured stride_to_pg "$tmp/sqlite-to-pg.toml"; }
 
 declare -A times
 for round in $(seq 1 "$rounds"); do
@@ -165,11 +182,18 @@ ratios() {
     for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | tr '\n' ' '
 }
 
-echo "### PostgreSQL and SQLite, $rows rows, $rounds rounds ($(nproc) cores, $(sqlite3 --version | cut -d' ' -f1) CLI, $(psql --version | awk '{print $3}') psql)"
+echo "### PostgreSQL and SQLite, $(echo "$rows" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta') rows, $rounds round(s) ($(nproc) cores, $(sqlite3 --version | cut -d' ' -f1) CLI, $(psql --version | awk '{print $3}') psql)"
 echo
-echo "| configuration | median s | vs the pipe |"
-echo "|---|---:|---:|"
-printf '| psql CSV \\| sqlite3 .import | %.2f | 1.00x |\n' "$(echo "${times[pipe_to_sqlite]}" | median)"
-printf '| stride pg -> sqlite, 4 partitions | %.2f | %.2fx |\n' "$(echo "${times[stride_to_sqlite]}" | median)" "$(ratios stride_to_sqlite pipe_to_sqlite | median)"
-printf '| sqlite3 -csv \\| psql \\\\copy | %.2f | 1.00x |\n' "$(echo "${times[pipe_to_pg]}" | median)"
-printf '| stride sqlite -> pg, 4 partitions | %.2f | %.2fx |\n' "$(echo "${times[stride_to_pg]}" | median)" "$(ratios stride_to_pg pipe_to_pg | median)"
+peak() {
+    if [ -s "$tmp/$1.rss" ]; then
+        sort -n "$tmp/$1.rss" | tail -1 | awk '{printf "%.1f", $1 / 1024}'
+    else
+        printf 'n/a'
+    fi
+}
+echo "| configuration | median s | vs the pipe | peak stride MiB |"
+echo "|---|---:|---:|---:|"
+printf '| pipe psql csv into sqlite3 .import | %.2f | 1.00x | |\n' "$(echo "${times[pipe_to_sqlite]}" | median)"
+printf '| stride pg -> sqlite, 4 partitions | %.2f | %.2fx | %s |\n' "$(echo "${times[stride_to_sqlite]}" | median)" "$(ratios stride_to_sqlite pipe_to_sqlite | median)" "$(peak stride_to_sqlite)"
+printf '| pipe sqlite3 -csv into psql copy | %.2f | 1.00x | |\n' "$(echo "${times[pipe_to_pg]}" | median)"
+printf '| stride sqlite -> pg, 4 partitions | %.2f | %.2fx | %s |\n' "$(echo "${times[stride_to_pg]}" | median)" "$(ratios stride_to_pg pipe_to_pg | median)" "$(peak stride_to_pg)"

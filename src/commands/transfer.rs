@@ -347,7 +347,7 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
     let mut planned = plan_job(&job, opts.step).await?;
     let table = job.target.table.clone();
     let written = if job.target.mode == Mode::Replace {
-        crate::engine::sqlite::dialect::stage_name(&table)
+        crate::engine::stage_name(&table)
     } else {
         table.clone()
     };
@@ -395,17 +395,14 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
         columns: planned.columns.iter().map(|c| c.name.clone()).collect(),
         source_kinds: planned.kinds.clone(),
         target_declared: planned.target_declared.clone(),
-        upsert: planned
-            .upsert_key
-            .clone()
-            .map(|key| crate::engine::sqlite::dialect::Upsert {
-                key,
-                update: job
-                    .target
-                    .upsert
-                    .as_ref()
-                    .is_some_and(|u| u.on_conflict == crate::job::OnConflict::Update),
-            }),
+        upsert: planned.upsert_key.clone().map(|key| crate::engine::Upsert {
+            key,
+            update: job
+                .target
+                .upsert
+                .as_ref()
+                .is_some_and(|u| u.on_conflict == crate::job::OnConflict::Update),
+        }),
         batch_size: job.target.batch_size as usize,
         checkpoint: None,
     };

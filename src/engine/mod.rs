@@ -395,6 +395,22 @@ impl Reader {
     }
 }
 
+/// How an upsert matches and what it does with a row whose key is there.
+#[derive(Clone, Debug)]
+pub struct Upsert {
+    pub key: Vec<String>,
+    /// `false`: `DO NOTHING` (`on_conflict = "skip"`).
+    pub update: bool,
+}
+
+/// The staging table a `replace` run fills, swapped in at the end.
+pub fn stage_name(target: &QualifiedName) -> QualifiedName {
+    QualifiedName {
+        schema: target.schema.clone(),
+        name: format!("stride_stage_{}", target.name),
+    }
+}
+
 /// A run as the target's checkpoint table holds it.
 #[derive(Clone, Debug, Default)]
 pub struct Recorded {
@@ -453,7 +469,7 @@ pub struct WriteSpec {
     pub source_kinds: Vec<Kind>,
     /// Each column's declared type on the target.
     pub target_declared: Vec<String>,
-    pub upsert: Option<sqlite::dialect::Upsert>,
+    pub upsert: Option<Upsert>,
     pub batch_size: usize,
     pub checkpoint: Option<CheckpointSpec>,
 }

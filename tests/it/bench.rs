@@ -89,3 +89,57 @@ fn bench_script_measures_every_configuration_on_a_small_table() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// scripts/bench-engines.sh (issue 13) runs end to end on a small table: both
+/// directions between PostgreSQL and SQLite against the pipes, each run's
+/// row count checked by the script, a numeric ratio and stride's peak memory
+/// for each.
+#[test]
+fn bench_engines_script_measures_both_directions_on_a_small_table() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-engines.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("20000")
+        .env("ROUNDS", "1")
+        .env("BENCH_URL", server_url())
+        .env("STRIDE_BIN", env!("CARGO_BIN_EXE_stride"))
+        .env_remove("BENCH_KEEP")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("bash runs");
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("### PostgreSQL and SQLite, 20,000 rows, 1 round(s)"),
+        "{stdout}"
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| configuration"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(
+        names,
+        [
+            "pipe psql csv into sqlite3 .import",
+            "stride pg -> sqlite, 4 partitions",
+            "pipe sqlite3 -csv into psql copy",
+            "stride sqlite -> pg, 4 partitions",
+        ],
+        "{stdout}"
+    );
+    let memory = std::path::Path::new("/usr/bin/time").exists();
+    for row in &rows {
+        let seconds: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));
+        let ratio: f64 = row[2]
+            .trim_end_matches('x')
+            .parse()
+            .unwrap_or_else(|_| panic!("{row:?}"));
+        assert!(seconds > 0.0 && ratio > 0.0, "{row:?}");
+        if row[0].starts_with("stride") && memory {
+            let mib: f64 = row[3].parse().unwrap_or_else(|_| panic!("{row:?}"));
+            assert!(mib > 1.0, "{row:?}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! column, before writing, how each value is stored, and refuses a column
 //! whose affinity would change the values it gets ([`refusal`]).
 
-use crate::engine::Kind;
+use crate::engine::{Kind, Upsert};
 use crate::job::{Job, Relation};
 use crate::partition::{KeyRange, KeyType};
 use crate::plan::{enclose, where_clause};
@@ -259,14 +259,6 @@ pub fn rows_per_insert(width: usize, batch: usize) -> usize {
     (MAX_PARAMETERS / width.max(1)).clamp(1, batch.max(1))
 }
 
-/// How an upsert matches and what it does with a row whose key is there.
-#[derive(Clone, Debug)]
-pub struct Upsert {
-    pub key: Vec<String>,
-    /// `false`: `DO NOTHING` (`on_conflict = "skip"`).
-    pub update: bool,
-}
-
 /// A multi-row INSERT of `rows` rows, with an upsert's `ON CONFLICT`.
 pub fn insert_sql(table: &str, columns: &[String], rows: usize, upsert: Option<&Upsert>) -> String {
     let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
@@ -316,14 +308,6 @@ pub fn checkpoint_table_sql(table: &str) -> String {
     PRIMARY KEY (fingerprint, partition)
 )"
     )
-}
-
-/// The staging table a `replace` run fills, swapped in at the end.
-pub fn stage_name(target: &QualifiedName) -> QualifiedName {
-    QualifiedName {
-        schema: target.schema.clone(),
-        name: format!("stride_stage_{}", target.name),
-    }
 }
 
 #[cfg(test)]
