@@ -11,10 +11,8 @@
 //! with the server). A transient failure is retried; a permanent one stops new
 //! partitions from starting while the ones in flight finish.
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -284,7 +282,7 @@ pub async fn run_partitions(
                         0 => copy_partition(&spec, &partition).await,
                         _ => tokio::select! {
                             () = spec.cancel.cancelled() => Err(Interrupted.into()),
-                            () = tokio::time::sleep(backoff(attempt)) => copy_partition(&spec, &partition).await,
+                            () = tokio::time::sleep(crate::error::backoff(attempt)) => copy_partition(&spec, &partition).await,
                         },
                     };
                     (partition, attempt, started.elapsed(), result)
@@ -356,14 +354,6 @@ pub async fn run_partitions(
         .any(|r| !matches!(r.status, Status::Written | Status::Elsewhere));
     let interrupted = (spec.cancel.is_cancelled() && stopped_short).then_some(Interrupted);
     (reports, interrupted)
-}
-
-/// Wait before attempt `attempt` (1, 2, ...): 0.5 s doubling up to 8 s, with up to
-/// 50% jitter so partitions that failed together do not retry in lockstep.
-pub fn backoff(attempt: u32) -> Duration {
-    let base_ms = 500u64 << attempt.saturating_sub(1).min(4);
-    let jitter_ms = RandomState::new().build_hasher().finish() % (base_ms / 2 + 1);
-    Duration::from_millis(base_ms + jitter_ms)
 }
 
 /// Copies one partition in its own target transaction. On failure both

@@ -191,6 +191,16 @@ pub fn transient_sqlstate(code: &str) -> bool {
         )
 }
 
+/// Wait before attempt `attempt` (1, 2, ...): 0.5 s doubling up to 8 s, with up to
+/// 50% jitter so partitions that failed together do not retry in lockstep.
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    let base_ms = 500u64 << attempt.saturating_sub(1).min(4);
+    let jitter_ms =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), attempt)
+            % (base_ms / 2 + 1);
+    std::time::Duration::from_millis(base_ms + jitter_ms)
+}
+
 /// Whether an error is worth retrying: a connection that broke or could not be
 /// opened, or a transient SQLSTATE. Everything else (type errors, constraint
 /// violations, permission denied, bad SQL) fails at once.

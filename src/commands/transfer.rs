@@ -18,11 +18,12 @@ use tracing::{info, warn};
 
 use super::run::{RunOptions, Step};
 use super::RunEnd;
-use crate::copy::{backoff, PartitionReport, Status};
+use crate::copy::{PartitionReport, Status};
 use crate::engine::{
     finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
     Checksum, Column, Engine, Kind, Reader, Recorded, Source, Target, WriteSpec,
 };
+use crate::error::backoff;
 use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Relation, Strategy, Verify};
 use crate::partition::{stride_ranges, KeyRange};

@@ -248,7 +248,7 @@ async fn open_with_retries(
             return Err((error, attempt));
         }
         attempt += 1;
-        let wait = crate::copy::backoff(attempt);
+        let wait = crate::error::backoff(attempt);
         tracing::warn!(
             "connecting to the {side} database at {place} failed, retry {attempt} of {retries} in {} ms: {error}",
             wait.as_millis()
