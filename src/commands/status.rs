@@ -24,6 +24,16 @@ pub(super) async fn status(
     let many = set.jobs.len() > 1;
     let mut all = Vec::new();
     for (i, job) in set.jobs.into_iter().enumerate() {
+        if super::transfer::crosses(&job) {
+            return Err(in_entry(
+                many,
+                i,
+                JobError::new(
+                    "stride status: not supported between different engines yet (expected `stride verify` to compare the target with the source)",
+                )
+                .into(),
+            ));
+        }
         let next = NextCommands {
             prepare: command_line(&["prepare"], path),
             run: command_line(&["run"], path),
