@@ -238,7 +238,7 @@ impl Batch {
 }
 
 /// Rows per batch a reader sends.
-pub const BATCH_ROWS: usize = 2000;
+pub const BATCH_ROWS: usize = 500;
 
 /// A source opened for a run (one per run: its size does not matter).
 #[allow(clippy::large_enum_variant)]

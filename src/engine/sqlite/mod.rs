@@ -346,6 +346,9 @@ impl Source {
 /// transaction's snapshot at its first read).
 fn reader(opener: &Opener) -> Result<Reader> {
     let conn = opener.open("a reader of the source file")?;
+    // A scan reads each page once: a small page cache each (SQLite's default
+    // is 2 MiB a connection) keeps memory bounded with many readers.
+    conn.pragma_update(None, "cache_size", -256)?;
     conn.execute_batch("BEGIN")?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .context("opening a read transaction on the source file")?;
