@@ -377,3 +377,55 @@ async fn the_sqlite_ci_seed_example_runs_as_shipped() {
             .unwrap();
     assert_eq!((rows, first.as_str()), (expected, "2021-01-01"));
 }
+
+/// Ctrl-C in a copy across engines: the partitions in flight roll back, the
+/// run ends 130 and prints the command that resumes it, which, run as printed,
+/// finishes the copy with every row once.
+#[tokio::test]
+async fn an_interrupted_copy_across_engines_ends_130_and_its_printed_command_finishes_it() {
+    let pair = Pair::new("engines_sigint").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    let toml = job(
+        &sqlite_url(&file),
+        "big",
+        &pair.target.url,
+        "public.big",
+        "",
+    )
+    .replace("count = 4", "count = 8")
+    .replace("[run]\n", "[run]\nparallelism = 2\n");
+    let job = job_file(&toml);
+    let running =
+        Running::start(&["run", job.path.to_str().unwrap()]).wait_for_line("partition written");
+    running.signal("INT");
+    let out = running.finish();
+    assert_exit(&out, 130);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("copy INTERRUPTED"), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let resume = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resume with: "))
+        .unwrap_or_else(|| panic!("no resume command in:\n{}", text(&out)));
+    let again = sh(&resume);
+    assert_exit(&again, 0);
+    let stdout = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(
+        stdout.contains("skipped: committed by an earlier run"),
+        "{}",
+        text(&again)
+    );
+    assert!(
+        stdout.contains("8 of 8 partitions match"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(DISTINCT id) + count(*) FROM public.big")
+            .await,
+        400_000
+    );
+}
