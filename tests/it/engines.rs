@@ -409,7 +409,7 @@ async fn an_interrupted_copy_across_engines_ends_130_and_its_printed_command_fin
         .lines()
         .find_map(|l| l.strip_prefix("resume with: "))
         .unwrap_or_else(|| panic!("no resume command in:\n{}", text(&out)));
-    let again = sh(&resume);
+    let again = sh(resume);
     assert_exit(&again, 0);
     let stdout = String::from_utf8_lossy(&again.stdout).to_string();
     assert!(
