@@ -5,7 +5,7 @@
 //! transaction with its checkpoint row, a re-run resumes, and `verify`
 //! compares counts and a checksum both sides compute the same way.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -434,8 +434,9 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
     let written_now: Vec<PartitionReport> =
         futures_util::stream::iter(todo.into_iter().map(|part| {
             let mut spec = base.clone();
-            spec.checkpoint = checkpoints.as_ref().map(|cp| CheckpointSpec {
-                table: cp.clone(),
+            spec.checkpoint = job.checkpoint_table.as_ref().map(|name| CheckpointSpec {
+                name: name.clone(),
+                table: engine.table(name),
                 fingerprint: fp.clone(),
                 index: part.index,
                 range: part.describe.clone(),
@@ -623,15 +624,21 @@ impl Flow {
 
     /// Resolves once no data has moved in the run for `stall_timeout`: a
     /// connection that stopped answering fails its partition (transiently).
-    async fn stalled(&self) -> crate::error::Stalled {
+    /// The side named is the one this partition was waiting on (`waiting`).
+    /// An attempt's clock starts when it does (`begun`), not at the last batch
+    /// before it.
+    async fn stalled(&self, waiting: &AtomicBool, begun: Duration) -> crate::error::Stalled {
         loop {
-            let idle = self
-                .started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(self.moved_at.load(Ordering::Relaxed)));
+            let moved = Duration::from_millis(self.moved_at.load(Ordering::Relaxed)).max(begun);
+            let idle = self.started.elapsed().saturating_sub(moved);
             if idle >= self.stall_timeout {
+                let side = if waiting.load(Ordering::Relaxed) {
+                    crate::engine::Side::Target
+                } else {
+                    crate::engine::Side::Source
+                };
                 return crate::error::Stalled {
-                    side: crate::engine::Side::Source,
+                    side,
                     waited: self.stall_timeout,
                 };
             }
@@ -670,9 +677,22 @@ async fn run_partition(
             };
             return report(status, 0, 0, attempt);
         }
+        // A retry after a COMMIT whose answer was lost: the checkpoint row
+        // commits with the rows, so the table says whether they are there.
+        if attempt > 0 {
+            if let Some(rows) = recorded_rows(p, spec, part.index).await {
+                info!(
+                    partition = part.index,
+                    rows, "partition written (its COMMIT went through)"
+                );
+                return report(Status::Written, rows, 0, attempt);
+            }
+        }
+        // Whether the partition waits on its target (else on its source).
+        let on_target = AtomicBool::new(false);
         let result = tokio::select! {
-            r = copy_partition(p, readers, flow, spec, &part.select) => r,
-            stalled = flow.stalled() => Err(stalled.into()),
+            r = copy_partition(p, readers, flow, spec, &part.select, &on_target) => r,
+            stalled = flow.stalled(&on_target, flow.started.elapsed()) => Err(stalled.into()),
             () = flow.cancel.cancelled() => return report(Status::RolledBack, 0, 0, attempt),
         };
         match result {
@@ -690,6 +710,17 @@ async fn run_partition(
     }
 }
 
+/// The rows a partition's checkpoint row records, if it is committed.
+async fn recorded_rows(p: &Planned, spec: &WriteSpec, index: usize) -> Option<u64> {
+    let cp = spec.checkpoint.as_ref()?;
+    let recorded = p.target.recorded(&cp.name, &cp.fingerprint).await.ok()?;
+    recorded
+        .done
+        .iter()
+        .find(|d| d.0 == index)
+        .map(|&(_, rows, _)| rows)
+}
+
 /// One attempt at a partition: a reader of the snapshot streams into the
 /// target's writer through a bounded queue; the writer commits only once
 /// the reader has sent its last row.
@@ -699,6 +730,7 @@ async fn copy_partition(
     flow: &Flow,
     spec: &WriteSpec,
     select: &str,
+    on_target: &AtomicBool,
 ) -> Result<(u64, u64)> {
     let mut lent = Lent::new(readers);
     let reader = lent
@@ -716,10 +748,15 @@ async fn copy_partition(
     let count = async move {
         while let Some(batch) = rx.recv().await {
             flow.moved(batch.rows());
-            if counted_tx.send(batch).await.is_err() {
+            on_target.store(true, Ordering::Relaxed);
+            let sent = counted_tx.send(batch).await;
+            on_target.store(false, Ordering::Relaxed);
+            if sent.is_err() {
                 break;
             }
         }
+        // Every row is with the writer: what is left is the target's.
+        on_target.store(true, Ordering::Relaxed);
     };
     let (read, (), written) = tokio::join!(read, count, p.target.write(spec, counted_rx));
     drop(lent);

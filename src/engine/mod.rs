@@ -477,6 +477,7 @@ pub struct WriteSpec {
 /// The checkpoint row a partition writes in its own transaction.
 #[derive(Clone, Debug)]
 pub struct CheckpointSpec {
+    pub name: QualifiedName,
     /// The checkpoint table, as the target's SQL spells it.
     pub table: String,
     pub fingerprint: String,

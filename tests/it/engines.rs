@@ -429,3 +429,53 @@ async fn an_interrupted_copy_across_engines_ends_130_and_its_printed_command_fin
         400_000
     );
 }
+
+/// A PostgreSQL target that stops answering mid-partition (a frozen network:
+/// nothing closed) in a copy from SQLite: the partition fails after
+/// `run.stall_timeout` naming the target, its server session is ended so its
+/// locks go, and the retry copies it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_target_across_engines_is_retried_and_the_copy_is_exact() {
+    use crate::proxy::{Action, Direction, Proxy};
+    let pair = Pair::new("engines_frozen").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    pair.target
+        .exec("CREATE TABLE public.big (id bigint PRIMARY KEY, v text, n numeric(12,2))")
+        .await;
+    let proxy = Proxy::start();
+    proxy.after_bytes(Direction::ClientToServer, 1_000_000, Action::Freeze);
+    let toml = job(
+        &sqlite_url(&file),
+        "big",
+        &proxy.url(&pair.target.url),
+        "public.big",
+        "",
+    )
+    .replace(
+        "[run]\n",
+        "[run]\nparallelism = 2\nretries = 2\nstall_timeout = \"2s\"\n",
+    );
+    let job = job_file(&toml);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || run_job(&job.path))
+        .await
+        .unwrap();
+    assert_eq!(proxy.fired(), 1, "the target never froze\n{}", text(&out));
+    assert_exit(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains("the target moved no data for 2 s (run.stall_timeout)"),
+        "{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("after 1 retry"), "{}", text(&out));
+    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    assert_eq!(
+        pair.target.checksum("public.big").await,
+        pair.source.checksum("public.big").await
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

@@ -439,6 +439,16 @@ impl Target {
             .acquire()
             .await
             .context("taking a target connection")?;
+        // An attempt abandoned midway (a stall, Ctrl-C) must not hand its open
+        // transaction to the next: each partition's connection is closed after
+        // it, and the server session of one abandoned is ended (a frozen
+        // network closes nothing, and its transaction would hold the keys of
+        // the rows the retry writes).
+        conn.close_on_drop();
+        let mut abandoned = EndOnDrop {
+            pool: self.pool.clone(),
+            session: Some(super::session::of(&mut conn).await?),
+        };
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
         let result = async {
             let list: Vec<String> = spec.columns.iter().map(|c| quote_ident(c)).collect();
@@ -526,19 +536,29 @@ impl Target {
             anyhow::Ok((total, bytes))
         }
         .await;
-        match result {
-            Ok(counts) => {
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut *conn)
-                    .await
-                    .context("committing")?;
-                Ok(counts)
-            }
+        let ended = match result {
+            Ok(counts) => match sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+                Ok(_) => Ok(counts),
+                // The COMMIT's answer is lost: end the session before anyone
+                // looks, so its transaction is settled for good (committed or
+                // not); the retry reads the checkpoint table to know which.
+                Err(e) => {
+                    if let (Some(session), Ok(mut other)) =
+                        (abandoned.session.take(), self.pool.acquire().await)
+                    {
+                        let wait = std::time::Duration::from_secs(10);
+                        let _ = super::session::end(&mut other, &session, wait).await;
+                    }
+                    Err(anyhow::Error::new(e).context("committing"))
+                }
+            },
             Err(e) => {
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                 Err(e)
             }
-        }
+        };
+        abandoned.session = None;
+        ended
     }
 
     pub async fn reader(&self) -> Result<Reader> {
@@ -548,6 +568,27 @@ impl Target {
             .await
             .context("taking a target connection")?;
         Ok(Reader { conn })
+    }
+}
+
+/// Ends a partition's server session from a fresh connection when its
+/// attempt is dropped before it finished (see [`Target::write`]).
+struct EndOnDrop {
+    pool: PgPool,
+    session: Option<super::session::Session>,
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                if let Ok(mut conn) = pool.acquire().await {
+                    let wait = std::time::Duration::from_secs(10);
+                    let _ = super::session::end(&mut conn, &session, wait).await;
+                }
+            });
+        }
     }
 }
 
