@@ -1281,51 +1281,9 @@ fn validate_upsert(
     }))
 }
 
+/// Checks a connection URL: its scheme picks the engine, which checks the rest.
 pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
-    let url = DbUrl::new(url.trim());
-    match url::Url::parse(url.expose()) {
-        // Without `//` everything after `postgres:` is a path: no host, and a
-        // password in it could not be told apart to hide it.
-        Ok(u) if !url.expose()[u.scheme().len()..].starts_with("://") => Err(JobError::new(
-            format!("{key}: not a URL with a host (expected postgres://user@host:port/database)"),
-        )),
-        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
-            // An unknown parameter may be a secret the driver would log with its
-            // value; name the key only.
-            if let Some(refused) = u.query_pairs().find_map(|(k, _)| {
-                crate::engine::postgres::libpq::refusal(&k).map(|why| (k.into_owned(), why))
-            }) {
-                return Err(JobError::new(format!(
-                    "{key}: parameter \"{}\" is not supported by stride ({})",
-                    refused.0, refused.1
-                )));
-            }
-            match u
-                .query_pairs()
-                .map(|(k, _)| k)
-                .find(|k| !crate::engine::postgres::libpq::is_known(k))
-            {
-                Some(unknown) => Err(JobError::new(format!(
-                    "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
-                    crate::engine::postgres::libpq::DRIVER_PARAMETERS
-                        .iter()
-                        .chain(crate::engine::postgres::libpq::STRIDE_PARAMETERS)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-                None => Ok(url),
-            }
-        }
-        Ok(u) => Err(JobError::new(format!(
-            "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
-            u.scheme()
-        ))),
-        // The parse error never contains the URL itself, so it is safe to show.
-        Err(e) => Err(JobError::new(format!(
-            "{key}: not a valid URL: {e} (expected postgres://user@host:port/database)"
-        ))),
-    }
+    crate::engine::parse_url(key, url)
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` from `env`. `$$` stands for a literal `$`.

@@ -470,7 +470,7 @@ pub fn parse_bounds(job: &Job, key: &Key) -> Result<Option<Bounds>, JobError> {
 
 /// The user's own SQL in parentheses. A line comment (`--`) in it would swallow
 /// the closing parenthesis, so then a newline ends the comment first.
-fn enclose(sql: &str) -> String {
+pub(crate) fn enclose(sql: &str) -> String {
     if sql.contains("--") {
         format!("({sql}\n)")
     } else {
@@ -479,7 +479,7 @@ fn enclose(sql: &str) -> String {
 }
 
 /// `WHERE` text combining the user's condition and a partition's predicate.
-fn where_clause(user: Option<&str>, partition: Option<String>) -> String {
+pub(crate) fn where_clause(user: Option<&str>, partition: Option<String>) -> String {
     match (user, partition) {
         (None, None) => String::new(),
         (Some(u), None) => format!(" WHERE {}", enclose(u)),

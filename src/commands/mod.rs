@@ -7,6 +7,7 @@ mod prepare;
 mod preview;
 mod run;
 mod status;
+mod transfer;
 mod verify;
 
 use std::path::Path;

@@ -86,6 +86,16 @@ pub(super) async fn plan_command(
 
 /// One table's plan: printed as text, or returned as JSON.
 async fn plan_job(job: Job, format: Format) -> Result<Option<serde_json::Value>> {
+    if super::transfer::crosses(&job) {
+        if format == Format::Json {
+            return Err(JobError::new(
+                "--format json: not supported between different engines yet (expected --format text)",
+            )
+            .into());
+        }
+        super::transfer::plan(job).await?;
+        return Ok(None);
+    }
     let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let source = server.pool(1);
     let mut side = resolve_source(&source, &job, &server.place).await?;

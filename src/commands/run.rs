@@ -44,6 +44,9 @@ pub(super) async fn run_tables(
     opts: &RunOptions,
 ) -> Result<Ends> {
     let (set, _) = load_tables(path, overrides).await?;
+    if set.jobs.iter().any(super::transfer::crosses) {
+        return transfer_tables(set.jobs, opts).await;
+    }
     let many = set.jobs.len() > 1;
     let started = Instant::now();
     let order = if many {
@@ -142,6 +145,27 @@ pub(super) async fn run_tables(
         runs: ends,
         not_started,
     })
+}
+
+/// The tables of a job file with another engine than PostgreSQL on one side:
+/// one after the other, stopping at the first that does not succeed.
+async fn transfer_tables(jobs: Vec<Job>, opts: &RunOptions) -> Result<Ends> {
+    let many = jobs.len() > 1;
+    let mut ends = Ends {
+        runs: Vec::new(),
+        not_started: Vec::new(),
+    };
+    for (i, job) in jobs.into_iter().enumerate() {
+        if ends.runs.iter().any(|e| e.code != exit::OK) {
+            ends.not_started.push(job.target.table.to_string());
+            continue;
+        }
+        let end = super::transfer::run(job, opts)
+            .await
+            .map_err(|e| in_entry(many, i, e))?;
+        ends.runs.push(end);
+    }
+    Ok(ends)
 }
 
 /// Which part of a run this process does.

@@ -49,6 +49,19 @@ pub(super) async fn verify(
 }
 
 async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
+    if super::transfer::crosses(&job) {
+        if args.repair {
+            return Err(JobError::new(
+                "--repair: not supported between different engines yet (expected `stride run --restart` to copy again)",
+            )
+            .into());
+        }
+        let by = match args.by {
+            Some(VerifyBy::Count) => Verify::Count,
+            _ => Verify::Checksum,
+        };
+        return super::transfer::verify(job, by).await;
+    }
     let Prepared {
         job,
         source,

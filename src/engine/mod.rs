@@ -1,2 +1,853 @@
-//! The engines stride reads and writes, one folder each.
+//! The engines stride reads and writes, one folder each, and the seam between
+//! them (`../shared/DESIGN.md`, "Engines").
+//!
+//! This module is the only place that names an engine: [`Engine`] is picked by
+//! the URL's scheme while the job is validated, so a wrong scheme or an
+//! engine's unknown URL parameter is exit 2 before any I/O.
+//!
+//! Between different engines rows travel as *canonical text*: one text form per
+//! column [`Kind`], the one PostgreSQL's text output gives with ISO dates, UTC,
+//! hex bytea (`\x0102`) and shortest-exact floats (`NaN`, `Infinity`). Every
+//! [`Reader`] produces it and every [`Writer`] consumes it, so engines add up
+//! (N readers + N writers), not multiply. Calls across the seam are per run,
+//! per partition or per batch of rows, never per row.
+//!
+//! PostgreSQL to PostgreSQL does not cross this seam: it keeps its binary COPY
+//! pass-through (`crate::copy`), the native route.
+
 pub mod postgres;
+pub mod sqlite;
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+
+use crate::error::JobError;
+use crate::job::{DbUrl, Job};
+use crate::partition::{KeyRange, KeyType};
+use crate::sql::{quote_ident, quote_literal, QualifiedName};
+
+/// A database engine stride reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+impl Engine {
+    /// The engine of a URL that [`parse_url`] accepted.
+    pub fn of(url: &DbUrl) -> Engine {
+        if url.expose().starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        }
+    }
+
+    /// The engine's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Postgres => "PostgreSQL",
+            Engine::Sqlite => "SQLite",
+        }
+    }
+
+    /// A table's name as this engine's SQL spells it.
+    pub fn table(self, name: &QualifiedName) -> String {
+        match self {
+            Engine::Postgres => name.to_string(),
+            Engine::Sqlite => sqlite::dialect::table(name),
+        }
+    }
+
+    /// The condition selecting `range` of the key column `column` (quoted), in
+    /// this engine's SQL: typed literals, so the comparison is the column's.
+    pub fn predicate(self, column: &str, key: KeyType, range: &KeyRange) -> Option<String> {
+        match self {
+            Engine::Postgres => crate::partition::predicate(column, key, range),
+            Engine::Sqlite => sqlite::dialect::predicate(column, key, range),
+        }
+    }
+
+    /// What the engine lacks of what a job asks, by key (exit 2 before any
+    /// write), for a job that crosses the seam.
+    pub fn refusals(self, job: &Job, side: Side) -> Vec<String> {
+        match self {
+            Engine::Postgres => Vec::new(),
+            Engine::Sqlite => sqlite::refusals(job, side),
+        }
+    }
+}
+
+pub use postgres::Side;
+
+/// Checks a connection URL from the job (`key` names it in messages): its
+/// scheme picks the engine, and that engine checks the rest. Never shows the
+/// URL's password.
+pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
+    let url = DbUrl::new(url.trim());
+    let scheme = url
+        .expose()
+        .split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => postgres::check_url(key, url),
+        Some("sqlite") => sqlite::check_url(key, url),
+        Some("mysql" | "mariadb") => Err(JobError::new(format!(
+            "{key}: MySQL and MariaDB are not supported yet (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+        ))),
+        Some(other) if !other.is_empty() && !other.contains('/') => Err(JobError::new(format!(
+            "{key}: scheme \"{other}\" is not supported (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+        ))),
+        _ => Err(JobError::new(format!(
+            "{key}: not a URL (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+        ))),
+    }
+}
+
+/// What a column holds, as far as moving its values between engines goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Bool,
+    /// A 64-bit (or narrower) integer.
+    Int,
+    /// A binary floating-point number.
+    Float,
+    /// An exact decimal, kept as its text.
+    Numeric,
+    Bytes,
+    Date,
+    Timestamp,
+    /// A timestamp with time zone, in UTC.
+    TimestampTz,
+    Time,
+    /// Text, and every type carried as its text form (uuid, json, arrays, ...).
+    Text,
+}
+
+impl Kind {
+    /// The key type of a partition column of this kind, if it can be one.
+    pub fn key_type(self) -> Option<KeyType> {
+        match self {
+            Kind::Int => Some(KeyType::Int8),
+            Kind::Date => Some(KeyType::Date),
+            Kind::Timestamp => Some(KeyType::Timestamp),
+            Kind::TimestampTz => Some(KeyType::Timestamptz),
+            _ => None,
+        }
+    }
+}
+
+/// A column as the seam sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    pub kind: Kind,
+    /// The engine's own type, as its catalogue spells it (`numeric(12,2)`, `INTEGER`).
+    pub declared: String,
+    pub not_null: bool,
+    /// Computed by the engine: never written.
+    pub generated: bool,
+}
+
+/// A table or query, as the seam sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub columns: Vec<Column>,
+    /// The primary key's columns, in order (empty: none).
+    pub primary_key: Vec<String>,
+    /// Columns of unique keys that `ON CONFLICT` can use, each in order.
+    pub unique_keys: Vec<Vec<String>>,
+}
+
+/// Rows in canonical text, row after row, `width` values each.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub width: usize,
+    pub values: Vec<Option<String>>,
+    /// The bytes of the values, for progress and the summary.
+    pub bytes: u64,
+    /// The reader's last batch: every row was read. A writer commits only
+    /// after it (a reader that failed sends none).
+    pub end: bool,
+}
+
+impl Batch {
+    pub fn new(width: usize) -> Batch {
+        Batch {
+            width,
+            values: Vec::new(),
+            bytes: 0,
+            end: false,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.values.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    pub fn push(&mut self, value: Option<String>) {
+        self.bytes += value.as_ref().map_or(1, |v| v.len() as u64 + 1);
+        self.values.push(value);
+    }
+
+    pub fn row(&self, i: usize) -> &[Option<String>] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// Rows per batch a reader sends.
+pub const BATCH_ROWS: usize = 2000;
+
+/// A source opened for a run (one per run: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Source {
+    Postgres(postgres::text::Source),
+    Sqlite(sqlite::Source),
+}
+
+impl Source {
+    pub async fn open(url: &DbUrl, retries: u32) -> Result<Source> {
+        Ok(match Engine::of(url) {
+            Engine::Postgres => Source::Postgres(postgres::text::Source::open(url, retries).await?),
+            Engine::Sqlite => Source::Sqlite(sqlite::Source::open(url).await?),
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Source::Postgres(_) => Engine::Postgres,
+            Source::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// `host:port/database` or the file, for messages.
+    pub fn place(&self) -> String {
+        match self {
+            Source::Postgres(s) => s.place(),
+            Source::Sqlite(s) => s.place(),
+        }
+    }
+
+    /// How the connection is protected (a file needs nothing).
+    pub fn encryption(&self) -> postgres::Encryption {
+        match self {
+            Source::Postgres(s) => s.encryption(),
+            Source::Sqlite(_) => postgres::Encryption::local_file(),
+        }
+    }
+
+    /// The columns of what the job reads (its table or query); a missing table
+    /// is a job error.
+    pub async fn describe(&mut self, job: &Job) -> Result<Table> {
+        match self {
+            Source::Postgres(s) => s.describe(job).await,
+            Source::Sqlite(s) => s.describe(job).await,
+        }
+    }
+
+    /// The statement reading the job's rows of `columns` within `range` of the
+    /// key (`None`: every row).
+    pub fn select(
+        &self,
+        job: &Job,
+        columns: &[Column],
+        key: Option<(&str, KeyType)>,
+        range: &KeyRange,
+    ) -> String {
+        match self {
+            Source::Postgres(_) => postgres::text::select(job, columns, key, range),
+            Source::Sqlite(_) => sqlite::dialect::select(job, columns, key, range),
+        }
+    }
+
+    /// `readers` readers that all see one moment of the source (or, where the
+    /// engine cannot promise that with several, fewer: see each engine).
+    pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {
+        match self {
+            Source::Postgres(s) => Ok(s
+                .snapshot(readers)
+                .await?
+                .into_iter()
+                .map(Reader::Postgres)
+                .collect()),
+            Source::Sqlite(s) => Ok(s
+                .snapshot(readers)
+                .await?
+                .into_iter()
+                .map(Reader::Sqlite)
+                .collect()),
+        }
+    }
+}
+
+/// One connection reading in the run's snapshot.
+pub enum Reader {
+    Postgres(postgres::text::Reader),
+    Sqlite(sqlite::Reader),
+}
+
+impl Reader {
+    /// Sends the rows of `select` in batches of canonical text, `kinds` giving
+    /// each column's kind. Ends when every row is sent (or the receiver is gone).
+    pub async fn read(
+        &mut self,
+        select: &str,
+        kinds: &[Kind],
+        rows: &mpsc::Sender<Batch>,
+    ) -> Result<()> {
+        match self {
+            Reader::Postgres(r) => r.read(select, kinds, rows).await,
+            Reader::Sqlite(r) => r.read(select, kinds, rows).await,
+        }
+    }
+
+    /// The key column's smallest and largest value over the job's rows, in its
+    /// key type's encoding (`None`: no rows with a key), in the snapshot.
+    pub async fn bounds(
+        &mut self,
+        job: &Job,
+        column: &str,
+        key: KeyType,
+    ) -> Result<Option<(i64, i64)>> {
+        match self {
+            Reader::Postgres(r) => r.bounds(job, column, key).await,
+            Reader::Sqlite(r) => r.bounds(job, column, key).await,
+        }
+    }
+}
+
+/// A run as the target's checkpoint table holds it.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// The run row: bounds, partitions planned, finished.
+    pub run: Option<RunRow>,
+    /// Committed partitions: index, rows, bytes.
+    pub done: Vec<(usize, u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RunRow {
+    pub bounds: Option<(i64, i64)>,
+    pub partitions: usize,
+    pub finished: bool,
+}
+
+/// A checkpoint row: partition, lower, upper, partitions, rows, bytes, finished.
+pub type CheckpointRow = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    bool,
+);
+
+impl Recorded {
+    pub fn from_rows(rows: Vec<CheckpointRow>) -> Recorded {
+        let mut out = Recorded::default();
+        for (partition, lower, upper, partitions, rows, bytes, finished) in rows {
+            if partition < 0 {
+                out.run = Some(RunRow {
+                    bounds: lower.zip(upper),
+                    partitions: partitions.unwrap_or(0).max(0) as usize,
+                    finished,
+                });
+            } else {
+                out.done.push((
+                    partition as usize,
+                    rows.unwrap_or(0).max(0) as u64,
+                    bytes.unwrap_or(0).max(0) as u64,
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What a partition's writer writes, and where it records the partition.
+#[derive(Clone, Debug)]
+pub struct WriteSpec {
+    /// The table written, as the target's SQL spells it.
+    pub table: String,
+    pub columns: Vec<String>,
+    pub source_kinds: Vec<Kind>,
+    /// Each column's declared type on the target.
+    pub target_declared: Vec<String>,
+    pub upsert: Option<sqlite::dialect::Upsert>,
+    pub batch_size: usize,
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// The checkpoint row a partition writes in its own transaction.
+#[derive(Clone, Debug)]
+pub struct CheckpointSpec {
+    /// The checkpoint table, as the target's SQL spells it.
+    pub table: String,
+    pub fingerprint: String,
+    pub index: usize,
+    pub range: String,
+}
+
+/// A target opened for a run.
+pub enum Target {
+    Postgres(postgres::text::Target),
+    Sqlite(sqlite::Target),
+}
+
+impl Target {
+    pub async fn open(url: &DbUrl, retries: u32, connections: u32) -> Result<Target> {
+        Ok(match Engine::of(url) {
+            Engine::Postgres => {
+                Target::Postgres(postgres::text::Target::open(url, retries, connections).await?)
+            }
+            Engine::Sqlite => Target::Sqlite(sqlite::Target::open(url).await?),
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Target::Postgres(_) => Engine::Postgres,
+            Target::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    pub fn place(&self) -> String {
+        match self {
+            Target::Postgres(t) => t.place(),
+            Target::Sqlite(t) => t.place(),
+        }
+    }
+
+    /// How the connection is protected (a file needs nothing).
+    pub fn encryption(&self) -> postgres::Encryption {
+        match self {
+            Target::Postgres(t) => t.encryption(),
+            Target::Sqlite(_) => postgres::Encryption::local_file(),
+        }
+    }
+
+    pub async fn describe(&self, table: &QualifiedName) -> Result<Option<Table>> {
+        match self {
+            Target::Postgres(t) => t.describe(table).await,
+            Target::Sqlite(t) => t.describe(table).await,
+        }
+    }
+
+    pub async fn has_rows(&self, table: &str) -> Result<bool> {
+        match self {
+            Target::Postgres(t) => t.has_rows(table).await,
+            Target::Sqlite(t) => t.has_rows(table).await,
+        }
+    }
+
+    /// The declared type of a column this target creates for a source column.
+    pub fn declared_for(&self, source: Engine, column: &Column) -> String {
+        match (self, source) {
+            (Target::Sqlite(_), Engine::Sqlite) | (Target::Postgres(_), Engine::Postgres) => {
+                column.declared.clone()
+            }
+            (Target::Sqlite(_), _) => sqlite::dialect::declared_for(column.kind).to_string(),
+            (Target::Postgres(_), _) => postgres::text::declared_for(column),
+        }
+    }
+
+    /// `CREATE TABLE` for `table` with `(name, declared type, not null)` columns.
+    pub fn create_sql(
+        &self,
+        table: &str,
+        columns: &[(String, String, bool)],
+        key: &[String],
+    ) -> String {
+        create_table_sql(table, columns, key)
+    }
+
+    /// Why values of `kind` cannot go into a column of `declared` type unchanged.
+    pub fn refusal(&self, kind: Kind, declared: &str) -> Option<String> {
+        match self {
+            Target::Postgres(_) => None,
+            Target::Sqlite(_) => sqlite::dialect::bind(kind, declared).err(),
+        }
+    }
+
+    /// The statement that empties a table.
+    pub fn empty_sql(&self, table: &str) -> String {
+        match self {
+            Target::Postgres(_) => format!("TRUNCATE {table}"),
+            Target::Sqlite(_) => format!("DELETE FROM {table}"),
+        }
+    }
+
+    /// The statements that put `stage` in `table`'s place, in the transaction
+    /// that records the run finished.
+    pub fn swap_sql(&self, stage: &QualifiedName, table: &QualifiedName) -> Vec<String> {
+        vec![
+            format!("DROP TABLE IF EXISTS {}", self.engine().table(table)),
+            format!(
+                "ALTER TABLE {} RENAME TO {}",
+                self.engine().table(stage),
+                crate::sql::quote_ident(&table.name)
+            ),
+        ]
+    }
+
+    /// Statements in one transaction.
+    pub async fn transaction(&self, statements: &[String]) -> Result<()> {
+        match self {
+            Target::Postgres(t) => t.transaction(statements).await,
+            Target::Sqlite(t) => t.transaction(statements).await,
+        }
+    }
+
+    /// The run recorded for `fingerprint` (the checkpoint table is created
+    /// when missing).
+    pub async fn recorded(
+        &self,
+        checkpoints: &QualifiedName,
+        fingerprint: &str,
+    ) -> Result<Recorded> {
+        match self {
+            Target::Postgres(t) => t.recorded(checkpoints, fingerprint).await,
+            Target::Sqlite(t) => t.recorded(checkpoints, fingerprint).await,
+        }
+    }
+
+    /// Writes a partition's rows and its checkpoint row in one transaction;
+    /// returns rows and bytes written.
+    pub async fn write(
+        &self,
+        spec: &WriteSpec,
+        rows: &mut mpsc::Receiver<Batch>,
+    ) -> Result<(u64, u64)> {
+        match self {
+            Target::Postgres(t) => t.write(spec, rows).await,
+            Target::Sqlite(t) => t.write(spec, rows).await,
+        }
+    }
+
+    /// A reader of the target as it is now, for verify.
+    pub async fn reader(&self) -> Result<Reader> {
+        Ok(match self {
+            Target::Postgres(t) => Reader::Postgres(t.reader().await?),
+            Target::Sqlite(t) => Reader::Sqlite(t.reader().await?),
+        })
+    }
+}
+
+/// `CREATE TABLE` for a table stride creates: `(name, declared type, not
+/// null)` per column, and the primary key.
+pub fn create_table_sql(
+    table: &str,
+    columns: &[(String, String, bool)],
+    primary_key: &[String],
+) -> String {
+    let mut parts: Vec<String> = columns
+        .iter()
+        .map(|(name, declared, not_null)| {
+            format!(
+                "{} {declared}{}",
+                quote_ident(name),
+                if *not_null { " NOT NULL" } else { "" }
+            )
+        })
+        .collect();
+    if !primary_key.is_empty() {
+        let key: Vec<String> = primary_key.iter().map(|c| quote_ident(c)).collect();
+        parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    format!("CREATE TABLE {table} ({})", parts.join(", "))
+}
+
+// The checkpoint statements every engine's checkpoint table takes (its
+// columns have the same names on each; see `crate::checkpoint` and
+// `sqlite::dialect::checkpoint_table_sql`).
+
+/// The run row: the bounds a run planned with and its partitions.
+pub fn record_run_sql(
+    checkpoints: &str,
+    fingerprint: &str,
+    table: &str,
+    bounds: Option<(i64, i64)>,
+    partitions: usize,
+) -> String {
+    let (lower, upper) = bounds.map_or(("NULL".to_string(), "NULL".to_string()), |(l, u)| {
+        (l.to_string(), u.to_string())
+    });
+    format!(
+        "INSERT INTO {checkpoints} (fingerprint, partition, target_table, range, lower_bound, upper_bound, partitions) \
+         VALUES ({}, {}, {}, 'run', {lower}, {upper}, {partitions})",
+        quote_literal(fingerprint),
+        crate::checkpoint::RUN_ROW,
+        quote_literal(table)
+    )
+}
+
+/// A committed partition, written in its own transaction.
+pub fn record_partition_sql(cp: &CheckpointSpec, table: &str, rows: u64, bytes: u64) -> String {
+    format!(
+        "INSERT INTO {} (fingerprint, partition, target_table, range, rows, bytes, finished) \
+         VALUES ({}, {}, {}, {}, {rows}, {bytes}, true)",
+        cp.table,
+        quote_literal(&cp.fingerprint),
+        cp.index,
+        quote_literal(table),
+        quote_literal(&cp.range)
+    )
+}
+
+/// Forgets a run's checkpoints (a new run of the job starts).
+pub fn forget_run_sql(checkpoints: &str, fingerprint: &str) -> String {
+    format!(
+        "DELETE FROM {checkpoints} WHERE fingerprint = {}",
+        quote_literal(fingerprint)
+    )
+}
+
+/// Forgets the runs of other jobs into `table`, when this run empties it.
+pub fn forget_other_runs_sql(checkpoints: &str, fingerprint: &str, table: &str) -> String {
+    format!(
+        "DELETE FROM {checkpoints} WHERE target_table = {} AND fingerprint <> {}",
+        quote_literal(table),
+        quote_literal(fingerprint)
+    )
+}
+
+/// Marks the run finished.
+pub fn finish_run_sql(checkpoints: &str, fingerprint: &str) -> String {
+    format!(
+        "UPDATE {checkpoints} SET finished = true WHERE fingerprint = {} AND partition = {}",
+        quote_literal(fingerprint),
+        crate::checkpoint::RUN_ROW
+    )
+}
+
+/// Checks a canonical value against the kind that reads it back, for
+/// comparisons across engines: floats by value (`1e+100` and `1e100` are one
+/// number), booleans by truth.
+pub fn normalized(kind: Kind, value: &str) -> std::borrow::Cow<'_, str> {
+    match kind {
+        Kind::Float => match value.parse::<f64>() {
+            Ok(f) => float_text(f).into(),
+            Err(_) => value.into(),
+        },
+        Kind::Numeric => numeric_text(value).into(),
+        Kind::Bool => match value {
+            "t" | "true" | "1" => "t".into(),
+            "f" | "false" | "0" => "f".into(),
+            other => other.into(),
+        },
+        _ => value.into(),
+    }
+}
+
+/// An exact decimal's value, whatever its scale: `1.50` and `1.5` are one
+/// number (a target column's scale may add zeros; SQLite may drop them).
+fn numeric_text(value: &str) -> String {
+    let Some((whole, fraction)) = value.split_once('.') else {
+        return value.to_string();
+    };
+    if !whole
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c.is_ascii_digit())
+        || !fraction.chars().all(|c| c.is_ascii_digit())
+    {
+        return value.to_string();
+    }
+    let fraction = fraction.trim_end_matches('0');
+    let text = if fraction.is_empty() {
+        whole.to_string()
+    } else {
+        format!("{whole}.{fraction}")
+    };
+    if text == "-0" {
+        "0".to_string()
+    } else {
+        text
+    }
+}
+
+/// A float's canonical text: PostgreSQL's (shortest digits that read back as
+/// the same number; `NaN`, `Infinity`, `-Infinity`; an exponent below 1e-4
+/// and from 1e15 on, as `1e+100`, `1.5e-07`).
+pub fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    // `{:e}` gives the shortest digits that round-trip: `1.5e-7`.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e}'s exponent is a number");
+    if !(-4..15).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    format!("{f}")
+}
+
+/// An order-independent checksum of rows: how many, and the wrapping sum of a
+/// 64-bit hash of each row's normalized canonical text. Both sides of a copy
+/// between engines compute it the same way, in stride.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checksum {
+    pub rows: i64,
+    pub sum: u64,
+}
+
+impl Checksum {
+    pub fn add(&mut self, kinds: &[Kind], row: &[Option<String>]) {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (kind, value) in kinds.iter().zip(row) {
+            match value {
+                None => eat(b"\x00N"),
+                Some(v) => {
+                    eat(b"\x01");
+                    eat(normalized(*kind, v).as_bytes());
+                }
+            }
+            eat(b"\x1f");
+        }
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(hash);
+    }
+
+    /// The figure shown: the sum in hex.
+    pub fn text(&self) -> String {
+        format!("{:016x}", self.sum)
+    }
+}
+
+/// Decodes `\x0102` (canonical bytes) into bytes; `None` if it is not that.
+pub fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Bytes as canonical text: `\x` and lower-case hex.
+pub fn bytes_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 + bytes.len() * 2);
+    out.push_str("\\x");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn floats_print_as_postgres_prints_them() {
+        for (f, text) in [
+            (0.1, "0.1"),
+            (1.0, "1"),
+            (-2.5, "-2.5"),
+            (1e100, "1e+100"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (123456789012345.0, "123456789012345"),
+            (1e15, "1e+15"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (f64::MIN_POSITIVE, "2.2250738585072014e-308"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (-0.0, "-0"),
+        ] {
+            assert_eq!(float_text(f), text, "{f:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn float_text_reads_back_as_the_same_number(bits in any::<u64>()) {
+            let f = f64::from_bits(bits);
+            let back: f64 = float_text(f).replace("Infinity", "inf").parse().unwrap();
+            prop_assert!(back.to_bits() == f.to_bits() || (f.is_nan() && back.is_nan()));
+        }
+
+        #[test]
+        fn bytes_round_trip_through_hex(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(hex_bytes(&bytes_text(&bytes)), Some(bytes));
+        }
+    }
+
+    #[test]
+    fn checksums_ignore_order_and_float_spelling() {
+        assert_eq!(normalized(Kind::Numeric, "1.50"), "1.5");
+        assert_eq!(normalized(Kind::Numeric, "-0.000"), "0");
+        assert_eq!(normalized(Kind::Numeric, "100"), "100");
+        assert_eq!(normalized(Kind::Numeric, "NaN"), "NaN");
+        let kinds = [Kind::Int, Kind::Float, Kind::Bool];
+        let row = |a: &str, b: &str, c: &str| {
+            vec![
+                Some(a.to_string()),
+                Some(b.to_string()),
+                Some(c.to_string()),
+            ]
+        };
+        let mut one = Checksum::default();
+        one.add(&kinds, &row("1", "1e+100", "t"));
+        one.add(&kinds, &row("2", "0.5", "f"));
+        let mut two = Checksum::default();
+        two.add(&kinds, &row("2", "0.50", "0"));
+        two.add(&kinds, &row("1", "1e100", "1"));
+        assert_eq!(one, two);
+        let mut other = Checksum::default();
+        other.add(&kinds, &row("1", "1e+100", "t"));
+        other.add(&kinds, &row("2", "0.5", "t"));
+        assert_ne!(one, other);
+        let mut null = Checksum::default();
+        null.add(&kinds, &[None, Some("0.5".into()), Some("t".into())]);
+        let mut empty = Checksum::default();
+        empty.add(
+            &kinds,
+            &[Some(String::new()), Some("0.5".into()), Some("t".into())],
+        );
+        assert_ne!(null, empty, "NULL and the empty string differ");
+    }
+
+    #[test]
+    fn urls_pick_their_engine_or_are_refused_by_name() {
+        assert_eq!(
+            Engine::of(&parse_url("t.url", "sqlite:///tmp/x.db".into()).unwrap()),
+            Engine::Sqlite
+        );
+        assert_eq!(
+            Engine::of(&parse_url("t.url", "postgres://h/d".into()).unwrap()),
+            Engine::Postgres
+        );
+        let e = parse_url("target.url", "mysql://root@h/d".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("target.url: MySQL and MariaDB are not supported yet"),
+            "{e}"
+        );
+        let e = parse_url("source.url", "oracle://h/d".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheme \"oracle\" is not supported"), "{e}");
+    }
+}

@@ -8,6 +8,7 @@ pub mod keepalive;
 pub mod libpq;
 pub mod replace;
 pub mod session;
+pub mod text;
 pub mod tls;
 
 use std::str::FromStr;
@@ -33,6 +34,54 @@ const SESSION_OPTIONS: [(&str, &str); 5] = [
     ("bytea_output", "hex"),
     ("extra_float_digits", "3"),
 ];
+
+/// Checks a `postgres://` URL as libpq reads it (the engine is picked already).
+pub fn check_url(key: &str, url: DbUrl) -> Result<DbUrl, JobError> {
+    match url::Url::parse(url.expose()) {
+        // Without `//` everything after `postgres:` is a path: no host, and a
+        // password in it could not be told apart to hide it.
+        Ok(u) if !url.expose()[u.scheme().len()..].starts_with("://") => Err(JobError::new(
+            format!("{key}: not a URL with a host (expected postgres://user@host:port/database)"),
+        )),
+        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
+            // An unknown parameter may be a secret the driver would log with its
+            // value; name the key only.
+            if let Some(refused) = u
+                .query_pairs()
+                .find_map(|(k, _)| libpq::refusal(&k).map(|why| (k.into_owned(), why)))
+            {
+                return Err(JobError::new(format!(
+                    "{key}: parameter \"{}\" is not supported by stride ({})",
+                    refused.0, refused.1
+                )));
+            }
+            match u
+                .query_pairs()
+                .map(|(k, _)| k)
+                .find(|k| !libpq::is_known(k))
+            {
+                Some(unknown) => Err(JobError::new(format!(
+                    "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
+                    libpq::DRIVER_PARAMETERS
+                        .iter()
+                        .chain(libpq::STRIDE_PARAMETERS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+                None => Ok(url),
+            }
+        }
+        Ok(u) => Err(JobError::new(format!(
+            "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
+            u.scheme()
+        ))),
+        // The parse error never contains the URL itself, so it is safe to show.
+        Err(e) => Err(JobError::new(format!(
+            "{key}: not a valid URL: {e} (expected postgres://user@host:port/database)"
+        ))),
+    }
+}
 
 /// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
 /// built in and have the same OID in every database.
@@ -101,9 +150,23 @@ pub struct Encryption {
     pub unix_socket: bool,
 }
 
+impl Encryption {
+    /// A file on this machine (SQLite): nothing travels over a network.
+    pub fn local_file() -> Encryption {
+        Encryption {
+            tls: None,
+            cipher: None,
+            sslmode: "file",
+            verified: "none",
+            unix_socket: false,
+        }
+    }
+}
+
 impl std::fmt::Display for Encryption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls {
+            None if self.sslmode == "file" => f.write_str("none needed, a local file"),
             None if self.unix_socket => f.write_str("none, Unix socket"),
             None => write!(f, "none, plain text (sslmode={})", self.sslmode),
             Some(version) => {
