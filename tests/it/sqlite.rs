@@ -652,81 +652,93 @@ async fn upsert_into_sqlite_updates_existing_keys_inserts_new_ones_and_keeps_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replace_and_overwrite_leave_only_the_sources_rows_in_a_sqlite_table() {
+async fn replace_leaves_only_the_sources_rows_and_keeps_the_sqlite_tables_index() {
     let source = TestDb::new("sqlite_replace").await;
     seed_pg_items(&source, 500).await;
     let dir = tempfile::tempdir().unwrap();
-
-    // replace: the new rows in the old table's definition, its index kept.
-    let replaced = dir.path().join("replace.db");
+    let file = dir.path().join("replace.db");
     sqlite_exec(
-        &replaced,
+        &file,
         "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER);
          CREATE INDEX items_by_name ON items (name);
          INSERT INTO items VALUES (1, 'stale', -1), (10001, 'mine', 1);",
     )
     .await;
-    let job_replace = job_file(&job_toml(
+    let job = job_file(&job_toml(
         &source.url,
         "table = \"items\"",
         "[partition]\ncolumn = \"id\"\ncount = 4",
-        &sqlite_url(&replaced),
+        &sqlite_url(&file),
         "table = \"items\"\nmode = \"replace\"",
     ));
-    assert_exit(&run_job(&job_replace.path), 0);
+    assert_exit(&run_job(&job.path), 0);
+    assert_eq!(sqlite_items(&file, "").await, pg_items(&source, "").await);
+    // As for PostgreSQL, the new rows take the old table's place with its
+    // indexes (checked at the end, so the rows are checked either way).
+    let index_kept = sqlite_has(&file, "items_by_name").await;
+    let stage_tables = "SELECT count(*) FROM sqlite_master WHERE name LIKE '%stride_stage%'";
     assert_eq!(
-        sqlite_items(&replaced, "").await,
-        pg_items(&source, "").await
-    );
-    assert!(
-        sqlite_has(&replaced, "items_by_name").await,
-        "replace lost the target's index"
-    );
-    assert_eq!(
-        sqlite_i64(
-            &replaced,
-            "SELECT count(*) FROM sqlite_master WHERE name LIKE '%stride_stage%'"
-        )
-        .await,
+        sqlite_i64(&file, stage_tables).await,
         0,
         "a staging table was left behind"
     );
     // A finished replace job runs afresh.
     source.exec("DELETE FROM items WHERE id > 400").await;
-    assert_exit(&run_job(&job_replace.path), 0);
+    assert_exit(&run_job(&job.path), 0);
     let expected = pg_items(&source, "").await;
     assert_eq!(expected.len(), 400);
-    assert_eq!(sqlite_items(&replaced, "").await, expected);
+    assert_eq!(sqlite_items(&file, "").await, expected);
+    assert_eq!(sqlite_i64(&file, stage_tables).await, 0);
+    assert!(
+        index_kept,
+        "replace lost the target's index items_by_name; the file holds:\n{:#?}",
+        sqlite_rows(
+            &file,
+            "SELECT type || ' ' || name || ': ' || coalesce(sql, '') FROM sqlite_master"
+        )
+        .await
+    );
+}
 
-    // overwrite: dropped and created again from the source's columns.
-    let overwritten = dir.path().join("overwrite.db");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_creates_the_sqlite_table_again_from_the_sources_columns() {
+    let source = TestDb::new("sqlite_overwrite").await;
+    seed_pg_items(&source, 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("overwrite.db");
     sqlite_exec(
-        &overwritten,
+        &file,
         "CREATE TABLE items (id INTEGER, name TEXT, qty TEXT, extra TEXT);
          INSERT INTO items VALUES (1, 'stale', 'x', 'e'), (10001, 'mine', '1', 'e');",
     )
     .await;
-    let job_overwrite = job_file(&job_toml(
+    let job = job_file(&job_toml(
         &source.url,
         "table = \"items\"",
         "[partition]\ncolumn = \"id\"\ncount = 4",
-        &sqlite_url(&overwritten),
+        &sqlite_url(&file),
         "table = \"items\"\nmode = \"overwrite\"",
     ));
-    assert_exit(&run_job(&job_overwrite.path), 0);
+    assert_exit(&run_job(&job.path), 0);
     assert_eq!(
-        sqlite_columns(&overwritten, "items").await,
+        sqlite_columns(&file, "items").await,
         ["id:INTEGER:1", "name:TEXT:0", "qty:INTEGER:0"]
     );
-    assert_eq!(sqlite_items(&overwritten, "").await, expected);
+    assert_eq!(sqlite_items(&file, "").await, pg_items(&source, "").await);
     assert_eq!(
         sqlite_i64(
-            &overwritten,
+            &file,
             "SELECT count(*) FROM items WHERE typeof(qty) <> 'integer'"
         )
         .await,
         0
     );
+    // A finished overwrite job runs afresh.
+    source.exec("DELETE FROM items WHERE id > 400").await;
+    assert_exit(&run_job(&job.path), 0);
+    let expected = pg_items(&source, "").await;
+    assert_eq!(expected.len(), 400);
+    assert_eq!(sqlite_items(&file, "").await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -752,14 +764,17 @@ async fn error_if_exists_refuses_a_sqlite_table_with_rows_and_fills_an_empty_one
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("target.mode"), "{}", text(&out));
     assert_eq!(sqlite_items(&file, "").await, ["10001|mine|1"]);
-    assert!(
-        !sqlite_has(&file, "stride_checkpoints").await,
-        "the checkpoint table was created before the refusal"
-    );
+    // As for PostgreSQL: refused before anything is written, the checkpoint
+    // table included (checked at the end, so the rest is checked either way).
+    let checkpoints_after_refusal = sqlite_has(&file, "stride_checkpoints").await;
     // An empty table is filled.
     sqlite_exec(&file, "DELETE FROM items").await;
     assert_exit(&run_job(&job.path), 0);
     assert_eq!(sqlite_items(&file, "").await, pg_items(&source, "").await);
+    assert!(
+        !checkpoints_after_refusal,
+        "the refused run created the checkpoint table stride_checkpoints in the target file"
+    );
 }
 
 /// Postgres `t` with one column of each type and five rows of edge values.
