@@ -246,7 +246,7 @@ async fn pg_to_sqlite_creates_the_file_and_the_table_with_its_key_and_copies_eac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_pg_integer_partitions_take_nulls_and_out_of_range_ids_once() {
+async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_limit_and_query() {
     let target = TestDb::new("sqlite_file_to_pg").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.db");
@@ -285,6 +285,69 @@ async fn sqlite_to_pg_integer_partitions_take_nulls_and_out_of_range_ids_once() 
         expected
     );
     assert!(pg_has(&target, "stride_checkpoints").await);
+
+    // The rest of [source] on a SQLite source: some columns, a condition and a
+    // limit (the first rows by the partition column)...
+    let job = job_file(&job_toml(
+        &sqlite_url(&file),
+        "table = \"events\"\ncolumns = [\"id\", \"amount\"]\nwhere = \"id IS NOT NULL AND id % 2 = 0\"\nlimit = 100",
+        "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 2001\ncount = 4",
+        &target.url,
+        "table = \"sliced\"",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    let cols = ["id", "amount"];
+    let expected = sqlite_rows(
+        &file,
+        &format!(
+            "SELECT {} FROM (SELECT id, amount FROM events WHERE id IS NOT NULL AND id % 2 = 0 ORDER BY id LIMIT 100)",
+            canon(&cols)
+        ),
+    )
+    .await;
+    assert_eq!(expected.len(), 100);
+    assert!(expected.contains(&"-4|2".to_string()) && expected.contains(&"196|588".to_string()));
+    assert_eq!(
+        pg_rows(&target, &format!("SELECT {} FROM sliced", canon(&cols))).await,
+        expected,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pg_rows(
+            &target,
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'sliced'"
+        )
+        .await,
+        ["amount", "id"]
+    );
+    // ...and a query, partitioned with bounds read from it.
+    let job = job_file(&job_toml(
+        &sqlite_url(&file),
+        "query = \"SELECT id, kind FROM events WHERE kind LIKE 'kind %' OR kind IS NULL\"",
+        "[partition]\ncolumn = \"id\"\ncount = 3",
+        &target.url,
+        "table = \"from_query\"",
+    ));
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    let cols = ["id", "kind"];
+    let expected = sqlite_rows(
+        &file,
+        &format!(
+            "SELECT {} FROM events WHERE kind LIKE 'kind %' OR kind IS NULL",
+            canon(&cols)
+        ),
+    )
+    .await;
+    assert_eq!(expected.len(), 2002);
+    assert_eq!(
+        pg_rows(&target, &format!("SELECT {} FROM from_query", canon(&cols))).await,
+        expected,
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
