@@ -39,7 +39,7 @@ impl DbUrl {
         let _ = url.set_password(None);
         let kept: Vec<(String, String)> = url
             .query_pairs()
-            .filter(|(k, _)| crate::engine::postgres::libpq::is_shown(k))
+            .filter(|(k, _)| crate::engine::is_shown(&self.0, k))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         if kept.is_empty() {
@@ -63,7 +63,7 @@ impl DbUrl {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let shown = crate::engine::postgres::libpq::is_shown(&k);
+                let shown = crate::engine::is_shown(&self.0, &k);
                 (
                     k.into_owned(),
                     if shown { v.into_owned() } else { "****".into() },

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 use crate::engine::postgres::{self as pg, Side};
+use crate::engine::Engine;
 use crate::error::JobError;
 use crate::job::{Job, JobSet};
 use crate::order::{self, ForeignKey};
@@ -47,6 +48,13 @@ pub(super) async fn table_order(jobs: &[Job]) -> Result<TableOrder> {
         let same: Vec<usize> = (first..jobs.len())
             .filter(|&i| &jobs[i].target.url == url)
             .collect();
+        if Engine::of(url) != Engine::Postgres {
+            // Tables stride creates there have no foreign keys: the file's order.
+            for &i in &same {
+                done[i] = true;
+            }
+            continue;
+        }
         let server = pg::connect(Side::Target, url, jobs[first].retries).await?;
         let pool = server.pool(1);
         let mut conn = pool
@@ -97,14 +105,14 @@ pub(super) async fn expand_patterns(set: &mut JobSet) -> Result<Vec<String>> {
     let mut lines = Vec::with_capacity(set.patterns.len());
     for p in &set.patterns {
         let job = &p.stand_in;
-        let server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
-        let pool = server.pool(1);
-        let mut conn = pool
-            .acquire()
-            .await
-            .context("taking a source connection to list its tables")?;
-        let (tables, default_schema) = pg::tables_for_patterns(&mut conn).await?;
+        let (tables, default_schema) = crate::engine::tables(&job.source.url, job.retries).await?;
         let mut matched = pattern::select(&tables, &p.pattern, &p.exclude, &default_schema);
+        if Engine::of(&job.source.url) == Engine::Sqlite {
+            // A SQLite table is named without its database (`main`).
+            for t in &mut matched {
+                t.schema = None;
+            }
+        }
         // A source that was once a target holds a checkpoint table: stride's
         // bookkeeping, not data, and copying it would write into this job's own.
         if let Some(cp) = &job.checkpoint_table {

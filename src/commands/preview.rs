@@ -267,6 +267,9 @@ pub(super) async fn check(path: &Path, overrides: &[(String, String)]) -> Result
 }
 
 async fn check_job(job: Job) -> Result<()> {
+    if super::transfer::crosses(&job) {
+        return super::transfer::plan(job).await;
+    }
     let source = pg::connect(Side::Source, &job.source.url, job.retries).await?;
     let target = pg::connect(Side::Target, &job.target.url, job.retries).await?;
     let same_database = same_server(&job, &source, &target) && source.database == target.database;

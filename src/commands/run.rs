@@ -44,9 +44,6 @@ pub(super) async fn run_tables(
     opts: &RunOptions,
 ) -> Result<Ends> {
     let (set, _) = load_tables(path, overrides).await?;
-    if set.jobs.iter().any(super::transfer::crosses) {
-        return transfer_tables(set.jobs, opts).await;
-    }
     let many = set.jobs.len() > 1;
     let started = Instant::now();
     let order = if many {
@@ -54,6 +51,10 @@ pub(super) async fn run_tables(
     } else {
         None
     };
+    if set.jobs.iter().any(super::transfer::crosses) {
+        let order = order.map_or_else(|| vec![0], |o| o.order);
+        return transfer_tables(set.jobs, &order, opts, started).await;
+    }
     let mut prepared = Vec::with_capacity(set.jobs.len());
     for (i, job) in set.jobs.into_iter().enumerate() {
         let checked = async {
@@ -149,13 +150,20 @@ pub(super) async fn run_tables(
 
 /// The tables of a job file with another engine than PostgreSQL on one side:
 /// one after the other, stopping at the first that does not succeed.
-async fn transfer_tables(jobs: Vec<Job>, opts: &RunOptions) -> Result<Ends> {
+async fn transfer_tables(
+    jobs: Vec<Job>,
+    order: &[usize],
+    opts: &RunOptions,
+    started: Instant,
+) -> Result<Ends> {
     let many = jobs.len() > 1;
     let mut ends = Ends {
         runs: Vec::new(),
         not_started: Vec::new(),
     };
-    for (i, job) in jobs.into_iter().enumerate() {
+    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    for &i in order {
+        let job = jobs[i].take().expect("each table runs once");
         if ends.runs.iter().any(|e| e.code != exit::OK) {
             ends.not_started.push(job.target.table.to_string());
             continue;
@@ -164,6 +172,19 @@ async fn transfer_tables(jobs: Vec<Job>, opts: &RunOptions) -> Result<Ends> {
             .await
             .map_err(|e| in_entry(many, i, e))?;
         ends.runs.push(end);
+    }
+    if many {
+        let rows: Vec<(String, Option<&Summary>, u8)> = ends
+            .runs
+            .iter()
+            .map(|e| (e.table.clone(), e.summary.as_ref(), e.code))
+            .collect();
+        let text = report::render_tables(&rows, &ends.not_started, started.elapsed());
+        if opts.human_to_stderr {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
     }
     Ok(ends)
 }

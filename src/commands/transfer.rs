@@ -421,7 +421,7 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
                             retries: attempt,
                         };
                     }
-                    Err(e) if attempt < retries => {
+                    Err(e) if attempt < retries && crate::error::is_transient(&e) => {
                         attempt += 1;
                         warn!(partition = part.index, attempt, error = %crate::error::chain(&e), "partition failed; retrying");
                         tokio::time::sleep(backoff(attempt)).await;

@@ -104,6 +104,25 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     }
 }
 
+/// Whether a URL parameter's value may be shown in messages and files: the
+/// engine's parameters known to hold no secret (a SQLite URL has none).
+pub fn is_shown(url: &str, name: &str) -> bool {
+    url.starts_with("sqlite:") || postgres::libpq::is_shown(name)
+}
+
+/// The tables of a source, `(schema, name)`, and the schema a name without
+/// one is in: what `[[tables]]` patterns match.
+pub async fn tables(url: &DbUrl, retries: u32) -> Result<(Vec<(String, String)>, String)> {
+    match Engine::of(url) {
+        Engine::Postgres => {
+            let server = postgres::connect(Side::Source, url, retries).await?;
+            let mut conn = server.pool(1).acquire().await?;
+            postgres::tables_for_patterns(&mut conn).await
+        }
+        Engine::Sqlite => sqlite::Source::open(url).await?.tables().await,
+    }
+}
+
 /// What a column holds, as far as moving its values between engines goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -221,6 +221,20 @@ impl Source {
         }
     }
 
+    /// The file's tables (not SQLite's own, nor views), as `("main", name)`.
+    pub async fn tables(&mut self) -> Result<(Vec<(String, String)>, String)> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .context("listing the source file's tables")?;
+        Ok((
+            names.into_iter().map(|n| ("main".to_string(), n)).collect(),
+            "main".to_string(),
+        ))
+    }
+
     /// Readers in one moment of the file (see the module's documentation).
     pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {
         let readers = readers.max(1);
