@@ -243,6 +243,10 @@ async fn pg_to_sqlite_creates_the_file_and_the_table_with_its_key_and_copies_eac
         sqlite_has(&file, "stride_checkpoints").await,
         "no checkpoint table in the target file"
     );
+    // A finished append job is not run twice.
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    assert_eq!(sqlite_items(&file, "").await, expected, "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,17 +266,18 @@ async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_
          INSERT INTO events VALUES (NULL, 'null a', 1), (NULL, 'null b', 2), (NULL, NULL, NULL);",
     )
     .await;
-    let cols = ["id", "kind", "amount"];
-    let expected = sqlite_rows(&file, &format!("SELECT {} FROM events", canon(&cols))).await;
-    assert_eq!(expected.len(), 2018);
-    let job = job_file(&job_toml(
+    let events_cols = ["id", "kind", "amount"];
+    let events_rows = format!("SELECT {} FROM events", canon(&events_cols));
+    let expected_events = sqlite_rows(&file, &events_rows).await;
+    assert_eq!(expected_events.len(), 2018);
+    let events_job = job_file(&job_toml(
         &sqlite_url(&file),
         "table = \"events\"",
         "[partition]\ncolumn = \"id\"\nlower_bound = 1\nupper_bound = 2001\ncount = 4\n[run]\nparallelism = 2",
         &target.url,
         "table = \"events\"",
     ));
-    let out = run_job(&job.path);
+    let out = run_job(&events_job.path);
     assert_exit(&out, 0);
     assert!(
         stdout(&out).contains("partitions 4 written of 4"),
@@ -280,10 +285,7 @@ async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_
         text(&out)
     );
     assert!(stdout(&out).contains("rows 2,018"), "{}", text(&out));
-    assert_eq!(
-        pg_rows(&target, &format!("SELECT {} FROM events", canon(&cols))).await,
-        expected
-    );
+    assert_eq!(pg_rows(&target, &events_rows).await, expected_events);
     assert!(pg_has(&target, "stride_checkpoints").await);
 
     // The rest of [source] on a SQLite source: some columns, a condition and a
@@ -346,6 +348,16 @@ async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_
         pg_rows(&target, &format!("SELECT {} FROM from_query", canon(&cols))).await,
         expected,
         "{}",
+        text(&out)
+    );
+
+    // A finished append job is not run twice: the rows are there once.
+    let out = run_job(&events_job.path);
+    assert_exit(&out, 0);
+    assert!(
+        pg_rows(&target, &events_rows).await == expected_events,
+        "the second run of a finished append job changed the target ({} rows now)\n{}",
+        target.count("events").await,
         text(&out)
     );
 }
@@ -424,6 +436,22 @@ async fn sqlite_to_sqlite_by_date_timestamp_and_datetime_with_relative_urls_and_
     assert!(
         !Path::new("copies.db").exists(),
         "the relative target went to the test's working directory"
+    );
+    // A finished append job is not run twice: the rows are there once.
+    let out = stride_in(
+        dir.path(),
+        &["run", dir.path().join("by_d.toml").to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(
+        sqlite_rows(
+            &dir.path().join("copies.db"),
+            &format!("SELECT {} FROM by_d", quoted(&cols))
+        )
+        .await,
+        expected,
+        "the second run of a finished append job changed the target\n{}",
+        text(&out)
     );
     assert_eq!(
         std::fs::read(&source).unwrap(),
