@@ -166,6 +166,21 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The rows column of the summary's partition table, partition by partition.
+fn summary_rows(out: &Output) -> Vec<u64> {
+    stdout(out)
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("partition  range"))
+        .skip(1)
+        .map_while(|line| {
+            line.split_whitespace().next()?.parse::<usize>().ok()?;
+            let (before, _) = line.split_once(" s  ")?;
+            let columns: Vec<&str> = before.split_whitespace().collect();
+            columns[columns.len() - 2].replace(',', "").parse().ok()
+        })
+        .collect()
+}
+
 /// Postgres `items (id bigint PRIMARY KEY, name text, qty integer)` with ids
 /// `1..=rows`, a NULL name every 10th row.
 async fn seed_pg_items(db: &TestDb, rows: i64) {
@@ -285,6 +300,8 @@ async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_
         text(&out)
     );
     assert!(stdout(&out).contains("rows 2,018"), "{}", text(&out));
+    // NULLs and ids below the bounds in the first partition, those above in the last.
+    assert_eq!(summary_rows(&out), [508, 500, 500, 510], "{}", text(&out));
     assert_eq!(pg_rows(&target, &events_rows).await, expected_events);
     assert!(pg_has(&target, "stride_checkpoints").await);
 
@@ -365,9 +382,10 @@ async fn sqlite_to_pg_integer_partitions_take_every_row_once_with_columns_where_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_to_sqlite_by_date_timestamp_and_datetime_with_relative_urls_and_mode_ro() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("readings.db");
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let source = dir.path().join("data").join("readings.db");
     // 1,000 rows spread over January and February 2024, rows outside every
-    // bound, and a NULL in each partition column.
+    // bound, a NULL in each partition column and values on a boundary.
     sqlite_exec(
         &source,
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, d DATE, ts TIMESTAMP, dt DATETIME, v TEXT);
@@ -381,33 +399,58 @@ async fn sqlite_to_sqlite_by_date_timestamp_and_datetime_with_relative_urls_and_
            (1001, '1999-12-31', '1999-12-31 23:59:59', '1999-12-31 23:59:59', 'early'),
            (1002, '2031-01-01', '2031-01-01 00:00:00', '2031-01-01 00:00:00', 'late'),
            (1003, NULL, NULL, NULL, 'nulls'),
-           (1004, NULL, '2024-01-02 03:04:05', NULL, 'some nulls');",
+           (1004, NULL, '2024-01-02 03:04:05', NULL, 'some nulls'),
+           (1005, '2024-01-26', '2024-01-14 07:12:00', '2024-01-14 07:12:00', 'on a boundary');",
     )
     .await;
     let cols = ["id", "d", "ts", "dt", "v"];
     let expected = sqlite_rows(&source, &format!("SELECT {} FROM readings", quoted(&cols))).await;
-    assert_eq!(expected.len(), 1004);
-    let before = std::fs::read(&source).unwrap();
+    assert_eq!(expected.len(), 1005);
 
-    let cases = [
+    // Each case with the conditions its partitions stand for: 31 days in 4
+    // parts of 8, 8, 8 and 7 days; 46.5 days in 5 parts of 9 days 7:12:00.
+    let cases: [(&str, &str, &[&str]); 3] = [
         (
             "by_d",
             "column = \"d\"\nlower_bound = \"2024-01-10\"\nupper_bound = \"2024-02-10\"\ncount = 4",
+            &[
+                "d < '2024-01-18' OR d IS NULL",
+                "d >= '2024-01-18' AND d < '2024-01-26'",
+                "d >= '2024-01-26' AND d < '2024-02-03'",
+                "d >= '2024-02-03'",
+            ],
         ),
         (
             "by_ts",
             "column = \"ts\"\nlower_bound = \"2024-01-05 00:00:00\"\nupper_bound = \"2024-02-20 12:00:00\"\ncount = 5",
+            &[
+                "ts < '2024-01-14 07:12:00' OR ts IS NULL",
+                "ts >= '2024-01-14 07:12:00' AND ts < '2024-01-23 14:24:00'",
+                "ts >= '2024-01-23 14:24:00' AND ts < '2024-02-01 21:36:00'",
+                "ts >= '2024-02-01 21:36:00' AND ts < '2024-02-11 04:48:00'",
+                "ts >= '2024-02-11 04:48:00'",
+            ],
         ),
         // No bounds: read as min() and max() from the source.
-        ("by_dt", "column = \"dt\"\ncount = 3"),
+        ("by_dt", "column = \"dt\"\ncount = 3", &[]),
     ];
-    for (table, partition) in cases {
+    let mut partition_counts = Vec::new();
+    for (_, _, conditions) in &cases {
+        let mut counts = Vec::new();
+        for condition in conditions.iter() {
+            let sql = format!("SELECT count(*) FROM readings WHERE {condition}");
+            counts.push(sqlite_i64(&source, &sql).await as u64);
+        }
+        partition_counts.push(counts);
+    }
+    let before = std::fs::read(&source).unwrap();
+    for ((table, partition, _), counts) in cases.into_iter().zip(partition_counts) {
         // Both URLs relative to the working directory; the source read-only.
         let job_path = dir.path().join(format!("{table}.toml"));
         std::fs::write(
             &job_path,
             job_toml(
-                "sqlite://readings.db?mode=ro",
+                "sqlite://data/readings.db?mode=ro",
                 "table = \"readings\"",
                 &format!("[partition]\n{partition}\n[run]\nparallelism = 2"),
                 "sqlite://copies.db",
@@ -418,10 +461,13 @@ async fn sqlite_to_sqlite_by_date_timestamp_and_datetime_with_relative_urls_and_
         let out = stride_in(dir.path(), &["run", job_path.to_str().unwrap()]);
         assert_exit(&out, 0);
         assert!(
-            stdout(&out).contains("rows 1,004"),
+            stdout(&out).contains("rows 1,005"),
             "{table}: {}",
             text(&out)
         );
+        if !counts.is_empty() {
+            assert_eq!(summary_rows(&out), counts, "{table}: {}", text(&out));
+        }
         let copies = dir.path().join("copies.db");
         assert_eq!(
             sqlite_rows(
