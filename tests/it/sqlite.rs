@@ -258,6 +258,31 @@ async fn pg_to_sqlite_creates_the_file_and_the_table_with_its_key_and_copies_eac
         sqlite_has(&file, "stride_checkpoints").await,
         "no checkpoint table in the target file"
     );
+    // A key of two columns, in the key's order (not the columns').
+    source
+        .exec(
+            "CREATE TABLE orders (note text, region text, id bigint, PRIMARY KEY (region, id));
+             INSERT INTO orders SELECT 'n' || g, 'r' || (g % 3), g FROM generate_series(1, 100) g;",
+        )
+        .await;
+    let orders = job_file(&job_toml(
+        &source.url,
+        "table = \"orders\"",
+        "",
+        &sqlite_url(&file),
+        "table = \"orders\"",
+    ));
+    assert_exit(&run_job(&orders.path), 0);
+    assert_eq!(
+        sqlite_columns(&file, "orders").await,
+        ["note:TEXT:0", "region:TEXT:1", "id:INTEGER:2"]
+    );
+    let order_rows = format!("SELECT {} FROM orders", canon(&["note", "region", "id"]));
+    assert_eq!(
+        sqlite_rows(&file, &order_rows).await,
+        pg_rows(&source, &order_rows).await
+    );
+
     // A finished append job is not run twice.
     let out = run_job(&job.path);
     assert_exit(&out, 0);
