@@ -21,7 +21,6 @@ use tracing::warn;
 
 use crate::cli::{Cli, Command, Shard};
 use crate::copy::{run_partitions, CopySpec, PartitionReport};
-use crate::engine::postgres::{self as pg, Side};
 use crate::error::{exit, JobError};
 use crate::job::{Job, JobSet, Relation};
 use crate::plan::PlannedPartition;
@@ -359,16 +358,10 @@ async fn init_command(args: &crate::cli::InitArgs) -> Result<u8> {
             .into());
         }
     }
-    let server = pg::connect(Side::Source, &source_url, crate::job::DEFAULT_RETRIES).await?;
-    let mut conn = server
-        .pool(1)
-        .acquire()
-        .await
-        .context("taking a source connection")?;
-    let Some(facts) = crate::init::introspect(&mut conn, &table).await? else {
+    let (facts, place) = crate::engine::init_facts(&source_url, &table).await?;
+    let Some(facts) = facts else {
         return Err(JobError::new(format!(
-            "--table: table {table} does not exist in the source database at {} (expected an existing table or view)",
-            server.place
+            "--table: table {table} does not exist in the source database at {place} (expected an existing table or view)"
         ))
         .into());
     };

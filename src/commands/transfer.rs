@@ -5,12 +5,15 @@
 //! transaction with its checkpoint row, a re-run resumes, and `verify`
 //! compares counts and a checksum both sides compute the same way.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Mutex};
+use std::sync::Mutex as StdMutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::run::{RunOptions, Step};
@@ -65,6 +68,7 @@ fn refusals(job: &Job, step: Step) -> Vec<String> {
 }
 
 /// A partition of the run.
+#[derive(Clone)]
 struct Part {
     index: usize,
     describe: String,
@@ -85,6 +89,10 @@ struct Planned {
     primary_key: Vec<String>,
     target_declared: Vec<String>,
     key: Option<Key>,
+    /// The key is a copied column, so each partition's rows can be found on
+    /// the target by its range (not with SQLite's rowid): verify compares
+    /// partitions, else the whole table.
+    by_range: bool,
     upsert_key: Option<Vec<String>>,
     fingerprint: String,
 }
@@ -126,6 +134,8 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
                 .columns
                 .iter()
                 .find(|c| &c.name == name)
+                .cloned()
+                .or_else(|| source.pseudo_key(job, name))
                 .ok_or_else(|| {
                     JobError::new(format!(
                         "partition.column: column \"{name}\" does not exist in the source"
@@ -240,6 +250,9 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
         }
     };
     Ok(Planned {
+        by_range: key
+            .as_ref()
+            .is_none_or(|k| columns.iter().any(|c| c.name == k.column)),
         kinds: columns.iter().map(|c| c.kind).collect(),
         fingerprint: crate::checkpoint::fingerprint(job),
         source,
@@ -272,12 +285,13 @@ fn partitions(
     let target_engine = p.target.engine();
     let table = target_engine.table(written);
     let names: Vec<String> = p.columns.iter().map(|c| c.name.clone()).collect();
+    let key = p.key.as_ref().map(|k| (k.column.as_str(), k.key_type));
     ranges
         .into_iter()
         .enumerate()
         .map(|(index, range)| {
-            let key = p.key.as_ref().map(|k| (k.column.as_str(), k.key_type));
             let target_pred = key
+                .filter(|_| p.by_range)
                 .and_then(|(c, t)| target_engine.predicate(&crate::sql::quote_ident(c), t, &range));
             Part {
                 index,
@@ -286,14 +300,28 @@ fn partitions(
                     .as_ref()
                     .map_or_else(|| "all rows".to_string(), |k| range.describe(k.key_type)),
                 select: p.source.select(job, &p.columns, key, &range),
-                target_select: crate::engine::sqlite::dialect::target_select(
-                    &table,
-                    &names,
-                    target_pred,
-                ),
+                target_select: crate::engine::target_select(&table, &names, target_pred),
             }
         })
         .collect()
+}
+
+/// What verify compares: the partitions, or the whole table when the
+/// partitions cannot be told apart on the target.
+fn compared(job: &Job, p: &Planned, parts: &[Part]) -> Vec<Part> {
+    if p.by_range || parts.len() < 2 {
+        return parts.to_vec();
+    }
+    let whole = KeyRange {
+        lower: None,
+        upper: None,
+    };
+    vec![Part {
+        index: 0,
+        describe: "all rows, as a whole".to_string(),
+        select: p.source.select(job, &p.columns, None, &whole),
+        target_select: parts[0].target_select.clone(),
+    }]
 }
 
 /// The bounds of the run: the job's, an unfinished run's, or the source's.
@@ -355,8 +383,13 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
     } else {
         info!(partitions_done = done.len(), "resuming the unfinished run");
     }
+    let estimate = planned
+        .source
+        .estimate(&job, &planned.columns)
+        .await
+        .unwrap_or(0);
     let planned = Arc::new(planned);
-    let readers = Arc::new(Mutex::new(readers));
+    let readers = Arc::new(StdMutex::new(readers));
     let base = WriteSpec {
         table: engine.table(&written),
         columns: planned.columns.iter().map(|c| c.name.clone()).collect(),
@@ -392,58 +425,36 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
             None => todo.push(part),
         }
     }
-    let written_now: Vec<PartitionReport> = futures_util::stream::iter(todo.into_iter().map(|part| {
-        let mut spec = base.clone();
-        spec.checkpoint = checkpoints.as_ref().map(|cp| CheckpointSpec {
-            table: cp.clone(),
-            fingerprint: fp.clone(),
-            index: part.index,
-            range: part.describe.clone(),
-        });
-        let planned = Arc::clone(&planned);
-        let readers = Arc::clone(&readers);
-        let retries = job.retries;
-        async move {
-            let started = Instant::now();
-            let mut attempt = 0;
-            loop {
-                let result = copy_partition(&planned, &readers, &spec, &part.select).await;
-                match result {
-                    Ok((rows, bytes)) => {
-                        info!(partition = part.index, rows, "partition written");
-                        break PartitionReport {
-                            index: part.index,
-                            range: part.describe.clone(),
-                            status: Status::Written,
-                            rows,
-                            bytes,
-                            elapsed: started.elapsed(),
-                            retries: attempt,
-                        };
-                    }
-                    Err(e) if attempt < retries && crate::error::is_transient(&e) => {
-                        attempt += 1;
-                        warn!(partition = part.index, attempt, error = %crate::error::chain(&e), "partition failed; retrying");
-                        tokio::time::sleep(backoff(attempt)).await;
-                    }
-                    Err(e) => {
-                        break PartitionReport {
-                            index: part.index,
-                            range: part.describe.clone(),
-                            status: Status::Failed(crate::error::chain(&e)),
-                            rows: 0,
-                            bytes: 0,
-                            elapsed: started.elapsed(),
-                            retries: attempt,
-                        };
-                    }
-                }
-            }
-        }
-    }))
-    .buffer_unordered(parallel.max(1))
-    .collect()
-    .await;
+    let flow = Arc::new(Flow {
+        cancel: CancellationToken::new(),
+        progress: report::progress_bar(estimate.max(0) as u64, opts.quiet),
+        started: Instant::now(),
+        moved_at: AtomicU64::new(0),
+        stall_timeout: job.stall_timeout,
+    });
+    let signals = tokio::spawn(super::cancel_on_signals(flow.cancel.clone()));
+    let written_now: Vec<PartitionReport> =
+        futures_util::stream::iter(todo.into_iter().map(|part| {
+            let mut spec = base.clone();
+            spec.checkpoint = checkpoints.as_ref().map(|cp| CheckpointSpec {
+                table: cp.clone(),
+                fingerprint: fp.clone(),
+                index: part.index,
+                range: part.describe.clone(),
+            });
+            let (planned, readers, flow) = (
+                Arc::clone(&planned),
+                Arc::clone(&readers),
+                Arc::clone(&flow),
+            );
+            async move { run_partition(&planned, &readers, &flow, &spec, part, job.retries).await }
+        }))
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    signals.abort();
+    flow.progress.finish_and_clear();
+    let interrupted = flow.cancel.is_cancelled();
     reports.extend(written_now);
     reports.sort_by_key(|r| r.index);
     let mut summary = Summary {
@@ -458,21 +469,31 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
         partitions: reports,
         elsewhere: 0,
         elapsed: started.elapsed(),
-        interrupted: false,
+        interrupted,
         encryption: report::Encryption {
             source: planned.source.encryption(),
             target: planned.target.encryption(),
         },
     };
-    let mut code = if summary.succeeded() {
-        exit::OK
-    } else {
-        exit::FAILED
+    let mut code = match (summary.succeeded(), interrupted) {
+        (true, _) => exit::OK,
+        (false, true) => exit::INTERRUPTED,
+        (false, false) => exit::FAILED,
     };
     let mut verified = String::new();
     if code == exit::OK && job.verify != Verify::None {
-        let mut reader = readers.lock().await.pop().expect("the readers are back");
-        let results = compare(&planned, &mut reader, &parts, job.verify).await?;
+        let mut reader = readers
+            .lock()
+            .expect("never poisoned")
+            .pop()
+            .expect("the readers are back");
+        let results = compare(
+            &planned,
+            &mut reader,
+            &compared(&job, &planned, &parts),
+            job.verify,
+        )
+        .await?;
         verified = report::render_verify(&results, job.verify);
         if results.iter().any(|r| r.source != r.target) {
             code = exit::FAILED;
@@ -496,6 +517,9 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
         } else {
             print!("{text}");
         }
+    }
+    if !summary.succeeded() && job.checkpoint_table.is_some() {
+        eprintln!("resume with: {}", super::resume_command());
     }
     Ok(RunEnd {
         code,
@@ -578,30 +602,151 @@ async fn start_statements(
     Ok(out)
 }
 
+/// What every partition of a run shares: Ctrl-C, the progress bar, and when
+/// data last moved (the stall watchdog's clock).
+struct Flow {
+    cancel: CancellationToken,
+    progress: indicatif::ProgressBar,
+    started: Instant,
+    /// Milliseconds after `started` that a batch last moved, in any partition.
+    moved_at: AtomicU64,
+    stall_timeout: Duration,
+}
+
+impl Flow {
+    fn moved(&self, rows: usize) {
+        self.moved_at
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.progress.inc(rows as u64);
+    }
+
+    /// Resolves once no data has moved in the run for `stall_timeout`: a
+    /// connection that stopped answering fails its partition (transiently).
+    async fn stalled(&self) -> crate::error::Stalled {
+        loop {
+            let idle = self
+                .started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.moved_at.load(Ordering::Relaxed)));
+            if idle >= self.stall_timeout {
+                return crate::error::Stalled {
+                    side: crate::engine::Side::Source,
+                    waited: self.stall_timeout,
+                };
+            }
+            tokio::time::sleep((self.stall_timeout - idle).min(Duration::from_secs(1))).await;
+        }
+    }
+}
+
+/// A partition, with retries after transient failures, until it is written,
+/// fails, or the run is interrupted (then it rolls back).
+async fn run_partition(
+    p: &Planned,
+    readers: &StdMutex<Vec<Reader>>,
+    flow: &Flow,
+    spec: &WriteSpec,
+    part: &Part,
+    retries: u32,
+) -> PartitionReport {
+    let started = Instant::now();
+    let report = |status, rows, bytes, retries| PartitionReport {
+        index: part.index,
+        range: part.describe.clone(),
+        status,
+        rows,
+        bytes,
+        elapsed: started.elapsed(),
+        retries,
+    };
+    let mut attempt = 0;
+    loop {
+        if flow.cancel.is_cancelled() {
+            let status = if attempt == 0 {
+                Status::NotStarted
+            } else {
+                Status::RolledBack
+            };
+            return report(status, 0, 0, attempt);
+        }
+        let result = tokio::select! {
+            r = copy_partition(p, readers, flow, spec, &part.select) => r,
+            stalled = flow.stalled() => Err(stalled.into()),
+            () = flow.cancel.cancelled() => return report(Status::RolledBack, 0, 0, attempt),
+        };
+        match result {
+            Ok((rows, bytes)) => {
+                info!(partition = part.index, rows, "partition written");
+                return report(Status::Written, rows, bytes, attempt);
+            }
+            Err(e) if attempt < retries && crate::error::is_transient(&e) => {
+                attempt += 1;
+                warn!(partition = part.index, attempt, error = %crate::error::chain(&e), "partition failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return report(Status::Failed(crate::error::chain(&e)), 0, 0, attempt),
+        }
+    }
+}
+
 /// One attempt at a partition: a reader of the snapshot streams into the
 /// target's writer through a bounded queue; the writer commits only once
 /// the reader has sent its last row.
 async fn copy_partition(
     p: &Planned,
-    readers: &Mutex<Vec<Reader>>,
+    readers: &StdMutex<Vec<Reader>>,
+    flow: &Flow,
     spec: &WriteSpec,
     select: &str,
 ) -> Result<(u64, u64)> {
-    let mut reader = readers
-        .lock()
-        .await
-        .pop()
-        .expect("one reader per partition at once");
-    let (tx, mut rx) = mpsc::channel(4);
+    let mut lent = Lent::new(readers);
+    let reader = lent
+        .reader
+        .as_mut()
+        .expect("a reader is lent until dropped");
+    let (tx, mut rx) = mpsc::channel(2);
+    let (counted_tx, mut counted_rx) = mpsc::channel(2);
     let read = async {
         let result = reader.read(select, &p.kinds, &tx).await;
         drop(tx);
         result
     };
-    let (read, written) = tokio::join!(read, p.target.write(spec, &mut rx));
-    readers.lock().await.push(reader);
+    // Between reader and writer: each batch that moves is progress.
+    let count = async move {
+        while let Some(batch) = rx.recv().await {
+            flow.moved(batch.rows());
+            if counted_tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+    };
+    let (read, (), written) = tokio::join!(read, count, p.target.write(spec, &mut counted_rx));
+    drop(lent);
     read?;
     written
+}
+
+/// A reader taken from the run's readers, given back however the partition
+/// ends (an attempt dropped after a stall or Ctrl-C too).
+struct Lent<'a> {
+    reader: Option<Reader>,
+    readers: &'a StdMutex<Vec<Reader>>,
+}
+
+impl<'a> Lent<'a> {
+    fn new(readers: &'a StdMutex<Vec<Reader>>) -> Lent<'a> {
+        let reader = readers.lock().expect("never poisoned").pop();
+        assert!(reader.is_some(), "one reader per partition at once");
+        Lent { reader, readers }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            self.readers.lock().expect("never poisoned").push(r);
+        }
+    }
 }
 
 /// Counts (and checksums) each partition on both sides, in stride.
@@ -678,7 +823,7 @@ pub(super) async fn verify(job: Job, by: Verify) -> Result<u8> {
     } else {
         by
     };
-    let results = compare(&planned, &mut reader, &parts, by).await?;
+    let results = compare(&planned, &mut reader, &compared(&job, &planned, &parts), by).await?;
     print!("{}", report::render_verify(&results, by));
     Ok(if results.iter().all(|r| r.source == r.target) {
         exit::OK

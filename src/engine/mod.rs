@@ -123,6 +123,28 @@ pub async fn tables(url: &DbUrl, retries: u32) -> Result<(Vec<(String, String)>,
     }
 }
 
+/// What `stride init` needs of a source table (`None`: no such table), and
+/// where it is, for messages.
+pub async fn init_facts(
+    url: &DbUrl,
+    table: &QualifiedName,
+) -> Result<(Option<crate::init::TableFacts>, String)> {
+    match Engine::of(url) {
+        Engine::Postgres => {
+            let server = postgres::connect(Side::Source, url, crate::job::DEFAULT_RETRIES).await?;
+            let mut conn = server.pool(1).acquire().await?;
+            Ok((
+                crate::init::introspect(&mut conn, table).await?,
+                server.place,
+            ))
+        }
+        Engine::Sqlite => {
+            let mut source = sqlite::Source::open(url).await?;
+            Ok((source.init_facts(table).await?, source.place()))
+        }
+    }
+}
+
 /// What a column holds, as far as moving its values between engines goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -277,6 +299,43 @@ impl Source {
         match self {
             Source::Postgres(_) => postgres::text::select(job, columns, key, range),
             Source::Sqlite(_) => sqlite::dialect::select(job, columns, key, range),
+        }
+    }
+
+    /// A partition column the engine has that is not a column: SQLite's
+    /// `rowid` (its counterpart of PostgreSQL's ctid, on a table).
+    pub fn pseudo_key(&self, job: &Job, name: &str) -> Option<Column> {
+        match self {
+            Source::Sqlite(_)
+                if name.eq_ignore_ascii_case("rowid")
+                    && matches!(job.source.relation, crate::job::Relation::Table(_)) =>
+            {
+                Some(Column {
+                    name: "rowid".into(),
+                    kind: Kind::Int,
+                    declared: "INTEGER".into(),
+                    not_null: true,
+                    generated: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// About how many rows the job reads, for the progress bar (0: unknown).
+    pub async fn estimate(&mut self, job: &Job, columns: &[Column]) -> Result<i64> {
+        let whole = self.select(
+            job,
+            columns,
+            None,
+            &KeyRange {
+                lower: None,
+                upper: None,
+            },
+        );
+        match self {
+            Source::Postgres(s) => s.estimate(&whole).await,
+            Source::Sqlite(s) => s.count(&whole).await,
         }
     }
 
@@ -552,6 +611,16 @@ impl Target {
             Target::Sqlite(t) => Reader::Sqlite(t.reader().await?),
         })
     }
+}
+
+/// The rows of `columns` of a target table within `predicate`.
+pub fn target_select(table: &str, columns: &[String], predicate: Option<String>) -> String {
+    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    format!(
+        "SELECT {} FROM {table}{}",
+        list.join(", "),
+        crate::plan::where_clause(None, predicate)
+    )
 }
 
 /// `CREATE TABLE` for a table stride creates: `(name, declared type, not

@@ -154,6 +154,12 @@ impl Source {
         }
     }
 
+    /// The planner's estimate of the rows `select` returns.
+    pub async fn estimate(&self, select: &str) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        super::estimate_rows(&mut conn, select).await
+    }
+
     /// Readers that import one exported snapshot.
     pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {
         let mut holder = self

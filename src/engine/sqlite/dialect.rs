@@ -253,16 +253,6 @@ pub fn bounds_sql(job: &Job, column: &str) -> String {
     )
 }
 
-/// The rows of `columns` of a target table within `predicate`.
-pub fn target_select(table: &str, columns: &[String], predicate: Option<String>) -> String {
-    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    format!(
-        "SELECT {} FROM {table}{}",
-        list.join(", "),
-        where_clause(None, predicate)
-    )
-}
-
 /// Rows per INSERT for `width` columns: `batch` at most, within SQLite's
 /// parameter limit.
 pub fn rows_per_insert(width: usize, batch: usize) -> usize {

@@ -221,6 +221,94 @@ impl Source {
         }
     }
 
+    /// What `stride init` needs of a table; `None` if there is none of that name.
+    /// Candidates: the INTEGER PRIMARY KEY, then indexed integer, date and
+    /// timestamp columns, then the rowid (every ordinary table has one).
+    pub async fn init_facts(
+        &mut self,
+        table: &QualifiedName,
+    ) -> Result<Option<crate::init::TableFacts>> {
+        let Some(described) = describe_table(&mut self.conn, table).await? else {
+            return Ok(None);
+        };
+        let t = dialect::table(table);
+        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(&mut self.conn)
+            .await
+            .with_context(|| format!("counting the rows of {}", table.name))?;
+        // dbstat is compiled into the bundled library; 0 where it is not.
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ?1")
+                .bind(&table.name)
+                .fetch_one(&mut self.conn)
+                .await
+                .unwrap_or(0);
+        let indexed: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT ii.name, il.\"unique\" FROM pragma_index_list(?1) il, pragma_index_info(il.name) ii WHERE ii.seqno = 0 ORDER BY il.origin = 'pk' DESC, il.\"unique\" DESC",
+        )
+        .bind(&table.name)
+        .fetch_all(&mut self.conn)
+        .await
+        .with_context(|| format!("reading the indexes of {}", table.name))?;
+        let mut candidates = Vec::new();
+        let mut add = |name: &str, primary: bool, unique: bool| {
+            let Some(c) = described.columns.iter().find(|c| c.name == name) else {
+                return;
+            };
+            if candidates
+                .iter()
+                .any(|k: &crate::init::Candidate| k.column == name)
+            {
+                return;
+            }
+            if let Some(key_type) = c.kind.key_type() {
+                candidates.push(crate::init::Candidate {
+                    column: c.name.clone(),
+                    type_name: c.declared.clone(),
+                    key_type,
+                    primary,
+                    unique,
+                });
+            }
+        };
+        if let [pk] = described.primary_key.as_slice() {
+            add(pk, true, true);
+        }
+        for (name, unique) in &indexed {
+            add(name, false, *unique);
+        }
+        let is_table: Option<String> =
+            sqlx::query_scalar("SELECT type FROM sqlite_schema WHERE name = ?1 AND type = 'table'")
+                .bind(&table.name)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        if candidates.is_empty() && is_table.is_some() {
+            candidates.push(crate::init::Candidate {
+                column: "rowid".into(),
+                type_name: "the rowid".into(),
+                key_type: KeyType::Int8,
+                primary: false,
+                unique: true,
+            });
+        }
+        Ok(Some(crate::init::TableFacts {
+            table: table.clone(),
+            kind: if is_table.is_some() { 'r' } else { 'v' },
+            rows,
+            bytes,
+            candidates,
+            distribution: None,
+        }))
+    }
+
+    /// The rows `select` returns (counted: SQLite keeps no estimate).
+    pub async fn count(&mut self, select: &str) -> Result<i64> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM ({select})")))
+            .fetch_one(&mut self.conn)
+            .await
+            .context("counting the source's rows")
+    }
+
     /// The file's tables (not SQLite's own, nor views), as `("main", name)`.
     pub async fn tables(&mut self) -> Result<(Vec<(String, String)>, String)> {
         let names: Vec<String> = sqlx::query_scalar(
@@ -530,6 +618,8 @@ impl Target {
         // Read ahead until the first batch, then take the file.
         let first = rows.recv().await;
         let mut conn = self.conn.lock().await;
+        // An attempt abandoned midway (a stall, Ctrl-C) left its transaction open.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
             let (mut total, mut bytes) = (0u64, 0u64);
