@@ -1048,13 +1048,14 @@ async fn sqlite_declared_types_become_these_postgres_types_and_values() {
         &file,
         "CREATE TABLE src (id INTEGER PRIMARY KEY, r REAL, bo BOOLEAN, bl BLOB, da DATE,
            ts TIMESTAMP, dt DATETIME, tz TIMESTAMPTZ, nu NUMERIC, de DECIMAL(10,2),
-           vc VARCHAR(20), tx TEXT);
+           vc VARCHAR(20), tx TEXT, js JSON, misc);
          INSERT INTO src VALUES
           (1, 1.5, 1, X'00FF', '2024-01-02', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05',
-           '2024-01-02 03:04:05+00', 7, 12.25, 'v', 'ünïcødé 🎉'),
+           '2024-01-02 03:04:05+00', 7, 12.25, 'v', 'ünïcødé 🎉', '{\"a\": 1}', 5),
           (2, -0.25, 0, X'', '1999-12-31', '1999-12-31 23:59:59', '2000-01-01 00:00:00',
-           '2024-01-02 05:04:05+02', 1.5, -3.75, '', 'tab' || char(9) || 'nl' || char(10) || 'end'),
-          (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+           '2024-01-02 05:04:05+02', 1.5, -3.75, '', 'tab' || char(9) || 'nl' || char(10) || 'end',
+           '[]', 'five'),
+          (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     )
     .await;
     let job = job_file(&job_toml(
@@ -1087,6 +1088,8 @@ async fn sqlite_declared_types_become_these_postgres_types_and_values() {
             "10 de:numeric",
             "11 vc:text",
             "12 tx:text",
+            "13 js:text",
+            "14 misc:text",
         ]
     );
     // The source's primary key came along.
@@ -1101,14 +1104,14 @@ async fn sqlite_declared_types_become_these_postgres_types_and_values() {
         "id"
     );
     let cols = [
-        "id", "r", "bo", "bl", "da", "ts", "dt", "tz", "nu", "de", "vc", "tx",
+        "id", "r", "bo", "bl", "da", "ts", "dt", "tz", "nu", "de", "vc", "tx", "js", "misc",
     ];
     assert_eq!(
         pg_rows(&target, &format!("SELECT {} FROM src", canon(&cols))).await,
         [
-            "1|1.5|true|\\x00ff|2024-01-02|2024-01-02 03:04:05.123456|2024-01-02 03:04:05|2024-01-02 03:04:05+00|7|12.25|v|ünïcødé 🎉",
-            "2|-0.25|false|\\x|1999-12-31|1999-12-31 23:59:59|2000-01-01 00:00:00|2024-01-02 03:04:05+00|1.5|-3.75||tab\tnl\nend",
-            "3|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL",
+            "1|1.5|true|\\x00ff|2024-01-02|2024-01-02 03:04:05.123456|2024-01-02 03:04:05|2024-01-02 03:04:05+00|7|12.25|v|ünïcødé 🎉|{\"a\": 1}|5",
+            "2|-0.25|false|\\x|1999-12-31|1999-12-31 23:59:59|2000-01-01 00:00:00|2024-01-02 03:04:05+00|1.5|-3.75||tab\tnl\nend|[]|five",
+            "3|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL|NULL",
         ]
     );
 }
