@@ -851,7 +851,7 @@ async fn pass_through(
     let rows = watch
         .on(Side::Target, sink.finish())
         .await
-        .map_err(with_place)
+        .map_err(pg::with_place)
         .context("finishing COPY on the target")?;
     spec.progress.inc(rows.saturating_sub(reported));
     Ok(Counts { rows, bytes })
@@ -881,21 +881,6 @@ async fn stage_and_merge(
         .map_err(|e| upsert_error(e, &upsert.key))
         .context("merging the staged rows into the target")?;
     Ok(counts)
-}
-
-/// A COPY error with the server's place for it (`COPY t, line 3, column n:
-/// "1.5"`), which names the column a value did not convert into.
-fn with_place(error: sqlx::Error) -> anyhow::Error {
-    let place = error
-        .as_database_error()
-        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
-        .and_then(|e| e.r#where())
-        .map(str::to_string);
-    let error = anyhow::Error::new(error);
-    match place {
-        Some(place) => error.context(place),
-        None => error,
-    }
 }
 
 /// A batch INSERT, or a source query casting a column, that failed on a value

@@ -92,8 +92,8 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres::check_url(key, url),
         Some("sqlite") => sqlite::check_url(key, url),
-        Some("mysql" | "mariadb") => Err(JobError::new(format!(
-            "{key}: MySQL and MariaDB are not supported yet (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+        Some(scheme @ ("mysql" | "mariadb")) => Err(JobError::new(format!(
+            "{key}: scheme \"{scheme}\" is not supported yet: MySQL and MariaDB come next (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
         ))),
         Some(other) if !other.is_empty() && !other.contains('/') => Err(JobError::new(format!(
             "{key}: scheme \"{other}\" is not supported (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
@@ -930,7 +930,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("target.url: MySQL and MariaDB are not supported yet"),
+            e.starts_with("target.url: scheme \"mysql\" is not supported yet"),
             "{e}"
         );
         let e = parse_url("source.url", "oracle://h/d".into())

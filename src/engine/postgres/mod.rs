@@ -83,6 +83,21 @@ pub fn check_url(key: &str, url: DbUrl) -> Result<DbUrl, JobError> {
     }
 }
 
+/// A COPY error with the server's place for it (`COPY t, line 3, column n:
+/// "1.5"`), which names the column a value did not convert into.
+pub fn with_place(error: sqlx::Error) -> anyhow::Error {
+    let place = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|e| e.r#where())
+        .map(str::to_string);
+    let error = anyhow::Error::new(error);
+    match place {
+        Some(place) => error.context(place),
+        None => error,
+    }
+}
+
 /// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
 /// built in and have the same OID in every database.
 const FIRST_NORMAL_OID: i64 = 16384;

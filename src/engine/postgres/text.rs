@@ -491,7 +491,10 @@ impl Target {
             if !buffer.is_empty() {
                 sink.send(buffer.freeze()).await.context("sending rows to the target")?;
             }
-            sink.finish().await.context("writing rows into the target")?;
+            sink.finish()
+                .await
+                .map_err(super::with_place)
+                .context("writing rows into the target")?;
             if let Some(u) = &spec.upsert {
                 let key: Vec<String> = u.key.iter().map(|c| quote_ident(c)).collect();
                 let set: Vec<String> = spec
