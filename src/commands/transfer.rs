@@ -502,7 +502,7 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
     if code == exit::OK {
         let mut statements = Vec::new();
         if job.target.mode == Mode::Replace {
-            statements.extend(planned.target.swap_sql(&written, &table));
+            statements.extend(planned.target.swap_sql(&written, &table, &base.columns));
         }
         if let Some(cp) = &checkpoints {
             statements.push(finish_run_sql(cp, &fp));
@@ -562,6 +562,9 @@ async fn start_statements(
             emptied = true;
         }
         Mode::Replace => {
+            if !p.exists {
+                out.push(create(&job.target.table));
+            }
             out.push(format!("DROP TABLE IF EXISTS {}", engine.table(written)));
             out.push(create(written));
             emptied = true;

@@ -557,16 +557,24 @@ impl Target {
         }
     }
 
-    /// The statements that put `stage` in `table`'s place, in the transaction
-    /// that records the run finished.
-    pub fn swap_sql(&self, stage: &QualifiedName, table: &QualifiedName) -> Vec<String> {
+    /// The statements that put the rows of `stage` in `table`'s place, in the
+    /// transaction that records the run finished: the table is emptied and
+    /// filled from the staging table, which is dropped. The table keeps its
+    /// definition, indexes and triggers; readers see the old rows until the
+    /// commit (SQLite copies locally, so moving the rows twice costs little).
+    pub fn swap_sql(
+        &self,
+        stage: &QualifiedName,
+        table: &QualifiedName,
+        columns: &[String],
+    ) -> Vec<String> {
+        let (stage, table) = (self.engine().table(stage), self.engine().table(table));
+        let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let list = list.join(", ");
         vec![
-            format!("DROP TABLE IF EXISTS {}", self.engine().table(table)),
-            format!(
-                "ALTER TABLE {} RENAME TO {}",
-                self.engine().table(stage),
-                crate::sql::quote_ident(&table.name)
-            ),
+            self.empty_sql(&table),
+            format!("INSERT INTO {table} ({list}) SELECT {list} FROM {stage}"),
+            format!("DROP TABLE {stage}"),
         ]
     }
 
