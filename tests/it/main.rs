@@ -11,6 +11,7 @@ mod conversions;
 mod copy;
 mod covid;
 mod create;
+mod engines;
 mod examples;
 mod generated;
 mod hints;

@@ -17,14 +17,13 @@ pub mod dialect;
 
 use std::path::PathBuf;
 use std::str::FromStr as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
 use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, Connection, Row, TypeInfo, ValueRef};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::engine::{
     bytes_text, float_text, hex_bytes, Batch, Column, Kind, Side, Table, BATCH_ROWS,
@@ -523,7 +522,9 @@ fn value_text(row: &sqlx::sqlite::SqliteRow, i: usize, kind: Kind) -> Result<Opt
 pub struct Target {
     options: SqliteConnectOptions,
     file: FileUrl,
-    conn: Arc<Mutex<SqliteConnection>>,
+    /// Opened at the first use that needs the file: a missing file (and its
+    /// missing directories) is created only once the checks have passed.
+    conn: Mutex<Option<SqliteConnection>>,
 }
 
 impl Target {
@@ -535,16 +536,36 @@ impl Target {
             )
             .into());
         }
-        let conn = connect(
-            &options,
-            &format!("the target file {}", file.path.display()),
-        )
-        .await?;
-        Ok(Target {
+        let target = Target {
             options,
             file,
-            conn: Arc::new(Mutex::new(conn)),
-        })
+            conn: Mutex::new(None),
+        };
+        if target.file.path.exists() {
+            drop(target.connection().await?);
+        }
+        Ok(target)
+    }
+
+    /// The writer's connection, opened (and the file created) on first use.
+    async fn connection(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            if let Some(dir) = self
+                .file
+                .path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the directory {}", dir.display()))?;
+            }
+            let what = format!("the target file {}", self.file.path.display());
+            *conn = Some(connect(&self.options, &what).await?);
+        }
+        Ok(MutexGuard::map(conn, |c| {
+            c.as_mut().expect("opened just above")
+        }))
     }
 
     pub fn place(&self) -> String {
@@ -552,20 +573,23 @@ impl Target {
     }
 
     pub async fn describe(&self, table: &QualifiedName) -> Result<Option<Table>> {
-        describe_table(&mut *self.conn.lock().await, table).await
+        if !self.file.path.exists() {
+            return Ok(None);
+        }
+        describe_table(&mut *self.connection().await?, table).await
     }
 
     pub async fn has_rows(&self, table: &str) -> Result<bool> {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {table})");
         sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&mut *self.conn.lock().await)
+            .fetch_one(&mut *self.connection().await?)
             .await
             .with_context(|| format!("looking for rows in {table}"))
     }
 
     /// Statements in one transaction.
     pub async fn transaction(&self, statements: &[String]) -> Result<()> {
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.connection().await?;
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
             for sql in statements {
@@ -588,7 +612,7 @@ impl Target {
         fingerprint: &str,
     ) -> Result<crate::engine::Recorded> {
         let checkpoints = dialect::table(checkpoints);
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.connection().await?;
         sqlx::raw_sql(AssertSqlSafe(dialect::checkpoint_table_sql(&checkpoints)))
             .execute(&mut *conn)
             .await
@@ -617,7 +641,7 @@ impl Target {
         let per_insert = dialect::rows_per_insert(spec.columns.len(), spec.batch_size);
         // Read ahead until the first batch, then take the file.
         let first = rows.recv().await;
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.connection().await?;
         // An attempt abandoned midway (a stall, Ctrl-C) left its transaction open.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;

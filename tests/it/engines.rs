@@ -1,0 +1,379 @@
+//! The engine contract, over every pair of engines this machine has:
+//! PostgreSQL → PostgreSQL, PostgreSQL → SQLite, SQLite → SQLite and
+//! SQLite → PostgreSQL. Each pair copies NULLs and extremes exactly, resumes
+//! after kill -9 without losing or doubling a row, and refuses what its engine
+//! lacks with exit 2 before writing. SQLite needs no server: nothing here is
+//! skipped. (tests/it/sqlite.rs tests SQLite's modes and types one by one.)
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::common::*;
+
+/// Every kind of value with its edges: integer extremes, NaN and the
+/// infinities, exact decimals with trailing zeros, the empty string and NULL
+/// apart, text with tabs, newlines, backslashes and emoji, bytes with 0x00,
+/// dates and timestamps with fractions, a BC date, booleans, uuid, jsonb, arrays.
+const EDGES: &str = "
+CREATE TABLE public.edges (
+    id bigint PRIMARY KEY,
+    i2 smallint, i4 integer, i8 bigint,
+    f4 real, f8 double precision,
+    num numeric(20,6),
+    ok boolean,
+    t text, b bytea,
+    d date, ts timestamp, tz timestamptz, tm time,
+    u uuid, j jsonb, a integer[]
+);
+INSERT INTO public.edges VALUES
+ (1, -32768, -2147483648, -9223372036854775808, -3.4e38, -1.7976931348623157e308, -99999999999999.999999, false,
+  '', '\\x', '0001-01-01', '1970-01-01 00:00:00', '2000-01-01 00:00:00+00', '00:00:00',
+  '00000000-0000-0000-0000-000000000000', '{}', '{}'),
+ (2, 32767, 2147483647, 9223372036854775807, 3.4e38, 1.7976931348623157e308, 99999999999999.999999, true,
+  E'tab\\there\\nnew line \\\\ back ''quote'' \"dq\" ünïcødé 🎉', '\\x00ff10', '9999-12-31', '2024-02-29 23:59:59.999999',
+  '2024-06-30 12:34:56.789+02', '23:59:59.999999', 'ffffffff-ffff-ffff-ffff-ffffffffffff', '{\"k\": [1, 2.50, null]}', '{1,NULL,-3}'),
+ (3, NULL, NULL, NULL, 'NaN', 'NaN', 1.500000, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, 0, 0, 0, 'Infinity', '-Infinity', 0, true, 'NULL', '\\x00', '2020-01-01', '2020-01-01 00:00:00.5',
+  '1999-12-31 23:59:59+00', '12:00:00', '123e4567-e89b-12d3-a456-426614174000', 'null', '{0}'),
+ (5, 1, 1, 1, 1.1, 0.1, -0.000001, false, '\\N', NULL, '0044-03-15 BC', '1900-01-01 00:00:00', NULL, NULL, NULL, '\"s\"', NULL);
+INSERT INTO public.edges (id, i8, f8, num, t)
+SELECT n, n::bigint * 1000003, n / 7.0, n / 3.0, repeat('x', (n % 50)::int) FROM generate_series(6, 5000) AS n;
+";
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn job(source: &str, source_table: &str, target: &str, target_table: &str, rest: &str) -> String {
+    format!(
+        "[source]\nurl = \"{source}\"\ntable = \"{source_table}\"\n[partition]\ncolumn = \"id\"\ncount = 4\n[target]\nurl = \"{target}\"\ntable = \"{target_table}\"\n{rest}\n[run]\nverify = \"checksum\"\n"
+    )
+}
+
+fn run_text(text: &str) -> Output {
+    let file = job_file(text);
+    let out = run_job(&file.path);
+    drop(file);
+    out
+}
+
+/// pg → pg, pg → SQLite → SQLite → pg: every step verified by checksum and
+/// every row back in PostgreSQL equal to the source's, by an independent
+/// checksum of PostgreSQL's own.
+#[tokio::test]
+async fn every_pair_copies_nulls_and_extremes_exactly() {
+    let pair = Pair::new("engines_edges").await;
+    pair.source.exec(EDGES).await;
+    // The way back lands in a table with the original types.
+    let create = EDGES.replace("public.edges", "public.edges_back");
+    pair.target
+        .exec(create.split("INSERT").next().unwrap())
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let steps = [
+        (
+            "pg -> pg",
+            job(
+                &pair.source.url,
+                "public.edges",
+                &pair.target.url,
+                "public.edges_direct",
+                "",
+            ),
+        ),
+        (
+            "pg -> sqlite",
+            job(
+                &pair.source.url,
+                "public.edges",
+                &sqlite_url(&a),
+                "edges",
+                "",
+            ),
+        ),
+        (
+            "sqlite -> sqlite",
+            job(&sqlite_url(&a), "edges", &sqlite_url(&b), "edges", ""),
+        ),
+        (
+            "sqlite -> pg",
+            job(
+                &sqlite_url(&b),
+                "edges",
+                &pair.target.url,
+                "public.edges_back",
+                "",
+            ),
+        ),
+    ];
+    for (what, toml) in &steps {
+        let out = run_text(toml);
+        assert_exit(&out, 0);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("rows 5,000"), "{what}: {}", text(&out));
+        assert!(
+            stdout.contains("4 of 4 partitions match"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+    let source = pair.source.checksum("public.edges").await;
+    assert_eq!(source.0, 5000);
+    assert_eq!(
+        pair.target.checksum("public.edges_direct").await,
+        source,
+        "pg -> pg"
+    );
+    assert_eq!(
+        pair.target.checksum("public.edges_back").await,
+        source,
+        "pg -> sqlite -> sqlite -> pg gave other values"
+    );
+}
+
+/// 200,000 rows in PostgreSQL, and the same rows in a SQLite file.
+async fn big_sources(db: &TestDb, file: &Path) {
+    db.exec(
+        "CREATE TABLE public.big (id bigint PRIMARY KEY, v text, n numeric(12,2));
+         INSERT INTO public.big SELECT n, md5(n::text), n / 100.0 FROM generate_series(1, 200000) AS n;",
+    )
+    .await;
+    let to_file = job(&db.url, "public.big", &sqlite_url(file), "big", "");
+    let out = run_text(&to_file.replace("verify = \"checksum\"", "checkpoint = false"));
+    assert_exit(&out, 0);
+}
+
+/// Starts a run, kills it with SIGKILL after its first committed partition,
+/// runs it again, and returns the second run's output.
+fn kill_after_first_partition_and_rerun(path: &Path) -> Output {
+    let running =
+        Running::start(&["run", path.to_str().unwrap()]).wait_for_line("partition written");
+    running.signal("KILL");
+    let killed = running.finish();
+    assert_ne!(killed.status.code(), Some(0), "{}", text(&killed));
+    run_job(path)
+}
+
+#[tokio::test]
+async fn every_pair_resumes_after_kill_9_without_losing_or_doubling_a_row() {
+    let pair = Pair::new("engines_resume").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    let out_file = dir.path().join("out.db");
+    let cases: Vec<(&str, String, String, String)> = vec![
+        (
+            "pg -> pg",
+            pair.source.url.clone(),
+            "public.big".into(),
+            "public.big_pg".into(),
+        ),
+        (
+            "pg -> sqlite",
+            pair.source.url.clone(),
+            "public.big".into(),
+            "from_pg".into(),
+        ),
+        (
+            "sqlite -> sqlite",
+            sqlite_url(&file),
+            "big".into(),
+            "from_sqlite".into(),
+        ),
+        (
+            "sqlite -> pg",
+            sqlite_url(&file),
+            "big".into(),
+            "public.big_sqlite".into(),
+        ),
+    ];
+    for (what, source, source_table, target_table) in cases {
+        let target = if target_table.starts_with("public.") {
+            pair.target.url.clone()
+        } else {
+            sqlite_url(&out_file)
+        };
+        let toml = job(&source, &source_table, &target, &target_table, "")
+            .replace("count = 4", "count = 8")
+            .replace("[run]\n", "[run]\nparallelism = 2\n");
+        let file = job_file(&toml);
+        let again = kill_after_first_partition_and_rerun(&file.path);
+        assert_exit(&again, 0);
+        let stdout = String::from_utf8_lossy(&again.stdout).to_string();
+        assert!(
+            stdout.contains("skipped: committed by an earlier run"),
+            "{what}: {}",
+            text(&again)
+        );
+        assert!(stdout.contains("rows 200,000"), "{what}: {}", text(&again));
+        assert!(
+            stdout.contains("8 of 8 partitions match"),
+            "{what}: {}",
+            text(&again)
+        );
+    }
+    // Counted by each engine itself, distinct keys included.
+    for table in ["public.big_pg", "public.big_sqlite"] {
+        assert_eq!(
+            pair.target
+                .scalar_i64(&format!(
+                    "SELECT count(DISTINCT id) + count(*) FROM {table}"
+                ))
+                .await,
+            400_000,
+            "{table}"
+        );
+    }
+    assert_eq!(
+        pair.target.checksum("public.big_pg").await,
+        pair.source.checksum("public.big").await
+    );
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&out_file))
+        .await
+        .unwrap();
+    for table in ["from_pg", "from_sqlite"] {
+        let (rows, distinct): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), count(DISTINCT id) FROM {table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!((rows, distinct), (200_000, 200_000), "{table}");
+    }
+}
+
+/// What each engine lacks, asked of each pair it is in: exit 2, naming the key,
+/// and the target untouched (a SQLite target file not even created).
+#[tokio::test]
+async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
+    let pair = Pair::new("engines_refusals").await;
+    pair.source
+        .exec("CREATE TABLE public.t (id bigint PRIMARY KEY, v text); INSERT INTO public.t VALUES (1, 'a');")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("src.db");
+    let to_file = job(&pair.source.url, "public.t", &sqlite_url(&file), "t", "");
+    assert_exit(&run_text(&to_file), 0);
+    let fresh = dir.path().join("never.db");
+    let (pg, src, never) = (
+        pair.target.url.as_str(),
+        sqlite_url(&file),
+        sqlite_url(&fresh),
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (
+            job(&src, "t", pg, "public.t", "").replace("[partition]", "sample = 0.5\n[partition]"),
+            "source.sample",
+        ),
+        (
+            job(&src, "t", pg, "public.t", "") + "[incremental]\ncolumn = \"id\"\n",
+            "incremental",
+        ),
+        (
+            job(&pair.source.url, "public.t", &never, "t", "") + "[incremental]\ncolumn = \"id\"\n",
+            "incremental",
+        ),
+        (
+            job(&src, "t", pg, "public.t", "mode = \"replace\""),
+            "target.mode",
+        ),
+        (
+            job(&src, "public.t", pg, "public.t", ""),
+            "source.table: SQLite has no schema \"public\"",
+        ),
+        (
+            job(&pair.source.url, "public.t", &never, "public.t", ""),
+            "target.table: SQLite has no schema \"public\"",
+        ),
+        (
+            job(&src, "t", pg, "public.t", "")
+                .replace("count = 4", "count = 4\nstrategy = \"quantile\""),
+            "partition.strategy",
+        ),
+        (
+            job(&src, "t", "mysql://root@127.0.0.1:3306/db", "t", ""),
+            "target.url: scheme \"mysql\"",
+        ),
+        (
+            job(
+                &sqlite_url(&dir.path().join("missing.db")),
+                "t",
+                pg,
+                "public.t",
+                "",
+            ),
+            "does not exist",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let out = run_text(&toml);
+        assert_exit(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(expected),
+            "expected {expected:?} in:\n{}\nfor:\n{toml}",
+            text(&out)
+        );
+        assert!(!fresh.exists(), "{expected}: the target file was created");
+        assert_eq!(
+            pair.target
+                .scalar_i64(
+                    "SELECT count(*) FROM pg_class WHERE relname IN ('t', 'stride_checkpoints')"
+                )
+                .await,
+            0,
+            "{expected}: the target was written"
+        );
+    }
+    // The shard flag: refused the same way.
+    let file = job_file(&job(&src, "t", pg, "public.t", ""));
+    let out = stride(&["run", "--shard", "1/2", file.path.to_str().unwrap()], &[]);
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("--shard"), "{}", text(&out));
+}
+
+/// examples/sqlite-ci-seed.toml, as shipped, seeds a SQLite file (created
+/// with its directory) from PostgreSQL, verified by checksum.
+#[tokio::test]
+async fn the_sqlite_ci_seed_example_runs_as_shipped() {
+    let db = TestDb::new("engines_example").await;
+    db.exec(
+        "CREATE TABLE public.covid_cases (id bigint PRIMARY KEY, state text NOT NULL, confirmed integer, date date NOT NULL);
+         INSERT INTO public.covid_cases SELECT n, 'Kerala', n % 1000, DATE '2020-06-01' + n % 700 FROM generate_series(1, 10000) AS n;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let example: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "examples",
+        "sqlite-ci-seed.toml",
+    ]
+    .iter()
+    .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stride"))
+        .args(["run", example.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("SOURCE_URL", &db.url)
+        .env_remove("TARGET_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let expected = db
+        .scalar_i64("SELECT count(*) FROM public.covid_cases WHERE date >= DATE '2021-01-01'")
+        .await;
+    assert!(expected > 0 && expected < 10_000);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    let fixtures = dir.path().join("ci/fixtures.db");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&fixtures))
+        .await
+        .unwrap();
+    let (rows, first): (i64, String) =
+        sqlx::query_as("SELECT count(*), min(date) FROM covid_cases")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((rows, first.as_str()), (expected, "2021-01-01"));
+}
