@@ -708,7 +708,7 @@ async fn copy_partition(
         .as_mut()
         .expect("a reader is lent until dropped");
     let (tx, mut rx) = mpsc::channel(2);
-    let (counted_tx, mut counted_rx) = mpsc::channel(2);
+    let (counted_tx, counted_rx) = mpsc::channel(2);
     let read = async {
         let result = reader.read(select, &p.kinds, &tx).await;
         drop(tx);
@@ -723,7 +723,7 @@ async fn copy_partition(
             }
         }
     };
-    let (read, (), written) = tokio::join!(read, count, p.target.write(spec, &mut counted_rx));
+    let (read, (), written) = tokio::join!(read, count, p.target.write(spec, counted_rx));
     drop(lent);
     read?;
     written

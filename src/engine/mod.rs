@@ -468,7 +468,8 @@ pub struct CheckpointSpec {
     pub range: String,
 }
 
-/// A target opened for a run.
+/// A target opened for a run (one per run: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Postgres(postgres::text::Target),
     Sqlite(sqlite::Target),
@@ -601,11 +602,7 @@ impl Target {
 
     /// Writes a partition's rows and its checkpoint row in one transaction;
     /// returns rows and bytes written.
-    pub async fn write(
-        &self,
-        spec: &WriteSpec,
-        rows: &mut mpsc::Receiver<Batch>,
-    ) -> Result<(u64, u64)> {
+    pub async fn write(&self, spec: &WriteSpec, rows: mpsc::Receiver<Batch>) -> Result<(u64, u64)> {
         match self {
             Target::Postgres(t) => t.write(spec, rows).await,
             Target::Sqlite(t) => t.write(spec, rows).await,

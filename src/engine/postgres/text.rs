@@ -432,7 +432,7 @@ impl Target {
     pub async fn write(
         &self,
         spec: &WriteSpec,
-        rows: &mut mpsc::Receiver<Batch>,
+        mut rows: mpsc::Receiver<Batch>,
     ) -> Result<(u64, u64)> {
         let mut conn = self
             .pool

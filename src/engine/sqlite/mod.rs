@@ -12,18 +12,22 @@
 //!   Each partition is one transaction with its checkpoint row in the same file.
 //! - Writes are multi-row INSERTs sized to SQLite's parameter limit, with
 //!   `synchronous = NORMAL`: a crash of stride loses nothing committed.
+//!
+//! SQLite is called through rusqlite, on blocking threads: a statement's rows
+//! are read in place where it runs and sent on in batches. (sqlx's SQLite
+//! driver copies every value and hands each row to another thread: 3x the
+//! time of a `sqlite3 -csv | psql` pipe, most of it in thread wake-ups.)
 
 pub mod dialect;
 
 use std::path::PathBuf;
-use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures_util::TryStreamExt;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
-use sqlx::{Arguments, AssertSqlSafe, ConnectOptions, Connection, Row, TypeInfo, ValueRef};
-use tokio::sync::{mpsc, MappedMutexGuard, Mutex, MutexGuard};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::mpsc;
 
 use crate::engine::{
     bytes_text, float_text, hex_bytes, Batch, Column, Kind, Side, Table, BATCH_ROWS,
@@ -35,7 +39,7 @@ use crate::sql::{quote_ident, QualifiedName};
 
 use dialect::Bind;
 
-/// URL parameters stride reads (as sqlx spells them).
+/// URL parameters stride reads (as sqlx and SQLite's URIs spell them).
 const PARAMETERS: &[&str] = &["mode", "immutable"];
 
 /// A file and its parameters, from a URL that [`check_url`] accepted.
@@ -130,42 +134,101 @@ fn schema_refusal(key: &str, name: &QualifiedName) -> Option<String> {
     }
 }
 
-async fn connect(options: &SqliteConnectOptions, what: &str) -> Result<SqliteConnection> {
-    SqliteConnection::connect_with(options)
-        .await
-        .with_context(|| format!("opening {what}"))
+/// How to open more connections to a file.
+#[derive(Clone, Debug)]
+struct Opener {
+    file: OpenedFile,
 }
 
-fn options(
-    key: &str,
-    url: &DbUrl,
+/// A file's path and how it is opened.
+#[derive(Clone, Debug)]
+struct OpenedFile {
+    path: PathBuf,
+    read_only: bool,
+    immutable: bool,
     create: bool,
-) -> Result<(FileUrl, SqliteConnectOptions), JobError> {
-    let file = file_url(key, url)?;
-    let read_only = file.mode.as_deref() == Some("ro");
-    let options = SqliteConnectOptions::from_str("sqlite://")
-        .map_err(|e| JobError::new(format!("{key}: {e}")))?
-        .filename(&file.path)
-        .read_only(read_only)
-        .immutable(file.immutable)
-        .create_if_missing(create && !read_only && file.mode.as_deref() != Some("rw"))
-        .busy_timeout(Duration::from_secs(60))
-        .synchronous(SqliteSynchronous::Normal)
-        // A long partition's read is not a slow statement to warn about.
-        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
-    Ok((file, options))
+}
+
+impl Opener {
+    fn new(key: &str, url: &DbUrl, create: bool) -> Result<(Opener, FileUrl), JobError> {
+        let file = file_url(key, url)?;
+        let read_only = file.mode.as_deref() == Some("ro");
+        let opener = Opener {
+            file: OpenedFile {
+                path: file.path.clone(),
+                read_only,
+                immutable: file.immutable,
+                create: create && !read_only && file.mode.as_deref() != Some("rw"),
+            },
+        };
+        Ok((opener, file))
+    }
+
+    fn open(&self, what: &str) -> Result<Connection> {
+        let f = &self.file;
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        flags |= if f.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        if f.create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        // A URI, so `immutable` can be passed; the path's own `%`, `?` and `#`
+        // are escaped so they stay part of it.
+        let mut uri = String::from("file:");
+        for c in f.path.to_string_lossy().chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        if f.immutable {
+            uri.push_str("?immutable=1");
+        }
+        let conn = Connection::open_with_flags(&uri, flags)
+            .with_context(|| format!("opening {what} {}", f.path.display()))?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        if !f.read_only {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        Ok(conn)
+    }
+}
+
+/// A connection shared between the async side and the blocking threads
+/// that run its statements.
+type Shared = Arc<Mutex<Connection>>;
+
+/// Runs `f` on the connection on a blocking thread.
+async fn on<T: Send + 'static>(
+    conn: &Shared,
+    f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let conn = Arc::clone(conn);
+    tokio::task::spawn_blocking(move || {
+        let mut conn = conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a SQLite connection was lost to an earlier failure"))?;
+        f(&mut conn)
+    })
+    .await
+    .context("a SQLite task ended early")?
 }
 
 /// A SQLite file read by a run.
 pub struct Source {
-    options: SqliteConnectOptions,
+    opener: Opener,
     file: FileUrl,
-    conn: SqliteConnection,
+    conn: Shared,
 }
 
 impl Source {
     pub async fn open(url: &DbUrl) -> Result<Source> {
-        let (file, options) = options("source.url", url, false)?;
+        let (opener, file) = Opener::new("source.url", url, false)?;
         if !file.path.exists() {
             return Err(JobError::new(format!(
                 "source.url: the SQLite file {} does not exist",
@@ -173,15 +236,11 @@ impl Source {
             ))
             .into());
         }
-        let conn = connect(
-            &options,
-            &format!("the source file {}", file.path.display()),
-        )
-        .await?;
+        let conn = opener.open("the source file")?;
         Ok(Source {
-            options,
+            opener,
             file,
-            conn,
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
@@ -190,32 +249,35 @@ impl Source {
     }
 
     pub async fn describe(&mut self, job: &Job) -> Result<Table> {
-        match &job.source.relation {
-            Relation::Table(name) => describe_table(&mut self.conn, name).await?.ok_or_else(|| {
-                JobError::new(format!(
-                    "source.table: table {} does not exist in {} (expected an existing table or view)",
-                    name.name,
-                    self.place()
-                ))
-                .into()
-            }),
+        let place = self.place();
+        match job.source.relation.clone() {
+            Relation::Table(name) => {
+                let found = on(&self.conn, move |c| describe_table(c, &name.name)).await?;
+                found.ok_or_else(|| {
+                    let Relation::Table(name) = &job.source.relation else {
+                        unreachable!()
+                    };
+                    JobError::new(format!(
+                        "source.table: table {} does not exist in {place} (expected an existing table or view)",
+                        name.name
+                    ))
+                    .into()
+                })
+            }
             Relation::Query(query) => {
-                // A temporary view names the query's columns and their declared
-                // types (temp objects are writable even in a read-only file).
-                let probe = quote_ident("stride_query_probe");
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE TEMP VIEW {probe} AS {query}\n")))
-                    .execute(&mut self.conn)
-                    .await
-                    .map_err(|e| JobError::new(format!("source.query: the query does not run: {e}")))?;
-                let name = QualifiedName {
-                    schema: None,
-                    name: "stride_query_probe".into(),
-                };
-                let table = describe_table(&mut self.conn, &name).await;
-                sqlx::raw_sql(AssertSqlSafe(format!("DROP VIEW {probe}")))
-                    .execute(&mut self.conn)
-                    .await?;
-                Ok(table?.unwrap_or_default())
+                on(&self.conn, move |c| {
+                    // A temporary view names the query's columns and their declared
+                    // types (temp objects are writable even in a read-only file).
+                    let probe = quote_ident("stride_query_probe");
+                    c.execute_batch(&format!("CREATE TEMP VIEW {probe} AS {query}\n"))
+                        .map_err(|e| {
+                            JobError::new(format!("source.query: the query does not run: {e}"))
+                        })?;
+                    let table = describe_table(c, "stride_query_probe");
+                    c.execute_batch(&format!("DROP VIEW {probe}"))?;
+                    Ok(table?.unwrap_or_default())
+                })
+                .await
             }
         }
     }
@@ -227,158 +289,89 @@ impl Source {
         &mut self,
         table: &QualifiedName,
     ) -> Result<Option<crate::init::TableFacts>> {
-        let Some(described) = describe_table(&mut self.conn, table).await? else {
-            return Ok(None);
-        };
-        let t = dialect::table(table);
-        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-            .fetch_one(&mut self.conn)
-            .await
-            .with_context(|| format!("counting the rows of {}", table.name))?;
-        // dbstat is compiled into the bundled library; 0 where it is not.
-        let bytes: i64 =
-            sqlx::query_scalar("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ?1")
-                .bind(&table.name)
-                .fetch_one(&mut self.conn)
-                .await
-                .unwrap_or(0);
-        let indexed: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT ii.name, il.\"unique\" FROM pragma_index_list(?1) il, pragma_index_info(il.name) ii WHERE ii.seqno = 0 ORDER BY il.origin = 'pk' DESC, il.\"unique\" DESC",
-        )
-        .bind(&table.name)
-        .fetch_all(&mut self.conn)
-        .await
-        .with_context(|| format!("reading the indexes of {}", table.name))?;
-        let mut candidates = Vec::new();
-        let mut add = |name: &str, primary: bool, unique: bool| {
-            let Some(c) = described.columns.iter().find(|c| c.name == name) else {
-                return;
-            };
-            if candidates
-                .iter()
-                .any(|k: &crate::init::Candidate| k.column == name)
-            {
-                return;
-            }
-            if let Some(key_type) = c.kind.key_type() {
-                candidates.push(crate::init::Candidate {
-                    column: c.name.clone(),
-                    type_name: c.declared.clone(),
-                    key_type,
-                    primary,
-                    unique,
-                });
-            }
-        };
-        if let [pk] = described.primary_key.as_slice() {
-            add(pk, true, true);
-        }
-        for (name, unique) in &indexed {
-            add(name, false, *unique);
-        }
-        let is_table: Option<String> =
-            sqlx::query_scalar("SELECT type FROM sqlite_schema WHERE name = ?1 AND type = 'table'")
-                .bind(&table.name)
-                .fetch_optional(&mut self.conn)
-                .await?;
-        if candidates.is_empty() && is_table.is_some() {
-            candidates.push(crate::init::Candidate {
-                column: "rowid".into(),
-                type_name: "the rowid".into(),
-                key_type: KeyType::Int8,
-                primary: false,
-                unique: true,
-            });
-        }
-        Ok(Some(crate::init::TableFacts {
-            table: table.clone(),
-            kind: if is_table.is_some() { 'r' } else { 'v' },
-            rows,
-            bytes,
-            candidates,
-            distribution: None,
-        }))
+        let table = table.clone();
+        on(&self.conn, move |c| init_facts(c, &table)).await
     }
 
     /// The rows `select` returns (counted: SQLite keeps no estimate).
     pub async fn count(&mut self, select: &str) -> Result<i64> {
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM ({select})")))
-            .fetch_one(&mut self.conn)
-            .await
-            .context("counting the source's rows")
+        let sql = format!("SELECT count(*) FROM ({select})");
+        on(&self.conn, move |c| {
+            c.query_row(&sql, [], |r| r.get(0))
+                .context("counting the source's rows")
+        })
+        .await
     }
 
     /// The file's tables (not SQLite's own, nor views), as `("main", name)`.
     pub async fn tables(&mut self) -> Result<(Vec<(String, String)>, String)> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
-        )
-        .fetch_all(&mut self.conn)
+        on(&self.conn, |c| {
+            let mut stmt = c.prepare(
+                r"SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\' ORDER BY name",
+            )?;
+            let names = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .map(|n| n.map(|n| ("main".to_string(), n)))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .context("listing the source file's tables")?;
+            Ok((names, "main".to_string()))
+        })
         .await
-        .context("listing the source file's tables")?;
-        Ok((
-            names.into_iter().map(|n| ("main".to_string(), n)).collect(),
-            "main".to_string(),
-        ))
     }
 
     /// Readers in one moment of the file (see the module's documentation).
     pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {
         let readers = readers.max(1);
-        let mut lock = None;
-        if !self.file.immutable {
-            match sqlx::raw_sql("BEGIN IMMEDIATE")
-                .execute(&mut self.conn)
-                .await
-            {
-                Ok(_) => lock = Some(()),
+        let opener = self.opener.clone();
+        let immutable = self.file.immutable;
+        on(&self.conn, move |lock| {
+            if !immutable && lock.execute_batch("BEGIN IMMEDIATE").is_err() {
                 // A file stride may not lock: one reader.
-                Err(_) => return Ok(vec![self.reader().await?]),
+                return Ok(vec![reader(&opener)?]);
             }
-        }
-        let mut out = Vec::with_capacity(readers);
-        let opened = async {
-            for _ in 0..readers {
-                out.push(self.reader().await?);
+            let opened = (0..readers)
+                .map(|_| reader(&opener))
+                .collect::<Result<Vec<_>>>();
+            if !immutable {
+                lock.execute_batch("ROLLBACK")
+                    .context("letting go of the source file's write lock")?;
             }
-            anyhow::Ok(())
-        }
-        .await;
-        if lock.is_some() {
-            sqlx::raw_sql("ROLLBACK")
-                .execute(&mut self.conn)
-                .await
-                .context("letting go of the source file's write lock")?;
-        }
-        opened?;
-        Ok(out)
+            opened
+        })
+        .await
     }
+}
 
-    /// A connection in a read transaction that has read (SQLite starts the
-    /// transaction's snapshot at its first read).
-    async fn reader(&self) -> Result<Reader> {
-        let mut conn = connect(&self.options, "a reader of the source file").await?;
-        sqlx::raw_sql("BEGIN; SELECT count(*) FROM sqlite_schema")
-            .execute(&mut conn)
-            .await
-            .context("opening a read transaction on the source file")?;
-        Ok(Reader { conn })
-    }
+/// A connection in a read transaction that has read (SQLite starts the
+/// transaction's snapshot at its first read).
+fn reader(opener: &Opener) -> Result<Reader> {
+    let conn = opener.open("a reader of the source file")?;
+    conn.execute_batch("BEGIN")?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .context("opening a read transaction on the source file")?;
+    Ok(Reader {
+        conn: Arc::new(Mutex::new(conn)),
+    })
 }
 
 /// The columns, primary key and unique keys of a table (or view); `None`
 /// when there is none of that name.
-async fn describe_table(
-    conn: &mut SqliteConnection,
-    name: &QualifiedName,
-) -> Result<Option<Table>> {
-    let rows: Vec<(String, String, bool, i64, i64)> = sqlx::query_as(
+fn describe_table(conn: &Connection, name: &str) -> Result<Option<Table>> {
+    let mut stmt = conn.prepare(
         "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
-    )
-    .bind(&name.name)
-    .fetch_all(&mut *conn)
-    .await
-    .with_context(|| format!("reading the columns of {}", name.name))?;
+    )?;
+    let rows = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .with_context(|| format!("reading the columns of {name}"))?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -399,22 +392,23 @@ async fn describe_table(
             generated: hidden >= 2,
         })
         .collect();
-    let indexes: Vec<(String, bool)> =
-        sqlx::query_as("SELECT name, \"unique\" AND NOT partial FROM pragma_index_list(?1)")
-            .bind(&name.name)
-            .fetch_all(&mut *conn)
-            .await
-            .with_context(|| format!("reading the indexes of {}", name.name))?;
+    let mut stmt =
+        conn.prepare("SELECT name, \"unique\" AND NOT partial FROM pragma_index_list(?1)")?;
+    let indexes = stmt
+        .query_map([name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .with_context(|| format!("reading the indexes of {name}"))?;
     let mut unique_keys = Vec::new();
     for (index, unique) in indexes {
         if !unique {
             continue;
         }
-        let cols: Vec<Option<String>> =
-            sqlx::query_scalar("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")
-                .bind(&index)
-                .fetch_all(&mut *conn)
-                .await?;
+        let mut stmt = conn.prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?;
+        let cols = stmt
+            .query_map([&index], |r| r.get::<_, Option<String>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         if let Some(cols) = cols.into_iter().collect::<Option<Vec<_>>>() {
             unique_keys.push(cols);
         }
@@ -430,9 +424,84 @@ async fn describe_table(
     }))
 }
 
+fn init_facts(conn: &Connection, table: &QualifiedName) -> Result<Option<crate::init::TableFacts>> {
+    let Some(described) = describe_table(conn, &table.name)? else {
+        return Ok(None);
+    };
+    let t = dialect::table(table);
+    let rows: i64 = conn
+        .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+        .with_context(|| format!("counting the rows of {}", table.name))?;
+    // dbstat is compiled into the bundled library; 0 where it is not.
+    let bytes: i64 = conn
+        .query_row(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ?1",
+            [&table.name],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    let mut stmt = conn.prepare(
+        "SELECT ii.name, il.\"unique\" FROM pragma_index_list(?1) il, pragma_index_info(il.name) ii WHERE ii.seqno = 0 ORDER BY il.origin = 'pk' DESC, il.\"unique\" DESC",
+    )?;
+    let indexed = stmt
+        .query_map([&table.name], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .with_context(|| format!("reading the indexes of {}", table.name))?;
+    let mut candidates: Vec<crate::init::Candidate> = Vec::new();
+    let mut add = |name: &str, primary: bool, unique: bool| {
+        let Some(c) = described.columns.iter().find(|c| c.name == name) else {
+            return;
+        };
+        if candidates.iter().any(|k| k.column == name) {
+            return;
+        }
+        if let Some(key_type) = c.kind.key_type() {
+            candidates.push(crate::init::Candidate {
+                column: c.name.clone(),
+                type_name: c.declared.clone(),
+                key_type,
+                primary,
+                unique,
+            });
+        }
+    };
+    if let [pk] = described.primary_key.as_slice() {
+        add(pk, true, true);
+    }
+    for (name, unique) in &indexed {
+        if let Some(name) = name {
+            add(name, false, *unique);
+        }
+    }
+    let is_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = ?1 AND type = 'table')",
+        [&table.name],
+        |r| r.get(0),
+    )?;
+    if candidates.is_empty() && is_table {
+        candidates.push(crate::init::Candidate {
+            column: "rowid".into(),
+            type_name: "the rowid".into(),
+            key_type: KeyType::Int8,
+            primary: false,
+            unique: true,
+        });
+    }
+    Ok(Some(crate::init::TableFacts {
+        table: table.clone(),
+        kind: if is_table { 'r' } else { 'v' },
+        rows,
+        bytes,
+        candidates,
+        distribution: None,
+    }))
+}
+
 /// One connection reading in the run's moment of the file.
 pub struct Reader {
-    conn: SqliteConnection,
+    conn: Shared,
 }
 
 impl Reader {
@@ -444,14 +513,19 @@ impl Reader {
         key: KeyType,
     ) -> Result<Option<(i64, i64)>> {
         let sql = dialect::bounds_sql(job, column);
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(&mut self.conn)
-            .await
-            .with_context(|| format!("reading min() and max() of {column} from the source"))?;
-        let value = |i: usize| -> Result<Option<i64>> {
-            let Some(text) = value_text(&row, i, Kind::Text)? else {
-                return Ok(None);
-            };
+        let (lo, hi) = on(&self.conn, move |c| {
+            c.query_row(&sql, [], |r| {
+                Ok((r.get::<_, Value>(0)?, r.get::<_, Value>(1)?))
+            })
+            .context("reading min() and max() of the partition column from the source")
+        })
+        .await?;
+        let (lo, hi) = (
+            value_text(ValueRef::from(&lo), Kind::Text)?,
+            value_text(ValueRef::from(&hi), Kind::Text)?,
+        );
+        let parse = |text: Option<String>| -> Result<Option<i64>> {
+            let Some(text) = text else { return Ok(None) };
             key.parse_bound(&text).map(Some).map_err(|e| {
                 JobError::new(format!(
                     "partition.column: {column} holds {text:?}, which is not a {} ({e})",
@@ -460,76 +534,73 @@ impl Reader {
                 .into()
             })
         };
-        Ok(match (value(0)?, value(1)?) {
-            (Some(lo), Some(hi)) => Some((lo, hi)),
-            _ => None,
-        })
+        Ok(parse(lo)?.zip(parse(hi)?))
     }
 
+    /// Reads the rows of `select` where the statement runs and sends them in
+    /// batches: one hand-over per batch, not per row.
     pub async fn read(
         &mut self,
         select: &str,
         kinds: &[Kind],
         rows: &mpsc::Sender<Batch>,
     ) -> Result<()> {
-        let mut stream = sqlx::query(AssertSqlSafe(select)).fetch(&mut self.conn);
-        let mut batch = Batch::new(kinds.len());
-        while let Some(row) = stream
-            .try_next()
-            .await
-            .context("reading rows from the source file")?
-        {
-            for (i, kind) in kinds.iter().enumerate() {
-                batch.push(value_text(&row, i, *kind)?);
-            }
-            if batch.rows() >= BATCH_ROWS {
-                let full = std::mem::replace(&mut batch, Batch::new(kinds.len()));
-                if rows.send(full).await.is_err() {
-                    return Ok(());
+        let (select, kinds, rows) = (select.to_string(), kinds.to_vec(), rows.clone());
+        on(&self.conn, move |c| {
+            let mut stmt = c.prepare(&select)?;
+            let mut found = stmt.query([])?;
+            let mut batch = Batch::new(kinds.len());
+            while let Some(row) = found.next().context("reading rows from the source file")? {
+                for (i, kind) in kinds.iter().enumerate() {
+                    batch.push(value_text(row.get_ref(i)?, *kind).with_context(|| {
+                        format!("column {}", row.as_ref().column_name(i).unwrap_or("?"))
+                    })?);
+                }
+                if batch.rows() >= BATCH_ROWS {
+                    let full = std::mem::replace(&mut batch, Batch::new(kinds.len()));
+                    if rows.blocking_send(full).is_err() {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        batch.end = true;
-        let _ = rows.send(batch).await;
-        Ok(())
+            batch.end = true;
+            let _ = rows.blocking_send(batch);
+            Ok(())
+        })
+        .await
     }
 }
 
 /// A value in canonical text, by what SQLite holds in this row (any column
 /// can hold any storage class), read as the column's `kind`.
-fn value_text(row: &sqlx::sqlite::SqliteRow, i: usize, kind: Kind) -> Result<Option<String>> {
-    let raw = row.try_get_raw(i)?;
-    if raw.is_null() {
-        return Ok(None);
-    }
-    let class = raw.type_info().name().to_string();
-    Ok(Some(match class.as_str() {
-        "INTEGER" => {
-            let v: i64 = row.try_get_unchecked(i)?;
-            match (kind, v) {
-                (Kind::Bool, 0) => "f".into(),
-                (Kind::Bool, 1) => "t".into(),
-                _ => v.to_string(),
-            }
-        }
-        "REAL" => float_text(row.try_get_unchecked::<f64, _>(i)?),
-        "BLOB" => bytes_text(&row.try_get_unchecked::<Vec<u8>, _>(i)?),
-        _ => row.try_get_unchecked::<String, _>(i)?,
+/// Text that is not UTF-8 is an error: it is never changed to fit.
+fn value_text(value: ValueRef<'_>, kind: Kind) -> Result<Option<String>> {
+    Ok(Some(match value {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Integer(v) => match (kind, v) {
+            (Kind::Bool, 0) => "f".into(),
+            (Kind::Bool, 1) => "t".into(),
+            _ => v.to_string(),
+        },
+        ValueRef::Real(f) => float_text(f),
+        ValueRef::Blob(b) => bytes_text(b),
+        ValueRef::Text(t) => String::from_utf8(t.to_vec())
+            .map_err(|e| anyhow::anyhow!("a text value is not UTF-8 ({e})"))?,
     }))
 }
 
 /// A SQLite file written by a run: one connection, taken by one partition at a time.
 pub struct Target {
-    options: SqliteConnectOptions,
+    opener: Opener,
     file: FileUrl,
     /// Opened at the first use that needs the file: a missing file (and its
     /// missing directories) is created only once the checks have passed.
-    conn: Mutex<Option<SqliteConnection>>,
+    conn: Mutex<Option<Shared>>,
 }
 
 impl Target {
     pub async fn open(url: &DbUrl) -> Result<Target> {
-        let (file, options) = options("target.url", url, true)?;
+        let (opener, file) = Opener::new("target.url", url, true)?;
         if file.mode.as_deref() == Some("ro") || file.immutable {
             return Err(JobError::new(
                 "target.url: a target file must be writable (expected no mode=ro or immutable=1)",
@@ -537,35 +608,37 @@ impl Target {
             .into());
         }
         let target = Target {
-            options,
+            opener,
             file,
             conn: Mutex::new(None),
         };
         if target.file.path.exists() {
-            drop(target.connection().await?);
+            target.connection()?;
         }
         Ok(target)
     }
 
     /// The writer's connection, opened (and the file created) on first use.
-    async fn connection(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>> {
-        let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            if let Some(dir) = self
-                .file
-                .path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating the directory {}", dir.display()))?;
-            }
-            let what = format!("the target file {}", self.file.path.display());
-            *conn = Some(connect(&self.options, &what).await?);
+    fn connection(&self) -> Result<Shared> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the target file's connection was lost"))?;
+        if let Some(c) = &*conn {
+            return Ok(Arc::clone(c));
         }
-        Ok(MutexGuard::map(conn, |c| {
-            c.as_mut().expect("opened just above")
-        }))
+        if let Some(dir) = self
+            .file
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the directory {}", dir.display()))?;
+        }
+        let opened = Arc::new(Mutex::new(self.opener.open("the target file")?));
+        *conn = Some(Arc::clone(&opened));
+        Ok(opened)
     }
 
     pub fn place(&self) -> String {
@@ -576,32 +649,32 @@ impl Target {
         if !self.file.path.exists() {
             return Ok(None);
         }
-        describe_table(&mut *self.connection().await?, table).await
+        let name = table.name.clone();
+        on(&self.connection()?, move |c| describe_table(c, &name)).await
     }
 
     pub async fn has_rows(&self, table: &str) -> Result<bool> {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {table})");
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&mut *self.connection().await?)
-            .await
-            .with_context(|| format!("looking for rows in {table}"))
+        let table = table.to_string();
+        on(&self.connection()?, move |c| {
+            c.query_row(&sql, [], |r| r.get(0))
+                .with_context(|| format!("looking for rows in {table}"))
+        })
+        .await
     }
 
     /// Statements in one transaction.
     pub async fn transaction(&self, statements: &[String]) -> Result<()> {
-        let mut conn = self.connection().await?;
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
-            for sql in statements {
-                sqlx::raw_sql(AssertSqlSafe(sql.clone()))
-                    .execute(&mut *conn)
-                    .await
-                    .with_context(|| format!("running {sql}"))?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        finish(&mut conn, result).await
+        let statements = statements.to_vec();
+        on(&self.connection()?, move |c| {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let result = statements.iter().try_for_each(|sql| {
+                c.execute_batch(sql)
+                    .with_context(|| format!("running {sql}"))
+            });
+            finish(c, result)
+        })
+        .await
     }
 
     /// The run recorded for `fingerprint`: bounds, partitions, whether it
@@ -612,25 +685,30 @@ impl Target {
         fingerprint: &str,
     ) -> Result<crate::engine::Recorded> {
         let checkpoints = dialect::table(checkpoints);
-        let mut conn = self.connection().await?;
-        sqlx::raw_sql(AssertSqlSafe(dialect::checkpoint_table_sql(&checkpoints)))
-            .execute(&mut *conn)
-            .await
-            .context("creating the checkpoint table")?;
-        let rows: Vec<crate::engine::CheckpointRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT partition, lower_bound, upper_bound, partitions, rows, bytes, finished FROM {checkpoints} WHERE fingerprint = ?1 ORDER BY partition"
-        )))
-        .bind(fingerprint)
-        .fetch_all(&mut *conn)
+        let fingerprint = fingerprint.to_string();
+        on(&self.connection()?, move |c| {
+            c.execute_batch(&dialect::checkpoint_table_sql(&checkpoints))
+                .context("creating the checkpoint table")?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT partition, lower_bound, upper_bound, partitions, rows, bytes, finished FROM {checkpoints} WHERE fingerprint = ?1 ORDER BY partition"
+            ))?;
+            let rows = stmt
+                .query_map([&fingerprint], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?
+                .collect::<rusqlite::Result<Vec<crate::engine::CheckpointRow>>>()
+                .context("reading the checkpoint table")?;
+            Ok(crate::engine::Recorded::from_rows(rows))
+        })
         .await
-        .context("reading the checkpoint table")?;
-        Ok(crate::engine::Recorded::from_rows(rows))
     }
 
+    /// Writes a partition in one transaction with its checkpoint row. Reads
+    /// ahead until the first batch arrives, then takes the file (one writer).
     pub async fn write(
         &self,
         spec: &crate::engine::WriteSpec,
-        rows: &mut mpsc::Receiver<Batch>,
+        mut rows: mpsc::Receiver<Batch>,
     ) -> Result<(u64, u64)> {
         let binds: Vec<Bind> = spec
             .source_kinds
@@ -638,125 +716,121 @@ impl Target {
             .zip(&spec.target_declared)
             .map(|(k, d)| dialect::bind(*k, d).map_err(|e| anyhow::anyhow!(e)))
             .collect::<Result<_>>()?;
-        let per_insert = dialect::rows_per_insert(spec.columns.len(), spec.batch_size);
-        // Read ahead until the first batch, then take the file.
         let first = rows.recv().await;
-        let mut conn = self.connection().await?;
-        // An attempt abandoned midway (a stall, Ctrl-C) left its transaction open.
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
-            let (mut total, mut bytes) = (0u64, 0u64);
-            let mut next = first;
-            let mut pending: Vec<Option<String>> = Vec::new();
-            let width = spec.columns.len();
-            loop {
-                let done = next.as_ref().is_none_or(|b| b.end);
-                anyhow::ensure!(next.is_some(), "the source stopped before its last row");
-                if let Some(batch) = next.take() {
-                    total += batch.rows() as u64;
-                    bytes += batch.bytes;
-                    pending.extend(batch.values);
-                }
-                while pending.len() >= per_insert * width || (done && !pending.is_empty()) {
-                    let take = (pending.len() / width).min(per_insert);
-                    let chunk: Vec<Option<String>> = pending.drain(..take * width).collect();
-                    let sql =
-                        dialect::insert_sql(&spec.table, &spec.columns, take, spec.upsert.as_ref());
-                    let mut args = SqliteArguments::default();
-                    for (i, value) in chunk.into_iter().enumerate() {
-                        bind_value(&mut args, binds[i % width], value)
-                            .with_context(|| format!("column {}", spec.columns[i % width]))?;
-                    }
-                    sqlx::query_with(AssertSqlSafe(sql), args)
-                        .execute(&mut *conn)
-                        .await
-                        .with_context(|| format!("inserting into {}", spec.table))?;
-                }
-                if done {
-                    break;
-                }
-                next = rows.recv().await;
+        let spec = spec.clone();
+        on(&self.connection()?, move |c| {
+            // An attempt abandoned midway (a stall, Ctrl-C) may have left its
+            // transaction open.
+            if !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
             }
-            if let Some(cp) = &spec.checkpoint {
-                sqlx::raw_sql(AssertSqlSafe(crate::engine::record_partition_sql(
-                    cp,
-                    &spec.table,
-                    total,
-                    bytes,
-                )))
-                .execute(&mut *conn)
-                .await
-                .context("recording the partition in the checkpoint table")?;
-            }
-            anyhow::Ok((total, bytes))
-        }
-        .await;
-        let counts = match &result {
-            Ok(c) => Some(*c),
-            Err(_) => None,
-        };
-        finish(&mut conn, result.map(|_| ())).await?;
-        Ok(counts.expect("an error returned above"))
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let result = insert_all(c, &spec, &binds, first, &mut rows);
+            let counts = result.as_ref().ok().copied();
+            finish(c, result.map(|_| ()))?;
+            Ok(counts.expect("an error returned above"))
+        })
+        .await
     }
 
     /// A connection reading the target as it is now (for verify).
     pub async fn reader(&self) -> Result<Reader> {
-        let conn = connect(&self.options, "a reader of the target file").await?;
-        Ok(Reader { conn })
+        let conn = self.opener.open("a reader of the target file")?;
+        Ok(Reader {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 }
 
-/// Commits on success, rolls back on failure.
-async fn finish(conn: &mut SqliteConnection, result: Result<()>) -> Result<()> {
-    match result {
-        Ok(()) => {
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .context("committing")?;
-            Ok(())
+/// The partition's rows, in multi-row INSERTs of up to `batch_size` rows
+/// (within SQLite's parameter limit), then its checkpoint row.
+fn insert_all(
+    c: &Connection,
+    spec: &crate::engine::WriteSpec,
+    binds: &[Bind],
+    first: Option<Batch>,
+    rows: &mut mpsc::Receiver<Batch>,
+) -> Result<(u64, u64)> {
+    let width = spec.columns.len();
+    let per_insert = dialect::rows_per_insert(width, spec.batch_size);
+    let (mut total, mut bytes) = (0u64, 0u64);
+    let mut next = first;
+    let mut pending: Vec<Option<String>> = Vec::new();
+    loop {
+        let done = next.as_ref().is_none_or(|b| b.end);
+        anyhow::ensure!(next.is_some(), "the source stopped before its last row");
+        if let Some(batch) = next.take() {
+            total += batch.rows() as u64;
+            bytes += batch.bytes;
+            pending.extend(batch.values);
         }
+        while pending.len() >= per_insert * width || (done && !pending.is_empty()) {
+            let take = (pending.len() / width).min(per_insert);
+            let sql = dialect::insert_sql(&spec.table, &spec.columns, take, spec.upsert.as_ref());
+            let mut stmt = c.prepare_cached(&sql)?;
+            for (i, value) in pending.drain(..take * width).enumerate() {
+                let value = bind_value(binds[i % width], value)
+                    .with_context(|| format!("column {}", spec.columns[i % width]))?;
+                stmt.raw_bind_parameter(i + 1, value)?;
+            }
+            stmt.raw_execute()
+                .with_context(|| format!("inserting into {}", spec.table))?;
+        }
+        if done {
+            break;
+        }
+        next = rows.blocking_recv();
+    }
+    if let Some(cp) = &spec.checkpoint {
+        c.execute_batch(&crate::engine::record_partition_sql(
+            cp,
+            &spec.table,
+            total,
+            bytes,
+        ))
+        .context("recording the partition in the checkpoint table")?;
+    }
+    Ok((total, bytes))
+}
+
+/// Commits on success, rolls back on failure.
+fn finish(c: &Connection, result: Result<()>) -> Result<()> {
+    match result {
+        Ok(()) => c.execute_batch("COMMIT").context("committing"),
         Err(e) => {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            let _ = c.execute_batch("ROLLBACK");
             Err(e)
         }
     }
 }
 
-/// Binds a canonical value as the column's [`Bind`] says.
-fn bind_value(args: &mut SqliteArguments, bind: Bind, value: Option<String>) -> Result<()> {
+/// A canonical value as the column's [`Bind`] says to store it.
+fn bind_value(bind: Bind, value: Option<String>) -> Result<ToSqlOutput<'static>> {
     let Some(v) = value else {
-        args.add(Option::<String>::None)
-            .map_err(anyhow::Error::msg)?;
-        return Ok(());
+        return Ok(ToSqlOutput::Owned(Value::Null));
     };
-    let added = match bind {
-        Bind::Integer => {
-            let n: i64 = match v.as_str() {
-                "t" | "true" => 1,
-                "f" | "false" => 0,
-                other => other
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("{other:?} is not an integer"))?,
-            };
-            args.add(n)
-        }
+    Ok(ToSqlOutput::Owned(match bind {
+        Bind::Integer => Value::Integer(match v.as_str() {
+            "t" | "true" => 1,
+            "f" | "false" => 0,
+            other => other
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{other:?} is not an integer"))?,
+        }),
         Bind::Real => match v.as_str() {
-            "NaN" => args.add(v),
-            "Infinity" => args.add(f64::INFINITY),
-            "-Infinity" => args.add(f64::NEG_INFINITY),
-            other => args.add(
+            "NaN" => Value::Text(v),
+            "Infinity" => Value::Real(f64::INFINITY),
+            "-Infinity" => Value::Real(f64::NEG_INFINITY),
+            other => Value::Real(
                 other
-                    .parse::<f64>()
+                    .parse()
                     .map_err(|_| anyhow::anyhow!("{other:?} is not a number"))?,
             ),
         },
         Bind::Blob => match hex_bytes(&v) {
-            Some(bytes) => args.add(bytes),
-            None => args.add(v),
+            Some(bytes) => Value::Blob(bytes),
+            None => Value::Text(v),
         },
-        Bind::Text => args.add(v),
-    };
-    added.map_err(anyhow::Error::msg)
+        Bind::Text => Value::Text(v),
+    }))
 }
