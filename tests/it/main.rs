@@ -31,6 +31,7 @@ mod secrets;
 mod shards;
 mod slices;
 mod slots;
+mod sqlite;
 mod stalls;
 mod standby;
 mod strategies;
