@@ -53,7 +53,7 @@ pub(super) async fn run_tables(
     };
     if set.jobs.iter().any(super::transfer::crosses) {
         let order = order.map_or_else(|| vec![0], |o| o.order);
-        return transfer_tables(set.jobs, &order, opts, started).await;
+        return transfer_tables(path, set.jobs, &order, opts, started).await;
     }
     let mut prepared = Vec::with_capacity(set.jobs.len());
     for (i, job) in set.jobs.into_iter().enumerate() {
@@ -151,6 +151,7 @@ pub(super) async fn run_tables(
 /// The tables of a job file with another engine than PostgreSQL on one side:
 /// one after the other, stopping at the first that does not succeed.
 async fn transfer_tables(
+    path: &Path,
     jobs: Vec<Job>,
     order: &[usize],
     opts: &RunOptions,
@@ -168,7 +169,7 @@ async fn transfer_tables(
             ends.not_started.push(job.target.table.to_string());
             continue;
         }
-        let end = super::transfer::run(job, opts)
+        let end = super::transfer::run(job, opts, path)
             .await
             .map_err(|e| in_entry(many, i, e))?;
         ends.runs.push(end);
@@ -215,7 +216,7 @@ pub(super) struct RunOptions {
 
 /// What a step does with the run the checkpoint table records.
 #[derive(Debug, PartialEq, Eq)]
-enum Start {
+pub(super) enum Start {
     /// Go on with the recorded run.
     Resume,
     /// A new run; `forget`: the recorded one is deleted first, in the same
@@ -354,10 +355,33 @@ fn appending_twice(
 ) -> Option<Start> {
     let run = earlier?;
     let rows: u64 = run.done.iter().map(|d| d.1).sum();
+    appended(
+        job,
+        step,
+        rows,
+        run.done.len(),
+        run.partitions as usize,
+        opts,
+        path,
+    )
+}
+
+/// The refusal of `--restart` for an append job whose earlier run already
+/// added `rows` (`done` of `partitions`), with the two commands that work; for
+/// every route.
+pub(super) fn appended(
+    job: &Job,
+    step: Step,
+    rows: u64,
+    done: usize,
+    partitions: usize,
+    opts: &RunOptions,
+    path: &Path,
+) -> Option<Start> {
     if job.target.mode != Mode::Append
         || !opts.restart
         || opts.append_again
-        || run.done.is_empty()
+        || done == 0
         || !matches!(step, Step::Whole | Step::Prepare)
     {
         return None;
@@ -371,10 +395,8 @@ fn appending_twice(
     Some(Start::Refuse {
         usage: true,
         message: format!(
-            "--restart: the earlier run of this append job already added {} rows ({} of {} partitions) to {}, and copying again would add each of them a second time. To replace them: `stride --set target.mode=truncate {command} {path}`; to add them again after deleting them yourself (or to have them twice): `stride {command} --restart --append-again {path}`",
+            "--restart: the earlier run of this append job already added {} rows ({done} of {partitions} partitions) to {}, and copying again would add each of them a second time. To replace them: `stride --set target.mode=truncate {command} {path}`; to add them again after deleting them yourself (or to have them twice): `stride {command} --restart --append-again {path}`",
             report::group(rows),
-            run.done.len(),
-            run.partitions,
             job.target.table
         ),
     })

@@ -5,6 +5,7 @@
 //! transaction with its checkpoint row, a re-run resumes, and `verify`
 //! compares counts and a checksum both sides compute the same way.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::run::{RunOptions, Step};
+use super::run::{appended, RunOptions, Start, Step};
 use super::RunEnd;
 use crate::copy::{PartitionReport, Status};
 use crate::engine::{
@@ -343,7 +344,7 @@ async fn bounds(
 }
 
 /// The run of one job across engines.
-pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
+pub(super) async fn run(job: Job, opts: &RunOptions, path: &Path) -> Result<RunEnd> {
     let started = Instant::now();
     let mut planned = plan_job(&job, opts.step).await?;
     let table = job.target.table.clone();
@@ -359,10 +360,46 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
         Some(cp) => planned.target.recorded(cp, &fp).await?,
         None => Recorded::default(),
     };
-    let resuming = !opts.restart && recorded.run.is_some_and(|r| !r.finished);
+    // As for PostgreSQL (run.rs): a finished append job is not copied again
+    // by a re-run, and --restart refuses to add its rows a second time.
+    if let Some(run) = &recorded.run {
+        let rows: u64 = recorded.done.iter().map(|d| d.1).sum();
+        if run.finished && job.target.mode == Mode::Append && !opts.restart {
+            if !opts.quiet {
+                let text = format!(
+                    "nothing to do: this job already finished at {} ({} partitions, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)\n",
+                    run.recorded_at,
+                    run.partitions,
+                    report::group(rows)
+                );
+                if opts.human_to_stderr {
+                    eprint!("{text}");
+                } else {
+                    print!("{text}");
+                }
+            }
+            return Ok(RunEnd {
+                code: exit::OK,
+                summary: None,
+                fingerprint: fp,
+                table: table.to_string(),
+            });
+        }
+        let (done, partitions) = (recorded.done.len(), run.partitions);
+        if let Some(Start::Refuse { message, .. }) =
+            appended(&job, opts.step, rows, done, partitions, opts, path)
+        {
+            return Err(JobError::new(message).into());
+        }
+    }
+    let resuming = !opts.restart && recorded.run.as_ref().is_some_and(|r| !r.finished);
     let parallel = job.partitions_at_once(job.partition.as_ref().map_or(1, |p| p.count)) as usize;
     let mut readers = planned.source.snapshot(parallel).await?;
-    let run_bounds = recorded.run.filter(|_| resuming).and_then(|r| r.bounds);
+    let run_bounds = recorded
+        .run
+        .as_ref()
+        .filter(|_| resuming)
+        .and_then(|r| r.bounds);
     let bounds = bounds(&job, planned.key.as_ref(), run_bounds, &mut readers[0]).await?;
     let parts = partitions(&job, &planned, bounds, &written);
     let done: Vec<(usize, u64, u64)> = if resuming {
@@ -380,6 +417,9 @@ pub(super) async fn run(job: Job, opts: &RunOptions) -> Result<RunEnd> {
             parts.len(),
         )
         .await?;
+        if let Some(cp) = &job.checkpoint_table {
+            planned.target.ensure_checkpoints(cp).await?;
+        }
         planned.target.transaction(&statements).await?;
     } else {
         info!(partitions_done = done.len(), "resuming the unfinished run");

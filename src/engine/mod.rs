@@ -420,14 +420,16 @@ pub struct Recorded {
     pub done: Vec<(usize, u64, u64)>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunRow {
     pub bounds: Option<(i64, i64)>,
     pub partitions: usize,
     pub finished: bool,
+    pub recorded_at: String,
 }
 
-/// A checkpoint row: partition, lower, upper, partitions, rows, bytes, finished.
+/// A checkpoint row: partition, lower, upper, partitions, rows, bytes,
+/// finished, recorded at.
 pub type CheckpointRow = (
     i64,
     Option<i64>,
@@ -436,17 +438,19 @@ pub type CheckpointRow = (
     Option<i64>,
     Option<i64>,
     bool,
+    String,
 );
 
 impl Recorded {
     pub fn from_rows(rows: Vec<CheckpointRow>) -> Recorded {
         let mut out = Recorded::default();
-        for (partition, lower, upper, partitions, rows, bytes, finished) in rows {
+        for (partition, lower, upper, partitions, rows, bytes, finished, recorded_at) in rows {
             if partition < 0 {
                 out.run = Some(RunRow {
                     bounds: lower.zip(upper),
                     partitions: partitions.unwrap_or(0).max(0) as usize,
                     finished,
+                    recorded_at,
                 });
             } else {
                 out.done.push((
@@ -604,8 +608,16 @@ impl Target {
         }
     }
 
-    /// The run recorded for `fingerprint` (the checkpoint table is created
-    /// when missing).
+    /// Creates the checkpoint table if it is missing (once every check passed).
+    pub async fn ensure_checkpoints(&self, checkpoints: &QualifiedName) -> Result<()> {
+        match self {
+            Target::Postgres(t) => t.ensure_checkpoints(checkpoints).await,
+            Target::Sqlite(t) => t.ensure_checkpoints(checkpoints).await,
+        }
+    }
+
+    /// The run recorded for `fingerprint` (none when there is no checkpoint
+    /// table yet: reading creates nothing).
     pub async fn recorded(
         &self,
         checkpoints: &QualifiedName,

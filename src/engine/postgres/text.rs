@@ -407,11 +407,7 @@ impl Target {
         Ok(())
     }
 
-    pub async fn recorded(
-        &self,
-        checkpoints: &QualifiedName,
-        fingerprint: &str,
-    ) -> Result<Recorded> {
+    pub async fn ensure_checkpoints(&self, checkpoints: &QualifiedName) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         sqlx::raw_sql(AssertSqlSafe(crate::checkpoint::create_table_sql(
             checkpoints,
@@ -419,8 +415,25 @@ impl Target {
         .execute(&mut *conn)
         .await
         .context("creating the checkpoint table")?;
+        Ok(())
+    }
+
+    pub async fn recorded(
+        &self,
+        checkpoints: &QualifiedName,
+        fingerprint: &str,
+    ) -> Result<Recorded> {
+        let mut conn = self.pool.acquire().await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(checkpoints.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .context("looking for the checkpoint table")?;
+        if !exists {
+            return Ok(Recorded::default());
+        }
         let rows: Vec<crate::engine::CheckpointRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT partition::int8, lower_bound, upper_bound, partitions::int8, rows, bytes, finished FROM {checkpoints} WHERE fingerprint = $1 ORDER BY partition"
+            "SELECT partition::int8, lower_bound, upper_bound, partitions::int8, rows, bytes, finished, recorded_at::text FROM {checkpoints} WHERE fingerprint = $1 ORDER BY partition"
         )))
         .bind(fingerprint)
         .fetch_all(&mut *conn)

@@ -680,6 +680,15 @@ impl Target {
         .await
     }
 
+    pub async fn ensure_checkpoints(&self, checkpoints: &QualifiedName) -> Result<()> {
+        let sql = dialect::checkpoint_table_sql(&dialect::table(checkpoints));
+        on(&self.connection()?, move |c| {
+            c.execute_batch(&sql)
+                .context("creating the checkpoint table")
+        })
+        .await
+    }
+
     /// The run recorded for `fingerprint`: bounds, partitions, whether it
     /// finished, and its committed partitions (index, rows, bytes).
     pub async fn recorded(
@@ -687,17 +696,35 @@ impl Target {
         checkpoints: &QualifiedName,
         fingerprint: &str,
     ) -> Result<crate::engine::Recorded> {
-        let checkpoints = dialect::table(checkpoints);
+        if !self.file.path.exists() {
+            return Ok(crate::engine::Recorded::default());
+        }
+        let (name, checkpoints) = (checkpoints.name.clone(), dialect::table(checkpoints));
         let fingerprint = fingerprint.to_string();
         on(&self.connection()?, move |c| {
-            c.execute_batch(&dialect::checkpoint_table_sql(&checkpoints))
-                .context("creating the checkpoint table")?;
+            let exists: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Ok(crate::engine::Recorded::default());
+            }
             let mut stmt = c.prepare(&format!(
-                "SELECT partition, lower_bound, upper_bound, partitions, rows, bytes, finished FROM {checkpoints} WHERE fingerprint = ?1 ORDER BY partition"
+                "SELECT partition, lower_bound, upper_bound, partitions, rows, bytes, finished, recorded_at FROM {checkpoints} WHERE fingerprint = ?1 ORDER BY partition"
             ))?;
             let rows = stmt
                 .query_map([&fingerprint], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<crate::engine::CheckpointRow>>>()
                 .context("reading the checkpoint table")?;
