@@ -56,11 +56,6 @@ fn refusals(job: &Job, step: Step) -> Vec<String> {
             ));
         }
     }
-    if job.target.mode == Mode::Replace && to == Engine::Postgres {
-        out.push(format!(
-            "target.mode: \"replace\" is not supported {pair} yet (expected truncate, overwrite, append, upsert or error-if-exists)"
-        ));
-    }
     if step != Step::Whole {
         out.push(format!(
             "a run {pair} runs whole: --shard, `stride prepare` and `stride finish` are not supported yet"

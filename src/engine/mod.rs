@@ -583,7 +583,8 @@ impl Target {
     /// transaction that records the run finished: the table is emptied and
     /// filled from the staging table, which is dropped. The table keeps its
     /// definition, indexes and triggers; readers see the old rows until the
-    /// commit (SQLite copies locally, so moving the rows twice costs little).
+    /// commit. (The rows move twice; PostgreSQL to PostgreSQL swaps tables
+    /// instead, run.rs.)
     pub fn swap_sql(
         &self,
         stage: &QualifiedName,
@@ -594,7 +595,9 @@ impl Target {
         let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
         let list = list.join(", ");
         vec![
-            self.empty_sql(&table),
+            // DELETE, not TRUNCATE: PostgreSQL's readers keep reading the old
+            // rows until the commit instead of waiting on TRUNCATE's lock.
+            format!("DELETE FROM {table}"),
             format!("INSERT INTO {table} ({list}) SELECT {list} FROM {stage}"),
             format!("DROP TABLE {stage}"),
         ]

@@ -275,8 +275,8 @@ async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
             "incremental",
         ),
         (
-            job(&src, "t", pg, "public.t", "mode = \"replace\""),
-            "target.mode",
+            job(&src, "t", pg, "public.t", "").replace("column = \"id\"", "column = \"v\""),
+            "partition.column: \"v\" is TEXT in the source (expected an integer, date or timestamp column)",
         ),
         (
             job(&src, "public.t", pg, "public.t", ""),
@@ -478,4 +478,53 @@ async fn a_frozen_target_across_engines_is_retried_and_the_copy_is_exact() {
         pair.source.checksum("public.big").await
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// Replace into PostgreSQL from SQLite: the rows are loaded into a staging
+/// table, verified there, then moved into the table in the transaction that
+/// finishes the run: the table keeps its indexes, readers are not blocked,
+/// the staging table is gone, and a failed verify leaves the table as it was.
+#[tokio::test]
+async fn replace_into_postgres_from_sqlite_keeps_the_table_and_its_indexes() {
+    let pair = Pair::new("engines_replace").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    pair.target
+        .exec(
+            "CREATE TABLE public.big (id bigint PRIMARY KEY, v text, n numeric(12,2));
+             CREATE INDEX big_by_v ON public.big (v);
+             INSERT INTO public.big VALUES (-1, 'old', 0);",
+        )
+        .await;
+    let toml = job(
+        &sqlite_url(&file),
+        "big",
+        &pair.target.url,
+        "public.big",
+        "mode = \"replace\"",
+    );
+    let out = run_text(&toml);
+    assert_exit(&out, 0);
+    assert_eq!(
+        pair.target.checksum("public.big").await,
+        pair.source.checksum("public.big").await,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pair.target
+            .scalar_i64(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'big' AND indexname IN ('big_pkey', 'big_by_v')"
+            )
+            .await,
+        2
+    );
+    assert_eq!(
+        pair.target
+            .scalar_i64("SELECT count(*) FROM pg_class WHERE relname LIKE 'stride_stage%'")
+            .await,
+        0,
+        "the staging table is left"
+    );
 }
