@@ -25,7 +25,7 @@ use crate::plan::{self, Cut, Key, Plan, PlannedPartition, Window};
 use crate::report::{self, Summary};
 use crate::sql::QualifiedName;
 
-use super::order::table_order;
+use super::order::{table_order, TableOrder};
 use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, read_select, scope,
     window_condition, Prepared, SourceSide, TargetFit,
@@ -51,85 +51,32 @@ pub(super) async fn run_tables(
     } else {
         None
     };
-    if set.jobs.iter().any(super::transfer::crosses) {
-        let order = order.map_or_else(|| vec![0], |o| o.order);
-        return transfer_tables(path, set.jobs, &order, opts, started).await;
-    }
-    let mut prepared = Vec::with_capacity(set.jobs.len());
+    // Every table is checked before any is written.
+    let across = set.jobs.iter().any(super::transfer::crosses);
+    let mut checked = Vec::with_capacity(set.jobs.len());
     for (i, job) in set.jobs.into_iter().enumerate() {
-        let checked = async {
+        let one = async {
+            if across {
+                let c = super::transfer::check(&job, opts.step).await?;
+                return anyhow::Ok(Checked::Across(c, job));
+            }
             let p = prepare(job).await?;
             check_before_writing(&p.job, &p.target, opts).await?;
-            anyhow::Ok(p)
+            anyhow::Ok(Checked::Postgres(p))
         };
-        prepared.push(checked.await.map_err(|e| in_entry(many, i, e))?);
+        checked.push(one.await.map_err(|e| in_entry(many, i, e))?);
     }
-    if !many {
-        let one = prepared.pop().expect("a job set holds at least one job");
+    let Some(order) = order else {
+        let one = checked.pop().expect("a job set holds at least one job");
         return Ok(Ends {
-            runs: vec![run(one, path, opts).await?],
+            runs: vec![one.run(path, opts).await?],
             not_started: Vec::new(),
         });
-    }
-    let named = |table: String, end: Result<RunEnd>| {
-        end.unwrap_or_else(|e| {
-            eprintln!("error: {table}: {}", crate::error::chain(&e));
-            RunEnd {
-                code: crate::error::exit_code(&e),
-                summary: None,
-                fingerprint: String::new(),
-                table,
-            }
-        })
     };
-    // Parents first (the target's foreign keys among the tables): in order, a
-    // table starts after the one before it succeeded; concurrently, as soon as
-    // the tables it references have succeeded. A table whose parent did not
-    // succeed is not started.
-    let order = order.expect("several tables are ordered");
-    let mut waiting: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
-    let mut succeeded = vec![false; waiting.len()];
-    let mut ends = Vec::new();
-    if set.concurrent {
-        let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut finished = Vec::new();
-        loop {
-            for &t in &order.order {
-                if waiting[t].is_some() && order.parents[t].iter().all(|&p| succeeded[p]) {
-                    let p = waiting[t].take().expect("checked just above");
-                    let table = p.job.target.table.to_string();
-                    running.push(async move { (t, named(table, run(p, path, opts).await)) });
-                }
-            }
-            let Some((t, end)) = futures_util::StreamExt::next(&mut running).await else {
-                break;
-            };
-            succeeded[t] = end.code == exit::OK;
-            finished.push((t, end));
-        }
-        // The summary lists the tables in the order they were started.
-        for &t in &order.order {
-            if let Some(i) = finished.iter().position(|(u, _)| *u == t) {
-                ends.push(finished.swap_remove(i).1);
-            }
-        }
-    } else {
-        for &t in &order.order {
-            let p = waiting[t].take().expect("each table runs once");
-            let table = p.job.target.table.to_string();
-            let end = named(table, run(p, path, opts).await);
-            let code = end.code;
-            ends.push(end);
-            if code != exit::OK {
-                break;
-            }
-        }
-    }
-    let not_started: Vec<String> = order
-        .order
-        .iter()
-        .filter_map(|&t| waiting[t].as_ref().map(|p| p.job.target.table.to_string()))
-        .collect();
+    // A SQLite file takes one writer at a time: its tables run one after another.
+    let concurrent = set.concurrent && !checked.iter().any(Checked::one_writer);
+    let (ends, not_started) =
+        run_in_order(checked, &order, concurrent, |c| c.run(path, opts)).await;
     if matches!(opts.step, Step::Whole | Step::Shard(_)) {
         let rows: Vec<(String, Option<&Summary>, u8)> = ends
             .iter()
@@ -148,46 +95,104 @@ pub(super) async fn run_tables(
     })
 }
 
-/// The tables of a job file with another engine than PostgreSQL on one side:
-/// one after the other, stopping at the first that does not succeed.
-async fn transfer_tables(
-    path: &Path,
-    jobs: Vec<Job>,
-    order: &[usize],
-    opts: &RunOptions,
-    started: Instant,
-) -> Result<Ends> {
-    let many = jobs.len() > 1;
-    let mut ends = Ends {
-        runs: Vec::new(),
-        not_started: Vec::new(),
+/// A table of the job file, checked: on PostgreSQL's own route, or across
+/// engines. (A handful per run: their size does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Checked {
+    Postgres(Prepared),
+    Across(super::transfer::Checked, Job),
+}
+
+impl Checked {
+    fn table(&self) -> String {
+        match self {
+            Checked::Postgres(p) => p.job.target.table.to_string(),
+            Checked::Across(_, job) => job.target.table.to_string(),
+        }
+    }
+
+    fn one_writer(&self) -> bool {
+        matches!(self, Checked::Across(_, job) if super::transfer::one_writer(job))
+    }
+
+    async fn run(self, path: &Path, opts: &RunOptions) -> Result<RunEnd> {
+        match self {
+            Checked::Postgres(p) => run(p, path, opts).await,
+            Checked::Across(c, job) => super::transfer::run(c, job, opts, path).await,
+        }
+    }
+}
+
+/// Runs the tables parents first (the target's foreign keys among them): in
+/// order, a table starts after the one before it succeeded; concurrently, as
+/// soon as the tables it references have succeeded. A table whose parent did
+/// not succeed is not started. Returns the ends in the order the tables
+/// started, and the tables not started.
+async fn run_in_order<F, Fut>(
+    tables: Vec<Checked>,
+    order: &TableOrder,
+    concurrent: bool,
+    run: F,
+) -> (Vec<RunEnd>, Vec<String>)
+where
+    F: Fn(Checked) -> Fut,
+    Fut: std::future::Future<Output = Result<RunEnd>>,
+{
+    let named = |table: String, end: Result<RunEnd>| {
+        end.unwrap_or_else(|e| {
+            eprintln!("error: {table}: {}", crate::error::chain(&e));
+            RunEnd {
+                code: crate::error::exit_code(&e),
+                summary: None,
+                fingerprint: String::new(),
+                table,
+            }
+        })
     };
-    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-    for &i in order {
-        let job = jobs[i].take().expect("each table runs once");
-        if ends.runs.iter().any(|e| e.code != exit::OK) {
-            ends.not_started.push(job.target.table.to_string());
-            continue;
+    let mut waiting: Vec<Option<Checked>> = tables.into_iter().map(Some).collect();
+    let mut succeeded = vec![false; waiting.len()];
+    let mut ends = Vec::new();
+    if concurrent {
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut finished = Vec::new();
+        loop {
+            for &t in &order.order {
+                if waiting[t].is_some() && order.parents[t].iter().all(|&p| succeeded[p]) {
+                    let c = waiting[t].take().expect("checked just above");
+                    let table = c.table();
+                    let end = run(c);
+                    running.push(async move { (t, named(table, end.await)) });
+                }
+            }
+            let Some((t, end)) = futures_util::StreamExt::next(&mut running).await else {
+                break;
+            };
+            succeeded[t] = end.code == exit::OK;
+            finished.push((t, end));
         }
-        let end = super::transfer::run(job, opts, path)
-            .await
-            .map_err(|e| in_entry(many, i, e))?;
-        ends.runs.push(end);
-    }
-    if many {
-        let rows: Vec<(String, Option<&Summary>, u8)> = ends
-            .runs
-            .iter()
-            .map(|e| (e.table.clone(), e.summary.as_ref(), e.code))
-            .collect();
-        let text = report::render_tables(&rows, &ends.not_started, started.elapsed());
-        if opts.human_to_stderr {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
+        for &t in &order.order {
+            if let Some(i) = finished.iter().position(|(u, _)| *u == t) {
+                ends.push(finished.swap_remove(i).1);
+            }
+        }
+    } else {
+        for &t in &order.order {
+            let c = waiting[t].take().expect("each table runs once");
+            let table = c.table();
+            let end = named(table, run(c).await);
+            let code = end.code;
+            ends.push(end);
+            if code != exit::OK {
+                break;
+            }
         }
     }
-    Ok(ends)
+    let not_started = order
+        .order
+        .iter()
+        .filter_map(|&t| waiting[t].as_ref().map(Checked::table))
+        .collect();
+    (ends, not_started)
 }
 
 /// Which part of a run this process does.

@@ -339,9 +339,26 @@ async fn bounds(
 }
 
 /// The run of one job across engines.
-pub(super) async fn run(job: Job, opts: &RunOptions, path: &Path) -> Result<RunEnd> {
+/// Everything a run of `job` checks before its first write (exit 2 for a bad
+/// job), for [`run`]: every table of a job file is checked before any is written.
+pub(super) struct Checked(Planned);
+
+pub(super) async fn check(job: &Job, step: Step) -> Result<Checked> {
+    plan_job(job, step).await.map(Checked)
+}
+
+/// Whether the job writes into a file that takes one writer at a time.
+pub(super) fn one_writer(job: &Job) -> bool {
+    Engine::of(&job.target.url) == Engine::Sqlite
+}
+
+pub(super) async fn run(
+    Checked(mut planned): Checked,
+    job: Job,
+    opts: &RunOptions,
+    path: &Path,
+) -> Result<RunEnd> {
     let started = Instant::now();
-    let mut planned = plan_job(&job, opts.step).await?;
     let table = job.target.table.clone();
     let written = if job.target.mode == Mode::Replace {
         crate::engine::stage_name(&table)

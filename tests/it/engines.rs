@@ -528,3 +528,69 @@ async fn replace_into_postgres_from_sqlite_keeps_the_table_and_its_indexes() {
         "the staging table is left"
     );
 }
+
+/// Several tables from a SQLite file: every entry is checked before any table
+/// is written (a bad third entry is exit 2 with the target untouched), and a
+/// pattern copies them all, at once into PostgreSQL with `tables = "concurrent"`.
+#[tokio::test]
+async fn several_tables_of_a_sqlite_file_are_checked_first_then_copied_at_once() {
+    let db = TestDb::new("engines_tables").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "{}?mode=rwc",
+        sqlite_url(&file)
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE books (id INTEGER PRIMARY KEY, author INTEGER REFERENCES authors (id), title TEXT, price DECIMAL(8,2));
+         CREATE TABLE tags (name TEXT PRIMARY KEY);
+         CREATE VIEW cheap AS SELECT * FROM books WHERE price < 10;
+         INSERT INTO authors VALUES (1, 'Le Guin'), (2, 'Calvino');
+         INSERT INTO books VALUES (1, 1, 'The Dispossessed', '9.50'), (2, 2, 'Invisible Cities', '12.00'), (3, NULL, NULL, NULL);
+         INSERT INTO tags VALUES ('sf'), ('');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let head = format!(
+        "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[run]\ntables = \"concurrent\"\nverify = \"checksum\"\n",
+        sqlite_url(&file),
+        db.url
+    );
+    let bad = run_text(&format!(
+        "{head}[[tables]]\ntable = \"authors\"\n[[tables]]\ntable = \"books\"\n[[tables]]\ntable = \"missing\"\n"
+    ));
+    assert_exit(&bad, 2);
+    assert!(text(&bad).contains("tables[2]"), "{}", text(&bad));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .await,
+        0,
+        "a table was written before the bad entry was found"
+    );
+    let out = run_text(&format!("{head}[[tables]]\ntable = \"*\"\n"));
+    assert_exit(&out, 0);
+    assert!(text(&out).contains("tables 3 of 3 done"), "{}", text(&out));
+    assert_eq!(
+        db.scalar_string(
+            "SELECT string_agg(format('%s %s %s %s', id, coalesce(author::text, 'NULL'), coalesce(title, 'NULL'), coalesce(price::text, 'NULL')), '; ' ORDER BY id) FROM books"
+        )
+        .await,
+        "1 1 The Dispossessed 9.50; 2 2 Invisible Cities 12.00; 3 NULL NULL NULL"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM tags WHERE name = ''")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'cheap'")
+            .await,
+        0,
+        "a view is not a table"
+    );
+}
