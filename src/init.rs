@@ -55,6 +55,8 @@ pub struct TableFacts {
     pub candidates: Vec<Candidate>,
     /// The statistics of the first candidate, if analyzed.
     pub distribution: Option<Distribution>,
+    /// The source is a file (SQLite): no password, no TABLESAMPLE.
+    pub file: bool,
 }
 
 /// How the written job splits the table.
@@ -165,16 +167,27 @@ pub fn render(
         group(u64::try_from(facts.rows.max(0)).unwrap_or(0)),
         crate::report::human_bytes(u64::try_from(facts.bytes.max(0)).unwrap_or(0)),
     );
+    let (password, slice) = if facts.file {
+        (
+            "# A file (set SOURCE_URL to read another).",
+            "# limit = 10000                  # a slice, e.g. for a CI database",
+        )
+    } else {
+        (
+            "# No password is written here: it comes from ~/.pgpass or PGPASSWORD, or set\n\
+             # SOURCE_URL to a whole URL.",
+            "# sample = 0.01                  # or limit = 10000: a slice, e.g. for a CI database",
+        )
+    };
     let _ = writeln!(
         out,
         "\n[source]\n\
-         # No password is written here: it comes from ~/.pgpass or PGPASSWORD, or set\n\
-         # SOURCE_URL to a whole URL.\n\
+         {password}\n\
          url = \"${{SOURCE_URL:-{source_url}}}\"\n\
          table = {}\n\
          # columns = [\"...\"]              # default: every column\n\
          # where = \"...\"                  # copy only the rows it holds for\n\
-         # sample = 0.01                  # or limit = 10000: a slice, e.g. for a CI database",
+         {slice}",
         toml_string(&table_name(&facts.table)),
     );
     let why_column = |c: &Candidate| {
@@ -378,6 +391,7 @@ pub async fn introspect(
         bytes,
         candidates,
         distribution,
+        file: false,
     }))
 }
 
@@ -407,6 +421,7 @@ mod tests {
             bytes: rows * 100,
             candidates,
             distribution,
+            file: false,
         }
     }
 

@@ -594,3 +594,57 @@ async fn several_tables_of_a_sqlite_file_are_checked_first_then_copied_at_once()
         "a view is not a table"
     );
 }
+
+/// `stride init` on a SQLite table picks its INTEGER PRIMARY KEY (the rowid
+/// where there is none), and the job it writes runs as written.
+#[tokio::test]
+async fn init_reads_a_sqlite_table_and_the_job_it_writes_runs() {
+    let pair = Pair::new("engines_init").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    let written = dir.path().join("job.toml");
+    let out = stride(
+        &[
+            "init",
+            "--source",
+            &sqlite_url(&file),
+            "--table",
+            "big",
+            "--target",
+            &pair.target.url,
+            "--output",
+            written.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_exit(&out, 0);
+    let job = std::fs::read_to_string(&written).unwrap();
+    assert!(job.contains("column = \"id\""), "{job}");
+    assert!(job.contains("about 200,000 rows"), "{job}");
+    assert!(!job.contains("pgpass"), "{job}");
+    let out = stride(&["run", written.to_str().unwrap()], &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        pair.target.checksum("big").await,
+        pair.source.checksum("public.big").await
+    );
+    // Without a usable column: the rowid.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&file))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE notes AS SELECT v FROM big")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let out = stride(
+        &["init", "--source", &sqlite_url(&file), "--table", "notes"],
+        &[],
+    );
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("column = \"rowid\""),
+        "{}",
+        text(&out)
+    );
+}

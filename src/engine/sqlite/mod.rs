@@ -499,6 +499,7 @@ fn init_facts(conn: &Connection, table: &QualifiedName) -> Result<Option<crate::
         bytes,
         candidates,
         distribution: None,
+        file: true,
     }))
 }
 
