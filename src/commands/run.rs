@@ -195,6 +195,311 @@ where
     (ends, not_started)
 }
 
+/// What an earlier run of the job left in the checkpoint table (created by the
+/// steps that start runs; the others only read it), the table the partitions
+/// are written into (a replace's staging table, else the target) and its OID.
+async fn earlier_run(
+    job: &Job,
+    target: &PgPool,
+    fingerprint: &str,
+    opts: &RunOptions,
+) -> Result<(QualifiedName, Option<pg::RecordedRun>, Option<i64>)> {
+    let step = opts.step;
+    let table = &job.target.table;
+    if matches!(step, Step::Whole | Step::Prepare) {
+        // Again under the lock: a run may have ended (or a view been created)
+        // since the checks before writing.
+        refuse_what_the_target_holds(target, job, fingerprint, opts.restart).await?;
+    }
+    // The table the partitions are written into: a replace's staging table, else
+    // the target itself.
+    let into = match job.target.mode {
+        Mode::Replace => {
+            let mut conn = target
+                .acquire()
+                .await
+                .context("taking a target connection")?;
+            replace::stage_name(table, &pg::schema_of(&mut conn, table).await?)
+        }
+        _ => table.clone(),
+    };
+    let mut earlier = None;
+    let mut target_oid = None;
+    if let Some(cp) = &job.checkpoint_table {
+        let mut conn = target
+            .acquire()
+            .await
+            .context("taking a target connection")?;
+        if matches!(step, Step::Whole | Step::Prepare) {
+            // Most runs find it there and up to date: no DDL, whose locks would
+            // queue behind the partitions of concurrent runs.
+            let current: bool = pg::scalar_bool(&mut conn, &checkpoint::up_to_date_sql(cp))
+                .await
+                .with_context(|| format!("looking up checkpoint table {cp}"))?;
+            if !current {
+                pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
+                    .await
+                    .with_context(|| format!("creating checkpoint table {cp}"))?;
+            }
+        }
+        earlier = pg::recorded_run(&mut conn, cp, fingerprint).await?;
+        target_oid = pg::table_oid(&mut conn, &into).await?;
+        // A finished replace renamed its staging table to the target's name: the
+        // run's table is the target now.
+        if target_oid.is_none()
+            && job.target.mode == Mode::Replace
+            && earlier.as_ref().is_some_and(|r| r.finished)
+        {
+            target_oid = pg::table_oid(&mut conn, table).await?;
+        }
+    }
+    Ok((into, earlier, target_oid))
+}
+
+/// How the run starts, from what the earlier run left: `(fresh, forget)` (a new
+/// run, deleting the earlier one's record first), or `None` when there is
+/// nothing to do (said with `say`).
+fn how_to_start(
+    job: &Job,
+    earlier: Option<&pg::RecordedRun>,
+    target_oid: Option<i64>,
+    opts: &RunOptions,
+    path: &Path,
+    say: &dyn Fn(&str),
+) -> Result<Option<(bool, bool)>> {
+    let step = opts.step;
+    let table = &job.target.table;
+    let start = decide(
+        step,
+        earlier,
+        target_oid,
+        opts.restart,
+        opts.full_refresh,
+        job.target.mode == Mode::Append && job.incremental.is_none(),
+        Resumable::of(job),
+    );
+    let start = appending_twice(job, step, earlier, opts, path).unwrap_or(start);
+    Ok(Some(match start {
+        Start::Nothing(message) => {
+            say(&format!("{message}\n"));
+            return Ok(None);
+        }
+        Start::Refuse {
+            usage: true,
+            message,
+        } => return Err(JobError::new(message).into()),
+        Start::Refuse { message, .. } => return Err(anyhow::anyhow!(message)),
+        Start::Resume => (false, false),
+        Start::New { forget } => {
+            if let (true, Some(run)) = (forget, earlier) {
+                if !run.finished && !opts.restart && Resumable::of(job) == Resumable::StartOver {
+                    info!(
+                        "the unfinished earlier run copied block ranges in another snapshot: starting over ({} of {} partitions again)",
+                        run.done.len(),
+                        run.partitions
+                    );
+                } else if run.target_oid != target_oid {
+                    info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+                } else if opts.restart
+                    && job.target.mode == Mode::Append
+                    && !run.finished
+                    && !run.done.is_empty()
+                {
+                    warn!(
+                        "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
+                        run.done.len()
+                    );
+                }
+            }
+            (true, forget)
+        }
+    }))
+}
+
+/// The run's partitions: an incremental run's window (the one recorded for
+/// it, or, when new, the one after the last finished run, up to the largest
+/// value in this snapshot), the plan within it, checked against an unfinished
+/// run's record.
+#[allow(clippy::too_many_arguments)]
+async fn plan_run(
+    job: &Job,
+    side: &SourceSide,
+    coordinator: &mut PgConnection,
+    earlier: Option<&pg::RecordedRun>,
+    target_oid: Option<i64>,
+    fresh: bool,
+    into: &QualifiedName,
+    opts: &RunOptions,
+) -> Result<(Plan, Option<Window>)> {
+    let step = opts.step;
+    let table = &job.target.table;
+    let window = match (&side.mark, fresh) {
+        (None, _) => None,
+        (Some(_), false) => earlier.and_then(|r| r.window),
+        (Some(mark), true) => {
+            let after = earlier.filter(|r| !opts.full_refresh && r.target_oid == target_oid);
+            Some(next_window(coordinator, job, mark, after).await?)
+        }
+    };
+    let scoped = scope(job, side, window.as_ref());
+    let recorded = earlier.filter(|_| !fresh);
+    let mut plan = plan_partitions(coordinator, &scoped, side, recorded).await?;
+    if let Some(condition) = window_condition(side, window.as_ref()) {
+        plan.restrict_target(&condition, table);
+    }
+    if job.target.mode == Mode::Replace {
+        plan.retarget(into);
+    }
+    add_reread(&mut plan, job, side, window.as_ref());
+    if let Some(run) = recorded {
+        // An unfinished run recorded by a stride that read nothing again: it is
+        // resumed as it was planned, and the next run reads the mark again.
+        if plan.reread.is_some()
+            && usize::try_from(run.partitions).ok() == Some(plan.partitions.len() - 1)
+        {
+            plan.partitions.pop();
+            plan.reread = None;
+        }
+        if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
+            return Err(JobError::new(format!(
+                "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
+                run.partitions,
+                plan.partitions.len()
+            ))
+            .into());
+        }
+        match step {
+            Step::Whole => info!(
+                done = run.done.len(),
+                partitions = plan.partitions.len(),
+                "resuming an earlier run of this job"
+            ),
+            Step::Shard(s) => info!(
+                done = run.done.len(),
+                partitions = plan.partitions.len(),
+                "shard {s}: copying its partitions of the prepared run"
+            ),
+            Step::Prepare | Step::Finish => {}
+        }
+    }
+    if let (Some(w), Some(mark)) = (&window, &side.mark) {
+        info!(
+            "incremental on {}: {}{}",
+            mark.column,
+            w.describe(mark.key_type),
+            w.describe_reread(side.lookback, mark.key_type)
+                .filter(|_| plan.reread.is_some())
+                .map_or_else(String::new, |range| format!(", and reads {range} again"))
+        );
+    }
+    Ok((plan, window))
+}
+
+/// The summary's partitions, in order: those skipped (committed by an earlier
+/// run) and those this run copied; and how many are other workers' (a worker
+/// of `--shard auto` reports its own partitions, the others' are a count).
+fn reports(
+    step: Step,
+    skipped: &[PlannedPartition],
+    ran: Vec<PartitionReport>,
+    done: &[(usize, u64, u64)],
+) -> (Vec<PartitionReport>, usize) {
+    let (skipped, ran, elsewhere) = if step == Step::Shard(Shard::Auto) {
+        let (theirs, mine): (Vec<_>, Vec<_>) =
+            ran.into_iter().partition(|r| r.status == Status::Elsewhere);
+        let elsewhere = skipped.len() + theirs.len();
+        (&[][..], mine, elsewhere)
+    } else {
+        (skipped, ran, 0)
+    };
+    let mut partitions: Vec<PartitionReport> = skipped
+        .iter()
+        .map(|p| {
+            let (_, rows, bytes) = done
+                .iter()
+                .find(|d| d.0 == p.index)
+                .copied()
+                .unwrap_or_default();
+            PartitionReport {
+                index: p.index,
+                range: p.describe.clone(),
+                status: Status::Skipped,
+                rows,
+                bytes,
+                elapsed: std::time::Duration::ZERO,
+                retries: 0,
+            }
+        })
+        .chain(ran)
+        .collect();
+    partitions.sort_by_key(|p| p.index);
+    (partitions, elsewhere)
+}
+
+/// How a run whose checks passed ends: interrupted (130), a failed partition
+/// (1), or done (0); each but the last says what to run next, as it will work.
+fn ending(
+    job: &Job,
+    summary: Summary,
+    interrupted: bool,
+    fingerprint: String,
+    path: &Path,
+) -> RunEnd {
+    let table = &job.target.table;
+    // What to run next, as it will work: a ctid run in append or error-if-exists
+    // mode that committed partitions cannot be resumed (its blocks belong to this
+    // snapshot), so the same command would be refused.
+    let committed = summary.committed().len();
+    let resume = job.checkpoint_table.as_ref().map(|_| {
+        if Resumable::of(job) == Resumable::No && committed > 0 {
+            let path = super::shell_words(std::iter::once(path.display().to_string()));
+            format!(
+                "this ctid run cannot be resumed from a new snapshot (its {committed} committed partitions are block ranges of this one): delete its rows from {table} and run `stride run --restart --append-again {path}`, or copy with `stride --set target.mode=truncate run {path}`"
+            )
+        } else {
+            format!("resume with: {}", resume_command())
+        }
+    });
+    if interrupted {
+        eprintln!(
+            "interrupted: the partitions in flight were rolled back; the summary lists those committed"
+        );
+        if let Some(resume) = &resume {
+            eprintln!("{resume}");
+        }
+        return RunEnd {
+            code: exit::INTERRUPTED,
+            summary: Some(summary),
+            fingerprint,
+            table: table.to_string(),
+        };
+    }
+    if let Some(failed) = summary
+        .partitions
+        .iter()
+        .find(|p| matches!(p.status, Status::Failed(_)))
+    {
+        if let Status::Failed(error) = &failed.status {
+            eprintln!("error: {error}");
+        }
+        if let Some(resume) = &resume {
+            eprintln!("{resume}");
+        }
+        return RunEnd {
+            code: exit::FAILED,
+            summary: Some(summary),
+            fingerprint,
+            table: table.to_string(),
+        };
+    }
+    RunEnd {
+        code: exit::OK,
+        summary: Some(summary),
+        fingerprint,
+        table: table.to_string(),
+    }
+}
+
 /// Which part of a run this process does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Step {
@@ -448,170 +753,30 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
     let table = &job.target.table;
     let (_lock_session, lock) = lock_target(&target, table, matches!(step, Step::Shard(_))).await?;
 
-    // What an earlier run left in the checkpoint table (created by the steps that
-    // start runs; the others only read it).
     let fingerprint = checkpoint::fingerprint(&job);
-    if matches!(step, Step::Whole | Step::Prepare) {
-        // Again under the lock: a run may have ended (or a view been created)
-        // since the checks before writing.
-        refuse_what_the_target_holds(&target, &job, &fingerprint, opts.restart).await?;
-    }
-    // The table the partitions are written into: a replace's staging table, else
-    // the target itself.
-    let into = match job.target.mode {
-        Mode::Replace => {
-            let mut conn = target
-                .acquire()
-                .await
-                .context("taking a target connection")?;
-            replace::stage_name(table, &pg::schema_of(&mut conn, table).await?)
-        }
-        _ => table.clone(),
-    };
-    let mut earlier = None;
-    let mut target_oid = None;
-    if let Some(cp) = &job.checkpoint_table {
-        let mut conn = target
-            .acquire()
-            .await
-            .context("taking a target connection")?;
-        if matches!(step, Step::Whole | Step::Prepare) {
-            // Most runs find it there and up to date: no DDL, whose locks would
-            // queue behind the partitions of concurrent runs.
-            let current: bool = pg::scalar_bool(&mut conn, &checkpoint::up_to_date_sql(cp))
-                .await
-                .with_context(|| format!("looking up checkpoint table {cp}"))?;
-            if !current {
-                pg::execute(&mut conn, &checkpoint::create_table_sql(cp))
-                    .await
-                    .with_context(|| format!("creating checkpoint table {cp}"))?;
-            }
-        }
-        earlier = pg::recorded_run(&mut conn, cp, &fingerprint).await?;
-        target_oid = pg::table_oid(&mut conn, &into).await?;
-        // A finished replace renamed its staging table to the target's name: the
-        // run's table is the target now.
-        if target_oid.is_none()
-            && job.target.mode == Mode::Replace
-            && earlier.as_ref().is_some_and(|r| r.finished)
-        {
-            target_oid = pg::table_oid(&mut conn, table).await?;
-        }
-    }
-    let start = decide(
-        step,
-        earlier.as_ref(),
-        target_oid,
-        opts.restart,
-        opts.full_refresh,
-        job.target.mode == Mode::Append && job.incremental.is_none(),
-        Resumable::of(&job),
-    );
-    let start = appending_twice(&job, step, earlier.as_ref(), opts, path).unwrap_or(start);
-    let (fresh, forget) = match start {
-        Start::Nothing(message) => {
-            say(&format!("{message}\n"));
-            return Ok(RunEnd {
-                code: exit::OK,
-                summary: None,
-                fingerprint,
-                table: table.to_string(),
-            });
-        }
-        Start::Refuse {
-            usage: true,
-            message,
-        } => return Err(JobError::new(message).into()),
-        Start::Refuse { message, .. } => return Err(anyhow::anyhow!(message)),
-        Start::Resume => (false, false),
-        Start::New { forget } => {
-            if let (true, Some(run)) = (forget, &earlier) {
-                if !run.finished && !opts.restart && Resumable::of(&job) == Resumable::StartOver {
-                    info!(
-                        "the unfinished earlier run copied block ranges in another snapshot: starting over ({} of {} partitions again)",
-                        run.done.len(),
-                        run.partitions
-                    );
-                } else if run.target_oid != target_oid {
-                    info!("the earlier run of this job wrote into a table that is gone: starting afresh");
-                } else if opts.restart
-                    && job.target.mode == Mode::Append
-                    && !run.finished
-                    && !run.done.is_empty()
-                {
-                    warn!(
-                        "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
-                        run.done.len()
-                    );
-                }
-            }
-            (true, forget)
-        }
+    let (into, earlier, target_oid) = earlier_run(&job, &target, &fingerprint, opts).await?;
+    let Some((fresh, forget)) = how_to_start(&job, earlier.as_ref(), target_oid, opts, path, &say)?
+    else {
+        return Ok(RunEnd {
+            code: exit::OK,
+            summary: None,
+            fingerprint,
+            table: table.to_string(),
+        });
     };
 
-    // An incremental run reads the window recorded for it, or, when new, the one
-    // after the last finished run, up to the largest value in this snapshot.
-    let window = match (&side.mark, fresh) {
-        (None, _) => None,
-        (Some(_), false) => earlier.as_ref().and_then(|r| r.window),
-        (Some(mark), true) => {
-            let after = earlier
-                .as_ref()
-                .filter(|r| !opts.full_refresh && r.target_oid == target_oid);
-            Some(next_window(&mut coordinator, &job, mark, after).await?)
-        }
-    };
-    let scoped = scope(&job, &side, window.as_ref());
+    let (plan, window) = plan_run(
+        &job,
+        &side,
+        &mut coordinator,
+        earlier.as_ref(),
+        target_oid,
+        fresh,
+        &into,
+        opts,
+    )
+    .await?;
     let recorded = earlier.as_ref().filter(|_| !fresh);
-    let mut plan = plan_partitions(&mut coordinator, &scoped, &side, recorded).await?;
-    if let Some(condition) = window_condition(&side, window.as_ref()) {
-        plan.restrict_target(&condition, table);
-    }
-    if job.target.mode == Mode::Replace {
-        plan.retarget(&into);
-    }
-    add_reread(&mut plan, &job, &side, window.as_ref());
-    if let Some(run) = recorded {
-        // An unfinished run recorded by a stride that read nothing again: it is
-        // resumed as it was planned, and the next run reads the mark again.
-        if plan.reread.is_some()
-            && usize::try_from(run.partitions).ok() == Some(plan.partitions.len() - 1)
-        {
-            plan.partitions.pop();
-            plan.reread = None;
-        }
-        if usize::try_from(run.partitions).ok() != Some(plan.partitions.len()) {
-            return Err(JobError::new(format!(
-                "run.checkpoint_table: the earlier run of this job recorded {} partitions, this one plans {}; run with --restart",
-                run.partitions,
-                plan.partitions.len()
-            ))
-            .into());
-        }
-        match step {
-            Step::Whole => info!(
-                done = run.done.len(),
-                partitions = plan.partitions.len(),
-                "resuming an earlier run of this job"
-            ),
-            Step::Shard(s) => info!(
-                done = run.done.len(),
-                partitions = plan.partitions.len(),
-                "shard {s}: copying its partitions of the prepared run"
-            ),
-            Step::Prepare | Step::Finish => {}
-        }
-    }
-    if let (Some(w), Some(mark)) = (&window, &side.mark) {
-        info!(
-            "incremental on {}: {}{}",
-            mark.column,
-            w.describe(mark.key_type),
-            w.describe_reread(side.lookback, mark.key_type)
-                .filter(|_| plan.reread.is_some())
-                .map_or_else(String::new, |range| format!(", and reads {range} again"))
-        );
-    }
 
     // What to build after the load when no checkpoint table records it.
     let mut unrecorded_builds = Vec::new();
@@ -813,36 +978,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         Coverage::NotCounted(coordinator) => (Some(coordinator), None),
     };
 
-    // A worker of `--shard auto` reports its own partitions; the others' are a count.
-    let (skipped, ran, elsewhere) = if step == Step::Shard(Shard::Auto) {
-        let (theirs, mine): (Vec<_>, Vec<_>) =
-            ran.into_iter().partition(|r| r.status == Status::Elsewhere);
-        let elsewhere = skipped.len() + theirs.len();
-        (Vec::new(), mine, elsewhere)
-    } else {
-        (skipped, ran, 0)
-    };
-    let mut partitions: Vec<PartitionReport> = skipped
-        .iter()
-        .map(|p| {
-            let (_, rows, bytes) = done
-                .iter()
-                .find(|d| d.0 == p.index)
-                .copied()
-                .unwrap_or_default();
-            PartitionReport {
-                index: p.index,
-                range: p.describe.clone(),
-                status: Status::Skipped,
-                rows,
-                bytes,
-                elapsed: std::time::Duration::ZERO,
-                retries: 0,
-            }
-        })
-        .chain(ran)
-        .collect();
-    partitions.sort_by_key(|p| p.index);
+    let (partitions, elsewhere) = reports(step, &skipped, ran, &done);
     let summary = Summary {
         source: source_name(&job),
         target: table.to_string(),
@@ -952,58 +1088,13 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
             table: table.to_string(),
         });
     }
-    // What to run next, as it will work: a ctid run in append or error-if-exists
-    // mode that committed partitions cannot be resumed (its blocks belong to this
-    // snapshot), so the same command would be refused.
-    let committed = summary.committed().len();
-    let resume = job.checkpoint_table.as_ref().map(|_| {
-        if Resumable::of(&job) == Resumable::No && committed > 0 {
-            let path = super::shell_words(std::iter::once(path.display().to_string()));
-            format!(
-                "this ctid run cannot be resumed from a new snapshot (its {committed} committed partitions are block ranges of this one): delete its rows from {table} and run `stride run --restart --append-again {path}`, or copy with `stride --set target.mode=truncate run {path}`"
-            )
-        } else {
-            format!("resume with: {}", resume_command())
-        }
-    });
-    if interrupted.is_some() {
-        eprintln!(
-            "interrupted: the partitions in flight were rolled back; the summary lists those committed"
-        );
-        if let Some(resume) = &resume {
-            eprintln!("{resume}");
-        }
-        return Ok(RunEnd {
-            code: exit::INTERRUPTED,
-            summary: Some(summary),
-            fingerprint,
-            table: table.to_string(),
-        });
-    }
-    if let Some(failed) = summary
-        .partitions
-        .iter()
-        .find(|p| matches!(p.status, Status::Failed(_)))
-    {
-        if let Status::Failed(error) = &failed.status {
-            eprintln!("error: {error}");
-        }
-        if let Some(resume) = &resume {
-            eprintln!("{resume}");
-        }
-        return Ok(RunEnd {
-            code: exit::FAILED,
-            summary: Some(summary),
-            fingerprint,
-            table: table.to_string(),
-        });
-    }
-    Ok(RunEnd {
-        code: exit::OK,
-        summary: Some(summary),
+    Ok(ending(
+        &job,
+        summary,
+        interrupted.is_some(),
         fingerprint,
-        table: table.to_string(),
-    })
+        path,
+    ))
 }
 
 /// Aborts a task when dropped: a listener that must not outlive its run.
