@@ -789,8 +789,8 @@ async fn copy_partition(
         .reader
         .as_mut()
         .expect("a reader is lent until dropped");
-    let (tx, mut rx) = mpsc::channel(2);
-    let (counted_tx, counted_rx) = mpsc::channel(2);
+    let (tx, mut rx) = mpsc::channel(1);
+    let (counted_tx, counted_rx) = mpsc::channel(1);
     let read = async {
         let result = reader.read(select, &p.kinds, &tx).await;
         drop(tx);

@@ -275,7 +275,11 @@ impl CopyText {
         let mut count = 0;
         for field in line.split(|&b| b == b'\t') {
             count += 1;
-            self.batch.push(unescape(field)?);
+            match unescape(field)? {
+                Field::Null => self.batch.push(None),
+                Field::Plain(v) => self.batch.push(Some(v)),
+                Field::Escaped(v) => self.batch.push(Some(&v)),
+            }
         }
         anyhow::ensure!(
             count == self.batch.width,
@@ -286,13 +290,20 @@ impl CopyText {
     }
 }
 
-fn unescape(field: &[u8]) -> Result<Option<String>> {
+/// A COPY text field: NULL, as sent, or unescaped into a string of its own.
+enum Field<'a> {
+    Null,
+    Plain(&'a str),
+    Escaped(String),
+}
+
+fn unescape(field: &[u8]) -> Result<Field<'_>> {
     if field == b"\\N" {
-        return Ok(None);
+        return Ok(Field::Null);
     }
     if !field.contains(&b'\\') {
-        return Ok(Some(
-            String::from_utf8(field.to_vec()).context("COPY sent text that is not UTF-8")?,
+        return Ok(Field::Plain(
+            std::str::from_utf8(field).context("COPY sent text that is not UTF-8")?,
         ));
     }
     let mut out = Vec::with_capacity(field.len());
@@ -335,7 +346,7 @@ fn unescape(field: &[u8]) -> Result<Option<String>> {
             other => out.push(other),
         }
     }
-    Ok(Some(
+    Ok(Field::Escaped(
         String::from_utf8(out).context("COPY sent text that is not UTF-8")?,
     ))
 }
@@ -492,11 +503,11 @@ impl Target {
                 total += batch.rows() as u64;
                 bytes += batch.bytes;
                 for r in 0..batch.rows() {
-                    for (i, v) in batch.row(r).iter().enumerate() {
+                    for (i, v) in batch.row(r).enumerate() {
                         if i > 0 {
                             buffer.extend_from_slice(b"\t");
                         }
-                        escape_into(&mut buffer, v.as_deref());
+                        escape_into(&mut buffer, v);
                     }
                     buffer.extend_from_slice(b"\n");
                 }
@@ -615,7 +626,9 @@ mod tests {
             p.feed(c).unwrap();
         }
         p.end().unwrap();
-        p.batch.values
+        (0..p.batch.rows() * width)
+            .map(|i| p.batch.value(i).map(str::to_string))
+            .collect()
     }
 
     #[test]

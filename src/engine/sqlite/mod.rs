@@ -554,11 +554,12 @@ impl Reader {
             let mut stmt = c.prepare(&select)?;
             let mut found = stmt.query([])?;
             let mut batch = Batch::new(kinds.len());
+            let mut scratch = String::new();
             while let Some(row) = found.next().context("reading rows from the source file")? {
                 for (i, kind) in kinds.iter().enumerate() {
-                    batch.push(value_text(row.get_ref(i)?, *kind).with_context(|| {
-                        format!("column {}", row.as_ref().column_name(i).unwrap_or("?"))
-                    })?);
+                    push_value(&mut batch, &mut scratch, row.get_ref(i)?, *kind).with_context(
+                        || format!("column {}", row.as_ref().column_name(i).unwrap_or("?")),
+                    )?;
                 }
                 if batch.rows() >= BATCH_ROWS {
                     let full = std::mem::replace(&mut batch, Batch::new(kinds.len()));
@@ -576,21 +577,46 @@ impl Reader {
 }
 
 /// A value in canonical text, by what SQLite holds in this row (any column
-/// can hold any storage class), read as the column's `kind`.
-/// Text that is not UTF-8 is an error: it is never changed to fit.
+/// can hold any storage class), read as the column's `kind`. Text that is not
+/// UTF-8 is an error: it is never changed to fit.
 fn value_text(value: ValueRef<'_>, kind: Kind) -> Result<Option<String>> {
-    Ok(Some(match value {
-        ValueRef::Null => return Ok(None),
+    let mut batch = Batch::new(1);
+    push_value(&mut batch, &mut String::new(), value, kind)?;
+    Ok(batch.value(0).map(str::to_string))
+}
+
+/// [`value_text`] into a batch, through `scratch` (no allocation per value).
+fn push_value(
+    batch: &mut Batch,
+    scratch: &mut String,
+    value: ValueRef<'_>,
+    kind: Kind,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    scratch.clear();
+    match value {
+        ValueRef::Null => {
+            batch.push(None);
+            return Ok(());
+        }
         ValueRef::Integer(v) => match (kind, v) {
-            (Kind::Bool, 0) => "f".into(),
-            (Kind::Bool, 1) => "t".into(),
-            _ => v.to_string(),
+            (Kind::Bool, 0) => scratch.push('f'),
+            (Kind::Bool, 1) => scratch.push('t'),
+            _ => {
+                let _ = write!(scratch, "{v}");
+            }
         },
-        ValueRef::Real(f) => float_text(f),
-        ValueRef::Blob(b) => bytes_text(b),
-        ValueRef::Text(t) => String::from_utf8(t.to_vec())
-            .map_err(|e| anyhow::anyhow!("a text value is not UTF-8 ({e})"))?,
-    }))
+        ValueRef::Real(f) => scratch.push_str(&float_text(f)),
+        ValueRef::Blob(b) => scratch.push_str(&bytes_text(b)),
+        ValueRef::Text(t) => {
+            let text = std::str::from_utf8(t)
+                .map_err(|e| anyhow::anyhow!("a text value is not UTF-8 ({e})"))?;
+            batch.push(Some(text));
+            return Ok(());
+        }
+    }
+    batch.push(Some(scratch));
+    Ok(())
 }
 
 /// A SQLite file written by a run: one connection, taken by one partition at a time.
@@ -780,37 +806,39 @@ fn insert_all(
     spec: &crate::engine::WriteSpec,
     binds: &[Bind],
     first: Option<Batch>,
-    rows: &mut mpsc::Receiver<Batch>,
+    batches: &mut mpsc::Receiver<Batch>,
 ) -> Result<(u64, u64)> {
-    let width = spec.columns.len();
-    let per_insert = dialect::rows_per_insert(width, spec.batch_size);
+    let per_insert = dialect::rows_per_insert(spec.columns.len(), spec.batch_size);
     let (mut total, mut bytes) = (0u64, 0u64);
     let mut next = first;
-    let mut pending: Vec<Option<String>> = Vec::new();
     loop {
-        let done = next.as_ref().is_none_or(|b| b.end);
-        anyhow::ensure!(next.is_some(), "the source stopped before its last row");
-        if let Some(batch) = next.take() {
-            total += batch.rows() as u64;
-            bytes += batch.bytes;
-            pending.extend(batch.values);
-        }
-        while pending.len() >= per_insert * width || (done && !pending.is_empty()) {
-            let take = (pending.len() / width).min(per_insert);
+        let Some(batch) = next.take() else {
+            anyhow::bail!("the source stopped before its last row");
+        };
+        total += batch.rows() as u64;
+        bytes += batch.bytes;
+        let mut row = 0;
+        while row < batch.rows() {
+            let take = (batch.rows() - row).min(per_insert);
             let sql = dialect::insert_sql(&spec.table, &spec.columns, take, spec.upsert.as_ref());
             let mut stmt = c.prepare_cached(&sql)?;
-            for (i, value) in pending.drain(..take * width).enumerate() {
-                let value = bind_value(binds[i % width], value)
-                    .with_context(|| format!("column {}", spec.columns[i % width]))?;
-                stmt.raw_bind_parameter(i + 1, value)?;
+            let mut parameter = 1;
+            for r in row..row + take {
+                for (column, value) in batch.row(r).enumerate() {
+                    let value = bind_value(binds[column], value)
+                        .with_context(|| format!("column {}", spec.columns[column]))?;
+                    stmt.raw_bind_parameter(parameter, value)?;
+                    parameter += 1;
+                }
             }
             stmt.raw_execute()
                 .with_context(|| format!("inserting into {}", spec.table))?;
+            row += take;
         }
-        if done {
+        if batch.end {
             break;
         }
-        next = rows.blocking_recv();
+        next = batches.blocking_recv();
     }
     if let Some(cp) = &spec.checkpoint {
         c.execute_batch(&crate::engine::record_partition_sql(
@@ -836,32 +864,33 @@ fn finish(c: &Connection, result: Result<()>) -> Result<()> {
 }
 
 /// A canonical value as the column's [`Bind`] says to store it.
-fn bind_value(bind: Bind, value: Option<String>) -> Result<ToSqlOutput<'static>> {
+fn bind_value(bind: Bind, value: Option<&str>) -> Result<ToSqlOutput<'_>> {
     let Some(v) = value else {
         return Ok(ToSqlOutput::Owned(Value::Null));
     };
-    Ok(ToSqlOutput::Owned(match bind {
-        Bind::Integer => Value::Integer(match v.as_str() {
+    let text = ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes()));
+    Ok(match bind {
+        Bind::Integer => ToSqlOutput::Owned(Value::Integer(match v {
             "t" | "true" => 1,
             "f" | "false" => 0,
             other => other
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{other:?} is not an integer"))?,
-        }),
-        Bind::Real => match v.as_str() {
-            "NaN" => Value::Text(v),
-            "Infinity" => Value::Real(f64::INFINITY),
-            "-Infinity" => Value::Real(f64::NEG_INFINITY),
-            other => Value::Real(
+        })),
+        Bind::Real => match v {
+            "NaN" => text,
+            "Infinity" => ToSqlOutput::Owned(Value::Real(f64::INFINITY)),
+            "-Infinity" => ToSqlOutput::Owned(Value::Real(f64::NEG_INFINITY)),
+            other => ToSqlOutput::Owned(Value::Real(
                 other
                     .parse()
                     .map_err(|_| anyhow::anyhow!("{other:?} is not a number"))?,
-            ),
+            )),
         },
-        Bind::Blob => match hex_bytes(&v) {
-            Some(bytes) => Value::Blob(bytes),
-            None => Value::Text(v),
+        Bind::Blob => match hex_bytes(v) {
+            Some(bytes) => ToSqlOutput::Owned(Value::Blob(bytes)),
+            None => text,
         },
-        Bind::Text => Value::Text(v),
-    }))
+        Bind::Text => text,
+    })
 }
