@@ -24,12 +24,13 @@ const CONFIGURATIONS: [&str; 15] = [
     "stride copy, 4 partitions, indexed target, defer_indexes",
 ];
 
-#[test]
-fn bench_script_measures_every_configuration_on_a_small_table() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench.sh");
-    let started = std::time::Instant::now();
-    // The script names its databases after its own process id, so it can run
-    // next to the other tests; it drops them at the end.
+/// Runs `scripts/<name>` on 20,000 rows, one round, with the binary under
+/// test; asserts it ended 0. The scripts name their databases after their own
+/// process id, so they can run next to the other tests; they drop them at the end.
+fn run_script(name: &str) -> std::process::Output {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
     let out = std::process::Command::new("bash")
         .arg(&script)
         .arg("20000")
@@ -41,6 +42,13 @@ fn bench_script_measures_every_configuration_on_a_small_table() {
         .output()
         .expect("bash runs");
     assert_exit(&out, 0);
+    out
+}
+
+#[test]
+fn bench_script_measures_every_configuration_on_a_small_table() {
+    let started = std::time::Instant::now();
+    let out = run_script("bench.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("### 20,000 rows, 1 round(s)"), "{stdout}");
     assert!(stdout.contains("- PostgreSQL "), "{stdout}");
@@ -96,18 +104,7 @@ fn bench_script_measures_every_configuration_on_a_small_table() {
 /// for each.
 #[test]
 fn bench_engines_script_measures_both_directions_on_a_small_table() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-engines.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg("20000")
-        .env("ROUNDS", "1")
-        .env("BENCH_URL", server_url())
-        .env("STRIDE_BIN", env!("CARGO_BIN_EXE_stride"))
-        .env_remove("BENCH_KEEP")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("bash runs");
-    assert_exit(&out, 0);
+    let out = run_script("bench-engines.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("### PostgreSQL and SQLite, 20,000 rows, 1 round(s)"),
