@@ -86,6 +86,49 @@ fn server_and_database(url: &DbUrl) -> String {
     }
 }
 
+/// The checkpoint table's columns every engine has: name, PostgreSQL's
+/// definition, SQLite's. The one place its shape is written down.
+pub const COLUMNS: &[(&str, &str, &str)] = &[
+    ("fingerprint", "text NOT NULL", "TEXT NOT NULL"),
+    ("partition", "integer NOT NULL", "INTEGER NOT NULL"),
+    ("target_table", "text NOT NULL", "TEXT NOT NULL"),
+    ("range", "text NOT NULL", "TEXT NOT NULL"),
+    ("lower_bound", "bigint", "INTEGER"),
+    ("upper_bound", "bigint", "INTEGER"),
+    ("partitions", "integer", "INTEGER"),
+    ("rows", "bigint", "INTEGER"),
+    ("bytes", "bigint", "INTEGER"),
+    (
+        "finished",
+        "boolean NOT NULL DEFAULT false",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "recorded_at",
+        "timestamptz NOT NULL DEFAULT now()",
+        "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+    ),
+];
+
+/// `CREATE TABLE IF NOT EXISTS` of the checkpoint table, each column's
+/// definition picked by `definition` from [`COLUMNS`], then `more` (columns
+/// only the PostgreSQL route records), keyed by run and partition.
+pub fn create_table_columns(
+    table: &str,
+    definition: impl Fn(&(&str, &str, &str)) -> String,
+    more: &[(&str, &str)],
+) -> String {
+    let columns: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| format!("    {} {}", c.0, definition(c)))
+        .chain(more.iter().map(|(name, ty)| format!("    {name} {ty}")))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\n{},\n    PRIMARY KEY (fingerprint, partition)\n)",
+        columns.join(",\n")
+    )
+}
+
 /// Columns later versions of stride added to the checkpoint table, with their types.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("target_oid", "bigint"),
@@ -127,31 +170,11 @@ pub fn create_table_sql(table: &QualifiedName) -> String {
     format!(
         "BEGIN;
 SELECT pg_advisory_xact_lock(hashtextextended({}, 0));
-CREATE TABLE IF NOT EXISTS {table} (
-    fingerprint text NOT NULL,
-    partition integer NOT NULL,
-    target_table text NOT NULL,
-    range text NOT NULL,
-    lower_bound bigint,
-    upper_bound bigint,
-    partitions integer,
-    rows bigint,
-    bytes bigint,
-    finished boolean NOT NULL DEFAULT false,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    target_oid bigint,
-    failed_check text,
-    mark_first boolean,
-    mark_from bigint,
-    mark_to bigint,
-    boundaries bigint[],
-    deferred_indexes text[],
-    estimates bigint[],
-    PRIMARY KEY (fingerprint, partition)
-);
+{};
 {}
 COMMIT",
         quote_literal(&format!("stride checkpoint table {table}")),
+        create_table_columns(&table.to_string(), |c| c.1.to_string(), ADDED_COLUMNS),
         added.join("\n")
     )
 }

@@ -699,8 +699,7 @@ pub fn create_table_sql(
 }
 
 // The checkpoint statements every engine's checkpoint table takes (its
-// columns have the same names on each; see `crate::checkpoint` and
-// `sqlite::dialect::checkpoint_table_sql`).
+// columns are `crate::checkpoint::COLUMNS` on each).
 
 /// The run row: the bounds a run planned with and its partitions.
 pub fn record_run_sql(

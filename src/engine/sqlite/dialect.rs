@@ -292,22 +292,7 @@ pub fn insert_sql(table: &str, columns: &[String], rows: usize, upsert: Option<&
 /// it planned with) and one per committed partition, written in the
 /// partition's own transaction.
 pub fn checkpoint_table_sql(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-    fingerprint TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    target_table TEXT NOT NULL,
-    range TEXT NOT NULL,
-    lower_bound INTEGER,
-    upper_bound INTEGER,
-    partitions INTEGER,
-    rows INTEGER,
-    bytes INTEGER,
-    finished INTEGER NOT NULL DEFAULT 0,
-    recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    PRIMARY KEY (fingerprint, partition)
-)"
-    )
+    crate::checkpoint::create_table_columns(table, |c| c.2.to_string(), &[])
 }
 
 #[cfg(test)]
