@@ -378,6 +378,18 @@ pub enum Format {
     Json,
 }
 
+/// A word as a POSIX shell reads it back, for commands stride prints to be run
+/// as they are: quoted when it is empty or holds anything the shell would act on.
+pub fn shell_quote(word: &str) -> String {
+    if word.is_empty()
+        || word.contains(|c: char| c.is_whitespace() || "'\"$`\\;&|<>()*?[]#~".contains(c))
+    {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    } else {
+        word.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

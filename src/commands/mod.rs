@@ -274,15 +274,7 @@ pub(super) fn command_line(words: &[&str], job: &Path) -> String {
 /// Words joined into a command line a POSIX shell reads back as the same words.
 fn shell_words(words: impl Iterator<Item = String>) -> String {
     words
-        .map(|a| {
-            if a.is_empty()
-                || a.contains(|c: char| c.is_whitespace() || "'\"$`\\;&|<>()*?[]#~".contains(c))
-            {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a
-            }
-        })
+        .map(|a| crate::cli::shell_quote(&a))
         .collect::<Vec<_>>()
         .join(" ")
 }

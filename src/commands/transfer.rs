@@ -156,7 +156,7 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
     let connections = job.partitions_at_once(job.partition.as_ref().map_or(1, |p| p.count));
     let target = Target::open(&job.target.url, job.retries, connections).await?;
     let existing = target.describe(&job.target.table).await?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = source.conflict(&target).await?.into_iter().collect();
     let (exists, target_declared) = match &existing {
         Some(t) if job.target.mode != Mode::Overwrite => {
             let mut declared = Vec::new();

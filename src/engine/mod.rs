@@ -316,6 +316,15 @@ impl Source {
         }
     }
 
+    /// Why this source cannot be read while `target` is written (the same
+    /// SQLite file without WAL), if it cannot.
+    pub async fn conflict(&self, target: &Target) -> Result<Option<String>> {
+        match (self, target) {
+            (Source::Sqlite(s), Target::Sqlite(t)) => s.conflict(t).await,
+            _ => Ok(None),
+        }
+    }
+
     /// A partition column the engine has that is not a column: SQLite's
     /// `rowid` (its counterpart of PostgreSQL's ctid, on a table).
     pub fn pseudo_key(&self, job: &Job, name: &str) -> Option<Column> {

@@ -648,3 +648,37 @@ async fn init_reads_a_sqlite_table_and_the_job_it_writes_runs() {
         text(&out)
     );
 }
+
+/// A copy between two tables of one SQLite file: in a rollback journal the
+/// readers' locks would keep the commits waiting, so it is exit 2 before
+/// anything is written, with the command that switches the file to WAL; run
+/// as printed, it lets the copy through.
+#[test]
+fn a_copy_within_one_sqlite_file_needs_wal_and_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one file.db");
+    let created = std::process::Command::new("sqlite3")
+        .arg(&file)
+        .arg("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, NULL);")
+        .status()
+        .expect("sqlite3 runs");
+    assert!(created.success());
+    let url = format!("sqlite://{}", file.display());
+    let job = job_file(&job(&url, "t", &url, "t_copy", ""));
+    let out = run_job(&job.path);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("the source and the target are the same SQLite file"),
+        "{}",
+        text(&out)
+    );
+    let fix = printed_command(&text(&out), "sqlite3", "WAL");
+    assert!(sh(&fix).status.success(), "{fix}");
+    let out = run_job(&job.path);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 of 1 partitions match"),
+        "{}",
+        text(&out)
+    );
+}

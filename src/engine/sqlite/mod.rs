@@ -293,6 +293,34 @@ impl Source {
         on(&self.conn, move |c| init_facts(c, &table)).await
     }
 
+    /// Why this source cannot be read while `target` is written, if it
+    /// cannot: the same file in a rollback journal, where the readers' locks
+    /// would keep every partition's COMMIT waiting (WAL lets readers and the
+    /// writer work at once).
+    pub async fn conflict(&self, target: &Target) -> Result<Option<String>> {
+        let same = match (
+            std::fs::canonicalize(&self.file.path),
+            std::fs::canonicalize(&target.file.path),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            return Ok(None);
+        }
+        let mode: String = on(&self.conn, |c| {
+            c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .context("reading the file's journal mode")
+        })
+        .await?;
+        Ok((!mode.eq_ignore_ascii_case("wal")).then(|| {
+            format!(
+                "target.url: the source and the target are the same SQLite file, in journal mode {mode}: its readers would keep the copy's commits waiting (expected journal mode WAL: `sqlite3 {} 'PRAGMA journal_mode=WAL'`, or another target file)",
+                crate::cli::shell_quote(&self.file.path.display().to_string())
+            )
+        }))
+    }
+
     /// The rows `select` returns (counted: SQLite keeps no estimate).
     pub async fn count(&mut self, select: &str) -> Result<i64> {
         let sql = format!("SELECT count(*) FROM ({select})");
