@@ -4,9 +4,10 @@
 //! - One moment of the source: the readers' read transactions are opened
 //!   together while one more connection holds SQLite's write lock
 //!   (`BEGIN IMMEDIATE`), so no commit can fall between them; then the lock is
-//!   let go. A file opened `immutable=1` cannot change, so it needs no lock. A
-//!   file stride may not lock (`mode=ro`) is read by one reader, one partition
-//!   after another, in one read transaction.
+//!   let go. A file opened `immutable=1` cannot change, so it needs no lock
+//!   (`mode=ro` still takes it: SQLite allows it). Where SQLite refuses the
+//!   lock, one reader reads every partition, one after another, in one read
+//!   transaction.
 //! - One writer at a time (SQLite has one): partitions still read ahead in
 //!   parallel into bounded queues, then take the target connection in turn.
 //!   Each partition is one transaction with its checkpoint row in the same file.
@@ -354,7 +355,7 @@ impl Source {
         let immutable = self.file.immutable;
         on(&self.conn, move |lock| {
             if !immutable && lock.execute_batch("BEGIN IMMEDIATE").is_err() {
-                // A file stride may not lock: one reader.
+                // SQLite refused the lock: one reader.
                 return Ok(vec![reader(&opener)?]);
             }
             let opened = (0..readers)
