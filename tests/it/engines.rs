@@ -682,3 +682,50 @@ fn a_copy_within_one_sqlite_file_needs_wal_and_says_how() {
         text(&out)
     );
 }
+
+/// A run's own verify across engines compares each partition's range on both
+/// sides, so it cannot be trusted where the target holds rows this job did not
+/// write: upsert mode, or an append into a table that already has rows. Both
+/// are exit 2 before anything is written, naming `run.verify`.
+#[tokio::test]
+async fn a_verify_that_other_rows_would_fool_is_refused_across_engines() {
+    let pair = Pair::new("engines_verify_refused").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.db");
+    big_sources(&pair.source, &file).await;
+    pair.target
+        .exec("CREATE TABLE public.big (id bigint PRIMARY KEY, v text, n numeric(12,2)); INSERT INTO public.big VALUES (-5, 'theirs', 1);")
+        .await;
+    for (rest, says) in [
+        (
+            "mode = \"upsert\"\nkey = [\"id\"]",
+            "target.mode = \"upsert\"",
+        ),
+        ("", "already holds rows"),
+    ] {
+        let out = run_text(&job(
+            &sqlite_url(&file),
+            "big",
+            &pair.target.url,
+            "public.big",
+            rest,
+        ));
+        assert_exit(&out, 2);
+        assert!(text(&out).contains("run.verify"), "{}", text(&out));
+        assert!(text(&out).contains(says), "{}", text(&out));
+        assert_eq!(pair.target.count("public.big").await, 1, "{}", text(&out));
+    }
+    // Without a verify, the append goes in beside the target's own row.
+    let out = run_text(
+        &job(
+            &sqlite_url(&file),
+            "big",
+            &pair.target.url,
+            "public.big",
+            "",
+        )
+        .replace("verify = \"checksum\"", "verify = \"none\""),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(pair.target.count("public.big").await, 200_001);
+}
