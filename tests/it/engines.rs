@@ -729,3 +729,60 @@ async fn a_verify_that_other_rows_would_fool_is_refused_across_engines() {
     assert_exit(&out, 0);
     assert_eq!(pair.target.count("public.big").await, 200_001);
 }
+
+/// A PostgreSQL source that stops answering mid-partition in a copy into
+/// SQLite: the partition fails after `run.stall_timeout` naming the source, and
+/// the retry reads through a new connection that imports the run's snapshot
+/// again (the coordinator holds it open), so the copy is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_source_across_engines_is_read_again_in_the_same_snapshot() {
+    use crate::proxy::{Action, Direction, Proxy};
+    let pair = Pair::new("engines_frozen_source").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.db");
+    pair.source
+        .exec(
+            "CREATE TABLE public.big (id bigint PRIMARY KEY, v text);
+             INSERT INTO public.big SELECT n, md5(n::text) FROM generate_series(1, 200000) AS n;",
+        )
+        .await;
+    let proxy = Proxy::start();
+    proxy.after_bytes(Direction::ServerToClient, 1_000_000, Action::Freeze);
+    let toml = job(
+        &proxy.url(&pair.source.url),
+        "public.big",
+        &sqlite_url(&file),
+        "big",
+        "",
+    )
+    .replace(
+        "[run]\n",
+        "[run]\nparallelism = 2\nretries = 2\nstall_timeout = \"2s\"\n",
+    );
+    let job = job_file(&toml);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || run_job(&job.path))
+        .await
+        .unwrap();
+    assert_eq!(proxy.fired(), 1, "the source never froze\n{}", text(&out));
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the source moved no data for 2 s (run.stall_timeout)"),
+        "{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("after 1 retry"), "{}", text(&out));
+    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&file))
+        .await
+        .unwrap();
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM big")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (200_000, 200_000));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

@@ -170,24 +170,46 @@ impl Source {
         let snapshot = super::export_snapshot(&mut holder).await?;
         let mut out = Vec::with_capacity(readers);
         for _ in 0..readers.max(1) {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .context("taking a source connection")?;
-            super::import_snapshot(&mut conn, &snapshot).await?;
-            out.push(Reader { conn });
+            let mut reader = Reader {
+                conn: None,
+                again: Some((self.pool.clone(), snapshot.clone())),
+            };
+            reader.connection().await?;
+            out.push(reader);
         }
         self.holder = Some(holder);
         Ok(out)
     }
 }
 
+/// A connection reading in the run's snapshot. One whose read did not end
+/// (it failed, or its attempt was dropped after a stall) is not used again:
+/// the next read opens a new one that imports the same snapshot, which the
+/// coordinator keeps open for the whole run.
 pub struct Reader {
-    conn: PoolConnection<Postgres>,
+    conn: Option<PoolConnection<Postgres>>,
+    /// The pool and the snapshot a new connection imports (`None`: a reader of
+    /// the target as it is, for verify).
+    again: Option<(PgPool, String)>,
 }
 
 impl Reader {
+    /// The reader's connection, a new one in the snapshot when the last read
+    /// did not end.
+    async fn connection(&mut self) -> Result<&mut PoolConnection<Postgres>> {
+        if self.conn.is_none() {
+            let (pool, snapshot) = self
+                .again
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the target's reader lost its connection"))?;
+            let mut conn = pool.acquire().await.context("taking a source connection")?;
+            conn.close_on_drop();
+            super::import_snapshot(&mut conn, snapshot).await?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("opened just above"))
+    }
+
     pub async fn bounds(
         &mut self,
         job: &Job,
@@ -201,7 +223,7 @@ impl Reader {
                 key_type: key,
             },
         );
-        super::key_bounds(&mut self.conn, &sql).await
+        super::key_bounds(self.connection().await?, &sql).await
     }
 
     pub async fn read(
@@ -210,8 +232,10 @@ impl Reader {
         kinds: &[Kind],
         rows: &mpsc::Sender<Batch>,
     ) -> Result<()> {
-        let mut stream = self
-            .conn
+        // Taken out while it reads: put back only once the read has ended.
+        self.connection().await?;
+        let mut conn = self.conn.take().expect("opened just above");
+        let mut stream = conn
             .copy_out_raw(&format!("COPY ({select}) TO STDOUT"))
             .await
             .context("starting COPY TO STDOUT")?;
@@ -227,6 +251,8 @@ impl Reader {
             }
         }
         parser.end()?;
+        drop(stream);
+        self.conn = Some(conn);
         parser.batch.end = true;
         let _ = rows.send(parser.batch).await;
         Ok(())
@@ -591,7 +617,10 @@ impl Target {
             .acquire()
             .await
             .context("taking a target connection")?;
-        Ok(Reader { conn })
+        Ok(Reader {
+            conn: Some(conn),
+            again: None,
+        })
     }
 }
 
