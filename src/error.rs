@@ -178,19 +178,6 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     exit::FAILED
 }
 
-/// SQLSTATEs worth another attempt: the connection broke or the server is going
-/// away (class 08, 57P01 terminated by an administrator, 57P02 crash, 57P03
-/// starting up), serialization failure and deadlock (40001, 40P01, also how a
-/// standby cancels a query in conflict with recovery), too many connections
-/// (53300), and 55P03 lock not available.
-pub fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03"
-        )
-}
-
 /// Wait before attempt `attempt` (1, 2, ...): 0.5 s doubling up to 8 s, with up to
 /// 50% jitter so partitions that failed together do not retry in lockstep.
 pub fn backoff(attempt: u32) -> std::time::Duration {
@@ -202,7 +189,7 @@ pub fn backoff(attempt: u32) -> std::time::Duration {
 }
 
 /// Whether an error is worth retrying: a connection that broke or could not be
-/// opened, or a transient SQLSTATE. Everything else (type errors, constraint
+/// opened, or what its engine calls transient (`crate::engine::transient`). Everything else (type errors, constraint
 /// violations, permission denied, bad SQL) fails at once.
 pub fn is_transient(err: &anyhow::Error) -> bool {
     if err.is::<OutcomeUnknown>()
@@ -215,22 +202,11 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
         return true;
     }
     err.chain().any(|cause| {
-        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
-            return match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
-                _ => false,
-            };
-        }
-        cause.is::<std::io::Error>()
+        crate::engine::transient(cause).unwrap_or_else(|| cause.is::<std::io::Error>())
     })
 }
 
-/// The error chain as `a: b: c`, like anyhow's `{:#}`, without the repeats sqlx
+/// The error chain as `a: b: c`, like anyhow's `{:#}`, without the repeats a driver
 /// adds (its database error prints its cause's message, then the cause itself).
 pub fn chain(err: &anyhow::Error) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -247,46 +223,6 @@ pub fn chain(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transient_errors() {
-        for code in [
-            "08006", "08001", "57P01", "57P03", "40001", "40P01", "53300",
-        ] {
-            assert!(transient_sqlstate(code), "{code}");
-        }
-        for code in ["23505", "23514", "42501", "22P02", "42P01", "57014"] {
-            assert!(!transient_sqlstate(code), "{code}");
-        }
-        let reset = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(is_transient(
-            &anyhow::Error::new(reset).context("partition 3")
-        ));
-        let stalled = Stalled {
-            side: crate::engine::postgres::Side::Target,
-            waited: std::time::Duration::from_secs(30),
-        };
-        let stalled = anyhow::Error::new(stalled).context("partition 3 ([100, 200))");
-        assert!(is_transient(&stalled));
-        assert_eq!(
-            chain(&stalled),
-            "partition 3 ([100, 200)): the target moved no data for 30 s (run.stall_timeout)"
-        );
-        let unsettled = anyhow::Error::new(sqlx::Error::Io(std::io::Error::from(
-            std::io::ErrorKind::ConnectionReset,
-        )))
-        .context(Unsettled);
-        assert!(!is_transient(&unsettled));
-        let decode = sqlx::Error::ColumnNotFound("x".into());
-        assert!(!is_transient(&anyhow::Error::new(decode)));
-        assert!(!is_transient(&anyhow::Error::new(JobError::new("x"))));
-        let lost = anyhow::Error::new(LockLost {
-            table: "t".to_string(),
-        })
-        .context("partition 3");
-        assert!(!is_transient(&lost), "a lost lock is never retried");
-        assert_eq!(exit_code(&lost), exit::FAILED);
-    }
 
     #[test]
     fn chain_drops_repeated_causes() {

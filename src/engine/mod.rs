@@ -104,6 +104,12 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     }
 }
 
+/// Whether an error cause is one an engine calls transient (worth another
+/// attempt); `None` when no engine knows it.
+pub fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    postgres::transient(cause)
+}
+
 /// Whether a URL parameter's value may be shown in messages and files: the
 /// engine's parameters known to hold no secret (a SQLite URL has none).
 pub fn is_shown(url: &str, name: &str) -> bool {
@@ -134,7 +140,7 @@ pub async fn init_facts(
             let server = postgres::connect(Side::Source, url, crate::job::DEFAULT_RETRIES).await?;
             let mut conn = server.pool(1).acquire().await?;
             Ok((
-                crate::init::introspect(&mut conn, table).await?,
+                postgres::init::introspect(&mut conn, table).await?,
                 server.place,
             ))
         }

@@ -4,6 +4,7 @@
 //! object it works on.
 
 pub mod create;
+pub mod init;
 pub mod keepalive;
 pub mod libpq;
 pub mod replace;
@@ -96,6 +97,34 @@ pub fn with_place(error: sqlx::Error) -> anyhow::Error {
         Some(place) => error.context(place),
         None => error,
     }
+}
+
+/// SQLSTATEs worth another attempt: the connection broke or the server is going
+/// away (class 08, 57P01 terminated by an administrator, 57P02 crash, 57P03
+/// starting up), serialization failure and deadlock (40001, 40P01, also how a
+/// standby cancels a query in conflict with recovery), too many connections
+/// (53300), and 55P03 lock not available.
+pub fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03"
+        )
+}
+
+/// Whether a driver error is worth another attempt (`None`: not the
+/// driver's): a broken or unobtainable connection, or a transient SQLSTATE.
+pub fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let e = cause.downcast_ref::<sqlx::Error>()?;
+    Some(match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_sqlstate(&c)),
+        _ => false,
+    })
 }
 
 /// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
@@ -241,9 +270,7 @@ async fn open_with_retries(
             .as_database_error()
             .and_then(|e| e.code().map(|c| c.into_owned()));
         let transient = (matches!(error, sqlx::Error::Io(_)) && tls_failure(&error).is_none())
-            || code
-                .as_deref()
-                .is_some_and(crate::error::transient_sqlstate);
+            || code.as_deref().is_some_and(transient_sqlstate);
         if !transient || attempt == retries || code.as_deref() == Some(TOO_MANY_CONNECTIONS) {
             return Err((error, attempt));
         }
@@ -1793,7 +1820,52 @@ pub async fn has_primary_key(conn: &mut PgConnection, table: &QualifiedName) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::key_halves;
+    use super::{key_halves, transient_sqlstate};
+
+    #[test]
+    fn transient_errors_are_retried_and_others_fail_at_once() {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "40001", "40P01", "53300",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "23514", "42501", "22P02", "42P01", "57014"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        let reset = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(crate::error::is_transient(
+            &anyhow::Error::new(reset).context("partition 3")
+        ));
+        let stalled = crate::error::Stalled {
+            side: crate::engine::postgres::Side::Target,
+            waited: std::time::Duration::from_secs(30),
+        };
+        let stalled = anyhow::Error::new(stalled).context("partition 3 ([100, 200))");
+        assert!(crate::error::is_transient(&stalled));
+        assert_eq!(
+            crate::error::chain(&stalled),
+            "partition 3 ([100, 200)): the target moved no data for 30 s (run.stall_timeout)"
+        );
+        let unsettled = anyhow::Error::new(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+        .context(crate::error::Unsettled);
+        assert!(!crate::error::is_transient(&unsettled));
+        let decode = sqlx::Error::ColumnNotFound("x".into());
+        assert!(!crate::error::is_transient(&anyhow::Error::new(decode)));
+        assert!(!crate::error::is_transient(&anyhow::Error::new(
+            crate::error::JobError::new("x")
+        )));
+        let lost = anyhow::Error::new(crate::error::LockLost {
+            table: "t".to_string(),
+        })
+        .context("partition 3");
+        assert!(
+            !crate::error::is_transient(&lost),
+            "a lost lock is never retried"
+        );
+        assert_eq!(crate::error::exit_code(&lost), crate::error::exit::FAILED);
+    }
 
     #[test]
     fn a_key_splits_into_the_halves_pg_locks_shows() {
