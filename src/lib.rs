@@ -14,12 +14,12 @@
 //! - [`engine`]: the engines, one folder each. [`engine::postgres`]: connections,
 //!   the catalogue, the exported snapshot, bounds, estimates; libpq's connection
 //!   parameters resolved as libpq does, TLS, keepalives, the server session
-//!   behind a connection, and the DDL of tables stride creates or swaps in.
-//! - [`copy`]: the scheduler and the two ways a partition travels (COPY
-//!   pass-through, batched INSERTs), one target transaction per partition, with
-//!   a watchdog that fails a partition whose connection stops moving data
-//!   (`run.stall_timeout`).
-//! - [`report`]: progress, the summary, `plan` and `check` output.
+//!   behind a connection, the DDL of tables stride creates or swaps in, and
+//!   its own route ([`engine::postgres::copy`]: the scheduler and the two ways a
+//!   partition travels, COPY pass-through and batched INSERTs, one target
+//!   transaction per partition, with a stall watchdog). [`engine::sqlite`]:
+//!   SQLite files; between different engines rows travel as canonical text.
+//! - [`report`]: progress, the summary and its partitions, `plan` and `check` output.
 //! - [`init`]: `stride init`'s choice of partition column, strategy and count,
 //!   and the job file it writes (pure, apart from reading the catalogue).
 //! - [`commands`]: the one place that knows the order of a command's steps.
@@ -28,7 +28,6 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
-pub mod copy;
 pub mod engine;
 pub mod error;
 pub mod init;

@@ -8,9 +8,37 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
-use crate::copy::{PartitionReport, Status};
 use crate::engine::postgres::Transfer;
 use crate::plan::Plan;
+
+/// What became of one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Committed on the target.
+    Written,
+    /// Rolled back; the chain of errors.
+    Failed(String),
+    /// Was running when the run was interrupted; rolled back.
+    RolledBack,
+    /// Never started (an earlier failure or an interruption stopped the run).
+    NotStarted,
+    /// Committed by an earlier run of the same job (a resume skips it).
+    Skipped,
+    /// `--shard auto`: another worker's, in flight or copied.
+    Elsewhere,
+}
+
+#[derive(Clone, Debug)]
+pub struct PartitionReport {
+    pub index: usize,
+    pub range: String,
+    pub status: Status,
+    pub rows: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Attempts after the first, each after a transient failure.
+    pub retries: u32,
+}
 
 /// A bar with rows/s and ETA on a terminal's stderr; hidden when stdout or stderr
 /// is not a terminal (cron, CI, pipes), where the log lines say what happens.

@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::cli::{Cli, Command, Shard};
-use crate::copy::{run_partitions, CopySpec, PartitionReport};
+use crate::engine::postgres::copy::{run_partitions, CopySpec};
 use crate::error::{exit, JobError};
 use crate::job::{Job, JobSet, Relation};
 use crate::plan::PlannedPartition;
+use crate::report::PartitionReport;
 use crate::report::{self, Summary};
 
 use preview::{check, plan_command};

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::copy::{CopySpec, UpsertSpec};
+use crate::engine::postgres::copy::{CopySpec, UpsertSpec};
 use crate::engine::postgres::create::{self, Creation, SourceIndexes};
 use crate::engine::postgres::replace;
 use crate::engine::postgres::{self as pg, Column, Server, Side, Transfer};

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::checkpoint;
 use crate::cli::Shard;
-use crate::copy::{Checkpoint, Claims, CopySpec, PartitionReport, Status};
+use crate::engine::postgres::copy::{Checkpoint, Claims, CopySpec};
 use crate::engine::postgres::create;
 use crate::engine::postgres::replace;
 use crate::engine::postgres::{self as pg, RunLock};
@@ -23,6 +23,7 @@ use crate::error::{exit, Interrupted, JobError};
 use crate::job::{Job, Mode, Strategy, Verify};
 use crate::plan::{self, Cut, Key, Plan, PlannedPartition, Window};
 use crate::report::{self, Summary};
+use crate::report::{PartitionReport, Status};
 use crate::sql::QualifiedName;
 
 use super::order::{table_order, TableOrder};

@@ -19,7 +19,6 @@ use tracing::{info, warn};
 
 use super::run::{appended, RunOptions, Start, Step};
 use super::RunEnd;
-use crate::copy::{PartitionReport, Status};
 use crate::engine::{
     finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
     Checksum, Column, Engine, Kind, Reader, Recorded, Source, Target, WriteSpec,
@@ -30,6 +29,7 @@ use crate::job::{Job, Mode, Relation, Strategy, Verify};
 use crate::partition::{stride_ranges, KeyRange};
 use crate::plan::{parse_bounds, Key};
 use crate::report::{self, Summary, Verified};
+use crate::report::{PartitionReport, Status};
 use crate::sql::QualifiedName;
 
 /// Whether a job crosses the seam (either side is not PostgreSQL).

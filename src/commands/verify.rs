@@ -13,11 +13,12 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
 use crate::checkpoint;
 use crate::cli::{VerifyArgs, VerifyBy};
-use crate::copy::{KeyRepair, Repair, Repaired, Status};
 use crate::engine::postgres as pg;
+use crate::engine::postgres::copy::{KeyRepair, Repair, Repaired};
 use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Verify};
 use crate::plan::{self, PlannedPartition};
+use crate::report::Status;
 use crate::report::{self, KeyDiff, Verified};
 
 use super::prepare::{

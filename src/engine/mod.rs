@@ -13,7 +13,7 @@
 //! per partition or per batch of rows, never per row.
 //!
 //! PostgreSQL to PostgreSQL does not cross this seam: it keeps its binary COPY
-//! pass-through (`crate::copy`), the native route.
+//! pass-through (`postgres::copy`), the native route.
 
 pub mod postgres;
 pub mod sqlite;

@@ -3,6 +3,7 @@
 //! connection slots and the run lock. Each function adds context naming the
 //! object it works on.
 
+pub mod copy;
 pub mod create;
 pub mod init;
 pub mod keepalive;

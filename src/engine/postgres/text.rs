@@ -2,7 +2,7 @@
 //! STDOUT`, text format, under the session settings that make it canonical:
 //! ISO dates, UTC, hex bytea, every float digit) and writing canonical text
 //! (`COPY ... FROM STDIN`), for copies with another engine. PostgreSQL to
-//! PostgreSQL keeps the binary pass-through of `crate::copy`.
+//! PostgreSQL keeps the binary pass-through of `copy.rs`.
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;

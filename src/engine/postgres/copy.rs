@@ -42,6 +42,7 @@ use crate::job::Method;
 use crate::plan::{
     converted_select, copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition, Read,
 };
+use crate::report::{PartitionReport, Status};
 use crate::sql::QualifiedName;
 
 /// Source chunks are gathered to about this size before each send: sqlx flushes the
@@ -189,35 +190,6 @@ pub struct Checkpoint {
     pub table: QualifiedName,
     pub fingerprint: String,
     pub target_table: QualifiedName,
-}
-
-/// What became of one partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Committed on the target.
-    Written,
-    /// Rolled back; the chain of errors.
-    Failed(String),
-    /// Was running when the run was interrupted; rolled back.
-    RolledBack,
-    /// Never started (an earlier failure or an interruption stopped the run).
-    NotStarted,
-    /// Committed by an earlier run of the same job (a resume skips it).
-    Skipped,
-    /// `--shard auto`: another worker's, in flight or copied.
-    Elsewhere,
-}
-
-#[derive(Clone, Debug)]
-pub struct PartitionReport {
-    pub index: usize,
-    pub range: String,
-    pub status: Status,
-    pub rows: u64,
-    pub bytes: u64,
-    pub elapsed: Duration,
-    /// Attempts after the first, each after a transient failure.
-    pub retries: u32,
 }
 
 /// Rows and bytes of one written partition.
