@@ -143,7 +143,7 @@ pub struct VerifyArgs {
     pub job: PathBuf,
 
     /// Compare by row count or by checksum of every column's text form
-    /// (default: the job's [run] verify, or checksum when that is "none").
+    /// (default: the job's `[run] verify`, or checksum when that is "none").
     #[arg(long, value_enum)]
     pub by: Option<VerifyBy>,
 

@@ -8,7 +8,7 @@
 //! Between different engines rows travel as *canonical text*: one text form per
 //! column [`Kind`], the one PostgreSQL's text output gives with ISO dates, UTC,
 //! hex bytea (`\x0102`) and shortest-exact floats (`NaN`, `Infinity`). Every
-//! [`Reader`] produces it and every [`Writer`] consumes it, so engines add up
+//! [`Reader`] produces it and every [`Target`] writes it, so engines add up
 //! (N readers + N writers), not multiply. Calls across the seam are per run,
 //! per partition or per batch of rows, never per row.
 //!

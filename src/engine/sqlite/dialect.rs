@@ -4,7 +4,7 @@
 //! it an *affinity* that converts some values on the way in (text `'1.50'`
 //! becomes the number 1.5 in a `NUMERIC` column). stride therefore decides per
 //! column, before writing, how each value is stored, and refuses a column
-//! whose affinity would change the values it gets ([`refusal`]).
+//! whose affinity would change the values it gets ([`bind`]).
 
 use crate::engine::{Kind, Upsert};
 use crate::job::{Job, Relation};
