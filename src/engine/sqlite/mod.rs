@@ -838,6 +838,9 @@ fn insert_all(
     batches: &mut mpsc::Receiver<Batch>,
 ) -> Result<(u64, u64)> {
     let per_insert = dialect::rows_per_insert(spec.columns.len(), spec.batch_size);
+    let insert = |rows| dialect::insert_sql(&spec.table, &spec.columns, rows, spec.upsert.as_ref());
+    // The full-size statement, written once: only a batch's tail needs another.
+    let full = insert(per_insert);
     let (mut total, mut bytes) = (0u64, 0u64);
     let mut next = first;
     loop {
@@ -849,8 +852,14 @@ fn insert_all(
         let mut row = 0;
         while row < batch.rows() {
             let take = (batch.rows() - row).min(per_insert);
-            let sql = dialect::insert_sql(&spec.table, &spec.columns, take, spec.upsert.as_ref());
-            let mut stmt = c.prepare_cached(&sql)?;
+            let tail;
+            let sql = if take == per_insert {
+                &full
+            } else {
+                tail = insert(take);
+                &tail
+            };
+            let mut stmt = c.prepare_cached(sql)?;
             let mut parameter = 1;
             for r in row..row + take {
                 for (column, value) in batch.row(r).enumerate() {
