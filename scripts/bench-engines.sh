@@ -28,11 +28,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+bench_name=bench-engines
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 rows=${1:-1000000}
 rows=${rows//[,_]/}
@@ -42,14 +40,7 @@ rounds=${ROUNDS:-3}
 command -v psql >/dev/null || die "psql not found (scripts/pg-local.sh installs it with the server)"
 command -v sqlite3 >/dev/null || die "sqlite3 not found (apt-get install sqlite3): the pipes need it"
 
-if [ -n "${STRIDE_BIN:-}" ]; then
-    stride_bin=$STRIDE_BIN
-else
-    stride_bin=target/release/stride
-    log "cargo build --release (a no-op when the binary is up to date)"
-    cargo build --release --quiet >&2
-fi
-[ -x "$stride_bin" ] || die "$stride_bin is not an executable"
+find_stride
 if [[ $(/usr/bin/time -f "%M" true 2>&1) =~ ^[0-9]+$ ]]; then
     measure_memory=1
 else
@@ -59,17 +50,7 @@ fi
 
 base=${BENCH_URL:-}
 [ -n "$base" ] || base=$(scripts/pg-local.sh)
-url_with_db() {
-    local url=$1 db=$2 query="" scheme rest
-    if [[ $url == *\?* ]]; then
-        query="?${url#*\?}"
-        url=${url%%\?*}
-    fi
-    scheme=${url%%://*}
-    rest=${url#*://}
-    printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$db" "$query"
-}
-sql() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
 
 prefix="stride_bench_engines_$$"
 src_url=$(url_with_db "$base" "${prefix}_src")

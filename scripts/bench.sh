@@ -59,11 +59,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+bench_name=bench
+# shellcheck source=scripts/bench/common.sh
+. scripts/bench/common.sh
 
 rows=${1:-5000000}
 rows=${rows//[,_]/}
@@ -91,38 +89,12 @@ else
     log "no GNU /usr/bin/time: peak client memory is not reported"
 fi
 
-if [ -n "${STRIDE_BIN:-}" ]; then
-    stride_bin=$STRIDE_BIN
-    [ -x "$stride_bin" ] || die "STRIDE_BIN=$stride_bin is not an executable"
-else
-    stride_bin=target/release/stride
-    if command -v cargo >/dev/null; then
-        log "cargo build --release (a no-op when the binary is up to date)"
-        cargo build --release --quiet >&2
-    fi
-    [ -x "$stride_bin" ] || die "$stride_bin not found and cargo is not installed; set STRIDE_BIN"
-fi
+find_stride
 
 # ---------------------------------------------------------------- server, databases
 
 base=${BENCH_URL:-}
 [ -n "$base" ] || base=$(scripts/pg-local.sh)
-
-# $1 with its database replaced by $2 (any ?query is kept).
-url_with_db() {
-    local url=$1 db=$2 query="" scheme rest
-    [[ $url == *://* ]] || die "BENCH_URL must be a postgres:// URL"
-    if [[ $url == *\?* ]]; then
-        query="?${url#*\?}"
-        url=${url%%\?*}
-    fi
-    scheme=${url%%://*}
-    rest=${url#*://}
-    printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$db" "$query"
-}
-
-# psql quietly (no NOTICEs either), stopping at the first error; never ~/.psqlrc.
-sql() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 prefix="stride_bench_$$"
 src_db="${prefix}_src"
