@@ -430,6 +430,35 @@ async fn an_interrupted_copy_across_engines_ends_130_and_its_printed_command_fin
     );
 }
 
+/// Runs `toml`, whose `side` ("source" or "target") goes through `proxy`,
+/// which freezes that connection once mid-partition (stall timeout 2 s, two
+/// retries), and asserts what the user sees: the stall named on that side, one
+/// retry, exit 0, every partition verified, all within 30 s.
+async fn run_with_one_freeze(proxy: &crate::proxy::Proxy, side: &str, toml: &str) -> Output {
+    let toml = toml.replace(
+        "[run]\n",
+        "[run]\nparallelism = 2\nretries = 2\nstall_timeout = \"2s\"\n",
+    );
+    let job = job_file(&toml);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || run_job(&job.path))
+        .await
+        .unwrap();
+    assert_eq!(proxy.fired(), 1, "the {side} never froze\n{}", text(&out));
+    assert_exit(&out, 0);
+    let stall = format!("the {side} moved no data for 2 s (run.stall_timeout)");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&stall),
+        "{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("after 1 retry"), "{}", text(&out));
+    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    out
+}
+
 /// A PostgreSQL target that stops answering mid-partition (a frozen network:
 /// nothing closed) in a copy from SQLite: the partition fails after
 /// `run.stall_timeout` naming the target, its server session is ended so its
@@ -452,38 +481,18 @@ async fn a_frozen_target_across_engines_is_retried_and_the_copy_is_exact() {
         &proxy.url(&pair.target.url),
         "public.big",
         "",
-    )
-    .replace(
-        "[run]\n",
-        "[run]\nparallelism = 2\nretries = 2\nstall_timeout = \"2s\"\n",
     );
-    let job = job_file(&toml);
-    let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || run_job(&job.path))
-        .await
-        .unwrap();
-    assert_eq!(proxy.fired(), 1, "the target never froze\n{}", text(&out));
-    assert_exit(&out, 0);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        stderr.contains("the target moved no data for 2 s (run.stall_timeout)"),
-        "{}",
-        text(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(stdout.contains("after 1 retry"), "{}", text(&out));
-    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    run_with_one_freeze(&proxy, "target", &toml).await;
     assert_eq!(
         pair.target.checksum("public.big").await,
         pair.source.checksum("public.big").await
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
 
 /// Replace into PostgreSQL from SQLite: the rows are loaded into a staging
 /// table, verified there, then moved into the table in the transaction that
-/// finishes the run: the table keeps its indexes, readers are not blocked,
-/// the staging table is gone, and a failed verify leaves the table as it was.
+/// finishes the run: the table holds exactly the source's rows, keeps its
+/// indexes, and the staging table is gone.
 #[tokio::test]
 async fn replace_into_postgres_from_sqlite_keeps_the_table_and_its_indexes() {
     let pair = Pair::new("engines_replace").await;
@@ -754,35 +763,25 @@ async fn a_frozen_source_across_engines_is_read_again_in_the_same_snapshot() {
         &sqlite_url(&file),
         "big",
         "",
-    )
-    .replace(
-        "[run]\n",
-        "[run]\nparallelism = 2\nretries = 2\nstall_timeout = \"2s\"\n",
     );
-    let job = job_file(&toml);
-    let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || run_job(&job.path))
-        .await
-        .unwrap();
-    assert_eq!(proxy.fired(), 1, "the source never froze\n{}", text(&out));
-    assert_exit(&out, 0);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("the source moved no data for 2 s (run.stall_timeout)"),
-        "{}",
-        text(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(stdout.contains("after 1 retry"), "{}", text(&out));
-    assert!(stdout.contains("4 of 4 partitions match"), "{}", text(&out));
+    run_with_one_freeze(&proxy, "source", &toml).await;
+    // Every value, in order, against the source's own.
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&sqlite_url(&file))
         .await
         .unwrap();
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM big")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let (rows, distinct, values): (i64, i64, String) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT id), group_concat(id || ':' || v, ',') FROM (SELECT * FROM big ORDER BY id)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     assert_eq!((rows, distinct), (200_000, 200_000));
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        values
+            == pair
+                .source
+                .scalar_string("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM public.big")
+                .await,
+        "the SQLite file holds other values than the source"
+    );
 }
