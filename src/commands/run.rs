@@ -1383,7 +1383,7 @@ async fn wait_for_claim(target: &PgPool, cp: &Checkpoint, index: usize) -> Resul
         )
         .await?;
         pg::execute(&mut conn, "ROLLBACK").await?;
-        Ok::<bool, sqlx::Error>(done)
+        anyhow::Ok(done)
     };
     waiting
         .await

@@ -4,12 +4,10 @@
 //! partitions are compared and repaired by key, and rows the source does not
 //! have are kept unless `--delete-extra` says they go.
 
-use std::cmp::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use futures_util::TryStreamExt;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::checkpoint;
 use crate::cli::{VerifyArgs, VerifyBy};
@@ -19,7 +17,7 @@ use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Verify};
 use crate::plan::{self, PlannedPartition};
 use crate::report::Status;
-use crate::report::{self, KeyDiff, Verified};
+use crate::report::{self, Verified};
 
 use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, scope, unverifiable,
@@ -390,85 +388,17 @@ pub(super) async fn compare_by_key(
             .iter()
             .find(|p| p.index == r.index)
             .expect("every result is of a compared partition");
-        let diff = key_diff(source, &mut target_conn, p, key, by)
-            .await
-            .with_context(|| format!("comparing partition {} by key", p.index))?;
+        let diff = pg::key_diff(
+            source,
+            &mut target_conn,
+            &plan::key_rows_sql(&p.select, key, by),
+            &plan::key_rows_sql(&p.target_select, key, by),
+        )
+        .await
+        .with_context(|| format!("comparing partition {} by key", p.index))?;
         r.by_key = Some(diff);
     }
     Ok(())
-}
-
-/// A key's text and a row's hash, as `plan::key_rows_sql` reads them.
-type KeyRow = (String, i64);
-
-/// Merges the partition's rows of both sides, each sorted by its key's bytes:
-/// memory stays at one row a side, whatever the partition's size.
-async fn key_diff(
-    source: &mut PgConnection,
-    target: &mut PgConnection,
-    p: &PlannedPartition,
-    key: &[String],
-    by: Verify,
-) -> Result<KeyDiff> {
-    let source_sql = plan::key_rows_sql(&p.select, key, by);
-    let target_sql = plan::key_rows_sql(&p.target_select, key, by);
-    let mut s = sqlx::query_as::<_, KeyRow>(AssertSqlSafe(source_sql)).fetch(&mut *source);
-    let mut t = sqlx::query_as::<_, KeyRow>(AssertSqlSafe(target_sql)).fetch(&mut *target);
-    let mut diff = KeyDiff::default();
-    let mut a = next_in_order(&mut s, None, "source").await?;
-    let mut b = next_in_order(&mut t, None, "target").await?;
-    loop {
-        let order = match (&a, &b) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some(x), Some(y)) => x.0.as_bytes().cmp(y.0.as_bytes()),
-        };
-        match order {
-            Ordering::Less => {
-                diff.missing += 1;
-                a = next_in_order(&mut s, a, "source").await?;
-            }
-            Ordering::Greater => {
-                diff.extra += 1;
-                if diff.example.is_none() {
-                    diff.example = b.as_ref().map(|row| row.0.clone());
-                }
-                b = next_in_order(&mut t, b, "target").await?;
-            }
-            Ordering::Equal => {
-                if a.as_ref().map(|row| row.1) != b.as_ref().map(|row| row.1) {
-                    diff.different += 1;
-                }
-                a = next_in_order(&mut s, a, "source").await?;
-                b = next_in_order(&mut t, b, "target").await?;
-            }
-        }
-    }
-    Ok(diff)
-}
-
-/// The next row of a side, checked to come after `previous` in byte order: the
-/// merge is only right if both servers sort as it compares.
-async fn next_in_order(
-    rows: &mut (impl futures_util::Stream<Item = sqlx::Result<KeyRow>> + Unpin),
-    previous: Option<KeyRow>,
-    side: &str,
-) -> Result<Option<KeyRow>> {
-    let next = rows
-        .try_next()
-        .await
-        .with_context(|| format!("reading the {side}'s rows by key"))?;
-    if let (Some(before), Some(now)) = (&previous, &next) {
-        if now.0.as_bytes() < before.0.as_bytes() {
-            anyhow::bail!(
-                "the {side}'s keys do not come in byte order ({} after {}), so they cannot be compared by key (expected a database in UTF8)",
-                now.0,
-                before.0
-            );
-        }
-    }
-    Ok(next)
 }
 
 /// Both sides of each partition, counted (and checksummed): the source in the

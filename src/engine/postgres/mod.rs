@@ -128,6 +128,79 @@ pub fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
     })
 }
 
+/// A key's text and a row's hash, as `plan::key_rows_sql` reads them.
+type KeyRow = (String, i64);
+
+/// Merges the partition's rows of both sides, each sorted by its key's bytes:
+/// memory stays at one row a side, whatever the partition's size.
+/// `source_sql` and `target_sql` come from `plan::key_rows_sql`.
+pub async fn key_diff(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+    source_sql: &str,
+    target_sql: &str,
+) -> Result<crate::report::KeyDiff> {
+    use std::cmp::Ordering;
+    let mut s = sqlx::query_as::<_, KeyRow>(AssertSqlSafe(source_sql)).fetch(&mut *source);
+    let mut t = sqlx::query_as::<_, KeyRow>(AssertSqlSafe(target_sql)).fetch(&mut *target);
+    let mut diff = crate::report::KeyDiff::default();
+    let mut a = next_in_order(&mut s, None, "source").await?;
+    let mut b = next_in_order(&mut t, None, "target").await?;
+    loop {
+        let order = match (&a, &b) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.0.as_bytes().cmp(y.0.as_bytes()),
+        };
+        match order {
+            Ordering::Less => {
+                diff.missing += 1;
+                a = next_in_order(&mut s, a, "source").await?;
+            }
+            Ordering::Greater => {
+                diff.extra += 1;
+                if diff.example.is_none() {
+                    diff.example = b.as_ref().map(|row| row.0.clone());
+                }
+                b = next_in_order(&mut t, b, "target").await?;
+            }
+            Ordering::Equal => {
+                if a.as_ref().map(|row| row.1) != b.as_ref().map(|row| row.1) {
+                    diff.different += 1;
+                }
+                a = next_in_order(&mut s, a, "source").await?;
+                b = next_in_order(&mut t, b, "target").await?;
+            }
+        }
+    }
+    Ok(diff)
+}
+
+/// The next row of a side, checked to come after `previous` in byte order: the
+/// merge is only right if both servers sort as it compares.
+async fn next_in_order(
+    rows: &mut (impl futures_util::Stream<Item = sqlx::Result<KeyRow>> + Unpin),
+    previous: Option<KeyRow>,
+    side: &str,
+) -> Result<Option<KeyRow>> {
+    use futures_util::TryStreamExt as _;
+    let next = rows
+        .try_next()
+        .await
+        .with_context(|| format!("reading the {side}'s rows by key"))?;
+    if let (Some(before), Some(now)) = (&previous, &next) {
+        if now.0.as_bytes() < before.0.as_bytes() {
+            anyhow::bail!(
+                "the {side}'s keys do not come in byte order ({} after {}), so they cannot be compared by key (expected a database in UTF8)",
+                now.0,
+                before.0
+            );
+        }
+    }
+    Ok(next)
+}
+
 /// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
 /// built in and have the same OID in every database.
 const FIRST_NORMAL_OID: i64 = 16384;
