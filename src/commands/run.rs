@@ -84,11 +84,7 @@ pub(super) async fn run_tables(
             .map(|e| (e.table.clone(), e.summary.as_ref(), e.code))
             .collect();
         let text = report::render_tables(&rows, &not_started, started.elapsed());
-        if opts.human_to_stderr {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
-        }
+        opts.human(&text);
     }
     Ok(Ends {
         runs: ends,
@@ -525,6 +521,44 @@ pub(super) struct RunOptions {
     pub(super) human_to_stderr: bool,
 }
 
+impl RunOptions {
+    /// Text for people: on stdout (stderr when stdout carries `--summary-json
+    /// -`); nothing with `-q`, which prints errors only.
+    pub(super) fn say(&self, text: &str) {
+        if !self.quiet {
+            self.human(text);
+        }
+    }
+
+    /// Text for people, even with `-q`: on stdout, or stderr when stdout
+    /// carries `--summary-json -`.
+    pub(super) fn human(&self, text: &str) {
+        if self.human_to_stderr {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
+
+    /// A summary: as [`RunOptions::say`], and with `-q` too when the run did
+    /// not succeed (on stderr), since it says what was and was not written.
+    pub(super) fn say_summary(&self, text: &str, succeeded: bool) {
+        if self.quiet && !succeeded {
+            eprint!("{text}");
+        } else {
+            self.say(text);
+        }
+    }
+}
+
+/// Why a re-run of a finished append job does nothing, and what to run instead.
+pub(super) fn finished_already(recorded_at: &str, partitions: &str, rows: u64) -> String {
+    format!(
+        "nothing to do: this job already finished at {recorded_at} ({partitions}, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)",
+        report::group(rows)
+    )
+}
+
 /// What a step does with the run the checkpoint table records.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Start {
@@ -618,11 +652,7 @@ fn decide(
         return match step {
             Step::Whole | Step::Prepare if finished_is_final => {
                 let rows: u64 = run.done.iter().map(|d| d.1).sum();
-                Start::Nothing(format!(
-                    "nothing to do: this job already finished at {} ({partitions}, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)",
-                    run.recorded_at,
-                    report::group(rows)
-                ))
+                Start::Nothing(finished_already(&run.recorded_at, &partitions, rows))
             }
             Step::Whole | Step::Prepare => Start::New { forget: true },
             Step::Shard(_) => Start::Nothing(format!(
@@ -715,18 +745,7 @@ pub(super) fn appended(
 
 /// `stride run`, `stride prepare` and `stride finish`: one run's steps.
 async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEnd> {
-    // `-q`: errors only. A run that did not succeed still prints its summary (to
-    // stderr), since it says what was and was not written.
-    let say = |text: &str| {
-        if opts.quiet {
-            return;
-        }
-        if opts.human_to_stderr {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
-        }
-    };
+    let say = |text: &str| opts.say(text);
     let started = Instant::now();
     let step = opts.step;
     let Prepared {
@@ -995,11 +1014,7 @@ async fn run(prepared: Prepared, path: &Path, opts: &RunOptions) -> Result<RunEn
         encryption: encryption.clone(),
     };
     // The summary first: whatever fails below, it says what was committed.
-    if opts.quiet && !summary.succeeded() {
-        eprint!("{}", summary.render());
-    } else {
-        say(&summary.render());
-    }
+    opts.say_summary(&summary.render(), summary.succeeded());
     let mut problems = Vec::new();
     if let (Some(count), true) = (counted, summary.succeeded()) {
         let source_rows = u64::try_from(count?).unwrap_or(0);

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::run::{appended, RunOptions, Start, Step};
+use super::run::{appended, finished_already, RunOptions, Start, Step};
 use super::RunEnd;
 use crate::engine::{
     finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
@@ -382,19 +382,11 @@ pub(super) async fn run(
     if let Some(run) = &recorded.run {
         let rows: u64 = recorded.done.iter().map(|d| d.1).sum();
         if run.finished && job.target.mode == Mode::Append && !opts.restart {
-            if !opts.quiet {
-                let text = format!(
-                    "nothing to do: this job already finished at {} ({} partitions, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)\n",
-                    run.recorded_at,
-                    run.partitions,
-                    report::group(rows)
-                );
-                if opts.human_to_stderr {
-                    eprint!("{text}");
-                } else {
-                    print!("{text}");
-                }
-            }
+            let partitions = format!("{} partitions", run.partitions);
+            opts.say(&format!(
+                "{}\n",
+                finished_already(&run.recorded_at, &partitions, rows)
+            ));
             return Ok(RunEnd {
                 code: exit::OK,
                 summary: None,
@@ -577,14 +569,7 @@ pub(super) async fn run(
         planned.target.transaction(&statements).await?;
     }
     summary.elapsed = started.elapsed();
-    if !opts.quiet {
-        let text = format!("{}{verified}", summary.render());
-        if opts.human_to_stderr {
-            eprint!("{text}");
-        } else {
-            print!("{text}");
-        }
-    }
+    opts.say_summary(&format!("{}{verified}", summary.render()), code == exit::OK);
     if !summary.succeeded() && job.checkpoint_table.is_some() {
         eprintln!("resume with: {}", super::resume_command());
     }
