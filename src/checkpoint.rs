@@ -374,6 +374,30 @@ pub fn forget_run_sql(table: &QualifiedName, fingerprint: &str) -> String {
     )
 }
 
+/// A run recorded in the checkpoint table.
+#[derive(Clone, Debug)]
+pub struct RecordedRun {
+    /// The bounds the run planned with (`None`: one partition, or an empty source).
+    pub bounds: Option<(i64, i64)>,
+    pub partitions: i64,
+    pub finished: bool,
+    pub recorded_at: String,
+    /// The target table's OID when the run began.
+    pub target_oid: Option<i64>,
+    /// Why the run failed its coverage check, if it did.
+    pub failed_check: Option<String>,
+    /// An incremental run's window.
+    pub window: Option<Window>,
+    /// The quantile strategy's boundaries.
+    pub boundaries: Option<Vec<i64>>,
+    /// Secondary indexes dropped for the copy, to build again (`CREATE INDEX ...`).
+    pub deferred_indexes: Vec<String>,
+    /// `stride prepare`'s estimated rows of each partition (empty: not recorded).
+    pub estimates: Vec<i64>,
+    /// Committed partitions: index, rows, bytes.
+    pub done: Vec<(usize, u64, u64)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

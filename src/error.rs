@@ -93,12 +93,28 @@ impl fmt::Display for OutcomeUnknown {
 
 impl std::error::Error for OutcomeUnknown {}
 
+/// Which side of the copy a connection is on, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
 /// A partition's source or target moved no data for `run.stall_timeout` (a frozen
 /// network, a server that stopped answering): transient, so the partition is
 /// retried on new connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Stalled {
-    pub side: crate::engine::postgres::Side,
+    pub side: Side,
     pub waited: std::time::Duration,
 }
 
@@ -186,24 +202,6 @@ pub fn backoff(attempt: u32) -> std::time::Duration {
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), attempt)
             % (base_ms / 2 + 1);
     std::time::Duration::from_millis(base_ms + jitter_ms)
-}
-
-/// Whether an error is worth retrying: a connection that broke or could not be
-/// opened, or what its engine calls transient (`crate::engine::transient`). Everything else (type errors, constraint
-/// violations, permission denied, bad SQL) fails at once.
-pub fn is_transient(err: &anyhow::Error) -> bool {
-    if err.is::<OutcomeUnknown>()
-        || err.is::<Unsettled>()
-        || err.chain().any(|c| c.is::<LockLost>())
-    {
-        return false;
-    }
-    if err.is::<CommitRolledBack>() || err.is::<Stalled>() {
-        return true;
-    }
-    err.chain().any(|cause| {
-        crate::engine::transient(cause).unwrap_or_else(|| cause.is::<std::io::Error>())
-    })
 }
 
 /// The error chain as `a: b: c`, like anyhow's `{:#}`, without the repeats a driver

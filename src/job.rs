@@ -7,89 +7,12 @@
 //! source's catalogue (does the column exist, does a bound parse as its type) are
 //! checked in `plan`, with the same kind of error.
 
-use std::fmt;
-
 use serde::Deserialize;
 
+pub use crate::engine::url::{parse_url, DbUrl};
 use crate::error::JobError;
 use crate::pattern::{is_pattern, TablePattern};
 use crate::sql::QualifiedName;
-
-/// A connection URL whose `Display` and `Debug` hide the password, so that no log
-/// line, error or summary can print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DbUrl(String);
-
-impl DbUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its password, for the driver only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL to write into a file: without its password, and without the query
-    /// parameters not known to be harmless.
-    pub fn without_secrets(&self) -> String {
-        let Ok(mut url) = url::Url::parse(&self.0) else {
-            return String::new();
-        };
-        let _ = url.set_password(None);
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| crate::engine::is_shown(&self.0, k))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(kept);
-        }
-        url.to_string()
-    }
-
-    /// The URL for messages: the password and any query value that is not known to
-    /// be harmless are replaced by `****`.
-    pub fn redacted(&self) -> String {
-        let Ok(mut url) = url::Url::parse(&self.0) else {
-            return "<unparseable connection URL>".to_string();
-        };
-        if url.password().is_some() {
-            // set_password fails only for URLs that cannot have one.
-            let _ = url.set_password(Some("****"));
-        }
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let shown = crate::engine::is_shown(&self.0, &k);
-                (
-                    k.into_owned(),
-                    if shown { v.into_owned() } else { "****".into() },
-                )
-            })
-            .collect();
-        if pairs.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
-    }
-}
-
-impl fmt::Display for DbUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Debug for DbUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DbUrl({})", self.redacted())
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // The raw mirror of the file. No `Debug`: it holds the URLs with their passwords.
@@ -1279,11 +1202,6 @@ fn validate_upsert(
         key,
         on_conflict: on_conflict.unwrap_or_default(),
     }))
-}
-
-/// Checks a connection URL: its scheme picks the engine, which checks the rest.
-pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
-    crate::engine::parse_url(key, url)
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` from `env`. `$$` stands for a literal `$`.

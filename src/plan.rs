@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::engine::postgres::{Column, Transfer, UniqueKeys};
+use crate::engine::postgres::catalog::{Column, Transfer, UniqueKeys};
 use crate::error::JobError;
 use crate::job::Strategy;
 use crate::job::{Job, Lookback, Mode, OnConflict, Relation, Verify};

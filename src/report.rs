@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
-use crate::engine::postgres::Transfer;
+use crate::engine::postgres::catalog::Transfer;
 use crate::plan::Plan;
 
 /// What became of one partition.
@@ -61,11 +61,61 @@ pub fn progress_bar(estimated_rows: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// How one side's sessions travel: whether they are encrypted (read from the
+/// server), and how stride checked the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Channel {
+    /// `TLSv1.3`, ...; `None`: plain text.
+    pub tls: Option<String>,
+    pub cipher: Option<String>,
+    /// `sslmode` as resolved (URL, `PGSSLMODE`, or the default `prefer`).
+    pub sslmode: &'static str,
+    /// `none`, `chain` (verify-ca) or `full` (chain and host name).
+    pub verified: &'static str,
+    /// Over a Unix socket (never encrypted, as with libpq).
+    pub unix_socket: bool,
+}
+
+impl Channel {
+    /// A file on this machine (SQLite): nothing travels over a network.
+    pub fn local_file() -> Channel {
+        Channel {
+            tls: None,
+            cipher: None,
+            sslmode: "file",
+            verified: "none",
+            unix_socket: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls {
+            None if self.sslmode == "file" => f.write_str("none needed, a local file"),
+            None if self.unix_socket => f.write_str("none, Unix socket"),
+            None => write!(f, "none, plain text (sslmode={})", self.sslmode),
+            Some(version) => {
+                write!(f, "{version}")?;
+                if let Some(cipher) = &self.cipher {
+                    write!(f, " {cipher}")?;
+                }
+                let verified = match self.verified {
+                    "full" => "certificate and host name verified",
+                    "chain" => "certificate chain verified, host name not checked",
+                    _ => "server certificate not verified",
+                };
+                write!(f, ", {verified} (sslmode={})", self.sslmode)
+            }
+        }
+    }
+}
+
 /// How the sessions of each side are protected, read from the servers.
 #[derive(Clone, Debug)]
 pub struct Encryption {
-    pub source: crate::engine::postgres::Encryption,
-    pub target: crate::engine::postgres::Encryption,
+    pub source: Channel,
+    pub target: Channel,
 }
 
 impl Encryption {

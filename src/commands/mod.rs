@@ -6,6 +6,7 @@ mod order;
 mod prepare;
 mod preview;
 mod run;
+mod start;
 mod status;
 mod transfer;
 mod verify;
@@ -28,7 +29,8 @@ use crate::report::PartitionReport;
 use crate::report::{self, Summary};
 
 use preview::{check, plan_command};
-use run::{run_tables, RunOptions, Step};
+use run::run_tables;
+use start::{RunOptions, Step};
 use status::status;
 use verify::verify;
 

@@ -1,11 +1,8 @@
 //! The order a job's tables run in: the foreign keys the target holds among
 //! them, read before anything is written.
 
-use std::collections::HashMap;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use crate::engine::postgres::{self as pg, Side};
 use crate::engine::Engine;
 use crate::error::JobError;
 use crate::job::{Job, JobSet};
@@ -48,37 +45,17 @@ pub(super) async fn table_order(jobs: &[Job]) -> Result<TableOrder> {
         let same: Vec<usize> = (first..jobs.len())
             .filter(|&i| &jobs[i].target.url == url)
             .collect();
-        if Engine::of(url) != Engine::Postgres {
-            // Tables stride creates there have no foreign keys: the file's order.
-            for &i in &same {
-                done[i] = true;
-            }
-            continue;
-        }
-        let server = pg::connect(Side::Target, url, jobs[first].retries).await?;
-        let pool = server.pool(1);
-        let mut conn = pool
-            .acquire()
-            .await
-            .context("taking a target connection to read its foreign keys")?;
-        let mut by_oid = HashMap::new();
         for &i in &same {
             done[i] = true;
-            if let Some(oid) = pg::table_oid(&mut conn, &jobs[i].target.table).await? {
-                by_oid.insert(oid, i);
-            }
         }
-        for &i in &same {
-            for (name, parent) in pg::foreign_keys(&mut conn, &jobs[i].target.table).await? {
-                if let Some(&parent) = by_oid.get(&parent) {
-                    keys.push(ForeignKey {
-                        name,
-                        child: i,
-                        parent,
-                    });
-                }
-            }
-        }
+        let tables: Vec<QualifiedName> =
+            same.iter().map(|&i| jobs[i].target.table.clone()).collect();
+        let found = crate::engine::foreign_keys(url, &tables, jobs[first].retries).await?;
+        keys.extend(found.into_iter().map(|(name, child, parent)| ForeignKey {
+            name,
+            child: same[child],
+            parent: same[parent],
+        }));
     }
     let order = order::parents_first(jobs.len(), &keys).map_err(|cycle| {
         JobError::new(format!(
@@ -107,8 +84,7 @@ pub(super) async fn expand_patterns(set: &mut JobSet) -> Result<Vec<String>> {
         let job = &p.stand_in;
         let (tables, default_schema) = crate::engine::tables(&job.source.url, job.retries).await?;
         let mut matched = pattern::select(&tables, &p.pattern, &p.exclude, &default_schema);
-        if Engine::of(&job.source.url) == Engine::Sqlite {
-            // A SQLite table is named without its database (`main`).
+        if !Engine::of(&job.source.url).has_schemas() {
             for t in &mut matched {
                 t.schema = None;
             }

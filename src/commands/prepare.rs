@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::checkpoint::RecordedRun;
 use crate::engine::postgres::copy::{CopySpec, UpsertSpec};
 use crate::engine::postgres::create::{self, Creation, SourceIndexes};
 use crate::engine::postgres::replace;
@@ -164,7 +165,7 @@ pub(super) async fn plan_partitions(
     conn: &mut PgConnection,
     job: &Job,
     side: &SourceSide,
-    recorded: Option<&pg::RecordedRun>,
+    recorded: Option<&RecordedRun>,
 ) -> Result<Plan> {
     let cut = match (plan::strategy(job), &side.key, recorded) {
         (Strategy::Stride, ..) => Cut::Stride,

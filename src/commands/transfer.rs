@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::run::{appended, finished_already, RunOptions, Start, Step};
+use super::start::{appended, finished_already, RunOptions, Start, Step};
 use super::RunEnd;
 use crate::engine::{
     finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
@@ -753,7 +753,7 @@ async fn run_partition(
                 info!(partition = part.index, rows, "partition written");
                 return report(Status::Written, rows, bytes, attempt);
             }
-            Err(e) if attempt < retries && crate::error::is_transient(&e) => {
+            Err(e) if attempt < retries && crate::engine::is_transient(&e) => {
                 attempt += 1;
                 warn!(partition = part.index, attempt, error = %crate::error::chain(&e), "partition failed; retrying");
                 tokio::time::sleep(backoff(attempt)).await;

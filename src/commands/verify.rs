@@ -23,7 +23,6 @@ use super::prepare::{
     add_reread, copy_spec, effective_verify, plan_partitions, prepare, scope, unverifiable,
     window_condition, Prepared, TargetFit,
 };
-use super::run::lock_target;
 use super::{copy_partitions, in_entry, load_tables};
 
 /// `stride verify`: compares every partition in a new snapshot of the source,
@@ -89,7 +88,7 @@ async fn verify_job(job: Job, args: &VerifyArgs, quiet: bool) -> Result<u8> {
     // A repair takes the run's lock before it compares: a run ending in between
     // would otherwise have its partitions replaced from an older snapshot.
     let lock = match args.repair {
-        true => Some(lock_target(&target, &job.target.table, false).await?),
+        true => Some(pg::lock_target(&target, &job.target.table, false).await?),
         false => None,
     };
     let mut coordinator = source

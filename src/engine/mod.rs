@@ -17,12 +17,14 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod url;
+
+pub use url::{parse_url, DbUrl};
 
 use anyhow::Result;
 use tokio::sync::mpsc;
 
-use crate::error::JobError;
-use crate::job::{DbUrl, Job};
+use crate::job::Job;
 use crate::partition::{KeyRange, KeyType};
 use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
@@ -49,6 +51,12 @@ impl Engine {
             Engine::Postgres => "PostgreSQL",
             Engine::Sqlite => "SQLite",
         }
+    }
+
+    /// Whether a table's name has a schema (a SQLite table is named without
+    /// its database, `main`).
+    pub fn has_schemas(self) -> bool {
+        self != Engine::Sqlite
     }
 
     /// A table's name as this engine's SQL spells it.
@@ -78,31 +86,7 @@ impl Engine {
     }
 }
 
-pub use postgres::Side;
-
-/// Checks a connection URL from the job (`key` names it in messages): its
-/// scheme picks the engine, and that engine checks the rest. Never shows the
-/// URL's password.
-pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
-    let url = DbUrl::new(url.trim());
-    let scheme = url
-        .expose()
-        .split_once(':')
-        .map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("postgres" | "postgresql") => postgres::check_url(key, url),
-        Some("sqlite") => sqlite::check_url(key, url),
-        Some(scheme @ ("mysql" | "mariadb")) => Err(JobError::new(format!(
-            "{key}: scheme \"{scheme}\" is not supported yet: MySQL and MariaDB come next (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
-        ))),
-        Some(other) if !other.is_empty() && !other.contains('/') => Err(JobError::new(format!(
-            "{key}: scheme \"{other}\" is not supported (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
-        ))),
-        _ => Err(JobError::new(format!(
-            "{key}: not a URL (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
-        ))),
-    }
-}
+pub use crate::error::Side;
 
 /// Whether an error cause is one an engine calls transient (worth another
 /// attempt); `None` when no engine knows it.
@@ -110,10 +94,21 @@ pub fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
     postgres::transient(cause)
 }
 
-/// Whether a URL parameter's value may be shown in messages and files: the
-/// engine's parameters known to hold no secret (a SQLite URL has none).
-pub fn is_shown(url: &str, name: &str) -> bool {
-    url.starts_with("sqlite:") || postgres::libpq::is_shown(name)
+/// Whether an error is worth retrying: a connection that broke or could not be
+/// opened, or what its engine calls transient (`transient`). Everything else (type errors, constraint
+/// violations, permission denied, bad SQL) fails at once.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    if err.is::<crate::error::OutcomeUnknown>()
+        || err.is::<crate::error::Unsettled>()
+        || err.chain().any(|c| c.is::<crate::error::LockLost>())
+    {
+        return false;
+    }
+    if err.is::<crate::error::CommitRolledBack>() || err.is::<crate::error::Stalled>() {
+        return true;
+    }
+    err.chain()
+        .any(|cause| transient(cause).unwrap_or_else(|| cause.is::<std::io::Error>()))
 }
 
 /// The tables of a source, `(schema, name)`, and the schema a name without
@@ -126,6 +121,20 @@ pub async fn tables(url: &DbUrl, retries: u32) -> Result<(Vec<(String, String)>,
             postgres::tables_for_patterns(&mut conn).await
         }
         Engine::Sqlite => sqlite::Source::open(url).await?.tables().await,
+    }
+}
+
+/// The foreign keys among `tables` of one target, `(name, child, parent)` by
+/// index into `tables`: what orders a run of several tables parents first.
+/// (SQLite: none, as tables stride creates there have none.)
+pub async fn foreign_keys(
+    url: &DbUrl,
+    tables: &[QualifiedName],
+    retries: u32,
+) -> Result<Vec<(String, usize, usize)>> {
+    match Engine::of(url) {
+        Engine::Postgres => postgres::foreign_keys_among(url, tables, retries).await,
+        Engine::Sqlite => Ok(Vec::new()),
     }
 }
 

@@ -18,6 +18,7 @@ mod hints;
 mod incremental;
 mod indexes;
 mod init;
+mod layout;
 mod lock;
 mod modes;
 mod props;

@@ -209,7 +209,7 @@ impl std::ops::AddAssign for Counts {
 /// Runs the given partitions, at most `parallelism` at once. Returns one report
 /// per partition, in the order given, and whether `cancel` stopped the run.
 ///
-/// A partition that fails transiently (see `error::is_transient`) is tried again
+/// A partition that fails transiently (see `engine::is_transient`) is tried again
 /// after a backoff, up to `spec.retries` times: its target transaction was rolled
 /// back, so a retry never writes a row twice. A permanent failure stops the
 /// scheduling of new partitions; those in flight finish.
@@ -296,12 +296,12 @@ pub async fn run_partitions(
             // its target transaction did not commit: rolled back, as if interrupted.
             Err(e)
                 if e.is::<Interrupted>()
-                    || (spec.cancel.is_cancelled() && crate::error::is_transient(&e)) =>
+                    || (spec.cancel.is_cancelled() && crate::engine::is_transient(&e)) =>
             {
                 info!(partition = index, "partition rolled back: interrupted");
                 report.status = Status::RolledBack;
             }
-            Err(e) if attempt < spec.retries && crate::error::is_transient(&e) => {
+            Err(e) if attempt < spec.retries && crate::engine::is_transient(&e) => {
                 let error = crate::error::chain(&e);
                 warn!(
                     partition = index,

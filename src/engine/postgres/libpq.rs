@@ -544,6 +544,50 @@ pub fn application_name(
         .unwrap_or_else(|| "stride".to_string())
 }
 
+/// Checks a `postgres://` URL as libpq reads it (the engine is picked already).
+pub fn check_url(key: &str, url: &str) -> Result<(), JobError> {
+    match url::Url::parse(url) {
+        // Without `//` everything after `postgres:` is a path: no host, and a
+        // password in it could not be told apart to hide it.
+        Ok(u) if !url[u.scheme().len()..].starts_with("://") => Err(JobError::new(format!(
+            "{key}: not a URL with a host (expected postgres://user@host:port/database)"
+        ))),
+        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
+            // An unknown parameter may be a secret the driver would log with its
+            // value; name the key only.
+            if let Some(refused) = u
+                .query_pairs()
+                .find_map(|(k, _)| refusal(&k).map(|why| (k.into_owned(), why)))
+            {
+                return Err(JobError::new(format!(
+                    "{key}: parameter \"{}\" is not supported by stride ({})",
+                    refused.0, refused.1
+                )));
+            }
+            match u.query_pairs().map(|(k, _)| k).find(|k| !is_known(k)) {
+                Some(unknown) => Err(JobError::new(format!(
+                    "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
+                    DRIVER_PARAMETERS
+                        .iter()
+                        .chain(STRIDE_PARAMETERS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+                None => Ok(()),
+            }
+        }
+        Ok(u) => Err(JobError::new(format!(
+            "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
+            u.scheme()
+        ))),
+        // The parse error never contains the URL itself, so it is safe to show.
+        Err(e) => Err(JobError::new(format!(
+            "{key}: not a valid URL: {e} (expected postgres://user@host:port/database)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

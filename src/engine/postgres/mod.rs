@@ -3,6 +3,7 @@
 //! connection slots and the run lock. Each function adds context naming the
 //! object it works on.
 
+pub mod catalog;
 pub mod copy;
 pub mod create;
 pub mod init;
@@ -22,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::AssertSqlSafe;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
+use crate::checkpoint::RecordedRun;
 use crate::error::{JobError, LockLost};
 use crate::job::DbUrl;
 use crate::sql::{quote_literal, QualifiedName};
@@ -36,54 +38,6 @@ const SESSION_OPTIONS: [(&str, &str); 5] = [
     ("bytea_output", "hex"),
     ("extra_float_digits", "3"),
 ];
-
-/// Checks a `postgres://` URL as libpq reads it (the engine is picked already).
-pub fn check_url(key: &str, url: DbUrl) -> Result<DbUrl, JobError> {
-    match url::Url::parse(url.expose()) {
-        // Without `//` everything after `postgres:` is a path: no host, and a
-        // password in it could not be told apart to hide it.
-        Ok(u) if !url.expose()[u.scheme().len()..].starts_with("://") => Err(JobError::new(
-            format!("{key}: not a URL with a host (expected postgres://user@host:port/database)"),
-        )),
-        Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {
-            // An unknown parameter may be a secret the driver would log with its
-            // value; name the key only.
-            if let Some(refused) = u
-                .query_pairs()
-                .find_map(|(k, _)| libpq::refusal(&k).map(|why| (k.into_owned(), why)))
-            {
-                return Err(JobError::new(format!(
-                    "{key}: parameter \"{}\" is not supported by stride ({})",
-                    refused.0, refused.1
-                )));
-            }
-            match u
-                .query_pairs()
-                .map(|(k, _)| k)
-                .find(|k| !libpq::is_known(k))
-            {
-                Some(unknown) => Err(JobError::new(format!(
-                    "{key}: unknown parameter \"{unknown}\" (expected one of: {})",
-                    libpq::DRIVER_PARAMETERS
-                        .iter()
-                        .chain(libpq::STRIDE_PARAMETERS)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-                None => Ok(url),
-            }
-        }
-        Ok(u) => Err(JobError::new(format!(
-            "{key}: scheme \"{}\" is not supported (expected postgres://user@host:port/database)",
-            u.scheme()
-        ))),
-        // The parse error never contains the URL itself, so it is safe to show.
-        Err(e) => Err(JobError::new(format!(
-            "{key}: not a valid URL: {e} (expected postgres://user@host:port/database)"
-        ))),
-    }
-}
 
 /// A COPY error with the server's place for it (`COPY t, line 3, column n:
 /// "1.5"`), which names the column a value did not convert into.
@@ -201,10 +155,6 @@ async fn next_in_order(
     Ok(next)
 }
 
-/// First OID of user-defined objects (`FirstNormalObjectId`): types below it are
-/// built in and have the same OID in every database.
-const FIRST_NORMAL_OID: i64 = 16384;
-
 /// Runs one or more statements over the simple query protocol.
 ///
 /// (A `&str` with no arguments goes over the simple protocol; sqlx's `raw_sql`
@@ -216,21 +166,9 @@ pub async fn execute(conn: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
         .map(|_| ())
 }
 
-/// Which side of the copy a connection is on, for messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Target,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Target => "target",
-        })
-    }
-}
+pub use crate::error::Side;
+pub use crate::report::Channel as Encryption;
+pub use catalog::{Column, Transfer, UniqueKeys};
 
 /// A server we can talk to, and what a first connection learnt about it.
 pub struct Server {
@@ -251,56 +189,6 @@ pub struct Server {
     pub place: String,
     /// How the session is protected, as the server reports it (`pg_stat_ssl`).
     pub encryption: Encryption,
-}
-
-/// Whether a session is encrypted, read from the server, and how stride checked
-/// the server's certificate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Encryption {
-    /// `TLSv1.3`, ...; `None`: plain text.
-    pub tls: Option<String>,
-    pub cipher: Option<String>,
-    /// `sslmode` as resolved (URL, `PGSSLMODE`, or the default `prefer`).
-    pub sslmode: &'static str,
-    /// `none`, `chain` (verify-ca) or `full` (chain and host name).
-    pub verified: &'static str,
-    /// Over a Unix socket (never encrypted, as with libpq).
-    pub unix_socket: bool,
-}
-
-impl Encryption {
-    /// A file on this machine (SQLite): nothing travels over a network.
-    pub fn local_file() -> Encryption {
-        Encryption {
-            tls: None,
-            cipher: None,
-            sslmode: "file",
-            verified: "none",
-            unix_socket: false,
-        }
-    }
-}
-
-impl std::fmt::Display for Encryption {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.tls {
-            None if self.sslmode == "file" => f.write_str("none needed, a local file"),
-            None if self.unix_socket => f.write_str("none, Unix socket"),
-            None => write!(f, "none, plain text (sslmode={})", self.sslmode),
-            Some(version) => {
-                write!(f, "{version}")?;
-                if let Some(cipher) = &self.cipher {
-                    write!(f, " {cipher}")?;
-                }
-                let verified = match self.verified {
-                    "full" => "certificate and host name verified",
-                    "chain" => "certificate chain verified, host name not checked",
-                    _ => "server certificate not verified",
-                };
-                write!(f, ", {verified} (sslmode={})", self.sslmode)
-            }
-        }
-    }
 }
 
 /// The server's addresses and the keepalives for stride's end of connections to
@@ -677,35 +565,6 @@ pub fn tls_failure(error: &sqlx::Error) -> Option<&rustls::Error> {
     }
 }
 
-/// One column as the catalogue describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Column {
-    pub name: String,
-    /// `format_type` with the modifier, e.g. `numeric(12,4)`: what `CREATE TABLE` needs.
-    pub type_name: String,
-    /// `format_type` without the modifier, e.g. `numeric`: what cast lookups need.
-    pub base_type: String,
-    pub type_oid: i64,
-    /// For arrays, the element type without modifier.
-    pub element_type: Option<String>,
-    /// `pg_type.typcategory`: `S` string, `N` numeric, `A` array, `E` enum, ...
-    pub category: String,
-    pub not_null: bool,
-    /// `GENERATED ALWAYS AS (...) STORED`: computed, cannot be written.
-    pub generated: bool,
-    /// Has a default or is an identity column: can be left out of an INSERT or COPY.
-    pub has_default: bool,
-    /// For a domain, the type it is ultimately over (`integer` for a domain over a
-    /// domain over integer), without modifier: what decides a partition key.
-    pub domain_over: Option<String>,
-}
-
-impl Column {
-    pub fn is_builtin_type(&self) -> bool {
-        self.type_oid < FIRST_NORMAL_OID
-    }
-}
-
 /// A relation's columns and kind.
 #[derive(Clone, Debug, Serialize)]
 pub struct Relation {
@@ -758,16 +617,6 @@ pub async fn describe_table(
         columns,
         kind: kind.chars().next().unwrap_or('r'),
     }))
-}
-
-/// The unique indexes of a table that `ON CONFLICT (columns)` can use as its
-/// arbiter: valid, immediate (not deferrable), without a predicate or expression.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UniqueKeys {
-    /// The primary key's columns, in index order.
-    pub primary_key: Option<Vec<String>>,
-    /// The key columns of every such index, the primary key's included.
-    pub unique: Vec<Vec<String>>,
 }
 
 /// The unique keys of an existing table (see [`UniqueKeys`]).
@@ -989,18 +838,6 @@ async fn read_columns(conn: &mut PgConnection, oid: i64) -> Result<Vec<Column>> 
         .collect())
 }
 
-/// How a source column travels into its target column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transfer {
-    /// Same built-in type: binary COPY bytes pass through undecoded.
-    Binary,
-    /// Different but assignable types: the target's input function converts the text form.
-    Text,
-    /// The target cannot take this type.
-    Incompatible,
-}
-
 /// A REPEATABLE READ transaction whose snapshot every partition imports, so that all
 /// partitions read the same moment of the source. Hold it until every partition has
 /// started: an exported snapshot lives only as long as its transaction.
@@ -1089,30 +926,6 @@ async fn free_connection_slots(conn: &mut PgConnection) -> Result<(i64, String)>
     .fetch_one(conn)
     .await?;
     Ok((i64::from(free), database))
-}
-
-/// A run recorded in the checkpoint table.
-#[derive(Clone, Debug)]
-pub struct RecordedRun {
-    /// The bounds the run planned with (`None`: one partition, or an empty source).
-    pub bounds: Option<(i64, i64)>,
-    pub partitions: i64,
-    pub finished: bool,
-    pub recorded_at: String,
-    /// The target table's OID when the run began.
-    pub target_oid: Option<i64>,
-    /// Why the run failed its coverage check, if it did.
-    pub failed_check: Option<String>,
-    /// An incremental run's window.
-    pub window: Option<crate::plan::Window>,
-    /// The quantile strategy's boundaries.
-    pub boundaries: Option<Vec<i64>>,
-    /// Secondary indexes dropped for the copy, to build again (`CREATE INDEX ...`).
-    pub deferred_indexes: Vec<String>,
-    /// `stride prepare`'s estimated rows of each partition (empty: not recorded).
-    pub estimates: Vec<i64>,
-    /// Committed partitions: index, rows, bytes.
-    pub done: Vec<(usize, u64, u64)>,
 }
 
 /// The run `fingerprint` as the checkpoint table records it; `None` also when
@@ -1284,6 +1097,36 @@ pub async fn table_oid(conn: &mut PgConnection, table: &QualifiedName) -> Result
         .fetch_one(conn)
         .await
         .with_context(|| format!("looking up table {table}"))
+}
+
+/// The foreign keys among `tables` of the target at `url`, `(name, child,
+/// parent)` by index into `tables`.
+pub async fn foreign_keys_among(
+    url: &DbUrl,
+    tables: &[QualifiedName],
+    retries: u32,
+) -> Result<Vec<(String, usize, usize)>> {
+    let server = connect(Side::Target, url, retries).await?;
+    let pool = server.pool(1);
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("taking a target connection to read its foreign keys")?;
+    let mut by_oid = std::collections::HashMap::new();
+    for (i, table) in tables.iter().enumerate() {
+        if let Some(oid) = table_oid(&mut conn, table).await? {
+            by_oid.insert(oid, i);
+        }
+    }
+    let mut keys = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        for (name, parent) in foreign_keys(&mut conn, table).await? {
+            if let Some(&parent) = by_oid.get(&parent) {
+                keys.push((name, i, parent));
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// The foreign keys `table` holds, each as its name and the OID of the table it
@@ -1892,6 +1735,28 @@ pub async fn has_primary_key(conn: &mut PgConnection, table: &QualifiedName) -> 
     .with_context(|| format!("looking up the primary key of {table}"))
 }
 
+/// Takes the target table's run lock (a session advisory lock, see
+/// [`RunLock`]) on a connection of its own, held until the returned connection
+/// is dropped and so closed. Every transaction the run commits on the target
+/// checks the lock with [`check_run_lock`].
+pub async fn lock_target(
+    target: &PgPool,
+    table: &QualifiedName,
+    shared: bool,
+) -> Result<(PgConnection, RunLock)> {
+    let mut conn = target
+        .acquire()
+        .await
+        .context("taking a target connection for the run's lock")?
+        .detach();
+    let Some(lock) = take_run_lock(&mut conn, table, shared).await? else {
+        return Err(anyhow::anyhow!(
+            "another stride run is writing into {table} on the target; wait for it to end (or stop it), then run again"
+        ));
+    };
+    Ok((conn, lock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{key_halves, transient_sqlstate};
@@ -1907,7 +1772,7 @@ mod tests {
             assert!(!transient_sqlstate(code), "{code}");
         }
         let reset = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(crate::error::is_transient(
+        assert!(crate::engine::is_transient(
             &anyhow::Error::new(reset).context("partition 3")
         ));
         let stalled = crate::error::Stalled {
@@ -1915,7 +1780,7 @@ mod tests {
             waited: std::time::Duration::from_secs(30),
         };
         let stalled = anyhow::Error::new(stalled).context("partition 3 ([100, 200))");
-        assert!(crate::error::is_transient(&stalled));
+        assert!(crate::engine::is_transient(&stalled));
         assert_eq!(
             crate::error::chain(&stalled),
             "partition 3 ([100, 200)): the target moved no data for 30 s (run.stall_timeout)"
@@ -1924,10 +1789,10 @@ mod tests {
             std::io::ErrorKind::ConnectionReset,
         )))
         .context(crate::error::Unsettled);
-        assert!(!crate::error::is_transient(&unsettled));
+        assert!(!crate::engine::is_transient(&unsettled));
         let decode = sqlx::Error::ColumnNotFound("x".into());
-        assert!(!crate::error::is_transient(&anyhow::Error::new(decode)));
-        assert!(!crate::error::is_transient(&anyhow::Error::new(
+        assert!(!crate::engine::is_transient(&anyhow::Error::new(decode)));
+        assert!(!crate::engine::is_transient(&anyhow::Error::new(
             crate::error::JobError::new("x")
         )));
         let lost = anyhow::Error::new(crate::error::LockLost {
@@ -1935,7 +1800,7 @@ mod tests {
         })
         .context("partition 3");
         assert!(
-            !crate::error::is_transient(&lost),
+            !crate::engine::is_transient(&lost),
             "a lost lock is never retried"
         );
         assert_eq!(crate::error::exit_code(&lost), crate::error::exit::FAILED);

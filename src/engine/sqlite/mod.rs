@@ -20,6 +20,7 @@
 //! time of a `sqlite3 -csv | psql` pipe, most of it in thread wake-ups.)
 
 pub mod dialect;
+pub mod url;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -39,73 +40,7 @@ use crate::partition::KeyType;
 use crate::sql::{quote_ident, QualifiedName};
 
 use dialect::Bind;
-
-/// URL parameters stride reads (as sqlx and SQLite's URIs spell them).
-const PARAMETERS: &[&str] = &["mode", "immutable"];
-
-/// A file and its parameters, from a URL that [`check_url`] accepted.
-struct FileUrl {
-    path: PathBuf,
-    mode: Option<String>,
-    immutable: bool,
-}
-
-fn file_url(key: &str, url: &DbUrl) -> Result<FileUrl, JobError> {
-    let text = url.expose();
-    let rest = &text["sqlite:".len()..];
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = url::form_urlencoded::parse(path.as_bytes())
-        .map(|(k, v)| {
-            if v.is_empty() {
-                k.into_owned()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<String>();
-    let expected = "(expected sqlite://path/to/file.db or sqlite:///absolute/path.db)";
-    if path.is_empty() || path == ":memory:" {
-        return Err(JobError::new(format!(
-            "{key}: no file named {expected}; an in-memory database is gone when stride ends"
-        )));
-    }
-    let mut out = FileUrl {
-        path: PathBuf::from(path),
-        mode: None,
-        immutable: false,
-    };
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        match (k.as_ref(), v.as_ref()) {
-            ("mode", "ro" | "rw" | "rwc") => out.mode = Some(v.into_owned()),
-            ("mode", other) => {
-                return Err(JobError::new(format!(
-                    "{key}: mode={other} is not supported (expected ro, rw or rwc)"
-                )))
-            }
-            ("immutable", "1" | "true") => out.immutable = true,
-            ("immutable", "0" | "false") => out.immutable = false,
-            ("immutable", other) => {
-                return Err(JobError::new(format!(
-                    "{key}: immutable={other} (expected 1 or 0)"
-                )))
-            }
-            (other, _) => {
-                return Err(JobError::new(format!(
-                    "{key}: unknown parameter \"{other}\" for SQLite (expected one of: {})",
-                    PARAMETERS.join(", ")
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Checks a `sqlite:` URL: a file, and parameters stride knows.
-pub fn check_url(key: &str, url: DbUrl) -> Result<DbUrl, JobError> {
-    file_url(key, &url)?;
-    Ok(url)
-}
+use url::FileUrl;
 
 /// What SQLite lacks of what a job asks, by key.
 pub fn refusals(job: &Job, side: Side) -> Vec<String> {
@@ -152,7 +87,7 @@ struct OpenedFile {
 
 impl Opener {
     fn new(key: &str, url: &DbUrl, create: bool) -> Result<(Opener, FileUrl), JobError> {
-        let file = file_url(key, url)?;
+        let file = url::file_url(key, url.expose())?;
         let read_only = file.mode.as_deref() == Some("ro");
         let opener = Opener {
             file: OpenedFile {
