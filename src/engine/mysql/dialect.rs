@@ -455,7 +455,11 @@ pub enum Reading {
     BitBool,
     /// Big-endian bytes to `n` digits 0 and 1 (a `bit(n)`).
     Bits(u32),
+    /// A `double`.
     Float,
+    /// A `float` (4 bytes), selected as a double ([`select_item`]): its
+    /// shortest digits as a 4-byte float, as PostgreSQL prints a `real`.
+    Float4,
     Bytes,
     Date,
     /// A `datetime`: its fraction's trailing zeros dropped.
@@ -557,7 +561,7 @@ fn mapping(column_type: &str) -> Result<Mapping, String> {
             };
             m(Kind::Numeric, &format!("numeric({p},{s})"), Reading::AsIs)
         }
-        "float" => m(Kind::Float, "real", Reading::Float),
+        "float" => m(Kind::Float, "real", Reading::Float4),
         "double" | "real" => m(Kind::Float, "double precision", Reading::Float),
         "char" | "varchar" => match first {
             Some(len) => m(Kind::Text, &format!("varchar({len})"), Reading::AsIs),
@@ -792,9 +796,11 @@ pub fn canonical(reading: Reading, value: &[u8]) -> Result<Cow<'_, str>, String>
             }
         },
         Reading::Bits(n) => bits_text(value, n).into(),
-        Reading::Float => {
+        Reading::Float | Reading::Float4 => {
             let t = text()?;
             match t.parse::<f64>() {
+                // A double selected from a float is that float exactly.
+                Ok(f) if reading == Reading::Float4 => float4_text(f as f32).into(),
                 Ok(f) => float_text(f).into(),
                 Err(_) => return Err(format!("{t:?} is not a number")),
             }
@@ -821,6 +827,16 @@ pub fn canonical(reading: Reading, value: &[u8]) -> Result<Cow<'_, str>, String>
             if t.is_empty() { "0" } else { t }.into()
         }
     })
+}
+
+/// A 4-byte float's canonical text: its shortest digits (as PostgreSQL
+/// prints a `real`), in [`float_text`]'s form. Those digits read as a double
+/// print back the same, having at most 9 of them.
+pub fn float4_text(f: f32) -> String {
+    match format!("{f:e}").parse::<f64>() {
+        Ok(digits) if f.is_finite() => float_text(digits),
+        _ => float_text(f64::from(f)),
+    }
 }
 
 /// `05:06:07.500000` as PostgreSQL prints it: `05:06:07.5`.
@@ -1214,6 +1230,18 @@ fn from(job: &Job) -> (String, Option<&str>) {
     )
 }
 
+/// A column as a reader selects it. MySQL's text protocol prints a `float`
+/// with 6 significant digits (MariaDB 10.11 sends 16777217 as `16777200`), so
+/// a float is read as the double that holds it exactly.
+pub fn select_item(column: &Column) -> String {
+    let c = quote_ident(&column.name);
+    if split_type(&column.declared).0 == "float" {
+        format!("CAST({c} AS DOUBLE)")
+    } else {
+        c
+    }
+}
+
 /// The statement reading `columns` of the job's rows within `range` of the key.
 pub fn select(
     job: &Job,
@@ -1222,7 +1250,7 @@ pub fn select(
     range: &KeyRange,
 ) -> String {
     let (from, user) = from(job);
-    let list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let list: Vec<String> = columns.iter().map(select_item).collect();
     let pred = key.and_then(|(column, key)| predicate(&quote_ident(column), key, range));
     format!(
         "SELECT {} FROM {from}{}",
@@ -1357,8 +1385,8 @@ pub fn create_table_sql(
 }
 
 /// The rows of `columns` of a target table within `predicate`, for verify.
-pub fn target_select(table: &str, columns: &[String], predicate: Option<String>) -> String {
-    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+pub fn target_select(table: &str, columns: &[Column], predicate: Option<String>) -> String {
+    let list: Vec<String> = columns.iter().map(select_item).collect();
     format!(
         "SELECT {} FROM {table}{}",
         list.join(", "),
@@ -1726,6 +1754,7 @@ host = elsewhere
         assert_eq!(reading("datetime"), Ok(Reading::Datetime));
         assert_eq!(reading("year(4)"), Ok(Reading::Year));
         assert_eq!(reading("double"), Ok(Reading::Float));
+        assert_eq!(reading("float"), Ok(Reading::Float4));
         assert_eq!(reading("varbinary(3)"), Ok(Reading::Bytes));
         assert_eq!(reading("bigint(20) unsigned"), Ok(Reading::AsIs));
     }
@@ -1914,6 +1943,19 @@ host = elsewhere
             "1.7976931348623157e+308"
         );
         assert_eq!(ok(Reading::Float, b"-0"), "-0");
+        // A float as the double MariaDB casts it to (measured), printed as
+        // PostgreSQL prints the `real`.
+        assert_eq!(ok(Reading::Float4, b"1.2345677614212036"), "1.2345678");
+        assert_eq!(ok(Reading::Float4, b"16777216"), "16777216");
+        assert_eq!(ok(Reading::Float4, b"0.10000000149011612"), "0.1");
+        assert_eq!(ok(Reading::Float4, b"3.3999999521443642e38"), "3.4e+38");
+        assert_eq!(
+            ok(Reading::Float4, b"1.1754943508222875e-38"),
+            "1.1754944e-38"
+        );
+        assert_eq!(float4_text(f32::MAX), "3.4028235e+38");
+        assert_eq!(float4_text(f32::NAN), "NaN");
+        assert_eq!(float4_text(-0.0), "-0");
         assert_eq!(ok(Reading::Bytes, &[0x00, 0xff]), "\\x00ff");
         assert_eq!(ok(Reading::Bytes, b""), "\\x");
         assert_eq!(ok(Reading::Date, b"2021-03-04"), "2021-03-04");
@@ -2235,6 +2277,19 @@ host = elsewhere
         }
 
         #[test]
+        fn float4_text_reads_back_as_the_same_float(bits in any::<u32>()) {
+            let f = f32::from_bits(bits);
+            let text = float4_text(f).replace("Infinity", "inf");
+            let back: f32 = text.parse().unwrap();
+            prop_assert!(back.to_bits() == f.to_bits() || (f.is_nan() && back.is_nan()));
+            // Read from the double MySQL casts it to, the same text.
+            if f.is_finite() {
+                let cast = float_text(f64::from(f));
+                prop_assert_eq!(canonical(Reading::Float4, cast.as_bytes()).unwrap(), float4_text(f));
+            }
+        }
+
+        #[test]
         fn literals_never_hold_a_backslash_or_a_lone_quote(text in any::<String>()) {
             let lit = quote_literal(&text);
             if let Some(hex) = lit.strip_prefix("_utf8mb4 X'").and_then(|l| l.strip_suffix('\'')) {
@@ -2392,8 +2447,18 @@ host = elsewhere
             "CREATE TABLE `t` (`id` bigint NOT NULL, `n``x` longtext, PRIMARY KEY (`id`)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
         );
         assert_eq!(
-            target_select("`t`", &["a".into()], Some("`a` >= 1".into())),
-            "SELECT `a` FROM `t` WHERE `a` >= 1"
+            target_select(
+                "`t`",
+                &[
+                    column("int", Kind::Int),
+                    Column {
+                        name: "f".into(),
+                        ..column("float", Kind::Float)
+                    }
+                ],
+                Some("`c` >= 1".into())
+            ),
+            "SELECT `c`, CAST(`f` AS DOUBLE) FROM `t` WHERE `c` >= 1"
         );
         let names: Vec<&str> = CHECKPOINT_COLUMNS.iter().map(|c| c.0).collect();
         let shared: Vec<&str> = crate::checkpoint::COLUMNS.iter().map(|c| c.0).collect();
