@@ -42,7 +42,7 @@
 //! | `numeric(p,s)`                     | `decimal(p,s)`    | p > 65 or s > 30 refused |
 //! | `numeric` (no precision)           | refused           | MySQL has no unbounded decimal: give the target table yourself |
 //! | `real`, `double precision`         | `float`, `double` | `NaN` and `Infinity` values refused |
-//! | `varchar(n)`, `char(n)`            | `varchar(n)`, `char(n)` | n up to 16383 and 255; above, `longtext` |
+//! | `varchar(n)`, `char(n)`            | `varchar(n)`      | n up to 16383, above `longtext`; not `char(n)`, whose trailing spaces MySQL drops |
 //! | `text` and other text forms        | `longtext`        | `varchar(768)` in a key (InnoDB keys are at most 3072 bytes) |
 //! | `uuid`                             | `char(36)`        | |
 //! | `json`, `jsonb`                    | `json`            | |
@@ -53,6 +53,12 @@
 //! | `timestamptz(n)`                   | `datetime(n)`, in UTC | not `timestamp`, which ends in 2038 |
 //! | `time(n)`                          | `time(n)`         | |
 //! | arrays, `interval` and the rest    | `longtext`        | their text form |
+//!
+//! Into a column that is already there, [`literal`] refuses by value what
+//! MySQL would change without an error even in strict mode: a fraction into
+//! an integer or a smaller scale, digits a float cannot hold, fractional
+//! seconds beyond the column's, a year it would read as another, trailing
+//! spaces into `char(n)`.
 //!
 //! # Zero and partial dates
 //!
@@ -690,8 +696,9 @@ pub fn mysql_type(source: Engine, column: &Column, in_key: bool) -> Result<Strin
                 ("varchar" | "character varying", Some(n)) if pg && varchar(n) => {
                     format!("varchar({n})")
                 }
-                ("char" | "character" | "bpchar", Some(n)) if pg && n <= 255 => {
-                    format!("char({n})")
+                // Not char(n): MySQL drops the trailing spaces PostgreSQL pads with.
+                ("char" | "character" | "bpchar", Some(n)) if pg && varchar(n) => {
+                    format!("varchar({n})")
                 }
                 ("uuid", _) if pg => "char(36)".into(),
                 ("json" | "jsonb", _) if pg && !in_key => "json".into(),
@@ -946,11 +953,22 @@ fn is_time(text: &str) -> bool {
 /// bytes from `\x..` as `X'..'`, exact decimals quoted (an unquoted literal
 /// of more than 65 digits would be read as a double), text into a `bit(n)`
 /// column as `b'0101'`. Floats' `NaN` and `Infinity` are refused by name:
-/// MySQL has neither.
+/// MySQL has neither. So is a value the column would store changed without
+/// an error, strict mode or not (see [`changed`]).
 pub fn literal(kind: Kind, column_type: &str, value: Option<&str>) -> Result<String, String> {
     let Some(v) = value else {
         return Ok("NULL".into());
     };
+    let out = written(kind, column_type, v)?;
+    match changed(kind, column_type, v, &out) {
+        Some(how) => Err(format!(
+            "{v} would be stored as {how} in a {column_type} column"
+        )),
+        None => Ok(out),
+    }
+}
+
+fn written(kind: Kind, column_type: &str, v: &str) -> Result<String, String> {
     let not = |what: &str| Err(format!("{v:?} is not {what}"));
     match kind {
         Kind::Bool => match v {
@@ -987,6 +1005,91 @@ pub fn literal(kind: Kind, column_type: &str, value: Option<&str>) -> Result<Str
         }
         Kind::Text => Ok(quote_literal(v)),
     }
+}
+
+/// How MySQL would change a value it stores without an error, even in
+/// strict mode, if it would (measured on MariaDB 10.11: `'1.239'` into
+/// `decimal(5,2)` is 1.24 with a note, `'1.5'` into `int` is 2 without one,
+/// `1` into `year` is 2001, `'ab '` into `char(3)` reads back as `ab`).
+/// `out` is the literal [`written`] made of `v`.
+fn changed(kind: Kind, column_type: &str, v: &str, out: &str) -> Option<&'static str> {
+    let (base, args, _) = split_type(column_type);
+    let n = numbers(args);
+    let at = |i: usize| n.as_ref().and_then(|n| n.get(i).copied()).unwrap_or(0) as usize;
+    let number = matches!(kind, Kind::Int | Kind::Float | Kind::Numeric);
+    let dated = matches!(
+        kind,
+        Kind::Date | Kind::Timestamp | Kind::TimestampTz | Kind::Time
+    );
+    let text = out.trim_matches('\'');
+    match base.as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint"
+            if number && fraction_digits(v) > 0 =>
+        {
+            Some("a rounded integer")
+        }
+        "decimal" | "numeric" | "dec" | "fixed" if number && fraction_digits(v) > at(1) => {
+            Some("a decimal rounded to its scale")
+        }
+        "float" if kind == Kind::Float => {
+            let f: f64 = v.parse().ok()?;
+            (float4_text(f as f32).parse::<f64>().ok()? != f).then_some("a rounded 4-byte float")
+        }
+        "float" | "double" | "real" if kind == Kind::Int => {
+            let i: i64 = v.parse().ok()?;
+            let exact = if base == "float" {
+                (i as f32) as i128 == i128::from(i)
+            } else {
+                (i as f64) as i128 == i128::from(i)
+            };
+            (!exact).then_some("a rounded floating-point number")
+        }
+        // An exact decimal of up to 6 (a float) or 15 (a double) significant
+        // digits reads back as written.
+        "float" if kind == Kind::Numeric && significant_digits(v) > 6 => {
+            Some("a rounded 4-byte float")
+        }
+        "double" | "real" if kind == Kind::Numeric && significant_digits(v) > 15 => {
+            Some("a rounded double")
+        }
+        "year" if kind == Kind::Int => {
+            let year: i64 = v.parse().ok()?;
+            (year != 0 && !(1901..=2155).contains(&year)).then_some(
+                "another year (MySQL reads 1 to 99 as 1970 to 2069; it holds 1901 to 2155)",
+            )
+        }
+        "datetime" | "timestamp" | "time" if dated && fraction_digits(text) > at(0) => {
+            Some("a time with rounded fractional seconds")
+        }
+        "date" if dated && text.len() > 10 && !text[10..].trim_start().starts_with("00:00:00") => {
+            Some("its date without its time")
+        }
+        "char" if kind == Kind::Text && v.ends_with(' ') => {
+            Some("text without its trailing spaces")
+        }
+        _ => None,
+    }
+}
+
+/// Digits after the point of a decimal or float text, trailing zeros aside
+/// (`1.5e-07`: 8).
+fn fraction_digits(text: &str) -> usize {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().unwrap_or(0)),
+        None => (text, 0),
+    };
+    let fraction = mantissa
+        .split_once('.')
+        .map_or("", |(_, f)| f)
+        .trim_end_matches('0');
+    usize::try_from(fraction.len() as i64 - exponent).unwrap_or(0)
+}
+
+/// Significant digits of a decimal or float text (`0.00120`: 2).
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
 }
 
 // ---------------------------------------------------------------------------
@@ -1355,14 +1458,37 @@ pub fn insert_sql(head: &str, rows: &[String], tail: &str) -> String {
     format!("{head}{}{tail}", rows.join(", "))
 }
 
+/// The collation of the tables stride creates: text equal only when its
+/// bytes are, as in PostgreSQL (the server's default, case- and
+/// accent-insensitive, would make `'a'` and `'A'` one key, and an upsert
+/// would merge their rows), and without PAD SPACE (where `'a'` and `'a '`
+/// are one key): `utf8mb4_nopad_bin` on MariaDB, `utf8mb4_0900_bin` on
+/// MySQL 8; MySQL 5.7 has only `utf8mb4_bin`, which pads. `version` is
+/// `SELECT VERSION()`.
+pub fn exact_collation(version: &str) -> &'static str {
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if version.contains("MariaDB") {
+        "utf8mb4_nopad_bin"
+    } else if major >= 8 {
+        "utf8mb4_0900_bin"
+    } else {
+        "utf8mb4_bin"
+    }
+}
+
 /// `CREATE TABLE` for a table stride creates, `(name, type, not null)` per
 /// column: InnoDB (transactions) and utf8mb4 (the server's default may be
-/// latin1 or utf8mb3, which cannot hold every character), whatever the
-/// server's defaults.
+/// latin1 or utf8mb3, which cannot hold every character) in `collation`
+/// ([`exact_collation`]), whatever the server's defaults.
 pub fn create_table_sql(
     table: &str,
     columns: &[(String, String, bool)],
     primary_key: &[String],
+    collation: &str,
 ) -> String {
     let mut parts: Vec<String> = columns
         .iter()
@@ -1379,7 +1505,7 @@ pub fn create_table_sql(
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
     format!(
-        "CREATE TABLE {table} ({}) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+        "CREATE TABLE {table} ({}) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = {collation}",
         parts.join(", ")
     )
 }
@@ -1424,11 +1550,14 @@ pub fn checkpoint_table_sql(table: &str) -> String {
         .iter()
         .map(|(n, t)| (n.to_string(), t.to_string(), false))
         .collect();
-    create_table_sql(table, &columns, &["fingerprint".into(), "partition".into()]).replacen(
-        "CREATE TABLE",
-        "CREATE TABLE IF NOT EXISTS",
-        1,
+    // utf8mb4_bin: every server has it, and fingerprints are hex.
+    create_table_sql(
+        table,
+        &columns,
+        &["fingerprint".into(), "partition".into()],
+        "utf8mb4_bin",
     )
+    .replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
 }
 
 /// The run row: the bounds a run planned with and its partitions.
@@ -1808,7 +1937,7 @@ host = elsewhere
             ("character varying(20)", Kind::Text, "varchar(20)"),
             ("character varying(16384)", Kind::Text, "longtext"),
             ("character varying", Kind::Text, "longtext"),
-            ("character(3)", Kind::Text, "char(3)"),
+            ("character(3)", Kind::Text, "varchar(3)"),
             ("uuid", Kind::Text, "char(36)"),
             ("jsonb", Kind::Text, "json"),
             ("json", Kind::Text, "json"),
@@ -2109,6 +2238,109 @@ host = elsewhere
             literal(Kind::Text, "varchar(4)", Some("0101")).as_deref(),
             Ok("'0101'")
         );
+    }
+
+    #[test]
+    fn values_mysql_would_change_without_an_error_are_refused() {
+        let lit = |kind, column_type, value| literal(kind, column_type, Some(value));
+        assert_eq!(
+            lit(Kind::Numeric, "decimal(5,2)", "1.239").unwrap_err(),
+            "1.239 would be stored as a decimal rounded to its scale in a decimal(5,2) column"
+        );
+        assert_eq!(
+            lit(Kind::Numeric, "decimal(5,2)", "1.230").as_deref(),
+            Ok("'1.230'")
+        );
+        assert_eq!(
+            lit(
+                Kind::Numeric,
+                "decimal(65,30)",
+                "-99999999999999999999999999999999999.999999999999999999999999999999"
+            )
+            .map(|l| l.len()),
+            Ok(69)
+        );
+        assert!(lit(Kind::Float, "decimal(10,2)", "1.5e-07").is_err());
+        assert_eq!(
+            lit(Kind::Float, "decimal(10,2)", "1e+05").as_deref(),
+            Ok("100000")
+        );
+        assert!(lit(Kind::Numeric, "int(11)", "1.5")
+            .unwrap_err()
+            .contains("a rounded integer"));
+        assert_eq!(
+            lit(Kind::Numeric, "bigint(20) unsigned", "18446744073709551615").as_deref(),
+            Ok("'18446744073709551615'")
+        );
+        assert_eq!(lit(Kind::Numeric, "int", "7.000").as_deref(), Ok("'7.000'"));
+        assert!(lit(Kind::Float, "bigint", "0.5").is_err());
+        // Into a 4-byte float: what a real holds, not what a double holds.
+        assert_eq!(
+            lit(Kind::Float, "float", "1.2345678").as_deref(),
+            Ok("1.2345678")
+        );
+        assert_eq!(
+            lit(Kind::Float, "float", "16777216").as_deref(),
+            Ok("16777216")
+        );
+        assert!(lit(Kind::Float, "float", "16777217")
+            .unwrap_err()
+            .contains("a rounded 4-byte float"));
+        assert!(lit(Kind::Float, "float", "0.30000000000000004").is_err());
+        assert!(lit(Kind::Int, "float", "16777217").is_err());
+        assert_eq!(
+            lit(Kind::Int, "double", "9007199254740992").as_deref(),
+            Ok("9007199254740992")
+        );
+        assert!(lit(Kind::Int, "double", "9007199254740993")
+            .unwrap_err()
+            .contains("a rounded floating-point number"));
+        assert!(lit(Kind::Int, "double", "9223372036854775807").is_err());
+        assert_eq!(lit(Kind::Numeric, "double", "0.1").as_deref(), Ok("'0.1'"));
+        assert!(lit(Kind::Numeric, "double", "0.1234567890123456")
+            .unwrap_err()
+            .contains("a rounded double"));
+        assert!(lit(Kind::Numeric, "float", "0.1234567")
+            .unwrap_err()
+            .contains("a rounded 4-byte float"));
+        assert_eq!(
+            lit(Kind::Float, "double", "0.30000000000000004").as_deref(),
+            Ok("0.30000000000000004")
+        );
+        assert_eq!(lit(Kind::Int, "year(4)", "2021").as_deref(), Ok("2021"));
+        assert_eq!(lit(Kind::Int, "year", "0").as_deref(), Ok("0"));
+        assert!(lit(Kind::Int, "year(4)", "1")
+            .unwrap_err()
+            .contains("MySQL reads 1 to 99 as 1970 to 2069"));
+        assert!(lit(Kind::Timestamp, "datetime", "2021-03-04 05:06:07.5")
+            .unwrap_err()
+            .contains("rounded fractional seconds"));
+        assert_eq!(
+            lit(Kind::Timestamp, "datetime(1)", "2021-03-04 05:06:07.5").as_deref(),
+            Ok("'2021-03-04 05:06:07.5'")
+        );
+        assert!(lit(
+            Kind::TimestampTz,
+            "timestamp(3)",
+            "2021-03-04 05:06:07.1234+00"
+        )
+        .is_err());
+        assert!(lit(Kind::Time, "time", "05:06:07.5").is_err());
+        assert_eq!(
+            lit(Kind::Time, "time(6)", "05:06:07.5").as_deref(),
+            Ok("'05:06:07.5'")
+        );
+        assert!(lit(Kind::Timestamp, "date", "2021-03-04 05:06:07")
+            .unwrap_err()
+            .contains("its date without its time"));
+        assert_eq!(
+            lit(Kind::Timestamp, "date", "2021-03-04 00:00:00").as_deref(),
+            Ok("'2021-03-04 00:00:00'")
+        );
+        assert!(lit(Kind::Text, "char(3)", "ab ")
+            .unwrap_err()
+            .contains("trailing spaces"));
+        assert_eq!(lit(Kind::Text, "varchar(3)", "ab ").as_deref(), Ok("'ab '"));
     }
 
     #[test]
@@ -2442,9 +2674,10 @@ host = elsewhere
             create_table_sql(
                 "`t`",
                 &[("id".into(), "bigint".into(), true), ("n`x".into(), "longtext".into(), false)],
-                &["id".into()]
+                &["id".into()],
+                "utf8mb4_nopad_bin"
             ),
-            "CREATE TABLE `t` (`id` bigint NOT NULL, `n``x` longtext, PRIMARY KEY (`id`)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+            "CREATE TABLE `t` (`id` bigint NOT NULL, `n``x` longtext, PRIMARY KEY (`id`)) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin"
         );
         assert_eq!(
             target_select(
@@ -2472,8 +2705,15 @@ host = elsewhere
              `target_table` text NOT NULL, `range` text NOT NULL, `lower_bound` bigint, `upper_bound` bigint, `partitions` int, \
              `rows` bigint, `bytes` bigint, `finished` boolean NOT NULL DEFAULT false, \
              `recorded_at` datetime(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), PRIMARY KEY (`fingerprint`, `partition`)) \
-             ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
+             ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin"
         );
+        assert_eq!(
+            exact_collation("10.11.19-MariaDB-0+deb12u1"),
+            "utf8mb4_nopad_bin"
+        );
+        assert_eq!(exact_collation("8.0.36"), "utf8mb4_0900_bin");
+        assert_eq!(exact_collation("8.4.0-commercial"), "utf8mb4_0900_bin");
+        assert_eq!(exact_collation("5.7.44-log"), "utf8mb4_bin");
         let cp = "`stride_checkpoints`";
         assert_eq!(
             record_run_sql(cp, "00ff", "`t`", Some((i64::MIN, i64::MAX)), 4),
