@@ -70,7 +70,7 @@
 //! # Sessions
 //!
 //! The statements here assume what the I/O layer sets on every connection
-//! ([`SESSION_SQL`]): `utf8mb4`, `time_zone = '+00:00'` (so `timestamp`
+//! ([`session_sql`]): `utf8mb4`, `time_zone = '+00:00'` (so `timestamp`
 //! columns read and write in UTC) and a strict `sql_mode` (so a value that
 //! does not fit is an error, not a warning).
 
@@ -80,7 +80,7 @@ use std::ops::Range;
 
 use crate::engine::{bytes_text, float_text, hex_bytes, Column, Engine, Kind, Upsert};
 use crate::error::JobError;
-use crate::job::{Job, Relation};
+use crate::job::{DbUrl, Job, Relation};
 use crate::partition::{KeyRange, KeyType};
 use crate::plan::{enclose, where_clause};
 use crate::sql::QualifiedName;
@@ -228,10 +228,11 @@ fn decode(text: &str) -> String {
 
 /// Checks a `mysql://user:password@host:port/database?ssl-mode=...` URL (or
 /// `mariadb://`; `key` names it in messages). Parameters mean what the MySQL
-/// client's options of the same name mean, with one addition: an `ssl-ca`
-/// without an `ssl-mode` is verified (`VERIFY_CA`), since a CA given is a CA
-/// to check against; an explicit `PREFERRED` or `REQUIRED` is kept as given
-/// (encrypted, not verified), as the client does.
+/// client's options of the same name mean: an `ssl-ca` without an `ssl-mode`
+/// implies `VERIFY_CA`, an explicit `PREFERRED` or `REQUIRED` encrypts
+/// without verifying. One difference: `VERIFY_CA` and `VERIFY_IDENTITY`
+/// without `ssl-ca` verify against the system's roots (the client refuses
+/// them), as a cloud database's certificate needs.
 pub fn parse_url(key: &str, text: &str) -> Result<MysqlUrl, JobError> {
     let expected = "(expected mysql://user:password@host:3306/database)";
     let fail = |what: String| Err(JobError::new(format!("{key}: {what}")));
@@ -341,6 +342,14 @@ pub fn parse_url(key: &str, text: &str) -> Result<MysqlUrl, JobError> {
     if !mode_given && url.ssl_ca.is_some() {
         url.ssl_mode = SslMode::VerifyCa;
     }
+    Ok(url)
+}
+
+/// Checks a job's MySQL URL as the other engines' `check_url` do: the URL
+/// itself is kept (in a [`DbUrl`], which hides its password) and parsed
+/// again where it is used.
+pub fn check_url(key: &str, url: DbUrl) -> Result<DbUrl, JobError> {
+    parse_url(key, url.expose())?;
     Ok(url)
 }
 
@@ -613,7 +622,7 @@ pub fn kind_of(column_type: &str) -> Result<Kind, String> {
 }
 
 /// The PostgreSQL type of a column stride creates for a MySQL column (the
-/// module's table). `tinyint(1)` and `time` are the types to use when
+/// table in the module's doc). `tinyint(1)` and `time` are the types to use when
 /// [`bool_check_sql`] and [`time_check_sql`] find no value against them.
 pub fn postgres_type(column_type: &str) -> Result<String, String> {
     mapping(column_type).map(|m| m.postgres)
@@ -647,7 +656,7 @@ pub fn is_generated(extra: &str) -> bool {
 }
 
 /// The MySQL type of a column stride creates for a column of another engine
-/// (the module's table): `column.declared` is the source's own type when it
+/// (the table in the module's doc): `column.declared` is the source's own type when it
 /// is PostgreSQL's, else the kind decides. `in_key`: the column is in the
 /// primary key, which InnoDB cannot build on `longtext` or `longblob`.
 pub fn mysql_type(source: Engine, column: &Column, in_key: bool) -> Result<String, String> {
@@ -784,10 +793,7 @@ pub fn canonical(reading: Reading, value: &[u8]) -> Result<Cow<'_, str>, String>
         })
     };
     let dated = |text: &str| match date_problem(text) {
-        Some(p) => Err(format!(
-            "{text} is {}, which PostgreSQL cannot hold",
-            p.noun()
-        )),
+        Some(p) => Err(format!("{text} is {}, which only MySQL has", p.noun())),
         None => Ok(()),
     };
     Ok(match reading {
@@ -954,7 +960,7 @@ fn is_time(text: &str) -> bool {
 /// of more than 65 digits would be read as a double), text into a `bit(n)`
 /// column as `b'0101'`. Floats' `NaN` and `Infinity` are refused by name:
 /// MySQL has neither. So is a value the column would store changed without
-/// an error, strict mode or not (see [`changed`]).
+/// an error, strict mode or not: a fraction into an integer, say (the rules are in the module doc).
 pub fn literal(kind: Kind, column_type: &str, value: Option<&str>) -> Result<String, String> {
     let Some(v) = value else {
         return Ok("NULL".into());
@@ -1725,6 +1731,18 @@ mod tests {
     }
 
     #[test]
+    fn check_url_keeps_the_url_or_names_what_is_wrong() {
+        let url = DbUrl::new("mysql://u:pw@h/d?ssl-mode=REQUIRED");
+        assert_eq!(check_url("target.url", url.clone()), Ok(url));
+        assert_eq!(
+            check_url("target.url", DbUrl::new("mysql://u:pw@h/d?ssl-mode=ON"))
+                .unwrap_err()
+                .to_string(),
+            "target.url: ssl-mode=ON is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
+        );
+    }
+
+    #[test]
     fn a_url_never_shows_its_password() {
         let u = url("mysql://app:p%C3%A4ss@db:3306/shop?ssl-mode=REQUIRED&ssl-ca=/ca.pem");
         assert_eq!(
@@ -2127,7 +2145,7 @@ host = elsewhere
         ] {
             let e = canonical(reading, value.as_bytes()).unwrap_err();
             assert!(
-                e.starts_with(value) && e.contains("PostgreSQL cannot hold"),
+                e.starts_with(value) && e.contains("which only MySQL has"),
                 "{e}"
             );
         }
