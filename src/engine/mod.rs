@@ -15,6 +15,7 @@
 //! PostgreSQL to PostgreSQL does not cross this seam: it keeps its binary COPY
 //! pass-through (`postgres::copy`), the native route.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 pub mod url;
