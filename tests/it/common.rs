@@ -1,11 +1,12 @@
-//! Shared test harness: a fresh database per test on a real PostgreSQL server,
-//! the built binary, and an order-independent checksum of a table's rows.
+//! Shared test harness: a fresh database per test on a real PostgreSQL server
+//! (and on a MySQL/MariaDB server: [`MysqlDb`]), the built binary, and an
+//! order-independent checksum of a table's rows.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, MySqlConnection, PgConnection};
 
 /// The server the tests use: `STRIDE_TEST_PG_URL` (a URL to any database on it,
 /// e.g. `postgres://postgres@127.0.0.1:5432/postgres`), as `scripts/test.sh` sets it.
@@ -103,6 +104,102 @@ impl Drop for TestDb {
                 if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The MySQL/MariaDB server the tests use: `STRIDE_TEST_MYSQL_URL` (a URL to the
+/// server as a user that may create databases, e.g. `mysql://root@127.0.0.1:3306/`),
+/// as `scripts/test.sh` sets it. Unlike [`server_url`] there is no default: a
+/// MySQL test run without the variable says how to get a server instead of
+/// failing to connect.
+pub fn mysql_url() -> String {
+    std::env::var("STRIDE_TEST_MYSQL_URL").unwrap_or_else(|_| {
+        panic!(
+            "STRIDE_TEST_MYSQL_URL is not set: run the tests with scripts/test.sh (it starts \
+             a MariaDB with scripts/mariadb-local.sh when none answers), or set it to a \
+             server's URL, e.g. STRIDE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/"
+        )
+    })
+}
+
+/// `mysql_url()` with its database replaced by `database`.
+pub fn mysql_url_for(database: &str) -> String {
+    let mut url = url::Url::parse(&mysql_url()).expect("STRIDE_TEST_MYSQL_URL is a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// A MySQL/MariaDB database created for one test (utf8mb4, a unique name) and
+/// dropped when the value is dropped.
+pub struct MysqlDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl MysqlDb {
+    pub async fn new(label: &str) -> MysqlDb {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("stride_test_{}_{n}_{label}", std::process::id());
+        assert!(
+            name.len() <= 64,
+            "MySQL database names have at most 64 characters: {name}"
+        );
+        let mut admin = MySqlConnection::connect(&mysql_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the test server answers at STRIDE_TEST_MYSQL_URL (run scripts/test.sh): {e}"
+                )
+            });
+        // utf8mb4 said explicitly: a server without configuration (MariaDB's
+        // own defaults) would create latin1 databases.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("creating MySQL database {name}: {e}"));
+        admin.close().await.ok();
+        let url = mysql_url_for(&name);
+        MysqlDb { name, url }
+    }
+
+    pub async fn conn(&self) -> MySqlConnection {
+        MySqlConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to MySQL database {}: {e}", self.name))
+    }
+
+    /// Runs SQL (several statements allowed).
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = self.conn().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("running {sql}: {e}"));
+    }
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async code: use a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = MySqlConnection::connect(&mysql_url()).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS `{name}`"
                     )))
                     .execute(&mut admin)
                     .await;

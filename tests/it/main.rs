@@ -1,5 +1,6 @@
-//! Integration tests against a real PostgreSQL server (see `common` for how they
-//! find it). One test binary keeps link time down.
+//! Integration tests against a real PostgreSQL server, and a MySQL/MariaDB one for
+//! `mysql` (see `common` for how they find them). One test binary keeps link
+//! time down.
 
 mod bad_input;
 mod bench;
@@ -21,6 +22,7 @@ mod init;
 mod layout;
 mod lock;
 mod modes;
+mod mysql;
 mod props;
 mod proxy;
 mod repair;
