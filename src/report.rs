@@ -8,8 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
-use crate::engine::postgres::catalog::Transfer;
-use crate::plan::Plan;
+use crate::plan::{Plan, Transfer};
 
 /// What became of one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,12 +10,12 @@ use tracing::warn;
 use crate::checkpoint::RecordedRun;
 use crate::engine::postgres::copy::{CopySpec, UpsertSpec};
 use crate::engine::postgres::create::{self, Creation, SourceIndexes};
+use crate::engine::postgres::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, Window};
 use crate::engine::postgres::replace;
 use crate::engine::postgres::{self as pg, Column, Server, Side, Transfer};
 use crate::error::JobError;
 use crate::job::{Create, Job, Method, Mode, Relation, Strategy, Verify};
 use crate::partition::weighted_cuts;
-use crate::plan::{self, Bounds, BoundsOrigin, Cut, Key, Plan, Window};
 use crate::report::{self, ColumnFit};
 use crate::sql::QualifiedName;
 

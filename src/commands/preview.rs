@@ -10,10 +10,10 @@ use sqlx::PgConnection;
 use crate::checkpoint;
 use crate::cli::Format;
 use crate::engine::postgres::create;
+use crate::engine::postgres::plan::{self, Cut, Key, Plan, Window};
 use crate::engine::postgres::{self as pg, Side};
 use crate::error::{exit, JobError};
 use crate::job::Job;
-use crate::plan::{self, Cut, Key, Plan, Window};
 use crate::report::{self};
 
 use super::order::table_order;

@@ -13,9 +13,9 @@ use crate::checkpoint;
 use crate::cli::{VerifyArgs, VerifyBy};
 use crate::engine::postgres as pg;
 use crate::engine::postgres::copy::{KeyRepair, Repair, Repaired};
+use crate::engine::postgres::plan::{self, PlannedPartition};
 use crate::error::{exit, JobError};
 use crate::job::{Job, Mode, Verify};
-use crate::plan::{self, PlannedPartition};
 use crate::report::Status;
 use crate::report::{self, Verified};
 

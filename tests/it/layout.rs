@@ -18,6 +18,8 @@ const NEUTRAL: &[&str] = &[
     "order",
     "partition",
     "pattern",
+    "plan",
+    "report",
     "sql",
 ];
 

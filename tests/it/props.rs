@@ -22,10 +22,10 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
+use stride::engine::postgres::plan::{self, Bounds, BoundsOrigin, Key};
 use stride::engine::postgres::Column;
 use stride::job::{interpolate, Job, Relation};
 use stride::partition::{KeyRange, KeyType};
-use stride::plan::{self, Bounds, BoundsOrigin, Key};
 use stride::sql::quote_ident;
 
 use crate::common::job_file;

@@ -1,5 +1,5 @@
-//! What the PostgreSQL catalogue says of columns and keys, and how a column
-//! travels between two PostgreSQL servers: plain data, for the pure plan.
+//! What the PostgreSQL catalogue says of columns and keys: plain data, for
+//! PostgreSQL's pure plan.
 
 use serde::Serialize;
 
@@ -44,16 +44,4 @@ pub struct UniqueKeys {
     pub primary_key: Option<Vec<String>>,
     /// The key columns of every such index, the primary key's included.
     pub unique: Vec<Vec<String>>,
-}
-
-/// How a source column travels into its target column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transfer {
-    /// Same built-in type: binary COPY bytes pass through undecoded.
-    Binary,
-    /// Different but assignable types: the target's input function converts the text form.
-    Text,
-    /// The target cannot take this type.
-    Incompatible,
 }

@@ -33,15 +33,15 @@ use tracing::instrument::WithSubscriber;
 use tracing::{debug, info, warn, Dispatch, Instrument};
 
 use crate::checkpoint;
+use crate::engine::postgres::plan::{
+    converted_select, copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition, Read,
+};
 use crate::engine::postgres::session;
 use crate::engine::postgres::{self as pg, Side};
 use crate::error::{
     CommitRolledBack, CommitUnanswered, Interrupted, NotClaimed, OutcomeUnknown, Stalled, Unsettled,
 };
 use crate::job::Method;
-use crate::plan::{
-    converted_select, copy_out_sql, rows_select_sql, CopyFormat, PlannedPartition, Read,
-};
 use crate::report::{PartitionReport, Status};
 use crate::sql::QualifiedName;
 
@@ -617,7 +617,10 @@ async fn copy_partition_on(
             watch
                 .on(
                     Side::Target,
-                    pg::execute(target, &crate::plan::delete_range_sql(table, partition)),
+                    pg::execute(
+                        target,
+                        &crate::engine::postgres::plan::delete_range_sql(table, partition),
+                    ),
                 )
                 .await
                 .context("deleting the partition's range from the target")?;
@@ -908,9 +911,9 @@ async fn repair_by_key(
         .rows_affected();
     let mut deleted = 0;
     if repair.delete_extra {
-        let delete = crate::plan::delete_extra_sql(
+        let delete = crate::engine::postgres::plan::delete_extra_sql(
             &repair.table,
-            &crate::plan::stage_table(),
+            &crate::engine::postgres::plan::stage_table(),
             &repair.key,
             partition.target_predicate.as_deref(),
         );

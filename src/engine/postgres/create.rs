@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
+use crate::engine::postgres::plan::{create_table_sql, quoted_list};
 use crate::engine::postgres::Column;
 use crate::job::Indexes;
-use crate::plan::{create_table_sql, quoted_list};
 use crate::sql::{quote_ident, QualifiedName};
 
 /// PostgreSQL's longest identifier (`NAMEDATALEN - 1`); longer ones are cut.

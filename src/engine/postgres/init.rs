@@ -5,9 +5,9 @@ use anyhow::{Context, Result};
 use sqlx::PgConnection;
 
 use crate::engine::postgres as pg;
+use crate::engine::postgres::plan::{self, Key};
 use crate::init::{Candidate, Distribution, TableFacts};
 use crate::partition::KeyType;
-use crate::plan::{self, Key};
 use crate::sql::QualifiedName;
 
 /// Reads what init needs of `table`; `None` if it does not exist.

@@ -9,6 +9,7 @@ pub mod create;
 pub mod init;
 pub mod keepalive;
 pub mod libpq;
+pub mod plan;
 pub mod replace;
 pub mod session;
 pub mod text;
@@ -167,8 +168,9 @@ pub async fn execute(conn: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
 }
 
 pub use crate::error::Side;
+pub use crate::plan::Transfer;
 pub use crate::report::Channel as Encryption;
-pub use catalog::{Column, Transfer, UniqueKeys};
+pub use catalog::{Column, UniqueKeys};
 
 /// A server we can talk to, and what a first connection learnt about it.
 pub struct Server {
@@ -671,7 +673,7 @@ pub async fn reset_sequences(
             name,
         };
         let value: Option<i64> = sqlx::query_scalar(AssertSqlSafe(
-            crate::plan::reset_sequence_sql(table, &column, &sequence),
+            crate::engine::postgres::plan::reset_sequence_sql(table, &column, &sequence),
         ))
         .fetch_optional(&mut *conn)
         .await
@@ -984,13 +986,13 @@ pub async fn read_checkpoints(
                 recorded_at: row.get(7),
                 target_oid: row.get(8),
                 failed_check: row.get(9),
-                window: row
-                    .get::<Option<bool>, _>(10)
-                    .map(|first| crate::plan::Window {
+                window: row.get::<Option<bool>, _>(10).map(|first| {
+                    crate::engine::postgres::plan::Window {
                         first,
                         since: row.get(11),
                         until: row.get(12),
-                    }),
+                    }
+                }),
                 boundaries: row.get(13),
                 deferred_indexes: row.get(14),
                 estimates: row.get(15),

@@ -12,11 +12,11 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::{Server, Side};
+use crate::engine::postgres::plan::{reading, where_clause, Key};
 use crate::engine::{Batch, Column, Kind, Recorded, Table, WriteSpec, BATCH_ROWS};
 use crate::error::JobError;
 use crate::job::{DbUrl, Job, Relation};
 use crate::partition::{KeyRange, KeyType};
-use crate::plan::{reading, where_clause, Key};
 use crate::sql::{quote_ident, QualifiedName};
 
 /// Bytes sent to the target per COPY message.
@@ -216,7 +216,7 @@ impl Reader {
         column: &str,
         key: KeyType,
     ) -> Result<Option<(i64, i64)>> {
-        let sql = crate::plan::bounds_sql(
+        let sql = crate::engine::postgres::plan::bounds_sql(
             job,
             &Key {
                 column: column.to_string(),
