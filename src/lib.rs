@@ -37,4 +37,5 @@ pub mod partition;
 pub mod pattern;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod sql;

@@ -3,34 +3,27 @@
 //! first, so a bad job exits 2 with the target untouched.
 
 mod order;
-mod prepare;
 mod preview;
 mod run;
-mod start;
 mod status;
 mod transfer;
 mod verify;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::cli::{Cli, Command, Shard};
-use crate::engine::postgres::copy::{run_partitions, CopySpec};
 use crate::error::{exit, JobError};
-use crate::job::{Job, JobSet, Relation};
-use crate::plan::PlannedPartition;
-use crate::report::PartitionReport;
-use crate::report::{self, Summary};
+use crate::job::JobSet;
+use crate::report;
 
+use crate::run::start::{RunOptions, Step};
+use crate::run::RunEnd;
 use preview::{check, plan_command};
 use run::run_tables;
-use start::{RunOptions, Step};
 use status::status;
 use verify::verify;
 
@@ -105,16 +98,6 @@ pub async fn execute(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
     }
-}
-
-/// How a run ended, for `--summary-json` and `--metrics-file`.
-struct RunEnd {
-    code: u8,
-    /// `None` when there was nothing to do.
-    summary: Option<Summary>,
-    fingerprint: String,
-    /// The target table.
-    table: String,
 }
 
 /// How the runs of a job's tables ended.
@@ -208,130 +191,6 @@ async fn load_tables(path: &Path, overrides: &[(String, String)]) -> Result<(Job
     let mut set = load_jobs(path, overrides)?;
     let matched = order::expand_patterns(&mut set).await?;
     Ok((set, matched))
-}
-
-/// An error of a job file's `[[tables]]` entry `i`, named as such (a job error
-/// stays one: exit 2).
-fn in_entry(many: bool, i: usize, e: anyhow::Error) -> anyhow::Error {
-    if !many {
-        return e;
-    }
-    match e.downcast::<JobError>() {
-        Ok(job) => JobError::new(format!("tables[{i}]: {job}")).into(),
-        Err(e) => e.context(format!("tables[{i}]")),
-    }
-}
-
-/// What the source is, for messages: the table's name, or "query".
-fn source_name(job: &Job) -> String {
-    match &job.source.relation {
-        Relation::Table(name) => name.to_string(),
-        Relation::Query(_) => "(query)".to_string(),
-    }
-}
-
-/// The command line that resumes this run: the same one, without `--restart`.
-fn resume_command() -> String {
-    shell_words(std::env::args().filter(|a| a != "--restart"))
-}
-
-/// The command that copies again the partitions a verify found different, to be
-/// run as printed: this program, the `--set` overrides it was given (they are
-/// part of the job), the comparison that found them, and the job file.
-pub(super) fn repair_command(job: &Path, by: crate::job::Verify) -> String {
-    let by = match by {
-        crate::job::Verify::Count => "count",
-        _ => "checksum",
-    };
-    command_line(&["verify", "--repair", "--by", by], job)
-}
-
-/// `repair_command` with `--delete-extra`: the repair that also deletes the
-/// target's rows the source does not have.
-pub(super) fn delete_extra_command(job: &Path, by: crate::job::Verify) -> String {
-    let by = match by {
-        crate::job::Verify::Count => "count",
-        _ => "checksum",
-    };
-    command_line(&["verify", "--repair", "--delete-extra", "--by", by], job)
-}
-
-/// A command for the user to run next, as this one was invoked: the program
-/// and its `--set` options, then `words` and the job file, shell-quoted.
-pub(super) fn command_line(words: &[&str], job: &Path) -> String {
-    let mut args = std::env::args();
-    let mut line: Vec<String> = args.next().into_iter().collect();
-    while let Some(arg) = args.next() {
-        if arg == "--set" {
-            line.push(arg);
-            line.extend(args.next());
-        } else if arg.starts_with("--set=") {
-            line.push(arg);
-        }
-    }
-    line.extend(words.iter().map(|w| (*w).to_string()));
-    line.push(job.display().to_string());
-    shell_words(line.into_iter())
-}
-
-/// Words joined into a command line a POSIX shell reads back as the same words.
-fn shell_words(words: impl Iterator<Item = String>) -> String {
-    words
-        .map(|a| crate::cli::shell_quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Copies `partitions` at most `parallelism` at once, with Ctrl-C and SIGTERM
-/// cancelling the copy, and the progress bar cleared at the end.
-async fn copy_partitions(
-    spec: &Arc<CopySpec>,
-    partitions: Vec<PlannedPartition>,
-    parallelism: usize,
-) -> (Vec<PartitionReport>, Option<crate::error::Interrupted>) {
-    let signals = tokio::spawn(cancel_on_signals(spec.cancel.clone()));
-    let concurrency = parallelism.min(partitions.len()).max(1);
-    let ended = run_partitions(Arc::clone(spec), partitions, concurrency).await;
-    signals.abort();
-    spec.progress.finish_and_clear();
-    ended
-}
-
-/// The first Ctrl-C or SIGTERM cancels the run (partitions in flight roll back,
-/// the summary is printed); a second one exits at once.
-pub(super) async fn cancel_on_signals(cancel: CancellationToken) {
-    shutdown_signal().await;
-    warn!(
-        "interrupted: rolling back the partitions in flight (press Ctrl-C again to exit at once)"
-    );
-    cancel.cancel();
-    shutdown_signal().await;
-    eprintln!("interrupted twice: exiting now; the server rolls back what was not committed");
-    std::process::exit(i32::from(exit::INTERRUPTED));
-}
-
-/// Resolves when Ctrl-C or SIGTERM arrives.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
 
 /// `stride init`: introspects the source table and writes a job file for it.

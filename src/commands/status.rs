@@ -4,16 +4,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::checkpoint;
 use crate::cli::Format;
-use crate::engine::postgres::{self as pg, Side};
+use crate::engine::native;
 use crate::error::{exit, JobError};
-use crate::job::Job;
-use crate::report::{NextCommands, RecordedStatus, RunStatus};
+use crate::report::{NextCommands, RunStatus};
 
-use super::{command_line, in_entry, load_tables};
+use super::load_tables;
+use crate::run::{command_line, in_entry};
 
 pub(super) async fn status(
     path: &Path,
@@ -40,7 +39,7 @@ pub(super) async fn status(
             workers: command_line(&["run", "--shard", "auto"], path),
             finish: command_line(&["finish"], path),
         };
-        let status = status_of(&job, next).await;
+        let status = native::status(&job, next).await;
         all.push(status.map_err(|e| in_entry(many, i, e))?);
     }
     match format {
@@ -52,38 +51,4 @@ pub(super) async fn status(
         Format::Json => println!("{:#}", all[0].json()),
     }
     Ok(exit::OK)
-}
-
-async fn status_of(job: &Job, next: NextCommands) -> Result<RunStatus> {
-    let Some(cp) = &job.checkpoint_table else {
-        return Err(JobError::new(
-            "run.checkpoint: false, so no run is recorded to report on (expected checkpoint = true)",
-        )
-        .into());
-    };
-    let fingerprint = checkpoint::fingerprint(job);
-    let server = pg::connect(Side::Target, &job.target.url, job.retries).await?;
-    let mut conn = server
-        .pool(1)
-        .acquire()
-        .await
-        .context("taking a target connection")?;
-    let run = match pg::recorded_run(&mut conn, cp, &fingerprint).await? {
-        None => None,
-        Some(run) => Some(RecordedStatus {
-            partitions: usize::try_from(run.partitions).unwrap_or(0),
-            finished: run.finished,
-            started_at: run.recorded_at.clone(),
-            age: pg::run_age(&mut conn, cp, &fingerprint).await?,
-            done: run.done.iter().map(|d| (d.0, d.1)).collect(),
-            claims: pg::claims(&mut conn, &fingerprint).await?,
-            estimates: run.estimates,
-        }),
-    };
-    Ok(RunStatus {
-        table: job.target.table.to_string(),
-        fingerprint,
-        run,
-        next,
-    })
 }

@@ -17,8 +17,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::start::{appended, finished_already, RunOptions, Start, Step};
-use super::RunEnd;
 use crate::engine::{
     finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
     Checksum, Column, Engine, Kind, Reader, Recorded, Source, Target, WriteSpec,
@@ -30,6 +28,8 @@ use crate::partition::{stride_ranges, KeyRange};
 use crate::plan::{parse_bounds, Key};
 use crate::report::{self, Summary, Verified};
 use crate::report::{PartitionReport, Status};
+use crate::run::start::{appended, finished_already, RunOptions, Start, Step};
+use crate::run::RunEnd;
 use crate::sql::QualifiedName;
 
 /// Whether a job crosses the seam (either side is not PostgreSQL).
@@ -490,7 +490,7 @@ pub(super) async fn run(
         moved_at: AtomicU64::new(0),
         stall_timeout: job.stall_timeout,
     });
-    let signals = tokio::spawn(super::cancel_on_signals(flow.cancel.clone()));
+    let signals = tokio::spawn(crate::run::cancel_on_signals(flow.cancel.clone()));
     let written_now: Vec<PartitionReport> =
         futures_util::stream::iter(todo.into_iter().map(|part| {
             let mut spec = base.clone();
@@ -571,7 +571,7 @@ pub(super) async fn run(
     summary.elapsed = started.elapsed();
     opts.say_summary(&format!("{}{verified}", summary.render()), code == exit::OK);
     if !summary.succeeded() && job.checkpoint_table.is_some() {
-        eprintln!("resume with: {}", super::resume_command());
+        eprintln!("resume with: {}", crate::run::resume_command());
     }
     Ok(RunEnd {
         code,

@@ -16,6 +16,7 @@
 //! pass-through (`postgres::copy`), the native route.
 
 pub mod mysql;
+pub mod native;
 pub mod postgres;
 pub mod sqlite;
 pub mod url;

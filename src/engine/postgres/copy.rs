@@ -1154,6 +1154,21 @@ async fn write_batch(
     })
 }
 
+/// Copies `partitions` at most `parallelism` at once, with Ctrl-C and SIGTERM
+/// cancelling the copy, and the progress bar cleared at the end.
+pub async fn copy_partitions(
+    spec: &Arc<CopySpec>,
+    partitions: Vec<PlannedPartition>,
+    parallelism: usize,
+) -> (Vec<PartitionReport>, Option<crate::error::Interrupted>) {
+    let signals = tokio::spawn(crate::run::cancel_on_signals(spec.cancel.clone()));
+    let concurrency = parallelism.min(partitions.len()).max(1);
+    let ended = run_partitions(Arc::clone(spec), partitions, concurrency).await;
+    signals.abort();
+    spec.progress.finish_and_clear();
+    ended
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

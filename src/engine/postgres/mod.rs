@@ -11,6 +11,7 @@ pub mod keepalive;
 pub mod libpq;
 pub mod plan;
 pub mod replace;
+pub mod route;
 pub mod session;
 pub mod text;
 pub mod tls;

@@ -4,15 +4,19 @@
 
 use std::path::Path;
 
+use anyhow::Result;
+use tracing::{info, warn};
+
 use crate::checkpoint::RecordedRun;
 use crate::cli::Shard;
+use crate::error::JobError;
 use crate::job::{Job, Mode, Strategy};
 use crate::plan;
 use crate::report;
 
 /// Which part of a run this process does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Step {
+pub enum Step {
     /// `stride run`: set up (or resume) a run, copy every partition, check, finish.
     Whole,
     /// `stride run --shard I/N`: copy this shard's partitions of a prepared run.
@@ -23,21 +27,21 @@ pub(super) enum Step {
     Finish,
 }
 
-pub(super) struct RunOptions {
-    pub(super) step: Step,
-    pub(super) restart: bool,
+pub struct RunOptions {
+    pub step: Step,
+    pub restart: bool,
     /// `--append-again`: a restart of an append job may add its rows a second time.
-    pub(super) append_again: bool,
-    pub(super) full_refresh: bool,
-    pub(super) quiet: bool,
+    pub append_again: bool,
+    pub full_refresh: bool,
+    pub quiet: bool,
     /// The summary for people goes to stderr, because stdout carries `--summary-json -`.
-    pub(super) human_to_stderr: bool,
+    pub human_to_stderr: bool,
 }
 
 impl RunOptions {
     /// Text for people: on stdout (stderr when stdout carries `--summary-json
     /// -`); nothing with `-q`, which prints errors only.
-    pub(super) fn say(&self, text: &str) {
+    pub fn say(&self, text: &str) {
         if !self.quiet {
             self.human(text);
         }
@@ -45,7 +49,7 @@ impl RunOptions {
 
     /// Text for people, even with `-q`: on stdout, or stderr when stdout
     /// carries `--summary-json -`.
-    pub(super) fn human(&self, text: &str) {
+    pub fn human(&self, text: &str) {
         if self.human_to_stderr {
             eprint!("{text}");
         } else {
@@ -55,7 +59,7 @@ impl RunOptions {
 
     /// A summary: as [`RunOptions::say`], and with `-q` too when the run did
     /// not succeed (on stderr), since it says what was and was not written.
-    pub(super) fn say_summary(&self, text: &str, succeeded: bool) {
+    pub fn say_summary(&self, text: &str, succeeded: bool) {
         if self.quiet && !succeeded {
             eprint!("{text}");
         } else {
@@ -65,7 +69,7 @@ impl RunOptions {
 }
 
 /// Why a re-run of a finished append job does nothing, and what to run instead.
-pub(super) fn finished_already(recorded_at: &str, partitions: &str, rows: u64) -> String {
+pub fn finished_already(recorded_at: &str, partitions: &str, rows: u64) -> String {
     format!(
         "nothing to do: this job already finished at {recorded_at} ({partitions}, {} rows); to replace the target's rows with a new copy, run with --set target.mode=truncate (--restart alone would add them a second time)",
         report::group(rows)
@@ -74,7 +78,7 @@ pub(super) fn finished_already(recorded_at: &str, partitions: &str, rows: u64) -
 
 /// What a step does with the run the checkpoint table records.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Start {
+pub enum Start {
     /// Go on with the recorded run.
     Resume,
     /// A new run; `forget`: the recorded one is deleted first, in the same
@@ -89,7 +93,7 @@ pub(super) enum Start {
 /// Whether an unfinished run's committed partitions may be kept when the rest
 /// is copied from a newer snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Resumable {
+pub enum Resumable {
     /// Yes: each partition is a range of values, the same in any snapshot.
     Yes,
     /// No (block ranges: an updated row moves to another block), but starting
@@ -100,7 +104,7 @@ pub(super) enum Resumable {
 }
 
 impl Resumable {
-    pub(super) fn of(job: &Job) -> Resumable {
+    pub fn of(job: &Job) -> Resumable {
         match (plan::strategy(job), job.target.mode) {
             (Strategy::Stride | Strategy::Quantile, _) => Resumable::Yes,
             (_, Mode::Truncate | Mode::Replace | Mode::Overwrite | Mode::Upsert) => {
@@ -114,7 +118,7 @@ impl Resumable {
 /// Decides how a step starts, from the run recorded for this job (`earlier`) and
 /// the target table's OID now. `finished_is_final`: a finished run is not repeated
 /// without `--restart` (append mode, not incremental).
-pub(super) fn decide(
+pub fn decide(
     step: Step,
     earlier: Option<&RecordedRun>,
     target_oid: Option<i64>,
@@ -200,7 +204,7 @@ pub(super) fn decide(
 /// `--restart` of an append job whose earlier run committed rows would add every
 /// one of them a second time: refused (exit 2) with the ways out, unless the
 /// user chose it with `--append-again`.
-pub(super) fn appending_twice(
+pub fn appending_twice(
     job: &Job,
     step: Step,
     earlier: Option<&RecordedRun>,
@@ -223,7 +227,7 @@ pub(super) fn appending_twice(
 /// The refusal of `--restart` for an append job whose earlier run already
 /// added `rows` (`done` of `partitions`), with the two commands that work; for
 /// every route.
-pub(super) fn appended(
+pub fn appended(
     job: &Job,
     step: Step,
     rows: u64,
@@ -254,6 +258,66 @@ pub(super) fn appended(
             job.target.table
         ),
     })
+}
+
+/// How the run starts, from what the earlier run left: `(fresh, forget)` (a new
+/// run, deleting the earlier one's record first), or `None` when there is
+/// nothing to do (said with `say`).
+pub fn how_to_start(
+    job: &Job,
+    earlier: Option<&RecordedRun>,
+    target_oid: Option<i64>,
+    opts: &RunOptions,
+    path: &Path,
+    say: &dyn Fn(&str),
+) -> Result<Option<(bool, bool)>> {
+    let step = opts.step;
+    let table = &job.target.table;
+    let start = decide(
+        step,
+        earlier,
+        target_oid,
+        opts.restart,
+        opts.full_refresh,
+        job.target.mode == Mode::Append && job.incremental.is_none(),
+        Resumable::of(job),
+    );
+    let start = appending_twice(job, step, earlier, opts, path).unwrap_or(start);
+    Ok(Some(match start {
+        Start::Nothing(message) => {
+            say(&format!("{message}\n"));
+            return Ok(None);
+        }
+        Start::Refuse {
+            usage: true,
+            message,
+        } => return Err(JobError::new(message).into()),
+        Start::Refuse { message, .. } => return Err(anyhow::anyhow!(message)),
+        Start::Resume => (false, false),
+        Start::New { forget } => {
+            if let (true, Some(run)) = (forget, earlier) {
+                if !run.finished && !opts.restart && Resumable::of(job) == Resumable::StartOver {
+                    info!(
+                        "the unfinished earlier run copied block ranges in another snapshot: starting over ({} of {} partitions again)",
+                        run.done.len(),
+                        run.partitions
+                    );
+                } else if run.target_oid != target_oid {
+                    info!("the earlier run of this job wrote into a table that is gone: starting afresh");
+                } else if opts.restart
+                    && job.target.mode == Mode::Append
+                    && !run.finished
+                    && !run.done.is_empty()
+                {
+                    warn!(
+                        "--restart in append mode: the {} partitions the unfinished earlier run committed stay in {table} and are copied again (run without --restart to resume instead)",
+                        run.done.len()
+                    );
+                }
+            }
+            (true, forget)
+        }
+    }))
 }
 
 #[cfg(test)]

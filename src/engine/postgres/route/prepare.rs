@@ -43,24 +43,24 @@ async fn describe_source(
 }
 
 /// The source side, resolved: columns to copy, the key and the job's own bounds.
-pub(super) struct SourceSide {
-    pub(super) columns: Vec<Column>,
-    pub(super) key: Option<Key>,
-    pub(super) bounds: Option<Bounds>,
+pub(crate) struct SourceSide {
+    pub(crate) columns: Vec<Column>,
+    pub(crate) key: Option<Key>,
+    pub(crate) bounds: Option<Bounds>,
     /// The incremental column, if the job has one.
-    pub(super) mark: Option<Key>,
+    pub(crate) mark: Option<Key>,
     /// `incremental.lookback` in the mark column's encoding (0 without one).
-    pub(super) lookback: i64,
+    pub(crate) lookback: i64,
     /// A table source's relkind (`r` table, `v` view, ...); `None` for a query.
-    pub(super) kind: Option<char>,
+    pub(crate) kind: Option<char>,
     /// A table source's primary key and indexes, for a target stride creates;
     /// `None` for a query.
-    pub(super) indexes: Option<SourceIndexes>,
+    pub(crate) indexes: Option<SourceIndexes>,
 }
 
 /// Reads the source's catalogue and checks the job against it: columns, key,
 /// bounds, and that the job's SQL (`where`, `query`) runs there.
-pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceSide> {
+pub(crate) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Result<SourceSide> {
     let mut conn = pool
         .acquire()
         .await
@@ -161,7 +161,7 @@ pub(super) async fn resolve_source(pool: &PgPool, job: &Job, place: &str) -> Res
 /// The plan: with the bounds (or boundaries, or block count) a recorded run
 /// planned with, so a resume plans exactly its partitions; else from the job and
 /// the source, read in `conn`'s snapshot.
-pub(super) async fn plan_partitions(
+pub(crate) async fn plan_partitions(
     conn: &mut PgConnection,
     job: &Job,
     side: &SourceSide,
@@ -278,25 +278,25 @@ async fn quantile_cut(
 }
 
 /// How the target takes each source column; `exists` is false when it will be created.
-pub(super) struct TargetFit {
-    pub(super) exists: bool,
-    pub(super) fits: Vec<ColumnFit>,
+pub(crate) struct TargetFit {
+    pub(crate) exists: bool,
+    pub(crate) fits: Vec<ColumnFit>,
     /// Target type (without modifier) of each copied column, for the row path's casts.
-    pub(super) types: Vec<String>,
+    pub(crate) types: Vec<String>,
     /// How the source reads each copied column, so that both methods give the
     /// target the cast's value (`plan::conversion`).
-    pub(super) reads: Vec<plan::Read>,
+    pub(crate) reads: Vec<plan::Read>,
     /// Why the target cannot take the rows, each naming a column; empty when it can.
-    pub(super) problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// Source columns the target generates (`GENERATED ALWAYS AS ... STORED`):
     /// left out of the copy, the target computes them; `check` lists them.
-    pub(super) computed: Vec<ColumnFit>,
+    pub(crate) computed: Vec<ColumnFit>,
     /// Upsert mode: the key rows are matched by, checked against the target's
     /// unique indexes (a missing table is created with it as primary key).
-    pub(super) upsert_key: Option<Vec<String>>,
+    pub(crate) upsert_key: Option<Vec<String>>,
     /// The statements that create the table (`None`: it exists and is kept):
     /// `CREATE TABLE`, then the key and indexes built once the rows are in.
-    pub(super) creation: Option<Creation>,
+    pub(crate) creation: Option<Creation>,
 }
 
 /// An upsert into a table stride creates matches rows by `target.key`, else by
@@ -311,7 +311,7 @@ fn created_upsert_key(job: &Job, side: &SourceSide) -> Result<Option<Vec<String>
 
 /// What `stride plan` shows of the target: how a run would create it, or
 /// `None` when it exists and is kept.
-pub(super) async fn planned_creation(
+pub(crate) async fn planned_creation(
     pool: &PgPool,
     job: &Job,
     side: &SourceSide,
@@ -333,7 +333,7 @@ pub(super) async fn planned_creation(
 /// Leaves out of `side.columns` the columns an existing target generates (see
 /// `plan::computed_in_target`), as `fit_target` does: what `stride plan` shows.
 /// A target the run creates (missing, or overwritten) generates none.
-pub(super) async fn leave_out_computed(
+pub(crate) async fn leave_out_computed(
     pool: &PgPool,
     job: &Job,
     side: &mut SourceSide,
@@ -383,7 +383,7 @@ async fn plan_creation(
 /// How the target takes the source's columns. Columns the existing target
 /// generates are removed from `side.columns`: no statement of the run reads,
 /// writes or verifies them.
-pub(super) async fn fit_target(
+pub(crate) async fn fit_target(
     pool: &PgPool,
     job: &Job,
     side: &mut SourceSide,
@@ -559,7 +559,7 @@ fn server_of(url: &crate::job::DbUrl) -> Option<(String, u16)> {
 }
 
 /// Whether source and target are one running server (so they share its slots).
-pub(super) fn same_server(job: &Job, source: &Server, target: &Server) -> bool {
+pub(crate) fn same_server(job: &Job, source: &Server, target: &Server) -> bool {
     match (&source.identity, &target.identity) {
         (Some(s), Some(t)) => s == t,
         _ => {
@@ -605,22 +605,22 @@ fn connection_budget(
 }
 
 /// Both sides connected and checked against the job, before any write.
-pub(super) struct Prepared {
-    pub(super) job: Job,
-    pub(super) source: PgPool,
-    pub(super) target: PgPool,
-    pub(super) side: SourceSide,
-    pub(super) fit: TargetFit,
+pub struct Prepared {
+    pub(crate) job: Job,
+    pub(crate) source: PgPool,
+    pub(crate) target: PgPool,
+    pub(crate) side: SourceSide,
+    pub(crate) fit: TargetFit,
     /// Partitions at once, within the servers' free connection slots.
-    pub(super) parallelism: usize,
+    pub(crate) parallelism: usize,
     /// How each side's sessions are protected, for the summary.
-    pub(super) encryption: report::Encryption,
+    pub(crate) encryption: report::Encryption,
 }
 
 /// What the source and target, as found, make impossible (exit 2): a column the
 /// target cannot take, a checkpoint schema that does not exist, a verify that
 /// cannot compare partitions. `run`, `verify` and `check` refuse the same.
-pub(super) async fn refuse_unfit(
+pub(crate) async fn refuse_unfit(
     job: &Job,
     side: &SourceSide,
     fit: &TargetFit,
@@ -655,7 +655,7 @@ pub(super) async fn refuse_unfit(
 
 /// Everything `run` and `verify` do before their first write: parse the job,
 /// connect within the connection budget, resolve the source, fit the target.
-pub(super) async fn prepare(job: Job) -> Result<Prepared> {
+pub async fn prepare(job: Job) -> Result<Prepared> {
     let requested = job.partition.as_ref().map_or(1, |p| p.count);
     let wanted = job.partitions_at_once(requested);
     let source_server = pg::connect(Side::Source, &job.source.url, job.retries).await?;
@@ -699,7 +699,7 @@ pub(super) async fn prepare(job: Job) -> Result<Prepared> {
 
 /// The job as a run with `window` reads it: the window's condition added to the
 /// source's `where`.
-pub(super) fn scope(job: &Job, side: &SourceSide, window: Option<&Window>) -> Job {
+pub(crate) fn scope(job: &Job, side: &SourceSide, window: Option<&Window>) -> Job {
     match (window, &side.mark) {
         (Some(w), Some(mark)) => plan::within_window(job, w, mark.key_type),
         _ => job.clone(),
@@ -707,14 +707,14 @@ pub(super) fn scope(job: &Job, side: &SourceSide, window: Option<&Window>) -> Jo
 }
 
 /// The window's condition on the mark column (the same on both sides).
-pub(super) fn window_condition(side: &SourceSide, window: Option<&Window>) -> Option<String> {
+pub(crate) fn window_condition(side: &SourceSide, window: Option<&Window>) -> Option<String> {
     let (w, mark) = window.zip(side.mark.as_ref())?;
     Some(w.condition(&crate::sql::quote_ident(&mark.column), mark.key_type))
 }
 
 /// Adds an incremental run's re-read range to `plan` as its last partition (see
 /// `Plan::add_reread`); `job` is the job without the window.
-pub(super) fn add_reread(plan: &mut Plan, job: &Job, side: &SourceSide, window: Option<&Window>) {
+pub(crate) fn add_reread(plan: &mut Plan, job: &Job, side: &SourceSide, window: Option<&Window>) {
     if let (Some(w), Some(mark)) = (window, &side.mark) {
         plan.add_reread(job, mark, w, side.lookback);
     }
@@ -722,7 +722,7 @@ pub(super) fn add_reread(plan: &mut Plan, job: &Job, side: &SourceSide, window: 
 
 /// Every row a run of `plan` with `window` reads, in one query: the window and
 /// the re-read range if the plan has one (what the coverage check counts).
-pub(super) fn read_select(
+pub(crate) fn read_select(
     job: &Job,
     plan: &Plan,
     side: &SourceSide,
@@ -738,7 +738,7 @@ pub(super) fn read_select(
 
 /// Verify compares partition by partition, so the target needs the partition
 /// column: it must be among the copied columns.
-pub(super) fn unverifiable(side: &SourceSide) -> Option<JobError> {
+pub(crate) fn unverifiable(side: &SourceSide) -> Option<JobError> {
     let copied = |key: &Key| side.columns.iter().any(|c| c.name == key.column);
     if let Some(key) = side.key.as_ref().filter(|k| !copied(k)) {
         return Some(JobError::new(format!(
@@ -757,7 +757,7 @@ pub(super) fn unverifiable(side: &SourceSide) -> Option<JobError> {
 /// The comparison verify can make: a checksum compares text forms, which differ
 /// when a column is converted on the way (int4 into int8 is fine, json into jsonb
 /// or real into double precision is not), so then only counts are compared.
-pub(super) fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
+pub(crate) fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
     let converted: Vec<&str> = fit
         .fits
         .iter()
@@ -777,7 +777,7 @@ pub(super) fn effective_verify(verify: Verify, fit: &TargetFit) -> Verify {
 /// What every partition of a copy shares, from the plan and the target's fit; no
 /// checkpoint, no repair, a hidden progress bar (callers set those).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn copy_spec(
+pub(crate) fn copy_spec(
     job: &Job,
     plan: &Plan,
     fit: &TargetFit,
