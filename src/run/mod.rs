@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::cli::Shard;
 use crate::error::{exit, JobError};
@@ -12,7 +13,6 @@ use crate::job::{Job, Relation};
 use crate::plan::PlannedPartition;
 use crate::report::{PartitionReport, Status, Summary};
 use start::{Resumable, Step};
-use tracing::warn;
 
 pub mod start;
 
