@@ -500,3 +500,97 @@ async fn the_mysql_session_encryption_is_reported_with_ssl_mode() {
         );
     }
 }
+
+/// A user without the LOCK TABLES privilege: several readers are refused
+/// (exit 2, naming what to grant), one reader copies in one moment without
+/// a lock. The user's password never shows, even when the login fails.
+#[tokio::test]
+async fn without_lock_tables_a_mysql_source_is_refused_unless_one_reader_reads_it() {
+    let my = MysqlDb::new("my_nolock").await;
+    my.exec("CREATE TABLE t (id INT PRIMARY KEY, v TEXT) ENGINE = InnoDB; INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');")
+        .await;
+    let user = format!("stride_nolock_{}", std::process::id());
+    my.exec(&format!(
+        "DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%' IDENTIFIED BY 'Sekr1t-pw'; GRANT SELECT ON `{}`.* TO '{user}'@'%';",
+        my.name
+    ))
+    .await;
+    let mut url = url::Url::parse(&my.url).unwrap();
+    url.set_username(&user).unwrap();
+    url.set_password(Some("Sekr1t-pw")).unwrap();
+    let pg = TestDb::new("my_nolock_pg").await;
+    let refused = run_text(
+        &job(url.as_str(), "t", &pg.url, "public.t", "")
+            .replace("[run]\n", "[run]\nparallelism = 2\n"),
+    );
+    assert_exit(&refused, 2);
+    assert!(
+        text(&refused).contains("may not run LOCK TABLES `t` READ"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!text(&refused).contains("Sekr1t-pw"), "{}", text(&refused));
+    let one = run_text(
+        &job(url.as_str(), "t", &pg.url, "public.t", "")
+            .replace("[run]\n", "[run]\nparallelism = 1\n"),
+    );
+    assert_copied("one reader", &one, "rows 4", "3 of 3 partitions match");
+    url.set_password(Some("wrong-pw")).unwrap();
+    let failed = run_text(&job(url.as_str(), "t", &pg.url, "public.u", ""));
+    assert_ne!(failed.status.code(), Some(0));
+    assert!(!text(&failed).contains("wrong-pw"), "{}", text(&failed));
+    my.exec(&format!("DROP USER '{user}'@'%'")).await;
+}
+
+/// The write modes into MySQL, from MySQL partitioned by a datetime column and
+/// from a query: upsert updates by key and keeps the target's own rows,
+/// error-if-exists refuses a table with rows, overwrite builds the table again.
+#[tokio::test]
+async fn write_modes_into_mysql_from_a_datetime_partitioned_table_and_a_query() {
+    let my = MysqlDb::new("my_modes").await;
+    my.exec(
+        "CREATE TABLE ev (id INT PRIMARY KEY, at DATETIME(6), v VARCHAR(20)) ENGINE = InnoDB;
+         INSERT INTO ev VALUES (1, '2020-01-01 00:00:00', 'a'), (2, '2021-06-01 12:00:00.5', 'b'),
+                               (3, NULL, 'c'), (4, '2024-12-31 23:59:59.999999', 'd');
+         CREATE TABLE up (id INT PRIMARY KEY, at DATETIME(6), v VARCHAR(20)) ENGINE = InnoDB;
+         INSERT INTO up VALUES (1, NULL, 'old'), (99, NULL, 'mine');",
+    )
+    .await;
+    let by_time = |target: &str, rest: &str| {
+        job(&my.url, "ev", &my.url, target, rest).replace("column = \"id\"", "column = \"at\"")
+    };
+    let out = run_text(
+        &by_time("up", "mode = \"upsert\"").replace("verify = \"checksum\"", "verify = \"none\""),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(
+        mysql_text(&my, "SELECT GROUP_CONCAT(id, v ORDER BY id) FROM up").await,
+        "1a,2b,3c,4d,99mine"
+    );
+    let refused = run_text(&by_time("up", "mode = \"error-if-exists\""));
+    assert_exit(&refused, 2);
+    assert!(
+        text(&refused).contains("already holds rows"),
+        "{}",
+        text(&refused)
+    );
+    let out = run_text(&by_time("up", "mode = \"overwrite\""));
+    assert_copied("overwrite", &out, "rows 4", "partitions match");
+    assert_eq!(
+        mysql_text(&my, "SELECT GROUP_CONCAT(id, v ORDER BY id) FROM up").await,
+        "1a,2b,3c,4d"
+    );
+    let query = format!(
+        "[source]\nurl = \"{0}\"\nquery = \"SELECT id, v FROM ev WHERE id > 1\"\n[partition]\ncolumn = \"id\"\ncount = 2\n[target]\nurl = \"{0}\"\ntable = \"from_query\"\n[run]\nparallelism = 1\nverify = \"checksum\"\n",
+        my.url
+    );
+    let out = run_text(&query);
+    assert_copied("query", &out, "rows 3", "2 of 2 partitions match");
+    let refused = run_text(&query.replace("parallelism = 1", "parallelism = 2"));
+    assert_exit(&refused, 2);
+    assert!(
+        text(&refused).contains("source.query"),
+        "{}",
+        text(&refused)
+    );
+}

@@ -511,11 +511,31 @@ impl Source {
     /// this connection while each reader opens its consistent snapshot.
     pub async fn snapshot(&mut self, readers: usize) -> Result<Vec<Reader>> {
         let readers = readers.max(1);
-        if let Some(table) = &self.table {
-            sqlx::raw_sql(AssertSqlSafe(dialect::lock_tables_sql(std::slice::from_ref(table))))
+        // One reader is one moment by itself: no lock.
+        let lock = self.table.clone().filter(|_| readers > 1);
+        if let Some(table) = &lock {
+            // A READ lock waits for open writes: not for MySQL's default year.
+            sqlx::raw_sql("SET SESSION lock_wait_timeout = 60")
                 .execute(&mut self.conn)
-                .await
-                .with_context(|| format!("holding {table} for one moment of the source (LOCK TABLES ... READ needs the LOCK TABLES privilege)"))?;
+                .await?;
+            let locked = sqlx::raw_sql(AssertSqlSafe(dialect::lock_tables_sql(
+                std::slice::from_ref(table),
+            )))
+            .execute(&mut self.conn)
+            .await;
+            if let Err(e) = locked {
+                let denied = matches!(&e, sqlx::Error::Database(db)
+                    if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|m| matches!(m.number(), 1044 | 1142 | 1227)));
+                if denied {
+                    return Err(JobError::new(format!(
+                        "source.table: the source's user may not run LOCK TABLES {table} READ, which holds the table while the readers open one moment of it ({e}); expected the LOCK TABLES and SELECT privileges on it, or run.parallelism = 1 (one reader is one moment without a lock)"
+                    ))
+                    .into());
+                }
+                return Err(anyhow::Error::new(e)
+                    .context(format!("holding {table} for one moment of the source")));
+            }
         } else if readers > 1 {
             anyhow::bail!("a query source is read by one reader (its tables cannot be locked)");
         }
@@ -530,7 +550,7 @@ impl Source {
                 }
             }
         }
-        if self.table.is_some() {
+        if lock.is_some() {
             sqlx::raw_sql(dialect::UNLOCK_TABLES_SQL)
                 .execute(&mut self.conn)
                 .await
