@@ -594,3 +594,40 @@ async fn write_modes_into_mysql_from_a_datetime_partitioned_table_and_a_query() 
         text(&refused)
     );
 }
+
+/// examples/mysql-migration.toml runs as shipped: a MySQL table with a zero
+/// date, an unsigned bigint and a tinyint(1) into PostgreSQL.
+#[tokio::test]
+async fn the_mysql_migration_example_runs_as_shipped() {
+    let my = MysqlDb::new("my_example").await;
+    my.exec(
+        "SET SESSION sql_mode = '';
+         CREATE TABLE orders (id INT UNSIGNED PRIMARY KEY, placed DATE, paid TINYINT(1), total DECIMAL(12,2), note JSON, ref BIGINT UNSIGNED) ENGINE = InnoDB;
+         INSERT INTO orders VALUES (1, '0000-00-00', 1, 10.50, '{\"a\": 1}', 0), (2, '2024-01-02', 0, 0.00, NULL, NULL),
+                                   (4294967295, '2024-02-29', NULL, -1.25, '[]', 18446744073709551615);",
+    )
+    .await;
+    let pg = TestDb::new("my_example_pg").await;
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mysql-migration.toml");
+    let out = stride(
+        &["run", example.to_str().unwrap()],
+        &[
+            ("MYSQL_SOURCE_URL", my.url.as_str()),
+            ("PG_TARGET_URL", pg.url.as_str()),
+        ],
+    );
+    assert_copied("example", &out, "rows 3", "partitions match");
+    assert!(
+        text(&out).contains("1 zero or partial dates written as NULL"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pg.scalar_string(
+            "SELECT string_agg(id || ' ' || coalesce(placed::text, '-') || ' ' || coalesce(paid::text, '-') || ' ' || total || ' ' || coalesce(note::text, '-') || ' ' || coalesce(ref::text, '-'), '; ' ORDER BY id) FROM public.orders"
+        )
+        .await,
+        "1 - true 10.50 {\"a\": 1} 0; 2 2024-01-02 false 0.00 - -; 4294967295 2024-02-29 - -1.25 [] 18446744073709551615"
+    );
+}

@@ -671,6 +671,11 @@ impl Reader {
                 if batch.rows() >= BATCH_ROWS {
                     let full = std::mem::replace(&mut batch, Batch::new(kinds.len()));
                     if rows.send(full).await.is_err() {
+                        // The writer gave up (its retry reads again): the
+                        // connection is sound, and sqlx skips the rest of
+                        // this result before its next statement.
+                        drop(stream);
+                        self.conn = Some(conn);
                         return Ok(());
                     }
                 }
