@@ -161,7 +161,11 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
     let target = Target::open(&job.target.url, job.retries, connections).await?;
     let existing = target.describe(&job.target.table).await?;
     let mut problems: Vec<String> = source.conflict(&target).await?.into_iter().collect();
-    problems.extend(source.value_problems(job, &columns).await?);
+    problems.extend(
+        source
+            .value_problems(job, &columns, Engine::of(&job.target.url))
+            .await?,
+    );
     let (exists, target_declared) = match &existing {
         Some(t) if job.target.mode != Mode::Overwrite => {
             let mut declared = Vec::new();

@@ -439,16 +439,24 @@ impl Source {
         }
     }
 
-    /// Values of `columns` that only this engine holds and the job did not say
-    /// what to do with (MySQL's zero dates), as one message (exit 2).
+    /// Values of `columns` that only this engine holds and the job did not
+    /// say what to do with, or that `target` cannot hold (MySQL's zero dates,
+    /// its times beyond a day), one message each (exit 2).
     pub async fn value_problems(
         &mut self,
         job: &Job,
         columns: &[Column],
-    ) -> Result<Option<String>> {
+        target: Engine,
+    ) -> Result<Vec<String>> {
         match self {
-            Source::Mysql(s) => s.zero_dates(job, columns).await,
-            _ => Ok(None),
+            Source::Mysql(s) => {
+                let mut out: Vec<String> = s.zero_dates(job, columns).await?.into_iter().collect();
+                if target != Engine::Mysql {
+                    out.extend(s.long_times(job, columns).await?);
+                }
+                Ok(out)
+            }
+            _ => Ok(Vec::new()),
         }
     }
 

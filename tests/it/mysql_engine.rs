@@ -322,6 +322,19 @@ async fn zero_dates_are_refused_by_column_or_written_as_null_when_the_job_says()
     )
     .await;
     let pg = TestDb::new("my_zero_pg").await;
+    // A time beyond a day, which PostgreSQL's time cannot hold: refused by name.
+    my.exec(
+        "CREATE TABLE long_time (id INT PRIMARY KEY, tm TIME) ENGINE = InnoDB;
+         INSERT INTO long_time VALUES (1, '838:59:59'), (2, '12:00:00');",
+    )
+    .await;
+    let refused = run_text(&job(&my.url, "long_time", &pg.url, "public.long_time", ""));
+    assert_exit(&refused, 2);
+    assert!(
+        text(&refused).contains("column tm: holds times outside 00:00:00 to 24:00:00"),
+        "{}",
+        text(&refused)
+    );
     let refused = run_text(&job(&my.url, "z", &pg.url, "public.z", ""));
     assert_exit(&refused, 2);
     let message = text(&refused);

@@ -23,7 +23,7 @@
 //! | `date`                               | date        | `date`              | zero and partial dates: see below |
 //! | `datetime(n)`                        | timestamp   | `timestamp(n)`      | no time zone shift |
 //! | `timestamp(n)`                       | timestamptz | `timestamptz(n)`    | read in UTC (`time_zone = '+00:00'`) |
-//! | `time(n)`                            | time        | `time(n)`           | only if every value is within a day ([`time_check_sql`]); else `interval` |
+//! | `time(n)`                            | time        | `time(n)`           | only if every value is within a day ([`time_check_sql`]); else refused by name (exit 2) |
 //! | `year`                               | int         | `smallint`          | |
 //! | `bit(1)`                             | bool        | `boolean`           | |
 //! | `bit(n)`, n > 1                      | text        | `bit(n)`            | as a string of 0s and 1s |

@@ -487,6 +487,29 @@ impl Source {
         }))
     }
 
+    /// `time` columns holding values outside a day (MySQL's go from
+    /// -838:59:59 to 838:59:59), which another engine's time cannot hold: by
+    /// name, before anything is written.
+    pub async fn long_times(&mut self, job: &Job, columns: &[Column]) -> Result<Vec<String>> {
+        let (from, _) = dialect::from(job);
+        let mut out = Vec::new();
+        for c in columns.iter().filter(|c| c.kind == Kind::Time) {
+            let found = texts(&mut self.conn, &dialect::time_check_sql(&from, &c.name)).await?;
+            if found
+                .first()
+                .and_then(|r| r[0].as_deref())
+                .is_some_and(|v| v != "0")
+            {
+                out.push(format!(
+                    "column {}: holds times outside 00:00:00 to 24:00:00, which only MySQL's time holds (expected a `query` selecting it as text, CAST({} AS CHAR))",
+                    c.name,
+                    dialect::quote_ident(&c.name)
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// About how many rows the job reads: the table's statistics.
     pub async fn estimate(&mut self, job: &Job) -> Result<i64> {
         let Relation::Table(name) = &job.source.relation else {
