@@ -644,3 +644,55 @@ async fn the_mysql_migration_example_runs_as_shipped() {
         "1 - true 10.50 {\"a\": 1} 0; 2 2024-01-02 false 0.00 - -; 4294967295 2024-02-29 - -1.25 [] 18446744073709551615"
     );
 }
+
+/// A MySQL target connection killed in the middle of a partition's INSERTs:
+/// the partition rolls back and is retried, and every row is there once.
+#[tokio::test]
+async fn a_mysql_target_connection_lost_mid_partition_is_retried_without_doubling_a_row() {
+    let db = TestDb::new("my_lost").await;
+    db.exec(
+        "CREATE TABLE public.big (id bigint PRIMARY KEY, v text);
+         INSERT INTO public.big SELECT n, md5(n::text) FROM generate_series(1, 200000) AS n;",
+    )
+    .await;
+    let my = MysqlDb::new("my_lost").await;
+    let toml = job(&db.url, "public.big", &my.url, "big", "")
+        .replace("[run]\n", "[run]\nparallelism = 2\n");
+    let file = job_file(&toml);
+    let path = file.path.to_str().unwrap().to_string();
+    let run = tokio::task::spawn_blocking(move || stride(&["run", &path], &[]));
+    // Kill the first connection seen inserting into the table.
+    let mut admin = sqlx::MySqlConnection::connect(&mysql_url()).await.unwrap();
+    let mut killed = None;
+    for _ in 0..2000 {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'INSERT INTO `big`%' LIMIT 1",
+        )
+        .bind(&my.name)
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+        if let Some(id) = found {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            killed = Some(id);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let out = run.await.unwrap();
+    assert!(killed.is_some(), "no INSERT seen: {}", text(&out));
+    assert_copied(
+        "lost connection",
+        &out,
+        "rows 200,000",
+        "4 of 4 partitions match",
+    );
+    assert!(text(&out).contains("retrying"), "{}", text(&out));
+    assert_eq!(
+        mysql_i64(&my, "SELECT COUNT(*) + COUNT(DISTINCT id) FROM big").await,
+        400_000
+    );
+}
