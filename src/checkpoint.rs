@@ -79,7 +79,11 @@ fn server_and_database(url: &DbUrl) -> String {
         Ok(u) => format!(
             "{}:{}{}",
             u.host_str().unwrap_or(""),
-            u.port().unwrap_or(5432),
+            // The port each scheme's client assumes.
+            u.port().unwrap_or(match u.scheme() {
+                "mysql" | "mariadb" => 3306,
+                _ => 5432,
+            }),
             u.path()
         ),
         Err(_) => String::new(),

@@ -97,6 +97,8 @@ struct RawTarget {
     reset_sequences: Option<bool>,
     defer_indexes: Option<bool>,
     indexes: Option<Indexes>,
+    #[serde(default)]
+    zero_dates: ZeroDates,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +171,17 @@ pub struct Upsert {
     /// from its catalogue once connected.
     pub key: Option<Vec<String>>,
     pub on_conflict: OnConflict,
+}
+
+/// What becomes of MySQL's zero and partial dates (`0000-00-00`,
+/// `2021-00-15`), which no other engine holds: the run is refused before any
+/// write, naming the columns and counts, or they are written as NULL (counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZeroDates {
+    #[default]
+    Refuse,
+    Null,
 }
 
 /// Whether a missing target table is created from the source's column definitions.
@@ -293,6 +306,8 @@ pub struct Target {
     /// `target.indexes` as written; `None`: not set (the primary key only). Set
     /// on a table that exists and is not created, it is ignored with a warning.
     pub indexes: Option<Indexes>,
+    /// `target.zero_dates`: a MySQL source's zero and partial dates.
+    pub zero_dates: ZeroDates,
 }
 
 /// `[incremental]`: each run copies only the rows whose `column` is above the
@@ -1128,6 +1143,14 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         )));
     }
     let upsert = validate_upsert(raw.mode, raw.key, raw.on_conflict)?;
+    let scheme = source.url.expose().split(':').next().unwrap_or("");
+    if raw.zero_dates == ZeroDates::Null
+        && !["mysql", "mariadb"].contains(&scheme.to_ascii_lowercase().as_str())
+    {
+        return Err(JobError::new(
+            "target.zero_dates: only a MySQL or MariaDB source holds zero dates (expected it with a mysql:// or mariadb:// source.url)",
+        ));
+    }
     let defer_indexes = raw.defer_indexes.unwrap_or(false);
     if defer_indexes && raw.mode != Mode::Truncate {
         return Err(JobError::new(format!(
@@ -1145,6 +1168,7 @@ fn validate_target(raw: RawTarget, source: &Source) -> Result<Target, JobError> 
         )));
     }
     Ok(Target {
+        zero_dates: raw.zero_dates,
         url: parse_url("target.url", raw.url)?,
         table,
         mode: raw.mode,
@@ -1319,6 +1343,25 @@ url = "postgres://u@h/dst"
 
     fn err(text: &str) -> String {
         parse(text).expect_err("job should be rejected").to_string()
+    }
+
+    #[test]
+    fn zero_dates_are_refused_unless_the_job_makes_them_null() {
+        let mysql = "[source]\nurl='mysql://root@h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n";
+        let job = Job::parse(mysql, |_| None).unwrap();
+        assert_eq!(job.target.zero_dates, ZeroDates::Refuse);
+        let job = Job::parse(&format!("{mysql}zero_dates = 'null'\n"), |_| None).unwrap();
+        assert_eq!(job.target.zero_dates, ZeroDates::Null);
+        let e = Job::parse(&format!("{mysql}zero_dates = 'zero'\n"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target.zero_dates"), "{e}");
+        let pg = "[source]\nurl='postgres://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\nzero_dates = 'null'\n";
+        let e = Job::parse(pg, |_| None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("target.zero_dates: only a MySQL or MariaDB source"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1700,8 +1743,8 @@ parallelism = 2
                 "run.checkpoint: invalid type",
             ),
             (
-                "[source]\nurl='mysql://h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",
-                "source.url: scheme \"mysql\" is not supported",
+                "[source]\nurl='mysql://h/d?sslmode=require'\ntable='t'\n[target]\nurl='postgres://h/d'\n",
+                "source.url: unknown parameter \"sslmode\" for MySQL",
             ),
             (
                 "[source]\nurl='postgres:alice:pw@h/d'\ntable='t'\n[target]\nurl='postgres://h/d'\n",

@@ -67,8 +67,12 @@ pub struct Channel {
     /// `TLSv1.3`, ...; `None`: plain text.
     pub tls: Option<String>,
     pub cipher: Option<String>,
-    /// `sslmode` as resolved (URL, `PGSSLMODE`, or the default `prefer`).
+    /// `sslmode` as resolved (URL, `PGSSLMODE`, or the default `prefer`);
+    /// MySQL's `ssl-mode`.
     pub sslmode: &'static str,
+    /// The engine's name for the mode: `sslmode` (PostgreSQL), `ssl-mode` (MySQL).
+    #[serde(skip)]
+    pub mode_key: &'static str,
     /// `none`, `chain` (verify-ca) or `full` (chain and host name).
     pub verified: &'static str,
     /// Over a Unix socket (never encrypted, as with libpq).
@@ -82,6 +86,7 @@ impl Channel {
             tls: None,
             cipher: None,
             sslmode: "file",
+            mode_key: "sslmode",
             verified: "none",
             unix_socket: false,
         }
@@ -93,7 +98,7 @@ impl std::fmt::Display for Channel {
         match &self.tls {
             None if self.sslmode == "file" => f.write_str("none needed, a local file"),
             None if self.unix_socket => f.write_str("none, Unix socket"),
-            None => write!(f, "none, plain text (sslmode={})", self.sslmode),
+            None => write!(f, "none, plain text ({}={})", self.mode_key, self.sslmode),
             Some(version) => {
                 write!(f, "{version}")?;
                 if let Some(cipher) = &self.cipher {
@@ -104,7 +109,7 @@ impl std::fmt::Display for Channel {
                     "chain" => "certificate chain verified, host name not checked",
                     _ => "server certificate not verified",
                 };
-                write!(f, ", {verified} (sslmode={})", self.sslmode)
+                write!(f, ", {verified} ({}={})", self.mode_key, self.sslmode)
             }
         }
     }

@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::engine::{
-    finish_run_sql, forget_other_runs_sql, forget_run_sql, record_run_sql, CheckpointSpec,
-    Checksum, Column, Engine, Kind, Reader, Recorded, Source, Target, WriteSpec,
+    CheckpointSpec, Checksum, Column, Engine, Kind, Reader, Recorded, Source, Target, WriteSpec,
 };
 use crate::error::backoff;
 use crate::error::{exit, JobError};
@@ -162,6 +161,11 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
     let target = Target::open(&job.target.url, job.retries, connections).await?;
     let existing = target.describe(&job.target.table).await?;
     let mut problems: Vec<String> = source.conflict(&target).await?.into_iter().collect();
+    problems.extend(
+        source
+            .value_problems(job, &columns, Engine::of(&job.target.url))
+            .await?,
+    );
     let (exists, target_declared) = match &existing {
         Some(t) if job.target.mode != Mode::Overwrite => {
             let mut declared = Vec::new();
@@ -193,10 +197,14 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
                     target.place()
                 ));
             }
-            let declared = columns
-                .iter()
-                .map(|c| target.declared_for(source.engine(), c))
-                .collect();
+            let mut declared = Vec::new();
+            for c in &columns {
+                let in_key = described.primary_key.contains(&c.name);
+                match target.declared_for(source.engine(), c, in_key) {
+                    Ok(d) => declared.push(d),
+                    Err(why) => problems.push(format!("target.table: {why}")),
+                }
+            }
             (existing.is_some(), declared)
         }
     };
@@ -248,6 +256,11 @@ async fn plan_job(job: &Job, step: Step) -> Result<Planned> {
                     .into());
                 }
             }
+            if let Some(why) =
+                target.upsert_refusal(&target.engine().table(&job.target.table), &key)
+            {
+                return Err(JobError::new(why).into());
+            }
             Some(key)
         }
     };
@@ -286,15 +299,25 @@ fn partitions(
     };
     let target_engine = p.target.engine();
     let table = target_engine.table(written);
-    let names: Vec<String> = p.columns.iter().map(|c| c.name.clone()).collect();
+    // The target's columns with the target's types: MySQL reads a float
+    // column by its own type.
+    let target_columns: Vec<Column> = p
+        .columns
+        .iter()
+        .zip(&p.target_declared)
+        .map(|(c, declared)| Column {
+            declared: declared.clone(),
+            ..c.clone()
+        })
+        .collect();
     let key = p.key.as_ref().map(|k| (k.column.as_str(), k.key_type));
     ranges
         .into_iter()
         .enumerate()
         .map(|(index, range)| {
-            let target_pred = key
-                .filter(|_| p.by_range)
-                .and_then(|(c, t)| target_engine.predicate(&crate::sql::quote_ident(c), t, &range));
+            let target_pred = key.filter(|_| p.by_range).and_then(|(c, t)| {
+                target_engine.predicate(&target_engine.quote_ident(c), t, &range)
+            });
             Part {
                 index,
                 describe: p
@@ -302,7 +325,7 @@ fn partitions(
                     .as_ref()
                     .map_or_else(|| "all rows".to_string(), |k| range.describe(k.key_type)),
                 select: p.source.select(job, &p.columns, key, &range),
-                target_select: crate::engine::target_select(&table, &names, target_pred),
+                target_select: p.target.target_select(&table, &target_columns, target_pred),
             }
         })
         .collect()
@@ -539,6 +562,11 @@ pub(super) async fn run(
         (false, true) => exit::INTERRUPTED,
         (false, false) => exit::FAILED,
     };
+    // Counted before verify reads the source again.
+    if let Some(changed) = planned.source.changed_values() {
+        warn!("{changed}");
+        opts.say(&format!("{changed}\n"));
+    }
     let mut verified = String::new();
     if code == exit::OK && job.verify != Verify::None {
         let mut reader = readers
@@ -551,6 +579,7 @@ pub(super) async fn run(
             &mut reader,
             &compared(&job, &planned, &parts),
             job.verify,
+            &written,
         )
         .await?;
         verified = report::render_verify(&results, job.verify);
@@ -564,7 +593,7 @@ pub(super) async fn run(
             statements.extend(planned.target.swap_sql(&written, &table, &base.columns));
         }
         if let Some(cp) = &checkpoints {
-            statements.push(finish_run_sql(cp, &fp));
+            statements.push(planned.target.finish_run_sql(cp, &fp));
         }
         planned.target.transaction(&statements).await?;
     }
@@ -638,15 +667,14 @@ async fn start_statements(
         Mode::Append | Mode::Upsert => {}
     }
     if let Some(cp) = checkpoints {
-        out.push(forget_run_sql(cp, &p.fingerprint));
+        out.push(p.target.forget_run_sql(cp, &p.fingerprint));
         if emptied {
-            out.push(forget_other_runs_sql(
-                cp,
-                &p.fingerprint,
-                &engine.table(written),
-            ));
+            out.push(
+                p.target
+                    .forget_other_runs_sql(cp, &p.fingerprint, &engine.table(written)),
+            );
         }
-        out.push(record_run_sql(
+        out.push(p.target.record_run_sql(
             cp,
             &p.fingerprint,
             &engine.table(written),
@@ -846,8 +874,9 @@ async fn compare(
     source: &mut Reader,
     parts: &[Part],
     by: Verify,
+    table: &QualifiedName,
 ) -> Result<Vec<Verified>> {
-    let mut target = p.target.reader().await?;
+    let mut target = p.target.reader(table).await?;
     let mut out = Vec::new();
     for part in parts {
         let s = checksum(source, &part.select, &p.kinds).await?;
@@ -914,7 +943,14 @@ pub(super) async fn verify(job: Job, by: Verify) -> Result<u8> {
     } else {
         by
     };
-    let results = compare(&planned, &mut reader, &compared(&job, &planned, &parts), by).await?;
+    let results = compare(
+        &planned,
+        &mut reader,
+        &compared(&job, &planned, &parts),
+        by,
+        &job.target.table,
+    )
+    .await?;
     print!("{}", report::render_verify(&results, by));
     Ok(if results.iter().all(|r| r.source == r.target) {
         exit::OK

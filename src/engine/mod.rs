@@ -26,6 +26,7 @@ pub use url::{parse_url, DbUrl};
 use anyhow::Result;
 use tokio::sync::mpsc;
 
+use crate::error::JobError;
 use crate::job::Job;
 use crate::partition::{KeyRange, KeyType};
 use crate::sql::{quote_ident, quote_literal, QualifiedName};
@@ -34,14 +35,18 @@ use crate::sql::{quote_ident, quote_literal, QualifiedName};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     Postgres,
+    Mysql,
     Sqlite,
 }
 
 impl Engine {
     /// The engine of a URL that [`parse_url`] accepted.
     pub fn of(url: &DbUrl) -> Engine {
-        if url.expose().starts_with("sqlite:") {
+        let scheme = url.expose().split(':').next().unwrap_or("");
+        if scheme.eq_ignore_ascii_case("sqlite") {
             Engine::Sqlite
+        } else if scheme.eq_ignore_ascii_case("mysql") || scheme.eq_ignore_ascii_case("mariadb") {
+            Engine::Mysql
         } else {
             Engine::Postgres
         }
@@ -51,6 +56,7 @@ impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Postgres => "PostgreSQL",
+            Engine::Mysql => "MySQL",
             Engine::Sqlite => "SQLite",
         }
     }
@@ -65,7 +71,16 @@ impl Engine {
     pub fn table(self, name: &QualifiedName) -> String {
         match self {
             Engine::Postgres => name.to_string(),
+            Engine::Mysql => mysql::dialect::table(name),
             Engine::Sqlite => sqlite::dialect::table(name),
+        }
+    }
+
+    /// A column's name as this engine's SQL quotes it.
+    pub fn quote_ident(self, name: &str) -> String {
+        match self {
+            Engine::Mysql => mysql::dialect::quote_ident(name),
+            _ => quote_ident(name),
         }
     }
 
@@ -74,6 +89,7 @@ impl Engine {
     pub fn predicate(self, column: &str, key: KeyType, range: &KeyRange) -> Option<String> {
         match self {
             Engine::Postgres => crate::partition::predicate(column, key, range),
+            Engine::Mysql => mysql::dialect::predicate(column, key, range),
             Engine::Sqlite => sqlite::dialect::predicate(column, key, range),
         }
     }
@@ -83,6 +99,7 @@ impl Engine {
     pub fn refusals(self, job: &Job, side: Side) -> Vec<String> {
         match self {
             Engine::Postgres => Vec::new(),
+            Engine::Mysql => mysql::refusals(job, side),
             Engine::Sqlite => sqlite::refusals(job, side),
         }
     }
@@ -93,7 +110,8 @@ pub use crate::error::Side;
 /// Whether an error cause is one an engine calls transient (worth another
 /// attempt); `None` when no engine knows it.
 pub fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
-    postgres::transient(cause)
+    // MySQL's errors are sqlx's too: MySQL answers first for its own.
+    mysql::transient(cause).or_else(|| postgres::transient(cause))
 }
 
 /// Whether an error is worth retrying: a connection that broke or could not be
@@ -123,6 +141,7 @@ pub async fn tables(url: &DbUrl, retries: u32) -> Result<(Vec<(String, String)>,
             postgres::tables_for_patterns(&mut conn).await
         }
         Engine::Sqlite => sqlite::Source::open(url).await?.tables().await,
+        Engine::Mysql => Err(mysql_not_yet("[[tables]] patterns")),
     }
 }
 
@@ -136,7 +155,7 @@ pub async fn foreign_keys(
 ) -> Result<Vec<(String, usize, usize)>> {
     match Engine::of(url) {
         Engine::Postgres => postgres::foreign_keys_among(url, tables, retries).await,
-        Engine::Sqlite => Ok(Vec::new()),
+        Engine::Sqlite | Engine::Mysql => Ok(Vec::new()),
     }
 }
 
@@ -159,7 +178,16 @@ pub async fn init_facts(
             let mut source = sqlite::Source::open(url).await?;
             Ok((source.init_facts(table).await?, source.place()))
         }
+        Engine::Mysql => Err(mysql_not_yet("stride init")),
     }
+}
+
+/// What MySQL does not do yet, by name (exit 2).
+fn mysql_not_yet(what: &str) -> anyhow::Error {
+    JobError::new(format!(
+        "{what}: not supported yet with a MySQL or MariaDB source (expected a job file naming its tables)"
+    ))
+    .into()
 }
 
 /// What a column holds, as far as moving its values between engines goes.
@@ -275,6 +303,7 @@ pub const BATCH_ROWS: usize = 1000;
 #[allow(clippy::large_enum_variant)]
 pub enum Source {
     Postgres(postgres::text::Source),
+    Mysql(mysql::Source),
     Sqlite(sqlite::Source),
 }
 
@@ -282,6 +311,7 @@ impl Source {
     pub async fn open(url: &DbUrl, retries: u32) -> Result<Source> {
         Ok(match Engine::of(url) {
             Engine::Postgres => Source::Postgres(postgres::text::Source::open(url, retries).await?),
+            Engine::Mysql => Source::Mysql(mysql::Source::open(url).await?),
             Engine::Sqlite => Source::Sqlite(sqlite::Source::open(url).await?),
         })
     }
@@ -289,6 +319,7 @@ impl Source {
     pub fn engine(&self) -> Engine {
         match self {
             Source::Postgres(_) => Engine::Postgres,
+            Source::Mysql(_) => Engine::Mysql,
             Source::Sqlite(_) => Engine::Sqlite,
         }
     }
@@ -297,6 +328,7 @@ impl Source {
     pub fn place(&self) -> String {
         match self {
             Source::Postgres(s) => s.place(),
+            Source::Mysql(s) => s.place(),
             Source::Sqlite(s) => s.place(),
         }
     }
@@ -305,6 +337,7 @@ impl Source {
     pub fn encryption(&self) -> postgres::Encryption {
         match self {
             Source::Postgres(s) => s.encryption(),
+            Source::Mysql(s) => s.encryption(),
             Source::Sqlite(_) => postgres::Encryption::local_file(),
         }
     }
@@ -314,6 +347,7 @@ impl Source {
     pub async fn describe(&mut self, job: &Job) -> Result<Table> {
         match self {
             Source::Postgres(s) => s.describe(job).await,
+            Source::Mysql(s) => s.describe(job).await,
             Source::Sqlite(s) => s.describe(job).await,
         }
     }
@@ -329,6 +363,7 @@ impl Source {
     ) -> String {
         match self {
             Source::Postgres(_) => postgres::text::select(job, columns, key, range),
+            Source::Mysql(_) => mysql::dialect::select(job, columns, key, range),
             Source::Sqlite(_) => sqlite::dialect::select(job, columns, key, range),
         }
     }
@@ -375,6 +410,7 @@ impl Source {
         );
         match self {
             Source::Postgres(s) => s.estimate(&whole).await,
+            Source::Mysql(s) => s.estimate(job).await,
             Source::Sqlite(s) => s.count(&whole).await,
         }
     }
@@ -389,6 +425,12 @@ impl Source {
                 .into_iter()
                 .map(Reader::Postgres)
                 .collect()),
+            Source::Mysql(s) => Ok(s
+                .snapshot(readers)
+                .await?
+                .into_iter()
+                .map(Reader::Mysql)
+                .collect()),
             Source::Sqlite(s) => Ok(s
                 .snapshot(readers)
                 .await?
@@ -397,11 +439,45 @@ impl Source {
                 .collect()),
         }
     }
+
+    /// Values of `columns` that only this engine holds and the job did not
+    /// say what to do with, or that `target` cannot hold (MySQL's zero dates,
+    /// its times beyond a day), one message each (exit 2).
+    pub async fn value_problems(
+        &mut self,
+        job: &Job,
+        columns: &[Column],
+        target: Engine,
+    ) -> Result<Vec<String>> {
+        match self {
+            Source::Mysql(s) => {
+                let mut out: Vec<String> = s.zero_dates(job, columns).await?.into_iter().collect();
+                if target != Engine::Mysql {
+                    out.extend(s.long_times(job, columns).await?);
+                }
+                Ok(out)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Values the job changed by its own rule (MySQL's zero dates written as
+    /// NULL, `target.zero_dates`), for the closing message.
+    pub fn changed_values(&self) -> Option<String> {
+        match self {
+            Source::Mysql(s) if s.nulled_dates() > 0 => Some(format!(
+                "{} zero or partial dates written as NULL (target.zero_dates = \"null\")",
+                s.nulled_dates()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// One connection reading in the run's snapshot.
 pub enum Reader {
     Postgres(postgres::text::Reader),
+    Mysql(mysql::Reader),
     Sqlite(sqlite::Reader),
 }
 
@@ -416,6 +492,7 @@ impl Reader {
     ) -> Result<()> {
         match self {
             Reader::Postgres(r) => r.read(select, kinds, rows).await,
+            Reader::Mysql(r) => r.read(select, kinds, rows).await,
             Reader::Sqlite(r) => r.read(select, kinds, rows).await,
         }
     }
@@ -430,6 +507,7 @@ impl Reader {
     ) -> Result<Option<(i64, i64)>> {
         match self {
             Reader::Postgres(r) => r.bounds(job, column, key).await,
+            Reader::Mysql(r) => r.bounds(job, column, key).await,
             Reader::Sqlite(r) => r.bounds(job, column, key).await,
         }
     }
@@ -533,6 +611,7 @@ pub struct CheckpointSpec {
 #[allow(clippy::large_enum_variant)]
 pub enum Target {
     Postgres(postgres::text::Target),
+    Mysql(mysql::Target),
     Sqlite(sqlite::Target),
 }
 
@@ -542,6 +621,7 @@ impl Target {
             Engine::Postgres => {
                 Target::Postgres(postgres::text::Target::open(url, retries, connections).await?)
             }
+            Engine::Mysql => Target::Mysql(mysql::Target::open(url, connections).await?),
             Engine::Sqlite => Target::Sqlite(sqlite::Target::open(url).await?),
         })
     }
@@ -549,6 +629,7 @@ impl Target {
     pub fn engine(&self) -> Engine {
         match self {
             Target::Postgres(_) => Engine::Postgres,
+            Target::Mysql(_) => Engine::Mysql,
             Target::Sqlite(_) => Engine::Sqlite,
         }
     }
@@ -556,6 +637,7 @@ impl Target {
     pub fn place(&self) -> String {
         match self {
             Target::Postgres(t) => t.place(),
+            Target::Mysql(t) => t.place(),
             Target::Sqlite(t) => t.place(),
         }
     }
@@ -564,6 +646,7 @@ impl Target {
     pub fn encryption(&self) -> postgres::Encryption {
         match self {
             Target::Postgres(t) => t.encryption(),
+            Target::Mysql(t) => t.encryption(),
             Target::Sqlite(_) => postgres::Encryption::local_file(),
         }
     }
@@ -571,6 +654,7 @@ impl Target {
     pub async fn describe(&self, table: &QualifiedName) -> Result<Option<Table>> {
         match self {
             Target::Postgres(t) => t.describe(table).await,
+            Target::Mysql(t) => t.describe(table).await,
             Target::Sqlite(t) => t.describe(table).await,
         }
     }
@@ -578,19 +662,31 @@ impl Target {
     pub async fn has_rows(&self, table: &str) -> Result<bool> {
         match self {
             Target::Postgres(t) => t.has_rows(table).await,
+            Target::Mysql(t) => t.has_rows(table).await,
             Target::Sqlite(t) => t.has_rows(table).await,
         }
     }
 
-    /// The declared type of a column this target creates for a source column.
-    pub fn declared_for(&self, source: Engine, column: &Column) -> String {
-        match (self, source) {
-            (Target::Sqlite(_), Engine::Sqlite) | (Target::Postgres(_), Engine::Postgres) => {
-                column.declared.clone()
-            }
+    /// The declared type of a column this target creates for a source column
+    /// (`in_key`: in the primary key), or why it cannot create one that keeps
+    /// its values.
+    pub fn declared_for(
+        &self,
+        source: Engine,
+        column: &Column,
+        in_key: bool,
+    ) -> Result<String, String> {
+        Ok(match (self, source) {
+            (Target::Sqlite(_), Engine::Sqlite)
+            | (Target::Postgres(_), Engine::Postgres)
+            | (Target::Mysql(_), Engine::Mysql) => column.declared.clone(),
             (Target::Sqlite(_), _) => sqlite::dialect::declared_for(column.kind).to_string(),
+            (Target::Postgres(_), Engine::Mysql) => {
+                mysql::dialect::postgres_type(&column.declared)?
+            }
             (Target::Postgres(_), _) => postgres::text::declared_for(column),
-        }
+            (Target::Mysql(_), _) => mysql::dialect::mysql_type(source, column, in_key)?,
+        })
     }
 
     /// `CREATE TABLE` for `table` with `(name, declared type, not null)` columns.
@@ -600,13 +696,90 @@ impl Target {
         columns: &[(String, String, bool)],
         key: &[String],
     ) -> String {
-        create_table_sql(table, columns, key)
+        match self {
+            Target::Mysql(t) => t.create_sql(table, columns, key),
+            _ => create_table_sql(table, columns, key),
+        }
+    }
+
+    /// Why an upsert on `key` into `table` (as the target's SQL spells it)
+    /// would not do what it says, if it would not.
+    pub fn upsert_refusal(&self, table: &str, key: &[String]) -> Option<String> {
+        match self {
+            Target::Mysql(t) => t.upsert_refusal(table, key),
+            _ => None,
+        }
+    }
+
+    /// The rows of `columns` (with the target's declared types) of a target
+    /// table within `predicate`, for verify.
+    pub fn target_select(
+        &self,
+        table: &str,
+        columns: &[Column],
+        predicate: Option<String>,
+    ) -> String {
+        match self {
+            Target::Mysql(_) => mysql::dialect::target_select(table, columns, predicate),
+            _ => {
+                let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+                target_select(table, &names, predicate)
+            }
+        }
+    }
+
+    /// The run row: the bounds a run planned with and its partitions.
+    pub fn record_run_sql(
+        &self,
+        checkpoints: &str,
+        fingerprint: &str,
+        table: &str,
+        bounds: Option<(i64, i64)>,
+        partitions: usize,
+    ) -> String {
+        match self {
+            Target::Mysql(_) => {
+                mysql::dialect::record_run_sql(checkpoints, fingerprint, table, bounds, partitions)
+            }
+            _ => record_run_sql(checkpoints, fingerprint, table, bounds, partitions),
+        }
+    }
+
+    /// Forgets a run's checkpoints (a new run of the job starts).
+    pub fn forget_run_sql(&self, checkpoints: &str, fingerprint: &str) -> String {
+        match self {
+            Target::Mysql(_) => mysql::dialect::forget_run_sql(checkpoints, fingerprint),
+            _ => forget_run_sql(checkpoints, fingerprint),
+        }
+    }
+
+    /// Forgets the runs of other jobs into `table`, when this run empties it.
+    pub fn forget_other_runs_sql(
+        &self,
+        checkpoints: &str,
+        fingerprint: &str,
+        table: &str,
+    ) -> String {
+        match self {
+            Target::Mysql(_) => {
+                mysql::dialect::forget_other_runs_sql(checkpoints, fingerprint, table)
+            }
+            _ => forget_other_runs_sql(checkpoints, fingerprint, table),
+        }
+    }
+
+    /// Marks the run finished.
+    pub fn finish_run_sql(&self, checkpoints: &str, fingerprint: &str) -> String {
+        match self {
+            Target::Mysql(_) => mysql::dialect::finish_run_sql(checkpoints, fingerprint),
+            _ => finish_run_sql(checkpoints, fingerprint),
+        }
     }
 
     /// Why values of `kind` cannot go into a column of `declared` type unchanged.
     pub fn refusal(&self, kind: Kind, declared: &str) -> Option<String> {
         match self {
-            Target::Postgres(_) => None,
+            Target::Postgres(_) | Target::Mysql(_) => None,
             Target::Sqlite(_) => sqlite::dialect::bind(kind, declared).err(),
         }
     }
@@ -615,7 +788,8 @@ impl Target {
     pub fn empty_sql(&self, table: &str) -> String {
         match self {
             Target::Postgres(_) => format!("TRUNCATE {table}"),
-            Target::Sqlite(_) => format!("DELETE FROM {table}"),
+            // DELETE: transactional in InnoDB, where TRUNCATE commits at once.
+            Target::Sqlite(_) | Target::Mysql(_) => format!("DELETE FROM {table}"),
         }
     }
 
@@ -647,6 +821,7 @@ impl Target {
     pub async fn transaction(&self, statements: &[String]) -> Result<()> {
         match self {
             Target::Postgres(t) => t.transaction(statements).await,
+            Target::Mysql(t) => t.transaction(statements).await,
             Target::Sqlite(t) => t.transaction(statements).await,
         }
     }
@@ -655,6 +830,7 @@ impl Target {
     pub async fn ensure_checkpoints(&self, checkpoints: &QualifiedName) -> Result<()> {
         match self {
             Target::Postgres(t) => t.ensure_checkpoints(checkpoints).await,
+            Target::Mysql(t) => t.ensure_checkpoints(checkpoints).await,
             Target::Sqlite(t) => t.ensure_checkpoints(checkpoints).await,
         }
     }
@@ -668,6 +844,7 @@ impl Target {
     ) -> Result<Recorded> {
         match self {
             Target::Postgres(t) => t.recorded(checkpoints, fingerprint).await,
+            Target::Mysql(t) => t.recorded(checkpoints, fingerprint).await,
             Target::Sqlite(t) => t.recorded(checkpoints, fingerprint).await,
         }
     }
@@ -677,14 +854,16 @@ impl Target {
     pub async fn write(&self, spec: &WriteSpec, rows: mpsc::Receiver<Batch>) -> Result<(u64, u64)> {
         match self {
             Target::Postgres(t) => t.write(spec, rows).await,
+            Target::Mysql(t) => t.write(spec, rows).await,
             Target::Sqlite(t) => t.write(spec, rows).await,
         }
     }
 
-    /// A reader of the target as it is now, for verify.
-    pub async fn reader(&self) -> Result<Reader> {
+    /// A reader of the target's `table` as it is now, for verify.
+    pub async fn reader(&self, table: &QualifiedName) -> Result<Reader> {
         Ok(match self {
             Target::Postgres(t) => Reader::Postgres(t.reader().await?),
+            Target::Mysql(t) => Reader::Mysql(t.reader(table).await?),
             Target::Sqlite(t) => Reader::Sqlite(t.reader().await?),
         })
     }
@@ -796,6 +975,10 @@ pub fn normalized(kind: Kind, value: &str) -> std::borrow::Cow<'_, str> {
             Err(_) => value.into(),
         },
         Kind::Numeric => numeric_text(value).into(),
+        // A timestamp written into a column with a time zone reads back in
+        // UTC (`+00`): the same time (MySQL's datetime holds a PostgreSQL
+        // timestamptz that way, and goes back into one).
+        Kind::Timestamp => value.strip_suffix("+00").unwrap_or(value).into(),
         Kind::Bool => match value {
             "t" | "true" | "1" => "t".into(),
             "f" | "false" | "0" => "f".into(),
@@ -963,6 +1146,10 @@ mod tests {
         assert_eq!(normalized(Kind::Numeric, "-0.000"), "0");
         assert_eq!(normalized(Kind::Numeric, "100"), "100");
         assert_eq!(normalized(Kind::Numeric, "NaN"), "NaN");
+        assert_eq!(
+            normalized(Kind::Timestamp, "2024-06-30 10:34:56.789+00"),
+            "2024-06-30 10:34:56.789"
+        );
         let kinds = [Kind::Int, Kind::Float, Kind::Bool];
         let row = |a: &'static str, b: &'static str, c: &'static str| {
             [Some(a), Some(b), Some(c)].into_iter()
@@ -1010,11 +1197,15 @@ mod tests {
             Engine::of(&parse_url("t.url", "postgres://h/d".into()).unwrap()),
             Engine::Postgres
         );
-        let e = parse_url("target.url", "mysql://root@h/d".into())
+        assert_eq!(
+            Engine::of(&parse_url("t.url", "mariadb://root@h/d".into()).unwrap()),
+            Engine::Mysql
+        );
+        let e = parse_url("target.url", "mysql://root@h/d?sslmode=require".into())
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("target.url: scheme \"mysql\" is not supported yet"),
+            e.starts_with("target.url: unknown parameter \"sslmode\" for MySQL"),
             "{e}"
         );
         let e = parse_url("source.url", "oracle://h/d".into())

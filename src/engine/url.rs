@@ -93,14 +93,12 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => super::postgres::libpq::check_url(key, url.expose()).map(|()| url),
         Some("sqlite") => super::sqlite::url::file_url(key, url.expose()).map(|_| url),
-        Some(scheme @ ("mysql" | "mariadb")) => Err(JobError::new(format!(
-            "{key}: scheme \"{scheme}\" is not supported yet: MySQL and MariaDB come next (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
-        ))),
+        Some("mysql" | "mariadb") => super::mysql::url::parse_url(key, url.expose()).map(|_| url),
         Some(other) if !other.is_empty() && !other.contains('/') => Err(JobError::new(format!(
-            "{key}: scheme \"{other}\" is not supported (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+            "{key}: scheme \"{other}\" is not supported (expected postgres://user@host:port/database, mysql://user@host:port/database or sqlite://path/to/file.db)"
         ))),
         _ => Err(JobError::new(format!(
-            "{key}: not a URL (expected postgres://user@host:port/database or sqlite://path/to/file.db)"
+            "{key}: not a URL (expected postgres://user@host:port/database, mysql://user@host:port/database or sqlite://path/to/file.db)"
         ))),
     }
 }
@@ -108,5 +106,13 @@ pub fn parse_url(key: &str, url: String) -> Result<DbUrl, JobError> {
 /// Whether a URL parameter's value may be shown in messages and files: the
 /// engine's parameters known to hold no secret (a SQLite URL has none).
 pub fn is_shown(url: &str, name: &str) -> bool {
-    url.starts_with("sqlite:") || super::postgres::libpq::is_shown(name)
+    let scheme = url
+        .split_once(':')
+        .map_or("", |(s, _)| s)
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "sqlite" => true,
+        "mysql" | "mariadb" => super::mysql::url::is_shown(name),
+        _ => super::postgres::libpq::is_shown(name),
+    }
 }

@@ -207,8 +207,8 @@ fn file_cases(pair: &Pair) -> Vec<Case> {
         ),
         case(
             "target URL with a bad scheme",
-            good.replacen(&pair.target.url, "mysql://root@127.0.0.1:3306/db", 1),
-            &["target.url", "mysql"],
+            good.replacen(&pair.target.url, "oracle://root@127.0.0.1:1521/db", 1),
+            &["target.url", "oracle"],
         ),
         case(
             "source URL with an invalid sslmode",

@@ -40,17 +40,23 @@ INSERT INTO public.edges (id, i8, f8, num, t)
 SELECT n, n::bigint * 1000003, n / 7.0, n / 3.0, repeat('x', (n % 50)::int) FROM generate_series(6, 5000) AS n;
 ";
 
-fn sqlite_url(path: &Path) -> String {
+pub(crate) fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-fn job(source: &str, source_table: &str, target: &str, target_table: &str, rest: &str) -> String {
+pub(crate) fn job(
+    source: &str,
+    source_table: &str,
+    target: &str,
+    target_table: &str,
+    rest: &str,
+) -> String {
     format!(
         "[source]\nurl = \"{source}\"\ntable = \"{source_table}\"\n[partition]\ncolumn = \"id\"\ncount = 4\n[target]\nurl = \"{target}\"\ntable = \"{target_table}\"\n{rest}\n[run]\nverify = \"checksum\"\n"
     )
 }
 
-fn run_text(text: &str) -> Output {
+pub(crate) fn run_text(text: &str) -> Output {
     let file = job_file(text);
     let out = run_job(&file.path);
     drop(file);
@@ -146,7 +152,7 @@ async fn big_sources(db: &TestDb, file: &Path) {
 
 /// Starts a run, kills it with SIGKILL after its first committed partition,
 /// runs it again, and returns the second run's output.
-fn kill_after_first_partition_and_rerun(path: &Path) -> Output {
+pub(crate) fn kill_after_first_partition_and_rerun(path: &Path) -> Output {
     let running =
         Running::start(&["run", path.to_str().unwrap()]).wait_for_line("partition written");
     running.signal("KILL");
@@ -292,8 +298,8 @@ async fn what_an_engine_lacks_is_exit_2_before_anything_is_written() {
             "partition.strategy",
         ),
         (
-            job(&src, "t", "mysql://root@127.0.0.1:3306/db", "t", ""),
-            "target.url: scheme \"mysql\"",
+            job(&src, "t", "mysql://root@127.0.0.1:3306/db?sslmode=require", "t", ""),
+            "target.url: unknown parameter \"sslmode\" for MySQL",
         ),
         (
             job(

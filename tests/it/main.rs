@@ -23,6 +23,7 @@ mod layout;
 mod lock;
 mod modes;
 mod mysql;
+mod mysql_engine;
 mod props;
 mod proxy;
 mod repair;

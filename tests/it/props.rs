@@ -1780,8 +1780,8 @@ fn bad() -> BoxedStrategy<Bad> {
             (
                 "source",
                 "url",
-                "\"mysql://u:pw_CliSecret0000@127.0.0.1:1/d\"",
-                "source.url: scheme \"mysql\""
+                "\"mysql://u:pw_CliSecret0000@127.0.0.1:1/d?ssl-mode=maybe\"",
+                "source.url: ssl-mode=maybe is not one of"
             ),
             (
                 "target",

@@ -229,7 +229,7 @@ async fn failures_never_print_the_password() {
             name: "URL with an unsupported scheme",
             job: job(
                 &s.source_url,
-                &s.target_url.replacen("postgres://", "mysql://", 1),
+                &s.target_url.replacen("postgres://", "oracle://", 1),
                 table,
             ),
             envs: vec![],

@@ -455,6 +455,7 @@ pub async fn connect(side: Side, url: &DbUrl, retries: u32) -> Result<Server> {
         tls,
         cipher,
         sslmode: params.ssl_mode.name(),
+        mode_key: "sslmode",
         verified: match attempt {
             libpq::Attempt::TlsVerifyFull => "full",
             libpq::Attempt::TlsVerifyCa => "chain",
