@@ -62,7 +62,7 @@ my_password=${BASH_REMATCH[4]}
 my_host=${BASH_REMATCH[5]}
 my_port=${BASH_REMATCH[7]:-3306}
 # The password goes to the clients through the environment, never on a command line.
-export MYSQL_PWD=$my_password
+if [ -n "$my_password" ]; then export MYSQL_PWD=$my_password; fi
 my() { "$client" --protocol=tcp -h "$my_host" -P "$my_port" -u "$my_user" "$@"; }
 
 prefix="stride_bench_mysql_$$"
@@ -113,11 +113,15 @@ job pg-to-mysql "$src_url" public.covid_cases "$my_dst_url" covid_cases
 job mysql-to-pg "$my_src_url" covid_cases "$dst_url" public.covid_cases
 job mysql-to-mysql "$my_src_url" covid_cases "$my_dst_url" covid_cases
 
-# The MySQL tables: stride creates the target's, and the source is a copy of it.
+# The MySQL tables: stride creates the target's, and the source is a copy of it
+# in the collation MySQL tables usually have (pgloader 3.6 cannot read the
+# exact utf8mb4_nopad_bin that stride gives the tables it creates).
 log "creating the MySQL tables"
 "$stride_bin" --quiet run "$tmp/pg-to-mysql.toml" >/dev/null 2>"$tmp/first.log" ||
     die "stride pg -> mysql failed: $(tail -3 "$tmp/first.log")"
-my -e "CREATE TABLE $my_src.covid_cases LIKE $my_dst.covid_cases; INSERT INTO $my_src.covid_cases SELECT * FROM $my_dst.covid_cases"
+my -e "CREATE TABLE $my_src.covid_cases LIKE $my_dst.covid_cases;
+    ALTER TABLE $my_src.covid_cases CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;
+    INSERT INTO $my_src.covid_cases SELECT * FROM $my_dst.covid_cases"
 # The file LOAD DATA reads: PostgreSQL's text format (tabs, \N for NULL) is what
 # LOAD DATA's defaults read.
 sql "$src_url" -c "\\copy (SELECT $columns FROM public.covid_cases) TO '$tmp/rows.tsv'"
@@ -165,7 +169,7 @@ stride_to_mysql() { stride_measured stride_to_mysql "$tmp/pg-to-mysql.toml"; }
 mydumper_myloader() {
     rm -rf "$tmp/dump"
     mydumper --host "$my_host" --port "$my_port" --user "$my_user" ${my_password:+--password "$my_password"} \
-        --database "$my_src" --tables-list "$my_src.covid_cases" --no-schemas --threads 4 \
+        --database "$my_src" --no-schemas --threads 4 \
         --outputdir "$tmp/dump" >"$tmp/mydumper.log" 2>&1
     myloader --host "$my_host" --port "$my_port" --user "$my_user" ${my_password:+--password "$my_password"} \
         --source-db "$my_src" --database "$my_dst" --threads 4 --directory "$tmp/dump" >"$tmp/myloader.log" 2>&1
@@ -230,12 +234,12 @@ echo "### MySQL/MariaDB and PostgreSQL, $(echo "$rows" | sed ':a;s/\B[0-9]\{3\}\
 echo
 echo "| configuration | median s | vs the reference | peak stride MiB |"
 echo "|---|---:|---:|---:|"
-row "mysql --quick \\| psql \\copy (reference)" pipe_to_pg pipe_to_pg
+row "mysql --quick piped into psql copy (reference)" pipe_to_pg pipe_to_pg
 row "pgloader, data only" pgloader_to_pg pipe_to_pg
 row "stride mysql -> pg, 4 partitions" stride_to_pg pipe_to_pg
 row "LOAD DATA LOCAL INFILE from a file (reference)" load_data load_data
 row "stride pg -> mysql, 4 partitions" stride_to_mysql load_data
-row "mydumper \\| myloader, 4 threads (reference)" mydumper_myloader mydumper_myloader
+row "mydumper then myloader, 4 threads (reference)" mydumper_myloader mydumper_myloader
 if [ -n "${times[mydumper_myloader]:-}" ]; then
     row "stride mysql -> mysql, 4 partitions" stride_mysql_to_mysql mydumper_myloader
 else

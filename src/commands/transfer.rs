@@ -1,5 +1,5 @@
 //! A run across the engine seam: a job whose source or target is not
-//! PostgreSQL (PostgreSQL to PostgreSQL keeps its own route, `run.rs`). The
+//! PostgreSQL (PostgreSQL to PostgreSQL keeps its own route, `engine::native`). The
 //! same steps and promises: everything is checked before the first write (exit
 //! 2), the readers share one moment of the source, each partition is one target
 //! transaction with its checkpoint row, a re-run resumes, and `verify`
@@ -400,7 +400,7 @@ pub(super) async fn run(
         Some(cp) => planned.target.recorded(cp, &fp).await?,
         None => Recorded::default(),
     };
-    // As for PostgreSQL (run.rs): a finished append job is not copied again
+    // As on PostgreSQL's own route: a finished append job is not copied again
     // by a re-run, and --restart refuses to add its rows a second time.
     if let Some(run) = &recorded.run {
         let rows: u64 = recorded.done.iter().map(|d| d.1).sum();

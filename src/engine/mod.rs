@@ -798,7 +798,7 @@ impl Target {
     /// filled from the staging table, which is dropped. The table keeps its
     /// definition, indexes and triggers; readers see the old rows until the
     /// commit. (The rows move twice; PostgreSQL to PostgreSQL swaps tables
-    /// instead, run.rs.)
+    /// instead, engine/postgres/route/run.rs.)
     pub fn swap_sql(
         &self,
         stage: &QualifiedName,

@@ -36,6 +36,7 @@ fn run_script(name: &str) -> std::process::Output {
         .arg("20000")
         .env("ROUNDS", "1")
         .env("BENCH_URL", server_url())
+        .env("BENCH_MYSQL_URL", mysql_url())
         .env("STRIDE_BIN", env!("CARGO_BIN_EXE_stride"))
         .env_remove("BENCH_KEEP")
         .env_remove("RUST_LOG")
@@ -126,6 +127,63 @@ fn bench_engines_script_measures_both_directions_on_a_small_table() {
         ],
         "{stdout}"
     );
+    let memory = std::path::Path::new("/usr/bin/time").exists();
+    for row in &rows {
+        let seconds: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));
+        let ratio: f64 = row[2]
+            .trim_end_matches('x')
+            .parse()
+            .unwrap_or_else(|_| panic!("{row:?}"));
+        assert!(seconds > 0.0 && ratio > 0.0, "{row:?}");
+        if row[0].starts_with("stride") && memory {
+            let mib: f64 = row[3].parse().unwrap_or_else(|_| panic!("{row:?}"));
+            assert!(mib > 1.0, "{row:?}");
+        }
+    }
+}
+
+/// scripts/bench-mysql.sh (issue 14) runs end to end on a small table: every
+/// direction with MySQL against what users run instead (pgloader and
+/// mydumper where installed), each run's row count checked by the script, a
+/// numeric ratio and stride's peak memory for each.
+#[test]
+fn bench_mysql_script_measures_every_direction_on_a_small_table() {
+    let out = run_script("bench-mysql.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("### MySQL/MariaDB and PostgreSQL, 20,000 rows, 1 round(s)"),
+        "{stdout}"
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| configuration"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let installed = |tool: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut expected = vec!["mysql --quick piped into psql copy (reference)"];
+    if installed("pgloader") {
+        expected.push("pgloader, data only");
+    }
+    expected.extend([
+        "stride mysql -> pg, 4 partitions",
+        "LOAD DATA LOCAL INFILE from a file (reference)",
+        "stride pg -> mysql, 4 partitions",
+    ]);
+    if installed("mydumper") && installed("myloader") {
+        expected.extend([
+            "mydumper then myloader, 4 threads (reference)",
+            "stride mysql -> mysql, 4 partitions",
+        ]);
+    } else {
+        expected.push("stride mysql -> mysql, 4 partitions (vs LOAD DATA)");
+    }
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(names, expected, "{stdout}");
     let memory = std::path::Path::new("/usr/bin/time").exists();
     for row in &rows {
         let seconds: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));

@@ -696,3 +696,22 @@ async fn a_mysql_target_connection_lost_mid_partition_is_retried_without_doublin
         400_000
     );
 }
+
+/// `MYSQL_PWD` set but empty means no password, as for the mysql client: a
+/// user without a password logs in (sqlx alone would send the scramble of "",
+/// which the server refuses).
+#[tokio::test]
+async fn an_empty_mysql_pwd_logs_in_without_a_password() {
+    let pg = TestDb::new("my_pwd_pg").await;
+    pg.exec("CREATE TABLE public.t (id bigint PRIMARY KEY); INSERT INTO public.t VALUES (1), (2);")
+        .await;
+    let my = MysqlDb::new("my_pwd").await;
+    if url::Url::parse(&my.url).unwrap().password().is_some() {
+        return; // The test server's user has a password: nothing to show here.
+    }
+    let file = job_file(&job(&pg.url, "public.t", &my.url, "t", ""));
+    let path = file.path.display().to_string();
+    let out = stride(&["run", &path], &[("MYSQL_PWD", "")]);
+    assert_exit(&out, 0);
+    assert_eq!(mysql_i64(&my, "SELECT count(*) FROM t").await, 2);
+}

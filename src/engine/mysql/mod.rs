@@ -126,7 +126,9 @@ impl Server {
         if let Some(user) = &who.user {
             options = options.username(user);
         }
-        if let Some(p) = &who.password {
+        // An empty password is none, as for the mysql client (sqlx would send
+        // the scramble of "", which a user without a password is refused).
+        if let Some(p) = who.password.as_deref().filter(|p| !p.is_empty()) {
             options = options.password(p);
         }
         if let Some(db) = &u.database {
