@@ -883,7 +883,7 @@ fn check_job(job: &Job) -> Result<(), String> {
             .next()
             .unwrap_or("")
             .to_ascii_lowercase();
-        if scheme != "postgres" && scheme != "postgresql" {
+        if !["postgres", "postgresql", "mysql", "mariadb", "sqlite"].contains(&scheme.as_str()) {
             return Err(format!("scheme of {url}"));
         }
     }
