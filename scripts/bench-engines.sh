@@ -41,12 +41,7 @@ command -v psql >/dev/null || die "psql not found (scripts/pg-local.sh installs 
 command -v sqlite3 >/dev/null || die "sqlite3 not found (apt-get install sqlite3): the pipes need it"
 
 find_stride
-if [[ $(/usr/bin/time -f "%M" true 2>&1) =~ ^[0-9]+$ ]]; then
-    measure_memory=1
-else
-    measure_memory=0
-    log "no GNU /usr/bin/time: stride's peak memory is not reported"
-fi
+find_time
 
 base=${BENCH_URL:-}
 [ -n "$base" ] || base=$(scripts/pg-local.sh)
@@ -109,29 +104,11 @@ sqlite3 "$tmp/src.db" "DROP TABLE stride_checkpoints; VACUUM"
 
 sqlite_count() { sqlite3 "$tmp/out.db" "SELECT count(*) FROM covid_cases"; }
 pg_count() { sql "$dst_url" -At -c "SELECT count(*) FROM public.covid_cases"; }
-check() {
-    local got=$1 what=$2
-    [ "$got" = "$rows" ] || die "$what left $got rows, expected $rows"
-}
-seconds() {
-    local start=$EPOCHREALTIME
-    "$@"
-    echo "$EPOCHREALTIME - $start" | bc
-}
 
 pipe_to_sqlite() {
     sqlite3 "$tmp/out.db" "DELETE FROM covid_cases"
     sql "$src_url" -c "\\copy (SELECT $columns FROM public.covid_cases) TO STDOUT (FORMAT csv)" |
         sqlite3 "$tmp/out.db" ".import --csv /dev/stdin covid_cases"
-}
-# stride under GNU time when there is one: its peak memory, in KiB, appended to $tmp/$1.rss.
-stride_measured() {
-    local name=$1 job=$2
-    if [ "$measure_memory" = 1 ]; then
-        /usr/bin/time -f "%M" -a -o "$tmp/$name.rss" "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
-    else
-        "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
-    fi
 }
 stride_to_sqlite() { stride_measured stride_to_sqlite "$tmp/pg-to-sqlite.toml"; }
 pipe_to_pg() {
@@ -155,23 +132,9 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-ratios() {
-    local -a a b
-    read -ra a <<<"${times[$1]}"
-    read -ra b <<<"${times[$2]}"
-    for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | tr '\n' ' '
-}
 
 echo "### PostgreSQL and SQLite, $(echo "$rows" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta') rows, $rounds round(s) ($(nproc) cores, $(sqlite3 --version | cut -d' ' -f1) CLI, $(psql --version | awk '{print $3}') psql)"
 echo
-peak() {
-    if [ -s "$tmp/$1.rss" ]; then
-        sort -n "$tmp/$1.rss" | tail -1 | awk '{printf "%.1f", $1 / 1024}'
-    else
-        printf 'n/a'
-    fi
-}
 echo "| configuration | median s | vs the pipe | peak stride MiB |"
 echo "|---|---:|---:|---:|"
 printf '| pipe psql csv into sqlite3 .import | %.2f | 1.00x | |\n' "$(echo "${times[pipe_to_sqlite]}" | median)"

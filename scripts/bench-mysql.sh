@@ -44,12 +44,7 @@ command -v psql >/dev/null || die "psql not found (scripts/pg-local.sh installs 
 client=$(command -v mariadb || command -v mysql) || die "the mariadb (or mysql) client is not installed"
 
 find_stride
-if [[ $(/usr/bin/time -f "%M" true 2>&1) =~ ^[0-9]+$ ]]; then
-    measure_memory=1
-else
-    measure_memory=0
-    log "no GNU /usr/bin/time: stride's peak memory is not reported"
-fi
+find_time
 
 base=${BENCH_URL:-}
 [ -n "$base" ] || base=$(scripts/pg-local.sh)
@@ -126,23 +121,6 @@ my -e "CREATE TABLE $my_src.covid_cases LIKE $my_dst.covid_cases;
 # LOAD DATA's defaults read.
 sql "$src_url" -c "\\copy (SELECT $columns FROM public.covid_cases) TO '$tmp/rows.tsv'"
 
-check() {
-    local got=$1 what=$2
-    [ "$got" = "$rows" ] || die "$what left $got rows, expected $rows"
-}
-seconds() {
-    local start=$EPOCHREALTIME
-    "$@"
-    echo "$EPOCHREALTIME - $start" | bc
-}
-stride_measured() {
-    local name=$1 job=$2
-    if [ "$measure_memory" = 1 ]; then
-        /usr/bin/time -f "%M" -a -o "$tmp/$name.rss" "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
-    else
-        "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
-    fi
-}
 
 pipe_to_pg() {
     my --quick --batch -N "$my_src" -e "SELECT $columns FROM covid_cases" |
@@ -209,20 +187,6 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-ratios() {
-    local -a a b
-    read -ra a <<<"${times[$1]}"
-    read -ra b <<<"${times[$2]}"
-    for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | tr '\n' ' '
-}
-peak() {
-    if [ -s "$tmp/$1.rss" ]; then
-        sort -n "$tmp/$1.rss" | tail -1 | awk '{printf "%.1f", $1 / 1024}'
-    else
-        printf 'n/a'
-    fi
-}
 row() {
     local name=$1 config=$2 reference=$3
     [ -n "${times[$config]:-}" ] || return 0

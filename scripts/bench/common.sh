@@ -38,3 +38,57 @@ url_with_db() {
 
 # psql quietly (no NOTICEs either), stopping at the first error; never ~/.psqlrc.
 sql() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# Sets measure_memory: 1 when GNU /usr/bin/time reports peak memory.
+find_time() {
+    if [[ $(/usr/bin/time -f "%M" true 2>&1) =~ ^[0-9]+$ ]]; then
+        measure_memory=1
+    else
+        measure_memory=0
+        log "no GNU /usr/bin/time: stride's peak memory is not reported"
+    fi
+}
+
+# The scripts comparing stride with other tools (bench-engines.sh,
+# bench-mysql.sh) set rows, tmp (a scratch directory) and times (an
+# associative array: configuration -> its seconds, one per round) first.
+
+# Stops unless a run left $rows rows: check GOT WHAT.
+check() {
+    local got=$1 what=$2
+    [ "$got" = "$rows" ] || die "$what left $got rows, expected $rows"
+}
+seconds() {
+    local start=$EPOCHREALTIME
+    "$@"
+    echo "$EPOCHREALTIME - $start" | bc
+}
+
+# stride under GNU time when there is one: its peak memory, in KiB, appended to
+# $tmp/NAME.rss; its messages to $tmp/stride.log.
+stride_measured() {
+    local name=$1 job=$2
+    if [ "$measure_memory" = 1 ]; then
+        /usr/bin/time -f "%M" -a -o "$tmp/$name.rss" "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
+    else
+        "$stride_bin" --quiet run "$job" >/dev/null 2>>"$tmp/stride.log"
+    fi
+}
+
+# The median of the numbers on stdin; each round's ratio of A's time to B's.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+ratios() {
+    local -a a b
+    read -ra a <<<"${times[$1]}"
+    read -ra b <<<"${times[$2]}"
+    for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | tr '\n' ' '
+}
+
+# The largest peak memory of NAME's runs, in MiB (n/a without GNU time).
+peak() {
+    if [ -s "$tmp/$1.rss" ]; then
+        sort -n "$tmp/$1.rss" | tail -1 | awk '{printf "%.1f", $1 / 1024}'
+    else
+        printf 'n/a'
+    fi
+}

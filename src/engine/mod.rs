@@ -886,21 +886,34 @@ pub fn create_table_sql(
     columns: &[(String, String, bool)],
     primary_key: &[String],
 ) -> String {
+    format!(
+        "CREATE TABLE {table} ({})",
+        table_elements(columns, primary_key, quote_ident)
+    )
+}
+
+/// The inside of a `CREATE TABLE`: each column with its type and `NOT NULL`,
+/// then the primary key, names quoted by the engine's `quote`.
+pub fn table_elements(
+    columns: &[(String, String, bool)],
+    primary_key: &[String],
+    quote: fn(&str) -> String,
+) -> String {
     let mut parts: Vec<String> = columns
         .iter()
         .map(|(name, declared, not_null)| {
             format!(
                 "{} {declared}{}",
-                quote_ident(name),
+                quote(name),
                 if *not_null { " NOT NULL" } else { "" }
             )
         })
         .collect();
     if !primary_key.is_empty() {
-        let key: Vec<String> = primary_key.iter().map(|c| quote_ident(c)).collect();
+        let key: Vec<String> = primary_key.iter().map(|c| quote(c)).collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
-    format!("CREATE TABLE {table} ({})", parts.join(", "))
+    parts.join(", ")
 }
 
 // The checkpoint statements every engine's checkpoint table takes (its

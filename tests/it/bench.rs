@@ -111,11 +111,7 @@ fn bench_engines_script_measures_both_directions_on_a_small_table() {
         stdout.contains("### PostgreSQL and SQLite, 20,000 rows, 1 round(s)"),
         "{stdout}"
     );
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| configuration"))
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+    let rows = comparison_rows(&stdout);
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(
         names,
@@ -127,19 +123,7 @@ fn bench_engines_script_measures_both_directions_on_a_small_table() {
         ],
         "{stdout}"
     );
-    let memory = std::path::Path::new("/usr/bin/time").exists();
-    for row in &rows {
-        let seconds: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));
-        let ratio: f64 = row[2]
-            .trim_end_matches('x')
-            .parse()
-            .unwrap_or_else(|_| panic!("{row:?}"));
-        assert!(seconds > 0.0 && ratio > 0.0, "{row:?}");
-        if row[0].starts_with("stride") && memory {
-            let mib: f64 = row[3].parse().unwrap_or_else(|_| panic!("{row:?}"));
-            assert!(mib > 1.0, "{row:?}");
-        }
-    }
+    assert_measured(&rows);
 }
 
 /// scripts/bench-mysql.sh (issue 14) runs end to end on a small table: every
@@ -154,11 +138,7 @@ fn bench_mysql_script_measures_every_direction_on_a_small_table() {
         stdout.contains("### MySQL/MariaDB and PostgreSQL, 20,000 rows, 1 round(s)"),
         "{stdout}"
     );
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| configuration"))
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+    let rows = comparison_rows(&stdout);
     let installed = |tool: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -184,8 +164,24 @@ fn bench_mysql_script_measures_every_direction_on_a_small_table() {
     }
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(names, expected, "{stdout}");
+    assert_measured(&rows);
+}
+
+/// The rows of a comparison table (bench-engines.sh, bench-mysql.sh): name,
+/// median seconds, ratio, peak MiB.
+fn comparison_rows(stdout: &str) -> Vec<Vec<&str>> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| configuration"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
+}
+
+/// Every row has a time and a ratio above zero, and stride's rows their peak
+/// memory where GNU time measures it.
+fn assert_measured(rows: &[Vec<&str>]) {
     let memory = std::path::Path::new("/usr/bin/time").exists();
-    for row in &rows {
+    for row in rows {
         let seconds: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));
         let ratio: f64 = row[2]
             .trim_end_matches('x')

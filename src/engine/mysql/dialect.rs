@@ -1153,23 +1153,9 @@ pub fn create_table_sql(
     primary_key: &[String],
     collation: &str,
 ) -> String {
-    let mut parts: Vec<String> = columns
-        .iter()
-        .map(|(name, ty, not_null)| {
-            format!(
-                "{} {ty}{}",
-                quote_ident(name),
-                if *not_null { " NOT NULL" } else { "" }
-            )
-        })
-        .collect();
-    if !primary_key.is_empty() {
-        let key: Vec<String> = primary_key.iter().map(|c| quote_ident(c)).collect();
-        parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    }
     format!(
         "CREATE TABLE {table} ({}) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = {collation}",
-        parts.join(", ")
+        crate::engine::table_elements(columns, primary_key, quote_ident)
     )
 }
 
